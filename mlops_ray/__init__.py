@@ -1,0 +1,48 @@
+"""mlops-ray: the machine-learning lifecycle on Ray.
+
+Python API (the CLI only calls these)::
+
+    import mlops_ray
+    cfg = mlops_ray.load_config("configs/quickstart.yaml")
+    result = mlops_ray.run(cfg)            # ingest -> validate -> featurize (more stages to come)
+    report = mlops_ray.validate(cfg)       # the validation step alone
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from mlops_ray.config import Config, load_config  # noqa: E402
+from mlops_ray.errors import MlopsError  # noqa: E402
+
+
+def run(cfg: Config, *, verbose: bool = False, progress=None):
+    """Run the pipeline (today: the data plane) and return its result."""
+    from mlops_ray.pipeline import prepare_data
+    return prepare_data(cfg, verbose=verbose, **({"progress": progress} if progress else {}))
+
+
+def validate(cfg: Config, *, verbose: bool = False, progress=None):
+    """Ingest and validate only; return the ValidationReport (raises DataValidationError on failure)."""
+    from mlops_ray.pipeline import prepare_data
+    return prepare_data(cfg, verbose=verbose, write=False,
+                        **({"progress": progress} if progress else {})).validation
+
+
+def featurize(cfg: Config, *, verbose: bool = False, progress=None):
+    """Ingest, validate and featurize; return the DataResult (splits written under the store)."""
+    return run(cfg, verbose=verbose, progress=progress)
+
+
+def synth(rows: int, out: str, **kwargs):
+    """Write synthetic transactions data; see mlops_ray.data.synth.SynthSpec for the knobs."""
+    from mlops_ray.config import RayConfig
+    from mlops_ray.data.synth import SynthSpec, run_synth
+    from mlops_ray.runtime import ray_runtime
+    overwrite = kwargs.pop("overwrite", False)
+    rows_per_file = kwargs.pop("rows_per_file", 500_000)
+    ray_cfg = kwargs.pop("ray", None) or RayConfig()
+    with ray_runtime(ray_cfg):
+        return run_synth(SynthSpec(rows=rows, **kwargs), out, rows_per_file=rows_per_file, overwrite=overwrite)
+
+
+__all__ = ["Config", "MlopsError", "load_config", "run", "validate", "featurize", "synth", "__version__"]

@@ -1,0 +1,503 @@
+"""Typed pipeline configuration: YAML in, frozen pydantic v2 models out.
+
+Every model forbids unknown keys and is immutable. ``load_config(path)`` is the only
+place YAML is read; everything downstream receives a ``Config``. Errors name the key
+path, the bad value and the fix.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mlops_ray import expr
+from mlops_ray.errors import ConfigError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    def section_hash(self) -> str:
+        """Stable hash of this section, for cache keys and lineage."""
+        blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- ray
+class RayConfig(_Model):
+    address: str | None = Field(
+        None, description="Ray cluster to connect to ('auto', 'ray://host:10001', 'host:6379'). "
+        "Absent: start an embedded local Ray.")
+    num_cpus: int | None = Field(
+        None, ge=1, description="Logical CPUs of the embedded Ray. Default max(4, 2 x cores): more "
+        "logical CPUs than cores keeps Tune trials, Train workers and Data tasks from starving "
+        "each other on small machines.")
+    object_store_memory_mb: int | None = Field(None, ge=75, description="Object store size (MB) of the embedded Ray.")
+    include_dashboard: bool = Field(False, description="Start the Ray dashboard (embedded Ray only).")
+    namespace: str = "mlops-ray"
+    runtime_env: dict[str, Any] | None = Field(
+        None, description="Ray runtime_env for jobs on a cluster (working_dir, pip, env_vars).")
+
+
+# --------------------------------------------------------------------------- data
+class CsvOptions(_Model):
+    delimiter: str = Field(",", min_length=1, max_length=1, description="Field delimiter of CSV files.")
+    quote_char: str = Field('"', min_length=1, max_length=1)
+    null_values: list[str] = Field(default_factory=lambda: ["", "NA", "NaN", "null", "NULL", "None"])
+
+
+class SplitConfig(_Model):
+    method: Literal["random", "time"] = Field(
+        "random", description="'random': seeded hash of each row (reproducible, order-independent); "
+        "'time': the latest rows by data.time_column become test, the ones before valid.")
+    valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        if self.valid_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"valid_fraction + test_fraction = {self.valid_fraction + self.test_fraction:g} "
+                "leaves no training rows; make their sum smaller than 1")
+        return self
+
+
+class DataConfig(_Model):
+    source: Union[str, list[str]] = Field(
+        description="Parquet/CSV file, directory, glob, or URI (s3://, gs://, file://); or a list of them.")
+    format: Literal["auto", "parquet", "csv"] = Field("auto", description="'auto' picks by file extension.")
+    columns: list[str] | None = Field(None, description="Read only these columns (projection).")
+    csv: CsvOptions = CsvOptions()
+    label: str = Field(description="Target column.")
+    time_column: str | None = Field(None, description="Event time: used by time splits and freshness.")
+    id_column: str | None = Field(None, description="Row identifier, excluded from features.")
+    split: SplitConfig = SplitConfig()
+    content_hash_max_mb: float = Field(
+        64.0, ge=0, description="Fingerprint data up to this size by content hash; larger data by "
+        "schema, file sizes, mtimes and row counts.")
+
+    @field_validator("source")
+    @classmethod
+    def _source_not_empty(cls, v):
+        if (isinstance(v, str) and not v.strip()) or (isinstance(v, list) and not v):
+            raise ValueError("data.source is empty; give a file, directory, glob or URI")
+        return v
+
+    @property
+    def sources(self) -> list[str]:
+        return [self.source] if isinstance(self.source, str) else list(self.source)
+
+    @model_validator(mode="after")
+    def _cross(self):
+        if self.split.method == "time" and not self.time_column:
+            raise ValueError("split.method is 'time' but data.time_column is not set; "
+                             "set data.time_column or use split.method: random")
+        if self.columns is not None:
+            for key, col in (("label", self.label), ("time_column", self.time_column),
+                             ("id_column", self.id_column)):
+                if col and col not in self.columns:
+                    raise ValueError(f"data.{key} {col!r} is not in data.columns {self.columns}; "
+                                     "add it to data.columns")
+        return self
+
+
+# --------------------------------------------------------------------------- schema
+DType = Literal["int", "float", "numeric", "string", "bool", "datetime", "categorical"]
+
+
+class ColumnRule(_Model):
+    dtype: DType | None = Field(None, description="Expected type: int, float, numeric (int or float), "
+                                "string, bool, datetime, categorical (string or dictionary).")
+    required: bool = True
+    max_null_fraction: float | None = Field(None, ge=0.0, le=1.0,
+                                            description="Overrides schema.max_null_fraction.")
+    min: float | None = None
+    max: float | None = None
+    allowed: list[Union[str, int, float, bool]] | None = Field(
+        None, description="Allowed values; see max_unseen_share.")
+    max_unseen_share: float = Field(0.0, ge=0.0, le=1.0,
+                                    description="Share of non-null values outside 'allowed' tolerated.")
+    unique: bool = False
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is greater than max ({self.max:g}); swap them")
+        if self.allowed is not None and len(self.allowed) == 0:
+            raise ValueError("allowed is an empty list; list the allowed values or drop the key")
+        return self
+
+
+class FreshnessRule(_Model):
+    column: str | None = Field(None, description="Defaults to data.time_column.")
+    max_age: str = Field(description="Newest row must be at most this old: '36h', '7d', '30m'.")
+    now: str | None = Field(None, description="Reference time (ISO 8601); default: the current time.")
+
+    @field_validator("max_age")
+    @classmethod
+    def _age(cls, v):
+        parse_duration(v)
+        return v
+
+
+class SchemaConfig(_Model):
+    min_rows: int = Field(1, ge=0)
+    max_null_fraction: float = Field(
+        0.99, ge=0.0, le=1.0, description="Default for every column; an entirely null column always fails "
+        "unless its own max_null_fraction is 1.")
+    columns: dict[str, ColumnRule] = Field(default_factory=dict)
+    freshness: FreshnessRule | None = None
+    sample_rows: int = Field(5, ge=0, le=100, description="Offending rows shown per failed check.")
+
+
+# --------------------------------------------------------------------------- features
+DatetimePart = Literal["hour", "minute", "dayofweek", "day", "month", "year", "dayofyear", "is_weekend", "epoch_days"]
+
+
+class FeaturesConfig(_Model):
+    numeric: Union[Literal["auto"], list[str]] = Field("auto", description="'auto': every numeric or bool column.")
+    categorical: Union[Literal["auto"], list[str]] = Field("auto", description="'auto': every string/dictionary column.")
+    datetime: Union[Literal["auto"], list[str]] = Field("auto", description="'auto': every timestamp column.")
+    exclude: list[str] = Field(default_factory=list, description="Never used as features (label and id always are).")
+    numeric_fill: Literal["none", "mean", "median", "zero"] = Field(
+        "none", description="'none' keeps NaN: XGBoost learns a default direction for missing values.")
+    min_frequency: int = Field(5, ge=1, description="Categories rarer than this in training go to the OOV bucket.")
+    max_categories: int = Field(1000, ge=1, description="Keep at most this many categories per column.")
+    datetime_parts: list[DatetimePart] = Field(default_factory=lambda: ["hour", "dayofweek", "month"])
+    derived: dict[str, str] = Field(default_factory=dict, description="name: expression, e.g. "
+                                    "'log1p(amount)'. A safe arithmetic language; never eval.")
+
+    @field_validator("derived")
+    @classmethod
+    def _derived(cls, v: dict[str, str]):
+        for name, source in v.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"derived column name {name!r} must be an identifier (letters, digits, _)")
+            try:
+                expr.parse(source)
+            except expr.ExpressionError as e:
+                raise ValueError(f"{name}: {e}") from None
+        return v
+
+
+# --------------------------------------------------------------------------- model / tune
+class ModelConfig(_Model):
+    task: Literal["binary", "regression", "multiclass"] = "binary"
+    strategy: Literal["auto", "single", "distributed"] = Field(
+        "auto", description="'single': one xgboost process per trial; 'distributed': Ray Train "
+        "XGBoostTrainer, data-parallel; 'auto': by data size and cluster shape.")
+    num_workers: int = Field(2, ge=1, description="Data-parallel workers of the distributed strategy.")
+    device: Literal["cpu", "cuda"] = "cpu"
+    params: dict[str, Union[int, float, str]] = Field(default_factory=dict, description="Fixed XGBoost params.")
+    num_boost_round: int = Field(300, ge=1)
+    early_stopping_rounds: int = Field(20, ge=1)
+    refit: Literal["train_valid", "best_trial"] = "train_valid"
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    slice_column: str | None = None
+
+
+class SearchParam(_Model):
+    type: Literal["int", "float", "log_float", "choice"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Union[int, float, str]] | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a 'choice' parameter needs a non-empty 'values' list")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a '{self.type}' parameter needs 'low' and 'high'")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low:g}) must be smaller than high ({self.high:g})")
+        if self.type == "log_float" and self.low <= 0:
+            raise ValueError(f"a log range must be positive; low is {self.low:g}. Use a small positive low")
+        return self
+
+
+def _default_space() -> dict[str, SearchParam]:
+    return {
+        "eta": SearchParam(type="log_float", low=0.01, high=0.3),
+        "max_depth": SearchParam(type="int", low=3, high=10),
+        "min_child_weight": SearchParam(type="log_float", low=0.5, high=20),
+        "subsample": SearchParam(type="float", low=0.5, high=1.0),
+        "colsample_bytree": SearchParam(type="float", low=0.5, high=1.0),
+        "lambda": SearchParam(type="log_float", low=1e-3, high=10),
+    }
+
+
+class TuneConfig(_Model):
+    num_samples: int = Field(16, ge=1)
+    max_concurrent: int | None = Field(None, ge=1, description="Default: what the CPUs allow at cpus_per_trial.")
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    time_budget_s: float | None = Field(None, gt=0)
+    metric: str = "auc"
+    mode: Literal["max", "min"] = "max"
+    scheduler: Literal["asha", "median", "none"] = "asha"
+    seed: int = 42
+    report_every: int = Field(10, ge=1, description="Boosting rounds between reports to Tune.")
+    max_failures: int = Field(1, ge=0)
+    space: dict[str, SearchParam] = Field(default_factory=_default_space)
+
+
+# --------------------------------------------------------------------------- gate / registry
+class GateConfig(_Model):
+    min: dict[str, float] = Field(default_factory=dict, description="Absolute floors, e.g. {auc: 0.85}.")
+    max: dict[str, float] = Field(default_factory=dict, description="Absolute ceilings, e.g. {logloss: 0.3}.")
+    min_delta: float = Field(0.0, description="Challenger must beat the champion by this much on the metric.")
+    max_slice_regression: float = Field(0.02, ge=0)
+    retries: int = Field(0, ge=0)
+
+
+class RegistryConfig(_Model):
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; default SQLite under the store.")
+    model_name: str | None = Field(None, description="Registered model name; default: the pipeline name.")
+    experiment: str | None = None
+
+
+# --------------------------------------------------------------------------- serve / rollout
+class AutoscalingConfig(_Model):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(16, gt=0)
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is greater than max_replicas "
+                             f"({self.max_replicas})")
+        return self
+
+
+class ServeConfig(_Model):
+    host: str = Field("127.0.0.1", description="Bind address. Only loopback unless you set it.")
+    port: int = Field(8000, ge=1, le=65535)
+    num_replicas: int = Field(1, ge=1)
+    max_ongoing_requests: int = Field(64, ge=1)
+    autoscaling: AutoscalingConfig | None = None
+    max_batch_rows: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    batch_max_size: int = Field(64, ge=1)
+    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    extra_fields: Literal["reject", "ignore"] = "reject"
+
+
+class RolloutConfig(_Model):
+    steps: list[int] = Field(default_factory=lambda: [5, 25, 50, 100])
+    min_requests: int = Field(200, ge=1)
+    min_seconds: float = Field(30.0, ge=0)
+    max_error_rate_delta: float = Field(0.01, ge=0)
+    max_p99_latency_ratio: float = Field(1.5, gt=0)
+    max_prediction_psi: float = Field(0.2, gt=0)
+    max_metric_drop: float = Field(0.02, ge=0)
+    keep_previous_s: float = Field(600, ge=0)
+    sticky_key: str | None = None
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: list[int]):
+        if not v or any(not 0 < s <= 100 for s in v) or any(a >= b for a, b in zip(v, v[1:])) or v[-1] != 100:
+            raise ValueError(f"steps {v} must be increasing percentages in 1..100 ending at 100")
+        return v
+
+
+# --------------------------------------------------------------------------- monitor / retrain
+class MonitorConfig(_Model):
+    predlog_flush_rows: int = Field(1000, ge=1)
+    predlog_flush_s: float = Field(30, gt=0)
+    window: str = "1d"
+    bins: int = Field(10, ge=2, le=100)
+    psi_threshold: float = Field(0.2, gt=0)
+    ks_pvalue: float = Field(0.01, gt=0, lt=1)
+
+    @field_validator("window")
+    @classmethod
+    def _w(cls, v):
+        parse_duration(v)
+        return v
+
+
+class RetrainConfig(_Model):
+    enabled: bool = False
+    drift_share: float = Field(0.3, gt=0, le=1)
+    key_features: list[str] = Field(default_factory=list)
+    key_feature_psi: float = Field(0.25, gt=0)
+    metric_drop: float = Field(0.05, ge=0)
+    schedule: str | None = Field(None, description="Retrain at least this often, e.g. '7d'.")
+    cooldown: str = "1d"
+    window: str = "30d"
+
+
+# --------------------------------------------------------------------------- top level
+class Config(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64,
+                      description="Pipeline name; also the default registered model name.")
+    store: str = Field(".mlops", description="Where runs, cached steps and artifacts live (path or URI).")
+    ray: RayConfig = RayConfig()
+    data: DataConfig
+    schema_: SchemaConfig = Field(SchemaConfig(), alias="schema")
+    features: FeaturesConfig = FeaturesConfig()
+    model: ModelConfig = ModelConfig()
+    tune: TuneConfig = TuneConfig()
+    gate: GateConfig = GateConfig()
+    registry: RegistryConfig = RegistryConfig()
+    serve: ServeConfig = ServeConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    retrain: RetrainConfig = RetrainConfig()
+
+    @model_validator(mode="after")
+    def _cross(self):
+        reserved = {self.data.label, self.data.id_column} - {None}
+        for name in self.features.derived:
+            if name in reserved:
+                raise ValueError(f"features.derived.{name} would overwrite the label/id column; rename it")
+        if self.data.label in self.features.exclude:
+            pass  # harmless
+        return self
+
+    @property
+    def config_hash(self) -> str:
+        return self.section_hash()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- helpers
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """'36h' -> seconds. Raises ValueError with the accepted forms."""
+    m = _DURATION.match(str(text))
+    if not m:
+        raise ValueError(f"duration {text!r} is not understood; write a number and a unit "
+                         "s, m, h, d or w, e.g. '36h' or '7d'")
+    return float(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+def _format_errors(err: ValidationError, raw: dict, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        path = ".".join(loc) or "(top level)"
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            known = sorted(_aliases(parent)) if parent else []
+            guess = difflib.get_close_matches(loc[-1], known, n=1)
+            hint = f"did you mean '{guess[0]}'?" if guess else (
+                f"known keys here: {', '.join(known)}" if known else "remove it")
+            lines.append(f"  {path}: unknown key; {hint}")
+            continue
+        msg = e["msg"]
+        if kind in ("value_error", "assertion_error") and msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if kind == "missing":
+            lines.append(f"  {path}: required key is missing; add it")
+            continue
+        value = e.get("input")
+        shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
+        lines.append(f"  {path}: {msg}{shown}")
+    n = len(lines)
+    return f"{source}: {n} problem{'s' if n != 1 else ''}\n" + "\n".join(lines)
+
+
+def _model_at(loc: list[str]):
+    """The pydantic model class found at a key path, or None (used for 'did you mean')."""
+    model: Any = Config
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        fields = {(f.alias or k): f for k, f in model.model_fields.items()}
+        if part not in fields:
+            return None
+        ann = fields[part].annotation
+        nxt = _dict_value_model(ann)
+        if nxt is not None:
+            if not parts:
+                return None
+            parts.pop(0)  # the free dict key
+        else:
+            nxt = _unwrap_model(ann)
+            if nxt is None:
+                return None
+        model = nxt
+    return model
+
+
+def _unwrap_model(ann):
+    import typing
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for a in typing.get_args(ann):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
+def _dict_value_model(ann):
+    import typing
+    if typing.get_origin(ann) is dict:
+        return _unwrap_model(typing.get_args(ann)[1])
+    return None
+
+
+def _aliases(model) -> set[str]:
+    return {(f.alias or k) for k, f in model.model_fields.items()}
+
+
+def config_from_dict(raw: Any, source: str = "config") -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys (name:, data:, ...), "
+                          f"got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, raw, source)) from None
+
+
+def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Config:
+    """Read a YAML pipeline spec and return a validated, frozen ``Config``.
+
+    ``overrides`` maps dotted key paths to values (``{"tune.num_samples": 4}``) applied
+    before validation, so they are checked like the file itself.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist; pass the path of a YAML spec "
+                          "such as configs/quickstart.yaml")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if raw is None:
+        raise ConfigError(f"{p}: the file is empty; start from configs/quickstart.yaml")
+    for key, value in (overrides or {}).items():
+        _set_path(raw, key.split("."), value)
+    return config_from_dict(raw, str(p))
+
+
+def _set_path(d: dict, parts: list[str], value: Any) -> None:
+    for part in parts[:-1]:
+        d = d.setdefault(part, {})
+    d[parts[-1]] = value
+
+
+def json_schema() -> dict:
+    return Config.model_json_schema(by_alias=True)

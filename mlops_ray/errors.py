@@ -1,0 +1,88 @@
+"""The exception hierarchy: one class per outcome, each with a headline and an exit code.
+
+The CLI maps each class to its exit code and prints ``headline: message``; ``--debug``
+adds the traceback. Anything that is not an ``MlopsError`` is a bug (exit 1).
+"""
+from __future__ import annotations
+
+
+class ExitCode:
+    OK = 0
+    UNEXPECTED = 1
+    CONFIG = 2          # usage or config error
+    DATA = 3            # data missing, unreadable or invalid
+    GATE = 4            # model rejected by the gate
+    ROLLOUT = 5         # rollout aborted / rolled back
+    REGISTRY = 6        # tracking server or registry unreachable / inconsistent
+    RESOURCES = 7       # the cluster cannot provide what was asked (GPUs, CPUs)
+
+
+class MlopsError(Exception):
+    """Base of every expected failure. ``str(err)`` is the full message with the fix."""
+
+    headline = "mlops-ray error"
+    exit_code = ExitCode.UNEXPECTED
+
+    def __init__(self, message: str, *, details: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+    def to_dict(self) -> dict:
+        return {
+            "error": type(self).__name__,
+            "headline": self.headline,
+            "message": self.message,
+            "exit_code": self.exit_code,
+            **({"details": self.details} if self.details else {}),
+        }
+
+
+class ConfigError(MlopsError):
+    headline = "Invalid configuration"
+    exit_code = ExitCode.CONFIG
+
+
+class DataSourceError(MlopsError):
+    """The data cannot be found or read (missing path, empty dir, corrupt file, bad CSV)."""
+
+    headline = "Cannot read data"
+    exit_code = ExitCode.DATA
+
+
+class DataValidationError(MlopsError):
+    """The data was read but breaks the expectations in ``schema:``."""
+
+    headline = "Data validation failed"
+    exit_code = ExitCode.DATA
+
+    def __init__(self, message: str, *, report=None, details: dict | None = None):
+        super().__init__(message, details=details)
+        self.report = report
+
+
+class FeatureError(MlopsError):
+    """Features cannot be fitted or applied (bad derived expression, no usable column)."""
+
+    headline = "Feature engineering failed"
+    exit_code = ExitCode.DATA
+
+
+class GateRejected(MlopsError):
+    headline = "Model rejected by the gate"
+    exit_code = ExitCode.GATE
+
+
+class RolloutAborted(MlopsError):
+    headline = "Rollout aborted"
+    exit_code = ExitCode.ROLLOUT
+
+
+class RegistryError(MlopsError):
+    headline = "Registry error"
+    exit_code = ExitCode.REGISTRY
+
+
+class ResourceError(MlopsError):
+    headline = "Not enough cluster resources"
+    exit_code = ExitCode.RESOURCES
