@@ -53,19 +53,22 @@ def step_ingest(cfg: Config):
     source = ingest.inspect_source(cfg.data)
     ds = ingest.read_dataset(source, cfg.data)
     if source.format == "csv":
-        source.schema = ds.schema().base_schema if hasattr(ds.schema(), "base_schema") else _arrow_schema(ds)
-    if _fits_in_memory(source):
-        ds = ds.materialize()   # later passes read blocks from the object store, not the files
+        source.schema = _arrow_schema(ds)   # CSV types are known once Ray has parsed a block
     return source, ds
 
 
-def step_validate(cfg: Config, source: ingest.Source, ds, extra: dict | None = None):
-    """Validation counts (+ any extra partials computed in the same pass)."""
+def step_check_schema(cfg: Config, source: ingest.Source):
+    """Checks on the schema alone (required columns, dtypes): before any row is read."""
     static, plan = validate.plan_checks(source.schema, cfg.data, cfg.schema_, cfg.model.task)
     missing = [c for c in static if not c.passed and c.rule == "required"]
     if missing:
         report = validate.ValidationReport(rows=max(source.rows, 0), checks=static, source=source.describe())
         raise DataValidationError(report.summary(), report=report)
+    return static, plan
+
+
+def step_validate(cfg: Config, source: ingest.Source, ds, static, plan, extra: dict | None = None):
+    """Validation counts (+ any extra partials computed in the same pass)."""
     fns = {"validate": _bind(validate.partial, plan=plan), **(extra or {})}
     parts = profile_pass(ds, fns)
     merged = validate.merge(parts.pop("validate"), cfg.schema_.sample_rows)
@@ -101,6 +104,9 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
         t = time.perf_counter()
         progress("ingest", f"reading {', '.join(cfg.data.sources)}")
         source, ds = step_ingest(cfg)
+        static, plan = step_check_schema(cfg, source)
+        if _fits_in_memory(source):
+            ds = ds.materialize()   # later passes read blocks from the object store, not the files
         timings["ingest"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -114,7 +120,7 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
                 extra["fit"] = _bind(_fit_train, cfg=cfg, roles=roles, cutoffs=None)
             except Exception:
                 pass   # reported by the featurize step after validation
-        report, pre = step_validate(cfg, source, ds, extra)
+        report, pre = step_validate(cfg, source, ds, static, plan, extra)
         timings["validate"] = time.perf_counter() - t
         key = _data_key(cfg, source)
         base = store.path(cfg.name, "data", key)
@@ -178,6 +184,8 @@ def _fits_in_memory(source: ingest.Source) -> bool:
 
 def _arrow_schema(ds) -> pa.Schema:
     s = ds.schema()
+    if s is None:
+        return pa.schema([])
     return pa.schema([pa.field(n, t if isinstance(t, pa.DataType) else pa.string())
                       for n, t in zip(s.names, s.types)])
 

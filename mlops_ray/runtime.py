@@ -44,6 +44,9 @@ def _quiet(verbose: bool) -> None:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if not verbose:
+        # Ray Data reads this when it is first imported: its INFO lines go to ray-data.log only
+        os.environ.setdefault("RAY_DATA_LOGGING_CONFIG",
+                              os.path.join(os.path.dirname(__file__), "ray_data_logging.yaml"))
         for name in ("ray", "ray.data", "ray.tune", "ray.train", "ray.serve", "ray._private"):
             logging.getLogger(name).setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", module=r"ray(\..*)?")
@@ -79,8 +82,9 @@ def ray_runtime(cfg: RayConfig, *, verbose: bool = False) -> Iterator[RuntimeInf
                     "Check the address and that the cluster is up (`ray status`), or remove "
                     "ray.address to run on an embedded local Ray") from None
         else:
+            # an embedded Ray is for this machine only: bind its services to loopback
             kwargs = dict(num_cpus=cfg.num_cpus or default_num_cpus(),
-                          include_dashboard=cfg.include_dashboard)
+                          include_dashboard=cfg.include_dashboard, _node_ip_address="127.0.0.1")
             if cfg.object_store_memory_mb:
                 kwargs["object_store_memory"] = cfg.object_store_memory_mb * 1024 * 1024
             ray.init(**kwargs, **common)

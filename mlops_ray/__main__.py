@@ -1,0 +1,3 @@
+from mlops_ray.cli import main
+
+main()

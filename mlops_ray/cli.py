@@ -1,0 +1,261 @@
+"""The command line: thin. Each command loads the config, calls one API function,
+prints the result (a table, or JSON with --json) and exits with the outcome's code.
+
+Exit codes: 0 ok, 1 unexpected (a bug), 2 usage or config error, 3 data missing or
+invalid, 4 gate rejected, 5 rollout aborted, 6 registry error, 7 not enough resources.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mlops_ray.errors import DataValidationError, ExitCode, MlopsError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="mlops-ray: ingest, validate, featurize, tune, gate, register, serve and "
+                       "monitor models on Ray.")
+config_app = typer.Typer(no_args_is_help=True, help="Check a config or print its JSON Schema.")
+data_app = typer.Typer(no_args_is_help=True, help="Data utilities.")
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class State:
+    verbose = False
+    debug = False
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's logs and progress bars."),
+          debug: bool = typer.Option(False, "--debug", help="Show tracebacks for expected errors too.")):
+    State.verbose, State.debug = verbose, debug
+
+
+# --------------------------------------------------------------------------- helpers
+def _load(path: str, sets: list[str] | None):
+    from mlops_ray.config import load_config
+    overrides = {}
+    for item in sets or []:
+        if "=" not in item:
+            raise MlopsError_usage(f"--set {item!r} must look like key.path=value")
+        key, value = item.split("=", 1)
+        import yaml
+        overrides[key.strip()] = yaml.safe_load(value)
+    return load_config(path, overrides)
+
+
+def MlopsError_usage(msg: str):
+    from mlops_ray.errors import ConfigError
+    return ConfigError(msg)
+
+
+def _progress(json_mode: bool):
+    if json_mode:
+        return None
+
+    def show(step: str, message: str) -> None:
+        err.print(f"[bold cyan]{step:>10}[/] {message}")
+    return show
+
+
+def _emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _fail(e: BaseException, json_mode: bool) -> None:
+    if isinstance(e, MlopsError):
+        if json_mode:
+            payload = e.to_dict()
+            if isinstance(e, DataValidationError) and e.report is not None:
+                payload["report"] = e.report.to_dict()
+            _emit_json(payload)
+        if isinstance(e, DataValidationError) and e.report is not None and not json_mode:
+            _print_validation(e.report, to=err)
+        err.print(f"[bold red]{e.headline}:[/] {e.message}", markup=True) if not isinstance(
+            e, DataValidationError) else err.print(f"[bold red]{e.headline}[/] (exit {e.exit_code})")
+        if State.debug:
+            err.print_exception()
+        raise typer.Exit(e.exit_code)
+    if State.debug:
+        err.print_exception()
+    else:
+        err.print(f"[bold red]Unexpected error[/] ({type(e).__name__}): {e}\n"
+                  "This is a bug in mlops-ray; rerun with --debug for the traceback.")
+    raise typer.Exit(ExitCode.UNEXPECTED)
+
+
+class _guard:
+    def __init__(self, json_mode: bool):
+        self.json_mode = json_mode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, ev, tb):
+        if ev is None or isinstance(ev, (typer.Exit, SystemExit, KeyboardInterrupt)):
+            return False
+        _fail(ev, self.json_mode)
+
+
+def _print_validation(report, to: Console = out) -> None:
+    from collections import Counter
+    if report.passed:
+        rules = Counter(c.rule for c in report.checks)
+        to.print(f"[green]✓[/] validation: {len(report.checks)} checks passed on {report.rows:,} rows "
+                 f"({', '.join(f'{r} {n}' for r, n in rules.items())})")
+        return
+    t = Table(title=f"Validation: {report.rows:,} rows, {len(report.checks)} checks, "
+                    f"{len(report.failures)} failed", title_justify="left")
+    for col in ("column", "rule", "observed", "threshold"):
+        t.add_column(col, overflow="fold")
+    for c in report.failures:
+        t.add_row(c.column or "-", c.rule, _short(c.observed), _short(c.threshold))
+    to.print(t)
+    for c in report.failures:
+        to.print(f"[red]✗[/] {c.message}")
+        for s in c.samples[:5]:
+            to.print(f"    e.g. {json.dumps(s, default=str)}")
+
+
+def _short(v) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+# --------------------------------------------------------------------------- config
+@config_app.command("check")
+def config_check(config: str = typer.Argument(..., help="Pipeline YAML."),
+                 json_out: bool = typer.Option(False, "--json", help="Print the resolved config as JSON."),
+                 set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
+    """Validate a config file; print the resolved values."""
+    with _guard(json_out):
+        cfg = _load(config, set_)
+        if json_out:
+            _emit_json({"ok": True, "config_hash": cfg.config_hash,
+                        "config": cfg.model_dump(mode="json", by_alias=True)})
+        else:
+            out.print(f"[green]✓[/] {config} is valid (pipeline [bold]{cfg.name}[/], hash {cfg.config_hash})")
+
+
+@config_app.command("schema")
+def config_schema(output: Optional[str] = typer.Option(None, "--out", help="Write to this file.")):
+    """Print the JSON Schema of the pipeline config."""
+    from mlops_ray.config import json_schema
+    text = json.dumps(json_schema(), indent=2)
+    if output:
+        with open(output, "w") as f:
+            f.write(text + "\n")
+        err.print(f"wrote {output}")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+# --------------------------------------------------------------------------- data
+@data_app.command("synth")
+def data_synth(rows: int = typer.Option(..., "--rows", min=1, help="Number of rows."),
+               out_dir: str = typer.Option(..., "--out", help="Directory or URI to write Parquet parts into."),
+               seed: int = typer.Option(0, "--seed"),
+               start: str = typer.Option("2026-01-01", "--start", help="First timestamp (ISO date)."),
+               days: float = typer.Option(90.0, "--days", min=0.001, help="Time span of the data."),
+               drift: str = typer.Option("none", "--drift", help="none | covariate | label | concept"),
+               drift_start: Optional[str] = typer.Option(None, "--drift-start", help="ISO time drift begins."),
+               drift_strength: float = typer.Option(1.0, "--drift-strength", min=0.0),
+               rows_per_file: int = typer.Option(500_000, "--rows-per-file", min=1000),
+               num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1),
+               overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files in --out."),
+               json_out: bool = typer.Option(False, "--json")):
+    """Generate a synthetic transactions data set (skewed, missing values, rare positives)."""
+    from dataclasses import asdict
+
+    import mlops_ray
+    from mlops_ray.config import RayConfig
+    from mlops_ray.errors import ConfigError
+    with _guard(json_out):
+        if drift not in ("none", "covariate", "label", "concept"):
+            raise ConfigError(f"--drift {drift!r} is not one of none, covariate, label, concept")
+        rep = mlops_ray.synth(rows, out_dir, seed=seed, start=start, days=days, drift=drift,
+                              drift_start=drift_start, drift_strength=drift_strength,
+                              rows_per_file=rows_per_file, overwrite=overwrite,
+                              ray=RayConfig(num_cpus=num_cpus))
+        if json_out:
+            _emit_json(asdict(rep))
+        else:
+            out.print(f"[green]✓[/] wrote {rep.rows:,} rows in {rep.files} file(s), "
+                      f"{rep.bytes / 1e6:.1f} MB, positive rate {rep.positive_rate:.2%}, to {rep.out} "
+                      f"in {rep.seconds:.1f} s")
+
+
+# --------------------------------------------------------------------------- pipeline
+@app.command("validate")
+def validate_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
+                 json_out: bool = typer.Option(False, "--json"),
+                 set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
+    """Ingest and validate the data against schema: (exit 3 on failure)."""
+    import mlops_ray
+    with _guard(json_out):
+        cfg = _load(config, set_)
+        report = mlops_ray.validate(cfg, verbose=State.verbose, progress=_progress(json_out))
+        if json_out:
+            _emit_json(report.to_dict())
+        else:
+            _print_validation(report)
+
+
+def _print_data_result(res) -> None:
+    _print_validation(res.validation)
+    spec = res.spec
+    t = Table(title="Features", title_justify="left")
+    for col in ("kind", "count", "columns"):
+        t.add_column(col, overflow="fold")
+    t.add_row("numeric", str(len(spec.numeric)), ", ".join(f.name for f in spec.numeric))
+    t.add_row("derived", str(len(spec.derived)), ", ".join(f"{f.name} = {f.expr}" for f in spec.derived))
+    t.add_row("categorical", str(len(spec.categorical)),
+              ", ".join(f"{f.name} ({len(f.vocab)} + OOV)" for f in spec.categorical))
+    t.add_row("datetime", str(len(spec.datetime)),
+              ", ".join(f"{d.name} → {'/'.join(d.parts)}" for d in spec.datetime))
+    out.print(t)
+    rows = ", ".join(f"{k} {v:,}" for k, v in res.split_rows.items())
+    times = ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items())
+    out.print(f"[green]✓[/] splits: {rows}\n  written to {res.out_dir}\n  time: {times}")
+
+
+@app.command("features")
+def features_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
+                 json_out: bool = typer.Option(False, "--json"),
+                 set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
+    """Ingest, validate and featurize: fit the FeatureSpec and write train/valid/test."""
+    import mlops_ray
+    with _guard(json_out):
+        cfg = _load(config, set_)
+        res = mlops_ray.featurize(cfg, verbose=State.verbose, progress=_progress(json_out))
+        _emit_json(res.to_dict()) if json_out else _print_data_result(res)
+
+
+@app.command("run")
+def run_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
+            json_out: bool = typer.Option(False, "--json"),
+            set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
+    """Run the pipeline (today: ingest → validate → featurize; training lands next)."""
+    import mlops_ray
+    with _guard(json_out):
+        cfg = _load(config, set_)
+        res = mlops_ray.run(cfg, verbose=State.verbose, progress=_progress(json_out))
+        _emit_json(res.to_dict()) if json_out else _print_data_result(res)
+
+
+def main() -> None:
+    # standalone mode: click maps usage errors to exit 2 and typer.Exit(code) to that code
+    app(prog_name="mlops-ray")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Shared fixtures. Tiers by directory: unit/ (no Ray), ray/ (one local Ray for the whole
+session), e2e/ (subprocesses that start their own Ray; slow)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mlops_ray.config import config_from_dict
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = str(item.fspath)
+        if f"{os.sep}unit{os.sep}" in path:
+            item.add_marker(pytest.mark.unit)
+        elif f"{os.sep}ray{os.sep}" in path:
+            item.add_marker(pytest.mark.ray)
+        elif f"{os.sep}e2e{os.sep}" in path:
+            item.add_marker(pytest.mark.slow)
+
+
+def base_raw(source: str, **sections) -> dict:
+    raw = {"name": "t", "data": {"source": source, "label": "is_fraud", "id_column": "transaction_id",
+                                 "time_column": "event_time"}}
+    for k, v in sections.items():
+        if k == "data":
+            raw["data"].update(v)
+        else:
+            raw[k] = v
+    return raw
+
+
+def make_config(source: str, store: str | None = None, **sections):
+    raw = base_raw(source, **sections)
+    if store:
+        raw["store"] = store
+    return config_from_dict(raw)
+
+
+@pytest.fixture(scope="session")
+def small_df() -> pd.DataFrame:
+    from mlops_ray.data.synth import SynthSpec, generate_chunk
+    return generate_chunk(SynthSpec(rows=4000, seed=3), 0, 4000)
+
+
+def write_parquet(df: pd.DataFrame, path: Path, parts: int = 1) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    n = len(df)
+    step = -(-n // parts)
+    for i in range(parts):
+        pq.write_table(pa.Table.from_pandas(df.iloc[i * step:(i + 1) * step], preserve_index=False),
+                       path / f"part-{i:03d}.parquet")
+    return path
+
+
+@pytest.fixture
+def parquet_dir(small_df, tmp_path) -> Path:
+    return write_parquet(small_df, tmp_path / "data", parts=2)

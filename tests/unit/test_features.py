@@ -1,0 +1,120 @@
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from mlops_ray.data import features as feat
+from mlops_ray.data.profile import profile_local
+from mlops_ray.errors import FeatureError
+from tests.conftest import make_config
+
+FEATURES = {"min_frequency": 3, "max_categories": 100, "numeric_fill": "median",
+            "datetime_parts": ["hour", "dayofweek", "is_weekend"],
+            "derived": {"log_amount": "log1p(amount)", "per_txn": "amount / (num_txn_24h + 1)"}}
+
+
+def fit(df, features=FEATURES, batch_rows=1000, **kw):
+    cfg = make_config("x", features=features, **kw)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    roles = feat.assign_roles(table.schema, cfg.data, cfg.features)
+    parts = profile_local(table, {"fit": lambda t: feat.fit_partial(t, roles, cfg.features)}, batch_rows)["fit"]
+    return feat.fit_merge(parts, roles, cfg.data, cfg.features), cfg
+
+
+def test_roles_and_spec(small_df):
+    spec, _ = fit(small_df)
+    assert [f.name for f in spec.numeric] == ["amount", "account_age_days", "num_txn_24h", "distance_km",
+                                              "credit_score"]
+    assert {f.name for f in spec.categorical} == {"merchant_id", "merchant_category", "country", "device",
+                                                  "channel"}
+    assert "transaction_id" not in spec.output_columns and "is_fraud" not in spec.output_columns
+    assert len(spec.output_columns) == len(spec.feature_types) == 5 + 2 + 5 + 3
+    merchant = next(f for f in spec.categorical if f.name == "merchant_id")
+    assert 0 < len(merchant.vocab) <= 100 and merchant.oov_share > 0   # high cardinality: rare ones are OOV
+    amount = spec.numeric[0]
+    assert amount.fill == pytest.approx(small_df["amount"].median(), rel=0.02)
+
+
+def test_fit_does_not_depend_on_batching(small_df):
+    a, _ = fit(small_df, batch_rows=4000)
+    b, _ = fit(small_df, batch_rows=333)
+    assert [c.vocab for c in a.categorical] == [c.vocab for c in b.categorical]
+    assert a.numeric[0].mean == pytest.approx(b.numeric[0].mean)
+
+
+def test_batch_and_row_by_row_are_identical(small_df):
+    spec, _ = fit(small_df)
+    rows = small_df.sample(300, random_state=1)
+    batch = feat.transform(rows, spec)
+    one_by_one = pd.concat([feat.transform(rows.iloc[[i]], spec) for i in range(len(rows))])
+    pd.testing.assert_frame_equal(batch, one_by_one)
+    # and from JSON-like dicts, as a serving request arrives
+    records = rows.astype(object).where(rows.notna(), None).to_dict("records")
+    for rec in records:
+        rec["event_time"] = rec["event_time"].isoformat()
+    from_json = pd.concat([feat.transform(pd.DataFrame([r]), spec) for r in records])
+    np.testing.assert_array_equal(from_json.to_numpy(), batch.to_numpy())
+
+
+def test_unknown_categories_missing_values_and_bad_numbers(small_df):
+    spec, _ = fit(small_df)
+    row = small_df.iloc[[0]].copy()
+    row["country"] = row["country"].astype(str)
+    row.loc[:, "country"] = "Atlantis"
+    row.loc[:, "amount"] = np.nan
+    out = feat.transform(row, spec)
+    assert out["country"].iloc[0] == feat.OOV_CODE
+    assert out["amount"].iloc[0] == pytest.approx(spec.numeric[0].fill)
+    weird = pd.DataFrame([{"amount": "not a number", "num_txn_24h": float("inf")}])
+    out = feat.transform(weird, spec)           # absent columns become missing, never an error
+    assert out.shape == (1, len(spec.output_columns))
+    assert out["amount"].iloc[0] == pytest.approx(spec.numeric[0].fill)
+    assert np.isnan(out["merchant_id"].iloc[0])
+
+
+def test_spec_json_round_trip(small_df):
+    spec, _ = fit(small_df)
+    again = feat.FeatureSpec.from_json(spec.to_json())
+    pd.testing.assert_frame_equal(feat.transform(small_df, spec), feat.transform(small_df, again))
+
+
+def test_spec_version_is_checked(small_df):
+    spec, _ = fit(small_df)
+    d = spec.to_dict()
+    d["version"] = 99
+    with pytest.raises(FeatureError, match="version 99 is not supported"):
+        feat.FeatureSpec.from_dict(d)
+
+
+def test_listed_feature_not_in_data(small_df):
+    with pytest.raises(FeatureError, match=r"features lists column\(s\) \['nope'\]"):
+        fit(small_df, features={"numeric": ["amount", "nope"]})
+
+
+def test_derived_expression_on_missing_column(small_df):
+    with pytest.raises(FeatureError, match="features.derived.z uses column 'nope'"):
+        fit(small_df, features={"derived": {"z": "nope * 2"}})
+
+
+def test_random_split_is_reproducible_and_order_independent(small_df):
+    cfg = make_config("x")
+    codes = feat.split_codes(small_df, cfg.data, None)
+    shuffled = small_df.sample(frac=1, random_state=5)
+    again = pd.Series(feat.split_codes(shuffled, cfg.data, None), index=shuffled.index).sort_index()
+    np.testing.assert_array_equal(codes, again.to_numpy())
+    frac = np.bincount(codes, minlength=3) / len(codes)
+    assert frac[2] == pytest.approx(0.2, abs=0.03) and frac[1] == pytest.approx(0.1, abs=0.03)
+    other = make_config("x", data={"split": {"seed": 7}})
+    assert (feat.split_codes(small_df, other.data, None) != codes).any()
+
+
+def test_time_split_puts_newest_rows_in_test(small_df):
+    cfg = make_config("x", data={"split": {"method": "time"}})
+    table = pa.Table.from_pandas(small_df, preserve_index=False)
+    parts = profile_local(table, {"t": lambda t: feat.time_partial(t, "event_time")}, 700)["t"]
+    cut = feat.time_cutoffs(parts, cfg.data)
+    codes = feat.split_codes(table, cfg.data, cut)
+    times = small_df["event_time"].to_numpy()
+    assert times[codes == 0].max() <= times[codes == 1].min()
+    assert times[codes == 1].max() <= times[codes == 2].min()
+    assert np.mean(codes == 2) == pytest.approx(0.2, abs=0.01)

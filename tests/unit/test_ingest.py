@@ -1,0 +1,119 @@
+"""Ingest checks run on file metadata only (no Ray): each bad source names the file and the fix."""
+import os
+
+import pytest
+
+from mlops_ray.data.ingest import inspect_source
+from mlops_ray.errors import DataSourceError, ExitCode
+from tests.conftest import make_config, write_parquet
+
+
+def inspect(source, **data):
+    return inspect_source(make_config(str(source), data=data).data)
+
+
+def test_parquet_directory(parquet_dir, small_df):
+    src = inspect(parquet_dir)
+    assert src.format == "parquet" and len(src.files) == 2 and src.rows == len(small_df)
+    assert src.fingerprint.startswith("sha256:") and src.fingerprint_kind == "content"
+
+
+def test_fingerprint_is_stable_and_changes_with_content(parquet_dir, small_df):
+    a = inspect(parquet_dir).fingerprint
+    assert inspect(parquet_dir).fingerprint == a
+    write_parquet(small_df.iloc[:100], parquet_dir / "more")
+    assert inspect(parquet_dir).fingerprint != a
+
+
+def test_large_data_is_fingerprinted_by_metadata(parquet_dir):
+    src = inspect(parquet_dir, content_hash_max_mb=0)
+    assert src.fingerprint.startswith("meta:") and src.fingerprint_kind == "metadata"
+
+
+def test_glob_and_list(parquet_dir):
+    assert len(inspect(str(parquet_dir / "part-00*.parquet")).files) == 2
+    cfg = make_config("x", data={"source": [str(parquet_dir / "part-000.parquet")]})
+    assert len(inspect_source(cfg.data).files) == 1
+
+
+def expect(source, message, **data):
+    with pytest.raises(DataSourceError) as e:
+        inspect(source, **data)
+    assert e.value.exit_code == ExitCode.DATA
+    assert message in str(e.value), str(e.value)
+    return str(e.value)
+
+
+def test_nonexistent_path(tmp_path):
+    msg = expect(tmp_path / "nope", "does not exist; check data.source")
+    assert "nope" in msg
+
+
+def test_empty_directory(tmp_path):
+    (tmp_path / "empty").mkdir()
+    expect(tmp_path / "empty", "directory", )
+    expect(tmp_path / "empty", "is empty")
+
+
+def test_glob_matching_nothing(tmp_path):
+    expect(tmp_path / "*.parquet", "matches no files")
+
+
+def test_empty_parquet_file(tmp_path):
+    (tmp_path / "x.parquet").write_bytes(b"")
+    expect(tmp_path / "x.parquet", "x.parquet' is empty (0 bytes)")
+
+
+def test_truncated_parquet_file(parquet_dir, tmp_path):
+    data = (parquet_dir / "part-000.parquet").read_bytes()
+    bad = tmp_path / "truncated.parquet"
+    bad.write_bytes(data[: len(data) // 2])
+    msg = expect(bad, "truncated.parquet' cannot be read; it is truncated or corrupt")
+    assert "Re-export it" in msg
+
+
+def test_corrupt_parquet_in_a_directory(parquet_dir):
+    (parquet_dir / "part-999.parquet").write_bytes(b"PAR1 this is not parquet at all")
+    expect(parquet_dir, "part-999.parquet' cannot be read")
+
+
+def test_csv_with_wrong_delimiter(small_df, tmp_path):
+    p = tmp_path / "semi.csv"
+    small_df.head(50).to_csv(p, sep=";", index=False)
+    expect(p, "set data.csv.delimiter: \";\"")
+    assert inspect(p, csv={"delimiter": ";"}).format == "csv"
+
+
+def test_empty_csv(tmp_path):
+    (tmp_path / "e.csv").write_text("")
+    expect(tmp_path / "e.csv", "e.csv' is empty")
+
+
+def test_csv_files_with_different_headers(small_df, tmp_path):
+    d = tmp_path / "csvs"
+    d.mkdir()
+    small_df.head(5).to_csv(d / "a.csv", index=False)
+    small_df.head(5).drop(columns=["amount"]).to_csv(d / "b.csv", index=False)
+    expect(d, "all files must share one header")
+
+
+def test_unknown_format(tmp_path):
+    (tmp_path / "data.json").write_text("{}")
+    expect(tmp_path / "data.json", "set data.format to parquet or csv")
+
+
+def test_projection_of_unknown_column(parquet_dir):
+    expect(parquet_dir, "data.columns lists ['nope']",
+           columns=["transaction_id", "event_time", "is_fraud", "nope"])
+
+
+def test_projection(parquet_dir):
+    src = inspect(parquet_dir, columns=["transaction_id", "event_time", "amount", "is_fraud"])
+    assert src.schema.names == ["transaction_id", "event_time", "amount", "is_fraud"]
+
+
+def test_hidden_files_are_ignored(parquet_dir):
+    (parquet_dir / "_SUCCESS").write_text("")
+    (parquet_dir / ".part-000.parquet.crc").write_text("x")
+    assert len(inspect(parquet_dir).files) == 2
+    assert os.path.exists(parquet_dir / "_SUCCESS")
