@@ -1,0 +1,17 @@
+"""Benchmarks for mlops-ray, run with ``python -m benchmarks [NAME ...] [--quick] [--out DIR]``.
+
+A benchmark is a module of this package with one function::
+
+    def run(opts: benchmarks.common.Options) -> list[dict]
+
+that returns result rows (flat dicts, one per measurement). The runner writes them to
+``<out>/<name>.json`` (rows + options + machine info) and ``<out>/<name>.md`` (a
+Markdown table) and prints the table. To add a benchmark, write the module and add
+one line to ``BENCHMARKS``.
+"""
+from __future__ import annotations
+
+# name -> module (imported only when that benchmark runs). Order = default run order.
+BENCHMARKS: dict[str, str] = {
+    "data_plane": "benchmarks.data_plane",
+}
