@@ -228,16 +228,20 @@ def _print_data_result(res) -> None:
     out.print(f"[green]✓[/] splits: {rows}\n  written to {res.out_dir}\n  time: {times}")
 
 
+def _run_pipeline(config: str, json_out: bool, sets: list[str] | None) -> None:
+    import mlops_ray
+    with _guard(json_out):
+        cfg = _load(config, sets)
+        res = mlops_ray.run(cfg, verbose=State.verbose, progress=_progress(json_out))
+        _emit_json(res.to_dict()) if json_out else _print_data_result(res)
+
+
 @app.command("features")
 def features_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
                  json_out: bool = typer.Option(False, "--json"),
                  set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
     """Ingest, validate and featurize: fit the FeatureSpec and write train/valid/test."""
-    import mlops_ray
-    with _guard(json_out):
-        cfg = _load(config, set_)
-        res = mlops_ray.featurize(cfg, verbose=State.verbose, progress=_progress(json_out))
-        _emit_json(res.to_dict()) if json_out else _print_data_result(res)
+    _run_pipeline(config, json_out, set_)
 
 
 @app.command("run")
@@ -245,11 +249,7 @@ def run_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
             json_out: bool = typer.Option(False, "--json"),
             set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
     """Run the pipeline (today: ingest → validate → featurize; training lands next)."""
-    import mlops_ray
-    with _guard(json_out):
-        cfg = _load(config, set_)
-        res = mlops_ray.run(cfg, verbose=State.verbose, progress=_progress(json_out))
-        _emit_json(res.to_dict()) if json_out else _print_data_result(res)
+    _run_pipeline(config, json_out, set_)
 
 
 def main() -> None:
