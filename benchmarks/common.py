@@ -5,6 +5,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -31,6 +32,17 @@ class Timing:
 
     seconds: list[float] = field(default_factory=list)
     results: list[Any] = field(default_factory=list)
+    foreign: list[float] = field(default_factory=list)    # ForeignLoad.share of each run
+
+    def add(self, fn: Callable[[], Any]) -> Any:
+        """Time one call of ``fn`` (and how busy other processes kept the CPUs meanwhile)."""
+        load = ForeignLoad()
+        dt, result = timed(fn)
+        self.seconds.append(dt)
+        self.results.append(result)
+        if load.share is not None:
+            self.foreign.append(load.share)
+        return result
 
     @property
     def median(self) -> float:
@@ -62,9 +74,7 @@ def repeat(fn: Callable[[], Any], n: int, *, setup: Callable[[], None] | None = 
     for _ in range(n):
         if setup is not None:
             setup()
-        dt, result = timed(fn)
-        out.seconds.append(dt)
-        out.results.append(result)
+        out.add(fn)
     return out
 
 
@@ -105,6 +115,94 @@ def machine_info() -> dict:
         "python": sys.version.split()[0],
         **{name: _version(name) for name in ("ray", "pandas", "pyarrow", "numpy", "mlops-ray")},
     }
+
+
+class ForeignLoad:
+    """How busy *other* processes kept the CPUs during a run (they skew every timing).
+
+    All-CPU busy time from /proc/stat minus the CPU time of this process and its
+    descendants (Ray's GCS, raylet and workers), which a background thread samples every
+    ``interval_s`` (a descendant that lives shorter than that is partly missed). Linux only;
+    ``share`` is None elsewhere.
+    """
+
+    def __init__(self, interval_s: float = 0.5):
+        self._t, self._busy = time.perf_counter(), _busy_seconds()
+        self._cpu: dict[tuple[int, int], list[float]] = {}   # (pid, start time) -> [baseline, last]
+        self._sample(first=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(interval_s,), daemon=True)
+        self._thread.start()
+
+    def _loop(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            self._sample()
+
+    def _sample(self, first: bool = False) -> None:
+        procs = _proc_table()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in procs.items():
+            children.setdefault(ppid, []).append(pid)
+        todo = [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            if pid in procs:
+                _, start, cpu = procs[pid]
+                entry = self._cpu.setdefault((pid, start), [cpu if first else 0.0, cpu])
+                entry[1] = cpu
+            todo += children.get(pid, [])
+
+    @property
+    def share(self) -> float | None:
+        if self._busy is None:
+            return None
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        wall = time.perf_counter() - self._t
+        own = sum(last - base for base, last in self._cpu.values())
+        foreign = (_busy_seconds() - self._busy) - own
+        return round(min(1.0, max(0.0, foreign / (wall * (os.cpu_count() or 1)))), 3)
+
+
+def _proc_table() -> dict[int, tuple[int, int, float]]:
+    """pid -> (parent pid, start time, user + system CPU seconds) of every process."""
+    out = {}
+    tck = os.sysconf("SC_CLK_TCK")
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue   # exited meanwhile
+        fields = stat[stat.rfind(")") + 2:].split()
+        out[int(name)] = (int(fields[1]), int(fields[19]), (int(fields[11]) + int(fields[12])) / tck)
+    return out
+
+
+def wait_for_quiet(max_wait_s: float, *, threshold: float = 0.1, window_s: float = 3.0) -> float | None:
+    """Wait (up to ``max_wait_s``) until other processes use under ``threshold`` of the CPUs
+    over ``window_s``; return the last share seen (None where /proc/stat is missing)."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        b = _busy_seconds()
+        if b is None:
+            return None
+        time.sleep(window_s)
+        share = (_busy_seconds() - b) / (window_s * (os.cpu_count() or 1))
+        if share < threshold or time.monotonic() >= deadline:
+            return round(share, 3)
+
+
+def _busy_seconds() -> float | None:
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return None
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")   # all but idle and iowait
 
 
 def machine_line(info: dict) -> str:

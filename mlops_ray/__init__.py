@@ -4,7 +4,7 @@ Python API (the CLI only calls these)::
 
     import mlops_ray
     cfg = mlops_ray.load_config("configs/quickstart.yaml")
-    result = mlops_ray.run(cfg)            # ingest -> validate -> featurize (more stages to come)
+    result = mlops_ray.run(cfg)            # ingest -> ... -> register (RunResult)
     report = mlops_ray.validate(cfg)       # the validation step alone
 """
 from __future__ import annotations
@@ -15,10 +15,15 @@ from mlops_ray.config import Config, load_config  # noqa: E402
 from mlops_ray.errors import MlopsError  # noqa: E402
 
 
-def run(cfg: Config, *, verbose: bool = False, progress=None):
-    """Run the pipeline (today: the data plane) and return its result."""
-    from mlops_ray.pipeline import prepare_data
-    return prepare_data(cfg, verbose=verbose, **({"progress": progress} if progress else {}))
+def run(cfg: Config, *, options=None, verbose: bool = False, progress=None):
+    """Run the whole pipeline: raw data to a gated, registered model version (RunResult).
+
+    ``options`` is a ``pipeline.RunOptions`` (force, from_step, only, resume). Raises
+    DataValidationError (exit 3), GateRejected (exit 4), RegistryError (exit 6).
+    """
+    from mlops_ray.pipeline import RunOptions, run_pipeline
+    opts = options or RunOptions(verbose=verbose)
+    return run_pipeline(cfg, opts, **({"progress": progress} if progress else {}))
 
 
 def validate(cfg: Config, *, verbose: bool = False, progress=None):
@@ -30,7 +35,8 @@ def validate(cfg: Config, *, verbose: bool = False, progress=None):
 
 def featurize(cfg: Config, *, verbose: bool = False, progress=None):
     """Ingest, validate and featurize; return the DataResult (splits written under the store)."""
-    return run(cfg, verbose=verbose, progress=progress)
+    from mlops_ray.pipeline import prepare_data
+    return prepare_data(cfg, verbose=verbose, **({"progress": progress} if progress else {}))
 
 
 def synth(rows: int, out: str, **kwargs):

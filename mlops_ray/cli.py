@@ -225,15 +225,7 @@ def _print_data_result(res) -> None:
     out.print(t)
     rows = ", ".join(f"{k} {v:,}" for k, v in res.split_rows.items())
     times = ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items())
-    out.print(f"[green]✓[/] splits: {rows}\n  written to {res.out_dir}\n  time: {times}")
-
-
-def _run_pipeline(config: str, json_out: bool, sets: list[str] | None) -> None:
-    import mlops_ray
-    with _guard(json_out):
-        cfg = _load(config, sets)
-        res = mlops_ray.run(cfg, verbose=State.verbose, progress=_progress(json_out))
-        _emit_json(res.to_dict()) if json_out else _print_data_result(res)
+    out.print(f"[green]✓[/] splits: {rows}\n  written to {res.out_dir}" + (f"\n  time: {times}" if times else ""))
 
 
 @app.command("features")
@@ -241,15 +233,50 @@ def features_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
                  json_out: bool = typer.Option(False, "--json"),
                  set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
     """Ingest, validate and featurize: fit the FeatureSpec and write train/valid/test."""
-    _run_pipeline(config, json_out, set_)
+    import mlops_ray
+    with _guard(json_out):
+        cfg = _load(config, set_)
+        res = mlops_ray.featurize(cfg, verbose=State.verbose, progress=_progress(json_out))
+        _emit_json(res.to_dict()) if json_out else _print_data_result(res)
+
+
+def _print_run_result(res) -> None:
+    _print_data_result(res.data)
+    if res.search:
+        s = res.search
+        out.print(f"[green]✓[/] search: {s['n_trials']} trials ({s['strategy']}), best valid {s['metric']} "
+                  f"{s['best_score']:.5f} at {s['best_iteration'] + 1} rounds, {s['seconds']:.1f} s")
+    if res.evaluation:
+        m = res.evaluation["metrics"]
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float) and k != "n")
+        out.print(f"  test: {shown}")
+    if res.version:
+        verdict = "[green]champion[/]" if res.promoted else "[red]rejected[/]"
+        out.print(f"[green]✓[/] registered version {res.version}: {verdict}")
+    if res.cached_steps:
+        out.print(f"  cached steps: {', '.join(res.cached_steps)}")
 
 
 @app.command("run")
 def run_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
             json_out: bool = typer.Option(False, "--json"),
-            set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
-    """Run the pipeline (today: ingest → validate → featurize; training lands next)."""
-    _run_pipeline(config, json_out, set_)
+            set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value"),
+            force: bool = typer.Option(False, "--force", help="Redo every step, ignoring cached outputs."),
+            from_step: Optional[str] = typer.Option(None, "--from", help="Redo this step and the ones after it."),
+            only: Optional[str] = typer.Option(None, "--only", help="Redo only this step (others from cache)."),
+            resume: bool = typer.Option(False, "--resume", help="Continue an interrupted Tune search.")):
+    """Run the pipeline: ingest → validate → featurize → tune → evaluate + gate → register.
+
+    Exit 0: registered and promoted to champion; 3: data invalid; 4: rejected by the gate
+    (registered with the reason, champion unchanged); 6: registry unreachable.
+    """
+    import mlops_ray
+    from mlops_ray.pipeline import RunOptions
+    with _guard(json_out):
+        cfg = _load(config, set_)
+        opts = RunOptions(force=force, from_step=from_step, only=only, resume=resume, verbose=State.verbose)
+        res = mlops_ray.run(cfg, options=opts, progress=_progress(json_out))
+        _emit_json(res.to_dict()) if json_out else _print_run_result(res)
 
 
 def main() -> None:

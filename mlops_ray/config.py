@@ -242,8 +242,9 @@ class TuneConfig(_Model):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
     time_budget_s: float | None = Field(None, gt=0)
-    metric: str = "auc"
-    mode: Literal["max", "min"] = "max"
+    metric: str = Field("auto", description="Validation metric trials optimise; 'auto': auc (binary), "
+                        "rmse (regression), logloss (multiclass).")
+    mode: Literal["auto", "max", "min"] = Field("auto", description="'auto': the metric's direction.")
     scheduler: Literal["asha", "median", "none"] = "asha"
     seed: int = 42
     report_every: int = Field(10, ge=1, description="Boosting rounds between reports to Tune.")
@@ -356,6 +357,25 @@ class Config(_Model):
     rollout: RolloutConfig = RolloutConfig()
     monitor: MonitorConfig = MonitorConfig()
     retrain: RetrainConfig = RetrainConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, raw):
+        """tune.metric/mode 'auto' resolve from model.task, so every task has a sensible default."""
+        if not isinstance(raw, dict):
+            return raw
+        model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+        tune = dict(raw.get("tune")) if isinstance(raw.get("tune"), dict) else ({} if raw.get("tune") is None else None)
+        if tune is None:
+            return raw
+        task = model.get("task", "binary")
+        default = {"binary": "auc", "regression": "rmse", "multiclass": "logloss"}.get(task, "auc")
+        metric = tune.get("metric", "auto")
+        if metric == "auto":
+            tune["metric"] = metric = default
+        if tune.get("mode", "auto") == "auto":
+            tune["mode"] = "max" if metric in ("auc", "pr_auc", "accuracy", "f1", "precision", "recall", "r2") else "min"
+        return {**raw, "tune": tune}
 
     @model_validator(mode="after")
     def _cross(self):

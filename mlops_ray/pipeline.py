@@ -1,8 +1,13 @@
 """The pipeline, read top to bottom like the diagram in DESIGN.md.
 
-    ingest ─ validate ─ featurize  →  (later issues: tune ─ evaluate ─ gate ─ register ─ rollout)
+    ingest ─ validate ─ featurize ─ tune ─ evaluate (+ gate) ─ register      (rollout: next issue)
 
-Each step calls one stage function. The data plane reads the data once per pass:
+Each step calls one stage function, and each step's output is cached in the store under a
+key of (its config sections, its inputs' fingerprints, the package version): rerunning an
+unchanged config skips finished steps and says so; ``--force``, ``--from STEP`` and
+``--only STEP`` override that; ``--resume`` continues an interrupted Tune experiment.
+
+The data plane reads the data once per pass:
 pass 1 computes validation counts (and, for a random split, the feature fit on the
 training rows) in one ``map_batches``; a time split needs its cut-offs first, so its fit
 is a second pass; the last pass transforms and writes the three splits.
@@ -40,6 +45,9 @@ class DataResult:
     split_rows: dict = field(default_factory=dict)
     out_dir: str | None = None
     timings: dict = field(default_factory=dict)
+    key: str | None = None
+    cutoffs: tuple | None = None
+    cached: bool = False
 
     def to_dict(self) -> dict:
         return {"source": self.source, "validation": self.validation.to_dict(),
@@ -96,7 +104,7 @@ def step_featurize(cfg: Config, source: ingest.Source, ds, out_dir: str, pre: di
 
 # --------------------------------------------------------------------------- the data plane
 def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _noop,
-                 write: bool = True) -> DataResult:
+                 write: bool = True, force: bool = False) -> DataResult:
     """ingest → validate → featurize. Raises DataValidationError (exit 3) before featurizing."""
     store = Store(cfg.store)
     timings: dict[str, float] = {}
@@ -104,6 +112,10 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
         t = time.perf_counter()
         progress("ingest", f"reading {', '.join(cfg.data.sources)}")
         source, ds = step_ingest(cfg)
+        key = _data_key(cfg, source)
+        if write and not force and store.exists(store.path(cfg.name, "data", key, "_SUCCESS")):
+            progress("featurize", f"cached: data {key} is unchanged (ingest, validate, featurize skipped)")
+            return _load_data_result(store, cfg, key)
         static, plan = step_check_schema(cfg, source)
         if _fits_in_memory(source):
             ds = ds.materialize()   # later passes read blocks from the object store, not the files
@@ -122,7 +134,6 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
                 pass   # reported by the featurize step after validation
         report, pre = step_validate(cfg, source, ds, static, plan, extra)
         timings["validate"] = time.perf_counter() - t
-        key = _data_key(cfg, source)
         base = store.path(cfg.name, "data", key)
         store.write_json(store.path(cfg.name, "data", key, "validation.json"), report.to_dict())
         if not report.passed:
@@ -141,8 +152,23 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
                           "time_cutoffs": [str(np.datetime64(c, "ns")) for c in cutoffs] if cutoffs else None,
                           "config_hash": cfg.config_hash,
                           "created": dt.datetime.now(dt.timezone.utc).isoformat()})
+        store.write_json(store.path(cfg.name, "data", key, "_SUCCESS"), {"key": key})
         result.spec, result.split_rows, result.out_dir = spec, split_rows, base
+        result.key, result.cutoffs = key, cutoffs
         return result
+
+
+def _load_data_result(store: Store, cfg: Config, key: str) -> DataResult:
+    base = store.path(cfg.name, "data", key)
+    src = store.read_json(store.path(cfg.name, "data", key, "source.json"))
+    val = store.read_json(store.path(cfg.name, "data", key, "validation.json"))
+    report = validate.ValidationReport(rows=val["rows"], checks=[validate.CheckResult(**c) for c in val["checks"]],
+                                       source=val.get("source", {}))
+    spec = feat.FeatureSpec.from_dict(store.read_json(store.path(cfg.name, "data", key, "feature_spec.json")))
+    cut = src.get("time_cutoffs")
+    cutoffs = tuple(int(np.datetime64(c, "ns").astype(np.int64)) for c in cut) if cut else None
+    return DataResult(source=src, validation=report, spec=spec, split_rows=src["split_rows"], out_dir=base,
+                      timings={}, key=key, cutoffs=cutoffs, cached=True)
 
 
 # --------------------------------------------------------------------------- helpers (run on workers)
@@ -197,3 +223,252 @@ def _data_key(cfg: Config, source: ingest.Source) -> str:
     h = hashlib.sha256("|".join([source.fingerprint, cfg.data.section_hash(), cfg.schema_.section_hash(),
                                  cfg.features.section_hash(), cfg.model.task, __version__]).encode())
     return h.hexdigest()[:16]
+
+
+# =========================================================================== training half
+STEPS = ("ingest", "validate", "featurize", "tune", "evaluate", "register")
+
+
+@dataclass
+class RunOptions:
+    force: bool = False
+    from_step: str | None = None
+    only: str | None = None
+    resume: bool = False
+    verbose: bool = False
+
+    def forced(self, step: str) -> bool:
+        if self.force or self.only == step:
+            return True
+        return self.from_step is not None and STEPS.index(step) >= STEPS.index(self.from_step)
+
+
+@dataclass
+class RunResult:
+    data: DataResult
+    search: dict | None = None
+    evaluation: dict | None = None
+    champion_evaluation: dict | None = None
+    gate: dict | None = None
+    version: str | None = None
+    promoted: bool = False
+    run_id: str | None = None
+    cached_steps: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"data": self.data.to_dict(), "search": self.search, "evaluation": self.evaluation,
+                "champion_evaluation": self.champion_evaluation, "gate": self.gate, "version": self.version,
+                "promoted": self.promoted, "run_id": self.run_id, "cached_steps": self.cached_steps,
+                "timings_s": {k: round(v, 3) for k, v in self.timings.items()}}
+
+
+def preflight(cfg: Config, opts: RunOptions):
+    """Everything that can fail without data or training: config cross-checks, the registry."""
+    from mlops_ray.errors import ConfigError
+    from mlops_ray.registry import Registry
+    from mlops_ray.train import evaluate as ev
+    from mlops_ray.train import xgb as X
+
+    for name, step in (("--from", opts.from_step), ("--only", opts.only)):
+        if step is not None and step not in STEPS:
+            raise ConfigError(f"{name} {step!r} is not a step; steps: {', '.join(STEPS)}")
+    X.check_model_config(cfg.model, cfg.tune)
+    ev.check_gate_metrics(cfg.gate, cfg.model.task)
+    registry = Registry(cfg.registry, cfg.store, cfg.name)
+    registry.check_reachable()
+    return registry
+
+
+def run_pipeline(cfg: Config, opts: RunOptions | None = None, progress: Progress = _noop) -> RunResult:
+    """Raw data to a gated, registered model version. Raises GateRejected (exit 4) after
+    registering a rejected candidate with its reason; the champion alias is left alone."""
+    from mlops_ray.runtime import require_resources
+
+    opts = opts or RunOptions()
+    registry = preflight(cfg, opts)
+    store = Store(cfg.store)
+    with ray_runtime(cfg.ray, verbose=opts.verbose):
+        require_resources(gpus=cfg.tune.gpus_per_trial, cpus=cfg.tune.cpus_per_trial)
+        data_forced = any(opts.forced(s) for s in ("ingest", "validate", "featurize"))
+        data = prepare_data(cfg, verbose=opts.verbose, progress=progress, force=data_forced)
+        result = RunResult(data=data, cached_steps=["ingest", "validate", "featurize"] if data.cached else [])
+        run_dir = store.path(cfg.name, "runs", _train_key(cfg, data.key))
+        done = store.path(run_dir.split(store.root, 1)[-1].lstrip("/"), "registered.json") if False else \
+            f"{run_dir}/registered.json"
+        if store.exists(done) and not any(opts.forced(s) for s in ("tune", "evaluate", "register")):
+            rec = store.read_json(done)
+            progress("register", f"cached: this data and config are already registered as version "
+                                 f"{rec['version']} (tune, evaluate, register skipped; --force to redo)")
+            result.cached_steps += ["tune", "evaluate", "register"]
+            result.search, result.evaluation, result.gate = rec.get("search"), rec.get("evaluation"), rec.get("gate")
+            result.version, result.promoted, result.run_id = rec["version"], rec["promoted"], rec.get("run_id")
+            return result
+        return _train_evaluate_register(cfg, opts, registry, store, data, run_dir, result, progress)
+
+
+def _train_evaluate_register(cfg, opts, registry, store, data, run_dir, result, progress) -> RunResult:
+    import ray
+
+    from mlops_ray.train import evaluate as ev
+    from mlops_ray.train import tune as T
+    from mlops_ray.train import xgb as X
+
+    features_dir = store.uri(data.out_dir.split(store.root, 1)[-1].lstrip("/"), "features") \
+        if data.out_dir.startswith(store.root) else f"{data.out_dir}/features"
+    splits = X.load_splits(features_dir, data.spec, cfg.model.task,
+                           filesystem=store.fs if "://" in cfg.store else None)
+    X.check_labels(splits, cfg.model.task, cfg.data.label)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    node_mem = min((n["Resources"].get("memory", 8e9) for n in nodes), default=8e9)
+    strategy = X.choose_strategy(cfg.model, splits.rows["train"], len(data.spec.output_columns), len(nodes), node_mem)
+    storage = store.uri(run_dir.split(store.root, 1)[-1].lstrip("/"), "tune")
+
+    champion = registry.champion()
+    decision = None
+    for attempt in range(cfg.gate.retries + 1):
+        t = time.perf_counter()
+        scale = 2 ** attempt
+        experiment = f"search-a{attempt}"
+        cached = f"{run_dir}/{experiment}.json"
+        if store.exists(cached) and not opts.forced("tune"):
+            search = T.SearchResult(**store.read_json(cached))
+            progress("tune", f"cached: best {search.metric} {search.best_score:.5f} from {len(search.trials)} trials")
+            result.cached_steps.append("tune")
+        else:
+            progress("tune", f"{int(cfg.tune.num_samples * scale)} trials, strategy {strategy}, "
+                             f"{cfg.tune.scheduler} + Optuna TPE" + (f" (retry {attempt})" if attempt else ""))
+            search = T.run_search(splits=splits, model=cfg.model, tune_cfg=cfg.tune, storage=storage,
+                                  experiment=experiment, strategy=strategy, features_dir=features_dir,
+                                  resume=opts.resume, budget_scale=scale, progress=progress)
+            store.write_json(cached, search.to_dict())
+        result.timings[f"tune{attempt or ''}"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress("evaluate", "refitting the best configuration and scoring the test split"
+                 + (f" against champion v{champion[0]}" if champion else ""))
+        booster = T.train_final(splits=splits, model=cfg.model, tune_cfg=cfg.tune, search=search,
+                                strategy=strategy, features_dir=features_dir, storage=storage)
+        evaluation, champ_eval = _evaluate(cfg, data, booster, champion)
+        decision = ev.decide(evaluation, champ_eval, cfg.gate, cfg.tune.metric,
+                             champion_version=champion[0] if champion else None)
+        result.timings[f"evaluate{attempt or ''}"] = time.perf_counter() - t
+        if decision.passed:
+            break
+        if attempt < cfg.gate.retries:
+            progress("gate", f"rejected ({'; '.join(decision.failures)}); retrying with twice the budget")
+
+    t = time.perf_counter()
+    version, run_id = _register(cfg, registry, data, splits, search, booster, evaluation, champ_eval, decision,
+                                strategy, progress)
+    result.timings["register"] = time.perf_counter() - t
+    result.search = {k: v for k, v in search.to_dict().items() if k != "trials"}
+    result.evaluation, result.gate = evaluation.to_dict(), decision.to_dict()
+    result.champion_evaluation = champ_eval.to_dict() if champ_eval else None
+    result.version, result.promoted, result.run_id = version, decision.passed, run_id
+    store.write_json(f"{run_dir}/registered.json", {"version": version, "promoted": decision.passed,
+                                                    "run_id": run_id, "search": result.search,
+                                                    "evaluation": result.evaluation, "gate": result.gate})
+    ev.raise_if_rejected(decision)
+    return result
+
+
+def _evaluate(cfg: Config, data: DataResult, booster, champion):
+    """Score challenger (and champion) on the raw test rows; each model applies its own features."""
+    from mlops_ray.train import evaluate as ev
+    from mlops_ray.train.score import score_test
+
+    source = ingest.inspect_source(cfg.data)
+    ds = ingest.read_dataset(source, cfg.data)
+    models = {"candidate": (bytes(booster.save_raw("ubj")), data.spec.to_dict())}
+    if champion:
+        models["champion"] = (bytes(champion[1].booster.save_raw("ubj")), champion[1].spec.to_dict())
+    scored = score_test(ds, cfg.data, data.cutoffs, models, cfg.model.slice_column)
+    slices = None
+    if cfg.model.slice_column and "slice" in scored:
+        import pandas as pd
+        slices = pd.Series(scored["slice"], name=cfg.model.slice_column)
+    cand = ev.evaluate(cfg.model.task, scored["y"], scored["p_candidate"], cfg.model.threshold, slices)
+    champ = ev.evaluate(cfg.model.task, scored["y"], scored["p_champion"], cfg.model.threshold, slices) \
+        if champion else None
+    cand.curves = {"p": scored["p_candidate"], "y": scored["y"]}   # for plots only, not serialised
+    return cand, champ
+
+
+def _register(cfg, registry, data, splits, search, booster, evaluation, champ_eval, decision, strategy, progress):
+    import tempfile
+
+    from mlops_ray import __version__, bundle
+    from mlops_ray.monitor.reference import build_reference
+    from mlops_ray.registry import lineage
+    from mlops_ray.train import evaluate as ev
+    from mlops_ray.train import plots
+    from mlops_ray.train import xgb as X
+
+    valid_pred = bundle.predict_features(booster, splits.X["valid"], data.spec) if splits.rows["valid"] \
+        else evaluation.curves["p"]
+    reference = build_reference(splits.X["train"], data.spec, valid_pred, cfg.model.task, bins=cfg.monitor.bins,
+                                seed=cfg.tune.seed)
+    metadata = {
+        "pipeline": cfg.name, "task": cfg.model.task, "label": cfg.data.label, "mlops_ray": __version__,
+        "config_hash": cfg.config_hash, "data_key": data.key, "dataset": {
+            "fingerprint": data.source.get("fingerprint"), "fingerprint_kind": data.source.get("fingerprint_kind"),
+            "rows": data.source.get("rows"), "split_rows": data.split_rows, "sources": data.source.get("sources")},
+        "seeds": {"split": cfg.data.split.seed, "tune": cfg.tune.seed}, "strategy": strategy,
+        "tuning": {k: v for k, v in search.to_dict().items() if k != "trials"},
+        "evaluation": evaluation.to_dict(), "gate": decision.to_dict(), "lineage": lineage(),
+    }
+    status = "passed" if decision.passed else "rejected"
+    with registry.start_run(f"{cfg.name}-{data.key[:8]}", tags={"gate": status, "strategy": strategy}) as run:
+        run.log_params({"config": cfg.model_dump(mode="json", by_alias=True), "best": search.best_config,
+                        "best_iteration": search.best_iteration, "lineage": metadata["lineage"],
+                        "dataset_fingerprint": metadata["dataset"]["fingerprint"], "config_hash": cfg.config_hash})
+        run.log_metrics({f"test_{k}": v for k, v in evaluation.metrics.items()})
+        run.log_metrics({f"valid_{search.metric}": search.best_score, "tune_seconds": search.seconds,
+                         "n_trials": len(search.trials)})
+        if champ_eval:
+            run.log_metrics({f"champion_test_{k}": v for k, v in champ_eval.metrics.items()})
+        run.log_text(cfg.to_yaml(), "config.yaml")
+        run.log_dict(data.validation.to_dict(), "validation.json")
+        run.log_dict(data.spec.to_dict(), "feature_spec.json")
+        run.log_dict(evaluation.to_dict(), "evaluation.json")
+        run.log_dict(search.to_dict(), "tuning.json")
+        run.log_dict(decision.to_dict(), "gate.json")
+        for i, trial in enumerate(search.trials):
+            run.child_run(f"trial-{i:03d}", params=trial.get("config") or {},
+                          metrics={k: trial[k] for k in (search.metric, "best_iteration", "iterations")
+                                   if isinstance(trial.get(k), (int, float))})
+        try:
+            run.log_figure(plots.tuning_history(search.trials, search.metric, search.mode), "plots/tuning.png")
+            run.log_figure(plots.feature_importance(booster.get_score(importance_type="gain")),
+                           "plots/feature_importance.png")
+            if cfg.model.task == "binary":
+                roc = ev.roc_points(evaluation.curves["y"], evaluation.curves["p"])
+                pr = ev.pr_points(evaluation.curves["y"], evaluation.curves["p"])
+                run.log_figure(plots.curve(roc["fpr"], roc["tpr"], "false positive rate", "true positive rate",
+                                           "ROC"), "plots/roc.png")
+                run.log_figure(plots.curve(pr["recall"], pr["precision"], "recall", "precision", "PR"),
+                               "plots/pr.png")
+        except Exception as e:  # a plot must never lose a run
+            run.set_tags({"plot_error": str(e)[:200]})
+        with tempfile.TemporaryDirectory() as d:
+            bundle.write_bundle(d, booster, data.spec, reference, metadata)
+            version = registry.register(run, d, tags={"gate": status, "data_key": data.key})
+        if decision.passed:
+            registry.set_alias("champion", version)
+            progress("register", f"version {version} passed the gate and is now champion")
+        else:
+            registry.tag_version(version, "rejected", "; ".join(decision.failures)[:5000])
+            run.set_tags({"rejected_reason": "; ".join(decision.failures)[:5000]})
+            progress("register", f"version {version} registered as rejected; champion unchanged")
+        del X
+        return version, run.run_id
+
+
+def _train_key(cfg: Config, data_key: str) -> str:
+    import hashlib
+
+    from mlops_ray import __version__
+    parts = [data_key, cfg.model.section_hash(), cfg.tune.section_hash(), cfg.gate.section_hash(),
+             cfg.registry.section_hash(), __version__]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]

@@ -43,12 +43,20 @@ def _quiet(verbose: bool) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")   # relative paths mean the same in trials
     if not verbose:
         # Ray Data reads this when it is first imported: its INFO lines go to ray-data.log only
         os.environ.setdefault("RAY_DATA_LOGGING_CONFIG",
                               os.path.join(os.path.dirname(__file__), "ray_data_logging.yaml"))
-        for name in ("ray", "ray.data", "ray.tune", "ray.train", "ray.serve", "ray._private"):
+        # Tune's legacy reporter honours verbose=0; the new one prints a banner regardless
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        for name in ("ray", "ray.data", "ray.tune", "ray.train", "ray.serve", "ray._private", "optuna"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        try:
+            import optuna
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+        except ImportError:  # pragma: no cover
+            pass
         warnings.filterwarnings("ignore", module=r"ray(\..*)?")
 
 

@@ -1,0 +1,1 @@
+"""Monitoring: reference profiles, drift, retrain policy."""

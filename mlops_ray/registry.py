@@ -1,0 +1,704 @@
+"""MLflow tracking and model registry: runs, model versions, aliases, bundles in and out.
+
+In: ``RegistryConfig``, the store (local directory or URI) and the pipeline name.
+Out: ``Registry`` -- ``start_run`` gives a ``RunLog`` (params, metrics, artifacts, child
+runs), ``register`` logs a bundle directory (see ``bundle.py``) and makes it a model
+version with alias ``challenger``, ``set_alias``/``get_alias`` move ``champion`` and
+``challenger``, ``load_bundle(ref)`` brings a version back as a ``Bundle`` -- and the pure
+``lineage()``.
+
+The only module that imports mlflow, and only inside functions: importing it costs
+about 1.5 s and configures logging. Everything goes through an ``MlflowClient`` built
+with explicit URIs, never the fluent API, so no global tracking URI or active run leaks
+between pipelines, tests or Serve replicas. Every MLflow failure leaves as a
+``RegistryError`` that names the (credential-masked) tracking URI and the fix.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import math
+import numbers
+import os
+import platform
+import re
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from contextlib import contextmanager
+from importlib import metadata
+
+from mlops_ray.bundle import FILES, Bundle
+from mlops_ray.bundle import load_bundle as load_bundle_dir
+from mlops_ray.config import RegistryConfig
+from mlops_ray.errors import ConfigError, RegistryError
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+BUNDLE_PATH = "bundle"                 # artifact path of the bundle inside its run
+READY_TIMEOUT_S = 120.0
+_PARAM_LIMIT_FALLBACK = 500            # used if mlflow stops exporting MAX_PARAM_VAL_LENGTH
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+_EXTERNAL_MODULES = {"mlflow", "requests", "urllib3", "sqlalchemy", "alembic", "botocore", "google", "azure"}
+_LINEAGE_PACKAGES = {"ray": "ray", "xgboost": "xgboost", "optuna": "optuna", "mlflow": "mlflow",
+                     "pandas": "pandas", "pyarrow": "pyarrow", "mlops_ray": "mlops-ray"}
+
+
+# --------------------------------------------------------------------------- pure helpers
+def mask_uri(text: str) -> str:
+    """Hide ``user:password@`` in any URI inside ``text``."""
+    return _CREDENTIALS.sub("***@", str(text))
+
+
+def lineage() -> dict:
+    """Git commit of the working directory (None outside a repo), Python and package versions."""
+    packages = {}
+    for key, dist in _LINEAGE_PACKAGES.items():
+        try:
+            packages[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            packages[key] = None
+    if packages["mlops_ray"] is None:
+        from mlops_ray import __version__
+        packages["mlops_ray"] = __version__
+    return {"git_commit": git_commit(os.getcwd()), "python": platform.python_version(), "packages": packages}
+
+
+def git_commit(start: str) -> str | None:
+    """HEAD of the git repository containing ``start``, read from .git files (no git binary needed)."""
+    try:
+        d = os.path.abspath(start)
+        while True:
+            dot_git = os.path.join(d, ".git")
+            if os.path.exists(dot_git):
+                break
+            parent = os.path.dirname(d)
+            if parent == d:
+                return None
+            d = parent
+        git_dir = dot_git
+        if os.path.isfile(dot_git):                          # worktree or submodule: "gitdir: <path>"
+            line = _read_text(dot_git)
+            if not line.startswith("gitdir:"):
+                return None
+            git_dir = os.path.normpath(os.path.join(d, line[len("gitdir:"):].strip()))
+        head = _read_text(os.path.join(git_dir, "HEAD"))
+        if not head.startswith("ref:"):
+            return head if re.fullmatch(r"[0-9a-f]{40,64}", head) else None
+        ref = head[len("ref:"):].strip()
+        common = git_dir
+        if os.path.isfile(os.path.join(git_dir, "commondir")):
+            common = os.path.normpath(os.path.join(git_dir, _read_text(os.path.join(git_dir, "commondir"))))
+        for base in (git_dir, common):
+            if os.path.isfile(os.path.join(base, ref)):
+                return _read_text(os.path.join(base, ref)) or None
+        packed = os.path.join(common, "packed-refs")
+        if os.path.isfile(packed):
+            for line in _read_text(packed).splitlines():
+                parts = line.split()
+                if len(parts) == 2 and parts[1] == ref:
+                    return parts[0]
+        return None                                          # a fresh repo without commits
+    except OSError:
+        return None
+
+
+def _read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _key(k: str) -> str:
+    # MLflow keys: alphanumerics, _ - . space : / ; at most 250 characters
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", str(k))[:250]
+
+
+def _text(v) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (list, tuple, dict)):
+        return json.dumps(v, default=_json_default)
+    return str(v)
+
+
+def _clip(s: str, limit: int) -> str:
+    return s if len(s) <= limit else s[:limit - 3] + "..."
+
+
+def _json_default(o):
+    if hasattr(o, "tolist"):                                  # numpy scalars and arrays
+        return o.tolist()
+    return str(o)
+
+
+def _is_external(e: BaseException) -> bool:
+    """A failure of MLflow, its HTTP/DB stack or the file system, as opposed to a bug here."""
+    if isinstance(e, (OSError, sqlite3.Error)):
+        return True
+    return any(c.__module__.split(".")[0] in _EXTERNAL_MODULES for c in type(e).__mro__)
+
+
+def _short(e: BaseException, limit: int = 400) -> str:
+    msg = getattr(e, "message", None) or str(e) or type(e).__name__
+    return _clip(mask_uri(" ".join(str(msg).split())), limit)
+
+
+def _code(e: BaseException) -> str | None:
+    return getattr(e, "error_code", None)
+
+
+def _mlflow():
+    """Import mlflow on first use, with its console kept quiet.
+
+    Defaults, only where the user has not set them: fewer HTTP retries than MLflow's 7
+    with exponential backoff (minutes of silence when a server dies mid-run); no tqdm
+    progress bars when downloading a bundle; and no "View run ... at: URL" lines, which
+    MLflow writes to stdout (breaking `--json` output, and showing any user:password in
+    the URI) each time a run against a server ends.
+    """
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+    for name in ("mlflow", "alembic"):     # "Creating initial MLflow database tables...", migrations
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return mlflow
+
+
+def _local_dir(store: str) -> str | None:
+    """Absolute local path of the store, or None when it is an object-store URI."""
+    if store.startswith("file://"):
+        return os.path.abspath(urllib.parse.urlsplit(store).path)
+    if "://" in store:
+        return None
+    return os.path.abspath(os.path.expanduser(store))
+
+
+def _sqlite_path(uri: str) -> str | None:
+    """File of a sqlite:/// URI (None for in-memory)."""
+    rest = uri.split("://", 1)[1] if "://" in uri else ""
+    if not rest.startswith("/") or rest == "/" or ":memory:" in rest:
+        return None
+    path = rest[1:].split("?", 1)[0]        # sqlite:///rel.db -> rel.db, sqlite:////abs.db -> /abs.db
+    return os.path.abspath(path) if path else None
+
+
+# --------------------------------------------------------------------------- registry
+class Registry:
+    """One pipeline's MLflow experiment and registered model."""
+
+    def __init__(self, cfg: RegistryConfig, store: str, pipeline_name: str):
+        self.cfg = cfg
+        self.model_name = cfg.model_name or pipeline_name
+        self.experiment_name = cfg.experiment or pipeline_name
+        local = _local_dir(store)
+        if cfg.tracking_uri:
+            self.tracking_uri = cfg.tracking_uri
+            self._artifact_location = None      # the server (or the user's database) decides
+        elif local is None:
+            raise ConfigError(f"store {store!r} is not a local directory, so the default SQLite tracking store "
+                              "cannot live in it; set registry.tracking_uri to an MLflow server "
+                              "(http://host:5000) or use a local store")
+        else:
+            os.makedirs(local, exist_ok=True)
+            self.tracking_uri = f"sqlite:///{local}/mlflow.db"
+            self._artifact_location = os.path.join(local, "mlartifacts")
+        self.cache_dir = (os.path.join(local, "registry_cache") if local
+                          else os.path.join(tempfile.gettempdir(), "mlops-ray-registry-cache"))
+        self.display_uri = mask_uri(self.tracking_uri)
+        self._client = None
+        self._experiment_id: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Registry(model={self.model_name!r}, tracking_uri={self.display_uri!r})"
+
+    def __getstate__(self):                 # picklable for Ray tasks and Serve replicas
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state
+
+    # ---- plumbing
+    @property
+    def client(self):
+        """The MlflowClient (built on first use: a new SQLite store runs its migrations here, ~2-3 s)."""
+        if self._client is None:
+            mlflow = _mlflow()
+            with self._errors("opening the tracking store"):
+                self._client = mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return self._client
+
+    def _fix(self) -> str:
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return "start the server or fix registry.tracking_uri"
+        return "check that the database and its directory are writable, or fix registry.tracking_uri"
+
+    @contextmanager
+    def _errors(self, doing: str, fix: str | None = None):
+        try:
+            yield
+        except RegistryError:
+            raise
+        except Exception as e:
+            if not _is_external(e):
+                raise
+            raise RegistryError(f"{doing} failed (MLflow at {self.display_uri}): {_short(e)}; "
+                                f"{fix or self._fix()}") from None
+
+    def check_reachable(self, timeout_s: float = 5.0) -> None:
+        """Raise RegistryError within about ``timeout_s`` if the tracking store cannot be used."""
+        uri = self.tracking_uri
+        if uri.startswith(("http://", "https://")):
+            return _check_http(uri, timeout_s)
+        if uri.startswith("sqlite:"):
+            path = _sqlite_path(uri)
+            if path is None:
+                return
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                con = sqlite3.connect(path, timeout=timeout_s)
+                try:
+                    con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                finally:
+                    con.close()
+            except (OSError, sqlite3.Error) as e:
+                raise RegistryError(f"the MLflow database {path} cannot be opened ({e}); fix or move it, "
+                                    "or set registry.tracking_uri") from None
+            return
+        # any other backend (postgresql://, mysql://, databricks, ...): one cheap call, bounded in time
+        _bounded(lambda: self.client.search_experiments(max_results=1), timeout_s,
+                 lambda reason: RegistryError(f"the MLflow tracking store {self.display_uri} is not usable "
+                                              f"({reason}); {self._fix()}"))
+
+    def _experiment(self) -> str:
+        if self._experiment_id is None:
+            client = self.client
+            with self._errors(f"looking up experiment {self.experiment_name!r}"):
+                exp = client.get_experiment_by_name(self.experiment_name)
+                if exp is None:
+                    from mlflow.exceptions import MlflowException
+                    try:
+                        self._experiment_id = client.create_experiment(
+                            self.experiment_name, artifact_location=self._artifact_location)
+                        return self._experiment_id
+                    except MlflowException as e:     # created concurrently by another process
+                        if _code(e) != "RESOURCE_ALREADY_EXISTS":
+                            raise
+                        exp = client.get_experiment_by_name(self.experiment_name)
+            if exp.lifecycle_stage == "deleted":
+                raise RegistryError(f"experiment {self.experiment_name!r} at {self.display_uri} is deleted; "
+                                    f"restore it (mlflow experiments restore --experiment-id "
+                                    f"{exp.experiment_id}) or set registry.experiment to a new name")
+            self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    # ---- runs
+    def start_run(self, run_name: str, tags: dict | None = None) -> "RunLog":
+        """Create a run; use the result as a context manager (FAILED on exception, else FINISHED)."""
+        experiment_id = self._experiment()
+        with self._errors(f"starting run {run_name!r}"):
+            run = self.client.create_run(experiment_id, run_name=run_name, tags=_tag_dict(tags))
+        return RunLog(self, run.info.run_id, run.info.artifact_uri, experiment_id)
+
+    # ---- model versions and aliases
+    def register(self, run: "RunLog", bundle_dir: str, tags: dict | None = None) -> str:
+        """Log ``bundle_dir`` under the run's "bundle" artifacts and make it a model version.
+
+        The new version gets alias "challenger"; returns its version string once READY.
+        """
+        missing = [f for f in FILES if not os.path.isfile(os.path.join(bundle_dir, f))]
+        if missing:
+            raise RegistryError(f"model bundle {bundle_dir!r} is incomplete (missing {', '.join(missing)}); "
+                                "write it with bundle.write_bundle before registering")
+        client = self.client
+        with self._errors(f"uploading the model bundle of run {run.run_id}"):
+            client.log_artifacts(run.run_id, bundle_dir, BUNDLE_PATH)
+        self._ensure_model()
+        source = f"{run.artifact_uri.rstrip('/')}/{BUNDLE_PATH}"
+        with self._errors(f"creating a version of model {self.model_name!r}"):
+            mv = client.create_model_version(self.model_name, source=source, run_id=run.run_id,
+                                             tags=_tag_dict(tags), await_creation_for=0)
+        version = self._wait_ready(str(mv.version), mv.status)
+        self.set_alias(CHALLENGER, version)
+        run.set_tags({"registered_model": self.model_name, "registered_version": version})
+        return version
+
+    def _ensure_model(self) -> None:
+        from mlflow.exceptions import MlflowException
+        client = self.client
+        with self._errors(f"creating registered model {self.model_name!r}"):
+            try:
+                client.get_registered_model(self.model_name)
+                return
+            except MlflowException as e:
+                if _code(e) != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+            try:
+                client.create_registered_model(self.model_name, tags={"created_by": "mlops-ray"})
+            except MlflowException as e:
+                if _code(e) != "RESOURCE_ALREADY_EXISTS":
+                    raise
+
+    def _wait_ready(self, version: str, status: str, timeout_s: float = READY_TIMEOUT_S) -> str:
+        deadline = time.monotonic() + timeout_s
+        while status != "READY":
+            if status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
+                with self._errors(f"reading version {version} of model {self.model_name!r}"):
+                    message = self.client.get_model_version(self.model_name, version).status_message
+                what = "failed to register" if status == "FAILED_REGISTRATION" else \
+                    f"is still {status} after {timeout_s:.0f} s"
+                raise RegistryError(f"version {version} of model {self.model_name!r} {what}"
+                                    f"{f' ({message})' if message else ''}; check the tracking server "
+                                    "logs and re-run the pipeline")
+            time.sleep(0.2)
+            with self._errors(f"reading version {version} of model {self.model_name!r}"):
+                status = self.client.get_model_version(self.model_name, version).status
+        return version
+
+    def set_alias(self, alias: str, version: str) -> None:
+        with self._errors(f"setting alias {alias!r} of model {self.model_name!r} to version {version}",
+                          fix=f"check that version {version} exists, or {self._fix()}"):
+            self.client.set_registered_model_alias(self.model_name, alias, str(version))
+
+    def _aliases(self, name: str) -> dict[str, str] | None:
+        """alias -> version of a registered model; None if there is no such model."""
+        from mlflow.exceptions import MlflowException
+        client = self.client
+        with self._errors(f"reading registered model {name!r}"):
+            try:
+                model = client.get_registered_model(name)
+            except MlflowException as e:
+                if _code(e) == "RESOURCE_DOES_NOT_EXIST":
+                    return None
+                raise
+        return {a: str(v) for a, v in (model.aliases or {}).items()}
+
+    def get_alias(self, alias: str) -> str | None:
+        """Version the alias points to; None when there is no such alias or no such model."""
+        return (self._aliases(self.model_name) or {}).get(alias)
+
+    def tag_version(self, version: str, key: str, value: str) -> None:
+        with self._errors(f"tagging version {version} of model {self.model_name!r}"):
+            self.client.set_model_version_tag(self.model_name, str(version), _key(key), mask_uri(_text(value)))
+
+    def version_tags(self, version: str) -> dict:
+        return dict(self._version(self.model_name, str(version), None).tags or {})
+
+    # ---- bundles out
+    def load_bundle(self, ref: str) -> Bundle:
+        """Bundle of "champion", "@alias", "3", "models:/NAME/3" or "models:/NAME@alias".
+
+        The alias is resolved on every call; a version's artifacts are downloaded once into
+        ``{store}/registry_cache`` (versions are immutable) and reused from there.
+        """
+        name, version, alias = self._parse_ref(ref)
+        if alias is not None:
+            version = self._alias_target(name, alias)
+        return self._fetch(name, self._version(name, version, alias), alias)
+
+    def champion(self) -> tuple[str, Bundle] | None:
+        """(version, bundle) of the champion; None before the first promotion."""
+        aliases = self._aliases(self.model_name)
+        if not aliases or CHAMPION not in aliases:
+            return None
+        mv = self._version(self.model_name, aliases[CHAMPION], CHAMPION)
+        return str(mv.version), self._fetch(self.model_name, mv, CHAMPION)
+
+    def _parse_ref(self, ref: str) -> tuple[str, str | None, str | None]:
+        """-> (model name, version, alias); exactly one of version and alias is set."""
+        text = str(ref).strip()
+        name = self.model_name
+        if text.startswith("models:/"):
+            body = text[len("models:/"):]
+            if "@" in body:
+                name, alias = body.rsplit("@", 1)
+                if name and alias:
+                    return name, None, alias
+            elif "/" in body:
+                name, version = body.rsplit("/", 1)
+                if name and version.isdigit():
+                    return name, str(int(version)), None
+            raise RegistryError(f"model reference {text!r} is not understood; write models:/NAME/VERSION "
+                                "or models:/NAME@ALIAS (stages such as /Production are not supported)")
+        if text.startswith("@"):
+            text = text[1:]
+            if text:
+                return name, None, text
+        elif re.fullmatch(r"[vV]?\d+", text):
+            return name, str(int(text.lstrip("vV"))), None
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", text):
+            return name, None, text
+        raise RegistryError(f"model reference {str(ref)!r} is not understood; use an alias (champion, "
+                            "challenger, @name), a version number, models:/NAME/VERSION or models:/NAME@ALIAS")
+
+    def _alias_target(self, name: str, alias: str) -> str:
+        aliases = self._aliases(name)
+        if aliases is None:
+            raise RegistryError(self._no_model(name))
+        if alias not in aliases:
+            known = ", ".join(f"{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
+            raise RegistryError(f"model {name!r} has no alias {alias!r} (aliases: {known}); run the pipeline "
+                                f"to register and promote a version, or set the alias on an existing version")
+        return aliases[alias]
+
+    def _no_model(self, name: str) -> str:
+        return (f"there is no registered model {name!r} at {self.display_uri}; run the pipeline to train "
+                "and register one, or fix registry.model_name / registry.tracking_uri")
+
+    def _version(self, name: str, version: str, alias: str | None):
+        from mlflow.exceptions import MlflowException
+        client = self.client
+        with self._errors(f"reading version {version} of model {name!r}"):
+            try:
+                mv = client.get_model_version(name, version)
+            except MlflowException as e:
+                if _code(e) not in _NOT_FOUND:
+                    raise
+                mv = None
+        if mv is None:
+            if self._aliases(name) is None:
+                raise RegistryError(self._no_model(name))
+            raise RegistryError(self._broken(name, version, alias, "does not exist"))
+        if mv.status != "READY":
+            raise RegistryError(self._broken(name, version, alias, f"is not ready (status {mv.status})"))
+        return mv
+
+    @staticmethod
+    def _broken(name: str, version: str, alias: str | None, problem: str) -> str:
+        if alias is not None:
+            return (f"alias {alias!r} of model {name!r} points to version {version}, which {problem}; "
+                    "re-run the pipeline or move the alias")
+        return f"version {version} of model {name!r} {problem}; re-run the pipeline or use another version"
+
+    def _fetch(self, name: str, mv, alias: str | None) -> Bundle:
+        """Download a version's bundle into the cache (once: versions are immutable) and load it."""
+        version = str(mv.version)
+        with self._errors(f"resolving the artifacts of version {version} of model {name!r}"):
+            uri = self.client.get_model_version_download_uri(name, version)
+        key = hashlib.sha256(f"{self.display_uri}|{uri}".encode()).hexdigest()[:12]
+        parent = os.path.join(self.cache_dir, re.sub(r"[^A-Za-z0-9_.-]", "_", name))
+        dest = os.path.join(parent, f"v{version}-{key}")
+        if not _complete(dest):
+            os.makedirs(parent, exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=".download-", dir=parent)
+            try:
+                try:
+                    local = _mlflow().artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp,
+                                                                   tracking_uri=self.tracking_uri)
+                except Exception as e:
+                    if not _is_external(e):
+                        raise
+                    problem = (f"has no model bundle at {mask_uri(uri)} (its artifacts were deleted)"
+                               if "No such artifact" in str(e) or isinstance(e, FileNotFoundError)
+                               else f"cannot be downloaded from {mask_uri(uri)} ({_short(e)})")
+                    raise RegistryError(self._broken(name, version, alias, problem)) from None
+                missing = [f for f in FILES if not os.path.isfile(os.path.join(local, f))]
+                if missing:
+                    what = ("has no model bundle" if len(missing) == len(FILES)
+                            else f"has an incomplete model bundle (missing {', '.join(missing)})")
+                    raise RegistryError(self._broken(name, version, alias, f"{what} at {mask_uri(uri)}"))
+                if not _complete(dest):           # another replica may have cached it meanwhile
+                    shutil.rmtree(dest, ignore_errors=True)
+                    try:
+                        os.replace(local, dest)
+                    except OSError:
+                        if not _complete(dest):
+                            raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            return load_bundle_dir(dest)
+        except RegistryError as e:
+            raise RegistryError(self._broken(name, version, alias, f"cannot be loaded: {e.message}")) from None
+
+
+# --------------------------------------------------------------------------- runs
+class RunLog:
+    """One MLflow run. A context manager: FAILED (tag failure_reason) on exception, else FINISHED."""
+
+    def __init__(self, registry: Registry, run_id: str, artifact_uri: str, experiment_id: str):
+        self.registry = registry
+        self.run_id = run_id
+        self.artifact_uri = artifact_uri
+        self.experiment_id = experiment_id
+        self.status: str | None = None        # set once the run has ended
+
+    def __repr__(self) -> str:
+        return f"RunLog(run_id={self.run_id!r}, status={self.status or 'RUNNING'})"
+
+    def __enter__(self) -> "RunLog":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.end()
+            return False
+        try:                                  # never hide the original exception behind a logging error
+            if issubclass(exc_type, KeyboardInterrupt):
+                self.end("KILLED")
+            else:
+                self.fail(f"{exc_type.__name__}: {exc}")
+        except RegistryError as e:
+            logging.getLogger(__name__).warning("could not mark run %s as failed: %s", self.run_id, e)
+        return False
+
+    def _errors(self, doing: str):
+        return self.registry._errors(f"{doing} (run {self.run_id})")
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.status is not None:
+            return
+        with self._errors("ending the run"):
+            self.registry.client.set_terminated(self.run_id, status)
+        self.status = status
+
+    def fail(self, reason: str) -> None:
+        """Tag failure_reason and end the run as FAILED."""
+        self.set_tags({"failure_reason": reason})
+        self.end("FAILED")
+
+    def log_params(self, params: dict) -> None:
+        """Nested dicts become dotted keys; values are stringified and clipped to MLflow's limit."""
+        from mlflow.entities import Param
+        try:
+            from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH as limit
+        except ImportError:
+            limit = _PARAM_LIMIT_FALLBACK
+        items = [Param(_key(k), _clip(mask_uri(_text(v)), limit)) for k, v in flatten(params).items()]
+        self._batch(params=items)
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        """Finite numbers only (bools count as 0/1); anything else is skipped."""
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        items = [Metric(_key(k), float(v), now, step or 0) for k, v in flatten(metrics).items()
+                 if isinstance(v, numbers.Real) and math.isfinite(float(v))]
+        self._batch(metrics=items)
+
+    def set_tags(self, tags: dict) -> None:
+        from mlflow.entities import RunTag
+        self._batch(tags=[RunTag(k, v) for k, v in _tag_dict(tags).items()])
+
+    def _batch(self, params=(), metrics=(), tags=(), size: int = 100) -> None:
+        client = self.registry.client
+        with self._errors("logging to the run"):
+            for lst, kw in ((list(params), "params"), (list(metrics), "metrics"), (list(tags), "tags")):
+                for i in range(0, len(lst), size):
+                    client.log_batch(self.run_id, **{kw: lst[i:i + size]})
+
+    def log_dict(self, obj, name: str) -> None:
+        """JSON artifact (numpy values become plain numbers)."""
+        self.log_text(json.dumps(obj, indent=1, default=_json_default), name)
+
+    def log_text(self, text: str, name: str) -> None:
+        with self._errors(f"logging artifact {name!r}"):
+            self.registry.client.log_text(self.run_id, text, name)
+
+    def log_file(self, path: str, artifact_path: str | None = None) -> None:
+        with self._errors(f"logging file {path!r}"):
+            self.registry.client.log_artifact(self.run_id, path, artifact_path)
+
+    def log_figure(self, fig, name: str) -> None:
+        """A matplotlib figure as a PNG artifact (the caller closes the figure)."""
+        if not os.path.splitext(name)[1]:
+            name += ".png"
+        with self._errors(f"logging figure {name!r}"):
+            self.registry.client.log_figure(self.run_id, fig, name)
+
+    def child_run(self, name: str, params: dict, metrics: dict, tags: dict | None = None) -> str:
+        """A finished nested run (e.g. one tuning trial) under this one; returns its run id."""
+        all_tags = {**(tags or {}), "mlflow.parentRunId": self.run_id}
+        with self._errors(f"starting child run {name!r}"):
+            run = self.registry.client.create_run(self.experiment_id, run_name=name, tags=_tag_dict(all_tags))
+        with RunLog(self.registry, run.info.run_id, run.info.artifact_uri, self.experiment_id) as child:
+            child.log_params(params)
+            child.log_metrics(metrics)
+        return child.run_id
+
+
+def _complete(path: str) -> bool:
+    return all(os.path.isfile(os.path.join(path, f)) for f in FILES)
+
+
+def _tag_dict(tags: dict | None) -> dict[str, str]:
+    try:
+        from mlflow.utils.validation import MAX_TAG_VAL_LENGTH as limit
+    except ImportError:
+        limit = 5000
+    return {_key(k): _clip(mask_uri(_text(v)), limit) for k, v in (tags or {}).items() if v is not None}
+
+
+# --------------------------------------------------------------------------- reachability
+def _bounded(fn, timeout_s: float, error):
+    """Run fn in a daemon thread; raise error(reason) if it fails or takes longer than timeout_s."""
+    out: dict = {}
+
+    def target():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - reported to the caller below
+            out["error"] = e
+
+    t = threading.Thread(target=target, name="mlops-ray-registry-probe", daemon=True)
+    t.start()
+    t.join(timeout_s + 0.5)
+    if t.is_alive():
+        raise error(f"no answer within {timeout_s:g} s")
+    if "error" in out:
+        raise error(_short(out["error"], 200))
+    return out.get("value")
+
+
+def _check_http(uri: str, timeout_s: float) -> None:
+    """GET {uri}/health with a short timeout and no retries (MLflow's own client retries for minutes)."""
+    shown = mask_uri(uri)
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    url = urllib.parse.urlunsplit((parts.scheme, host, parts.path.rstrip("/") + "/health", "", ""))
+    headers = {}
+    user = urllib.parse.unquote(parts.username) if parts.username else os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = (urllib.parse.unquote(parts.password) if parts.password
+                else os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+    if user:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+
+    def probe() -> int:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except urllib.error.URLError as e:
+            raise ConnectionError(str(e.reason)) from None
+
+    status = _bounded(probe, timeout_s, lambda reason: RegistryError(
+        f"the MLflow tracking server {shown} is not reachable ({reason}); "
+        "start the server or fix registry.tracking_uri"))
+    if status in (401, 403):
+        raise RegistryError(f"the MLflow tracking server {shown} rejected the credentials (HTTP {status}); "
+                            "set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or fix registry.tracking_uri")
+    if status != 200:
+        raise RegistryError(f"{shown} answered HTTP {status} on /health, so it does not look like an MLflow "
+                            "tracking server; start the server or fix registry.tracking_uri")

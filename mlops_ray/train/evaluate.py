@@ -1,0 +1,462 @@
+"""Evaluation and the gate: predictions in, metrics and a promotion decision out.
+
+In: a task (``binary`` | ``regression`` | ``multiclass``), the true labels and the
+predictions of one model on the test split, aligned by position: the positive-class
+probability for binary, the value for regression, an ``(n, k)`` probability matrix for
+multiclass (labels ``0..k-1``). Optionally the decision threshold and a slice column.
+
+Out:
+- ``evaluate`` -> ``EvaluationReport``: overall metrics and metrics per slice value.
+- ``roc_points`` / ``pr_points``: downsampled curves as JSON-able lists, for plots.
+- ``decide`` -> ``GateDecision``: every absolute threshold and champion comparison, each
+  with its observed value and limit; ``raise_if_rejected`` turns a rejection into one
+  ``GateRejected`` listing every failure.
+- ``check_gate_metrics`` / ``check_metric``: config checks run before training starts, so
+  a gate or tune metric the task cannot produce fails in seconds, not after tuning.
+
+Pure numpy/pandas/scikit-learn: no Ray, MLflow or xgboost. Callers compute predictions,
+store reports and act on decisions.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from mlops_ray.config import GateConfig
+from mlops_ray.errors import ConfigError, GateRejected
+
+# --------------------------------------------------------------------------- metric names
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("auc", "pr_auc", "logloss", "accuracy", "precision", "recall", "f1", "ece",
+               "positive_rate", "n"),
+    "regression": ("rmse", "mae", "r2", "n"),
+    # f1 is macro-averaged; auc is macro one-vs-rest.
+    "multiclass": ("auc", "logloss", "accuracy", "f1", "n"),
+}
+
+METRIC_DIRECTION: dict[str, str] = {
+    "auc": "max", "pr_auc": "max", "accuracy": "max", "precision": "max", "recall": "max",
+    "f1": "max", "r2": "max",
+    "logloss": "min", "ece": "min", "rmse": "min", "mae": "min",
+}
+
+# Produced, and usable as gate.min / gate.max bounds (a floor on test rows, a ceiling on the
+# share flagged positive), but neither larger nor smaller means a better model: they cannot
+# be tuned on or compared with a champion.
+DESCRIPTIVE = ("positive_rate", "n")
+
+# The values a metric can take; a gate bound outside them can never be met.
+_UNIT = ("auc", "pr_auc", "accuracy", "precision", "recall", "f1", "ece", "positive_rate")
+_RANGE: dict[str, tuple[float, float]] = {
+    **{m: (0.0, 1.0) for m in _UNIT}, "r2": (-math.inf, 1.0),
+    "logloss": (0.0, math.inf), "rmse": (0.0, math.inf), "mae": (0.0, math.inf), "n": (0.0, math.inf),
+}
+
+SKIPPED = "_skipped"     # key of the slices too small to score, {value: rows}
+ECE_BINS = 10
+_TOL = 1e-9              # differences of metrics are compared with this slack (float rounding)
+
+
+def task_metrics(task: str) -> tuple[str, ...]:
+    """The metric names ``metrics_for(task, ...)`` returns."""
+    if task not in TASK_METRICS:
+        raise ValueError(f"unknown task {task!r}; model.task must be one of {', '.join(TASK_METRICS)}")
+    return TASK_METRICS[task]
+
+
+def metric_direction(name: str) -> str:
+    """'max' if larger is better, 'min' if smaller is better."""
+    if name in METRIC_DIRECTION:
+        return METRIC_DIRECTION[name]
+    known = ", ".join(sorted(METRIC_DIRECTION))
+    if name in DESCRIPTIVE:
+        raise ValueError(f"metric {name!r} describes the test data, not the model, and has no better "
+                         f"direction; metrics with a direction: {known}")
+    raise ValueError(f"unknown metric {name!r}{_did_you_mean(name, METRIC_DIRECTION)}; known metrics: {known}")
+
+
+# --------------------------------------------------------------------------- metrics
+def metrics_for(task: str, y_true, y_pred, threshold: float = 0.5) -> dict[str, float]:
+    """Metrics of one set of predictions. Undefined ranking metrics (a class missing from
+    ``y_true``) are NaN, not an exception."""
+    task_metrics(task)
+    y = _vector(y_true, "y_true")
+    if task == "multiclass":
+        p = np.asarray(y_pred.to_numpy() if hasattr(y_pred, "to_numpy") else y_pred, dtype=float)
+        _same_length(y, p)
+        return _multiclass(y, p)
+    p = _vector(y_pred, "y_pred")
+    _same_length(y, p)
+    return _binary(y, p, threshold) if task == "binary" else _regression(y, p)
+
+
+def _binary(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"binary labels must be 0/1; got {np.unique(y)[:5].tolist()}")
+    if p.min() < 0 or p.max() > 1:
+        raise ValueError(f"binary predictions must be probabilities in [0, 1]; got {p.min():g}..{p.max():g} "
+                         "(raw margins? use the model's probability output)")
+    y = y.astype(int)
+    hard = (p >= threshold).astype(int)
+    both = len(np.unique(y)) == 2
+    return {
+        "auc": float(skm.roc_auc_score(y, p)) if both else math.nan,
+        "pr_auc": float(skm.average_precision_score(y, p)) if both else math.nan,
+        "logloss": float(skm.log_loss(y, p, labels=[0, 1])),
+        "accuracy": float(skm.accuracy_score(y, hard)),
+        "precision": float(skm.precision_score(y, hard, zero_division=0)),
+        "recall": float(skm.recall_score(y, hard, zero_division=0)),
+        "f1": float(skm.f1_score(y, hard, zero_division=0)),
+        "ece": expected_calibration_error(y, p),
+        "positive_rate": float(hard.mean()),   # share predicted positive at the threshold
+        "n": float(len(y)),
+    }
+
+
+def _regression(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    err = p - y
+    return {
+        "rmse": float(np.sqrt(np.mean(err ** 2))),
+        "mae": float(np.mean(np.abs(err))),
+        "r2": float(skm.r2_score(y, p)) if len(y) > 1 else math.nan,
+        "n": float(len(y)),
+    }
+
+
+def _multiclass(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError(f"multiclass predictions must be an (n, k) probability matrix; got shape {p.shape}")
+    k = p.shape[1]
+    if not np.isin(y, np.arange(k)).all():
+        raise ValueError(f"multiclass labels must be integers 0..{k - 1} (one per probability column); "
+                         f"got {np.unique(y)[:5].tolist()}")
+    if not np.isfinite(p).all() or (p < 0).any():
+        raise ValueError("multiclass predictions must be finite, non-negative probabilities")
+    # float32 softmax rows sum to 1 only within ~1e-6; sklearn insists on rows that sum to 1.
+    p = p / p.sum(axis=1, keepdims=True)
+    y = y.astype(int)
+    labels = np.arange(k)
+    if len(np.unique(y)) == k:
+        auc = skm.roc_auc_score(y, p[:, 1]) if k == 2 else skm.roc_auc_score(
+            y, p, multi_class="ovr", average="macro", labels=labels)
+    else:
+        auc = math.nan
+    hard = p.argmax(axis=1)
+    return {
+        "auc": float(auc),
+        "logloss": float(skm.log_loss(y, p, labels=labels)),
+        "accuracy": float(skm.accuracy_score(y, hard)),
+        "f1": float(skm.f1_score(y, hard, average="macro", zero_division=0)),
+        "n": float(len(y)),
+    }
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Mean |observed rate - mean probability| over equal-width bins, weighted by bin counts."""
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    observed = np.bincount(idx, weights=y, minlength=bins)
+    predicted = np.bincount(idx, weights=p, minlength=bins)
+    # sum_b (n_b / n) * |observed_b / n_b - predicted_b / n_b| == sum_b |observed_b - predicted_b| / n
+    return float(np.abs(observed - predicted).sum() / len(p))
+
+
+def slice_metrics(task: str, y_true, y_pred, slices, threshold: float = 0.5,
+                  min_rows: int = 50) -> dict[str, dict]:
+    """Metrics per slice value (keys are ``str(value)``, missing values ``"<null>"``).
+    Slices with fewer than ``min_rows`` rows are not scored; ``result["_skipped"]`` maps
+    them to their row counts."""
+    y = _vector(y_true, "y_true")
+    p = np.asarray(y_pred.to_numpy() if hasattr(y_pred, "to_numpy") else y_pred)
+    s = pd.Series(np.asarray(slices, dtype=object))
+    keys = s.where(s.notna(), "<null>").map(str).to_numpy()
+    _same_length(y, p)
+    if len(keys) != len(y):
+        raise ValueError(f"slices has {len(keys)} rows but y_true has {len(y)}; pass the slice column of the test rows")
+    values, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    out: dict[str, dict] = {}
+    skipped: dict[str, int] = {}
+    for i, (value, count) in enumerate(zip(values.tolist(), counts.tolist())):
+        if count < min_rows:
+            skipped[value] = count
+            continue
+        rows = inverse == i
+        out[value] = metrics_for(task, y[rows], p[rows], threshold)
+    out[SKIPPED] = skipped
+    return out
+
+
+@dataclass
+class EvaluationReport:
+    task: str
+    metrics: dict[str, float]
+    slices: dict[str, dict] = field(default_factory=dict)
+    threshold: float = 0.5
+    n_test: int = 0
+    slice_column: str | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-able: NaN metrics become None."""
+        return _json_safe(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EvaluationReport":
+        """Inverse of ``to_dict`` (None metrics back to NaN), e.g. for a champion's stored report."""
+        slices = {k: (dict(v) if k == SKIPPED else _nan_back(v)) for k, v in d.get("slices", {}).items()}
+        return cls(task=d["task"], metrics=_nan_back(d["metrics"]), slices=slices,
+                   threshold=d.get("threshold", 0.5), n_test=d.get("n_test", 0),
+                   slice_column=d.get("slice_column"))
+
+
+def evaluate(task: str, y_true, y_pred, threshold: float = 0.5, slices=None,
+             min_slice_rows: int = 50) -> EvaluationReport:
+    """The report of one model on the test split; ``slices`` is the slice column's values."""
+    metrics = metrics_for(task, y_true, y_pred, threshold)
+    by_slice = {} if slices is None else slice_metrics(task, y_true, y_pred, slices, threshold, min_slice_rows)
+    name = getattr(slices, "name", None)
+    return EvaluationReport(task=task, metrics=metrics, slices=by_slice, threshold=float(threshold),
+                            n_test=int(metrics["n"]), slice_column=None if name is None else str(name))
+
+
+# --------------------------------------------------------------------------- curves
+def roc_points(y, p, max_points: int = 200) -> dict[str, list[float]]:
+    """ROC curve as ``{"fpr": [...], "tpr": [...]}``, at most ``max_points`` points; empty
+    lists when ``y`` has one class."""
+    y, p = _vector(y, "y"), _vector(p, "p")
+    if len(np.unique(y)) < 2:
+        return {"fpr": [], "tpr": []}
+    fpr, tpr, _ = skm.roc_curve(y, p)
+    keep = _downsample(len(fpr), max_points)
+    return {"fpr": _rounded(fpr[keep]), "tpr": _rounded(tpr[keep])}
+
+
+def pr_points(y, p, max_points: int = 200) -> dict[str, list[float]]:
+    """Precision-recall curve as ``{"recall": [...], "precision": [...]}``, recall rising."""
+    y, p = _vector(y, "y"), _vector(p, "p")
+    if len(np.unique(y)) < 2:
+        return {"recall": [], "precision": []}
+    precision, recall, _ = skm.precision_recall_curve(y, p)
+    precision, recall = precision[::-1], recall[::-1]     # sklearn lists recall falling
+    keep = _downsample(len(recall), max_points)
+    return {"recall": _rounded(recall[keep]), "precision": _rounded(precision[keep])}
+
+
+def _downsample(n: int, max_points: int) -> np.ndarray:
+    if max_points < 2:
+        raise ValueError(f"max_points must be at least 2; got {max_points}")
+    if n <= max_points:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max_points).round().astype(int))   # keeps both ends
+
+
+# --------------------------------------------------------------------------- the gate
+@dataclass
+class GateDecision:
+    passed: bool
+    failures: list[str]
+    checks: list[dict]          # every check, passed or not: check, metric, observed, threshold, ...
+    champion_version: str | None = None
+
+    def to_dict(self) -> dict:
+        return _json_safe(asdict(self))
+
+
+def decide(candidate: EvaluationReport, champion: EvaluationReport | None, gate: GateConfig,
+           metric: str, champion_version: str | None = None) -> GateDecision:
+    """Apply the gate. Absolute bounds always; with a champion (evaluated on the same test
+    set) also: beat it on ``metric`` by ``gate.min_delta``, and let no shared slice regress
+    on ``metric`` by more than ``gate.max_slice_regression``. Every check is run."""
+    checks = [_absolute_check(bound, name, limit, candidate.metrics)
+              for bound, limits in (("min", gate.min), ("max", gate.max))
+              for name, limit in limits.items()]
+    if champion is not None:
+        try:
+            direction = metric_direction(metric)
+        except ValueError as e:
+            raise ConfigError(f"cannot compare with the champion on {metric!r}: {e}") from None
+        who = _champion_name(champion_version)
+        checks.append(_champion_check(metric, direction, candidate, champion, gate.min_delta, who))
+        checks += _slice_checks(metric, direction, candidate, champion, gate.max_slice_regression, who)
+    failures = [c["message"] for c in checks if not c["passed"]]
+    return GateDecision(passed=not failures, failures=failures, checks=checks,
+                        champion_version=champion_version)
+
+
+def raise_if_rejected(decision: GateDecision) -> None:
+    """Raise one ``GateRejected`` naming every failure (the decision goes in ``details``)."""
+    if decision.passed:
+        return
+    n = len(decision.failures)
+    lines = "\n".join(f"  - {f}" for f in decision.failures)
+    raise GateRejected(f"{n} gate check{'s' if n != 1 else ''} failed:\n{lines}", details=decision.to_dict())
+
+
+def _absolute_check(bound: str, name: str, limit: float, produced: dict[str, float]) -> dict:
+    key = f"gate.{bound}.{name}"
+    check = {"check": key, "metric": name, "threshold": float(limit), "observed": None}
+    if name not in produced:
+        return {**check, "passed": False, "message": f"{key}: the evaluation does not produce {name!r}; "
+                f"it produced: {', '.join(produced)}"}
+    obs = float(produced[name])
+    check["observed"] = obs
+    if math.isnan(obs):
+        return {**check, "passed": False, "message": f"{name} is NaN (undefined on this test set, e.g. one "
+                f"class only), so {key} {limit:g} cannot be met"}
+    ok = obs >= limit if bound == "min" else obs <= limit
+    op = (">=" if ok else "<") if bound == "min" else ("<=" if ok else ">")
+    word = "required" if bound == "min" else "allowed"
+    return {**check, "passed": ok, "message": f"{name} {_fmt(obs, limit)} {op} {word} {limit:g} ({key})"}
+
+
+def _champion_check(metric: str, direction: str, candidate: EvaluationReport, champion: EvaluationReport,
+                    min_delta: float, who: str) -> dict:
+    cand, champ = candidate.metrics.get(metric), champion.metrics.get(metric)
+    check = {"check": "champion", "metric": metric, "observed": cand, "champion": champ,
+             "threshold": float(min_delta)}
+    for value, whose in ((cand, "the candidate"), (champ, who)):
+        if value is None or math.isnan(value):
+            state = "NaN" if value is not None else "missing"
+            return {**check, "passed": False, "message": f"{metric} of {whose} is {state}, so the candidate "
+                    f"cannot be compared with {who}"}
+    gain = cand - champ if direction == "max" else champ - cand
+    ok = gain >= min_delta - _TOL
+    better = "" if direction == "max" else ", lower is better"
+    c, ch = _fmt(cand, champ), _fmt(champ, cand)
+    message = (f"{metric} {c} beats {who} ({ch}) by {gain:+.4g}, at least min_delta {min_delta:g}" if ok
+               else f"{metric} {c} does not beat {who} ({ch}) by min_delta {min_delta:g} "
+                    f"(change {gain:+.4g}{better})")
+    return {**check, "passed": ok, "gain": gain, "message": message}
+
+
+def _slice_checks(metric: str, direction: str, candidate: EvaluationReport, champion: EvaluationReport,
+                  max_regression: float, who: str) -> list[dict]:
+    checks = []
+    column = candidate.slice_column or champion.slice_column
+    for key in sorted((set(candidate.slices) & set(champion.slices)) - {SKIPPED}):
+        label = f"{column}={key}" if column else repr(key)
+        cand, champ = candidate.slices[key].get(metric), champion.slices[key].get(metric)
+        check = {"check": "slice", "slice": key, "metric": metric, "observed": cand, "champion": champ,
+                 "threshold": float(max_regression)}
+        if cand is None or champ is None or math.isnan(cand) or math.isnan(champ):
+            # e.g. a slice with one class only: auc is undefined for both models alike
+            checks.append({**check, "passed": True, "skipped": True,
+                           "message": f"slice {label}: {metric} not comparable (missing or NaN), skipped"})
+            continue
+        drop = champ - cand if direction == "max" else cand - champ
+        ok = drop <= max_regression + _TOL
+        c, ch = _fmt(cand, champ), _fmt(champ, cand)
+        message = (f"slice {label}: {metric} {c} vs {who} {ch}, regression {max(drop, 0):.4g} "
+                   f"within max_slice_regression {max_regression:g}" if ok
+                   else f"slice {label}: {metric} {c} vs {who} {ch} regresses by {drop:.4g}, "
+                        f"more than max_slice_regression {max_regression:g}")
+        checks.append({**check, "passed": ok, "regression": drop, "message": message})
+    return checks
+
+
+# --------------------------------------------------------------------------- config checks
+def check_gate_metrics(gate: GateConfig, task: str) -> None:
+    """Raise ConfigError, before any training, when a gate bound names a metric the task does
+    not produce, can never be met, or contradicts the other bound."""
+    produced = task_metrics(task)
+    problems = []
+    for bound, limits in (("min", gate.min), ("max", gate.max)):
+        for name, limit in limits.items():
+            key = f"gate.{bound}.{name}"
+            if name not in produced:
+                problems.append(f"{key}: task {task!r} does not produce {name!r}"
+                                f"{_did_you_mean(name, produced)}; valid names: {', '.join(produced)}")
+                continue
+            lo, hi = _RANGE[name]
+            if bound == "min" and limit > hi:
+                problems.append(f"{key}: {limit:g} can never be met, {name} is at most {hi:g}; lower it")
+            if bound == "max" and limit < lo:
+                problems.append(f"{key}: {limit:g} can never be met, {name} is at least {lo:g}; raise it")
+    for name in sorted(set(gate.min) & set(gate.max)):
+        if gate.min[name] > gate.max[name]:
+            problems.append(f"gate.min.{name} ({gate.min[name]:g}) is greater than gate.max.{name} "
+                            f"({gate.max[name]:g}); no model can pass, fix one of them")
+    if problems:
+        n = len(problems)
+        raise ConfigError(f"gate: {n} problem{'s' if n != 1 else ''}\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def check_metric(metric: str, mode: str, task: str) -> None:
+    """Raise ConfigError when tune.metric is not a metric of the task with a direction, or
+    tune.mode contradicts that direction."""
+    produced = task_metrics(task)
+    choices = ", ".join(f"{m} ({METRIC_DIRECTION[m]})" for m in produced if m in METRIC_DIRECTION)
+    if metric not in produced or metric not in METRIC_DIRECTION:
+        why = (f"{metric!r} describes the test data and has no better direction" if metric in produced
+               else f"task {task!r} does not produce {metric!r}{_did_you_mean(metric, produced)}")
+        raise ConfigError(f"tune.metric: {why}; set tune.metric to one of {choices} "
+                          "and tune.mode to the direction in brackets")
+    want = METRIC_DIRECTION[metric]
+    if mode != want:
+        raise ConfigError(f"tune.mode is {mode!r} but {metric} is better when "
+                          f"{'higher' if want == 'max' else 'lower'}; set tune.mode: {want}")
+
+
+# --------------------------------------------------------------------------- helpers
+def _vector(x: Any, what: str) -> np.ndarray:
+    """A 1-D float array from a list, numpy array or pandas Series (nullable/Arrow dtypes too)."""
+    a = x.to_numpy(dtype=float, na_value=np.nan) if hasattr(x, "to_numpy") else np.asarray(x, dtype=float)
+    if a.ndim != 1:
+        raise ValueError(f"{what} must be one-dimensional; got shape {a.shape}")
+    if len(a) == 0:
+        raise ValueError(f"{what} is empty; there is nothing to evaluate")
+    if np.isnan(a).any():
+        raise ValueError(f"{what} has {int(np.isnan(a).sum())} NaN values; drop or fill them before evaluating")
+    return a
+
+
+def _same_length(y: np.ndarray, p: np.ndarray) -> None:
+    if len(y) != len(p):
+        raise ValueError(f"y_true has {len(y)} rows but y_pred has {len(p)}")
+
+
+def _rounded(a: np.ndarray) -> list[float]:
+    return [round(float(v), 6) for v in a]
+
+
+def _fmt(x: float, *others: float) -> str:
+    """``x`` with as few significant digits (at least 3) as tell it apart from ``others``."""
+    if float(x).is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    for digits in range(3, 12):
+        s = f"{x:.{digits}g}"
+        if all(s != f"{o:.{digits}g}" for o in others if o != x):
+            return s
+    return repr(float(x))
+
+
+def _champion_name(version: str | None) -> str:
+    if version is None:
+        return "the champion"
+    version = str(version)
+    return f"champion v{version}" if version.isdigit() else f"champion {version}"
+
+
+def _did_you_mean(name: str, options) -> str:
+    guess = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean {guess[0]!r}?)" if guess else ""
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _nan_back(metrics: dict) -> dict[str, float]:
+    return {k: math.nan if v is None else float(v) for k, v in metrics.items()}

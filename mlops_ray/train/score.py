@@ -1,0 +1,49 @@
+"""Scoring raw test rows with one or more model bundles, in one Ray Data pass.
+
+The gate compares challenger and champion on the *same* rows: the test split of the
+current data, taken from the raw source (each model applies its own FeatureSpec), so a
+champion fitted on different vocabularies is still judged fairly. Only labels,
+predictions and the slice column come back to the driver.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from mlops_ray.config import DataConfig
+from mlops_ray.data import features as feat
+
+
+def _score_batch(table: pa.Table, *, data: DataConfig, cutoffs, models: dict, slice_column: str | None) -> dict:
+    import xgboost as xgb
+
+    from mlops_ray.bundle import predict_features
+    codes = feat.split_codes(table, data, cutoffs)
+    test = table.filter(pa.array(codes == 2))
+    out = {"y": np.asarray(test.column(data.label).to_numpy(zero_copy_only=False), dtype=np.float64)}
+    df = test.to_pandas()
+    for name, (raw, spec_dict) in models.items():
+        spec = feat.FeatureSpec.from_dict(spec_dict)
+        bst = xgb.Booster()
+        bst.load_model(bytearray(raw))
+        p = predict_features(bst, feat.transform(df, spec), spec)
+        out[f"p_{name}"] = p if p.ndim == 1 else p.tolist()
+    if slice_column:
+        out["slice"] = df[slice_column].astype(object).where(df[slice_column].notna(), None).astype(str).to_numpy()
+    return out
+
+
+def score_test(ds, data: DataConfig, cutoffs, models: dict, slice_column: str | None = None) -> dict:
+    """{"y": labels, "p_<name>": predictions per model, "slice": values} for the test rows of ``ds``.
+
+    ``models`` maps a name to (booster bytes in UBJ, FeatureSpec dict).
+    """
+    parts = ds.map_batches(_score_batch, fn_kwargs={"data": data, "cutoffs": cutoffs, "models": models,
+                                                    "slice_column": slice_column},
+                           batch_format="pyarrow", batch_size=None).iter_batches(batch_format="numpy",
+                                                                                batch_size=None)
+    acc: dict[str, list] = {}
+    for b in parts:
+        for k, v in b.items():
+            acc.setdefault(k, []).append(np.asarray(v))
+    return {k: np.concatenate(v) for k, v in acc.items()} if acc else {"y": np.empty(0)}

@@ -1,0 +1,333 @@
+"""Search: Ray Tune + OptunaSearch (TPE, seeded) + ASHA over XGBoost trials.
+
+In: the featurized splits (arrays put in the object store once), the FeatureSpec and the
+``model``/``tune`` config. Out: a ``SearchResult`` (best config, score, best iteration,
+one row per trial) and, by ``train_final``, the final booster.
+
+Where the time goes, and what is done about it (DESIGN.md measured a naive Tune search
+at 5.8x plain Optuna):
+- data reaches trials once, through the object store (``tune.with_parameters``); each
+  worker process builds its QuantileDMatrix once and keeps it across reused actors;
+- trials report every ``tune.report_every`` rounds, not every round;
+- the searcher is wrapped in a ConcurrencyLimiter sized to the CPUs, so TPE sees results
+  as they arrive instead of proposing every trial up front;
+- no per-trial checkpoints or loggers (the final model is refitted from the best config).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from ray.tune import Callback
+
+from mlops_ray.config import ModelConfig, TuneConfig
+from mlops_ray.data.features import FeatureSpec
+from mlops_ray.train import xgb as X
+
+Progress = Callable[[str, str], None]
+
+
+@dataclass
+class SearchResult:
+    metric: str
+    mode: str
+    best_config: dict
+    best_score: float
+    best_iteration: int
+    trials: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    strategy: str = "single"
+    restored: bool = False
+
+    def to_dict(self) -> dict:
+        return {"metric": self.metric, "mode": self.mode, "best_config": self.best_config,
+                "best_score": self.best_score, "best_iteration": self.best_iteration,
+                "n_trials": len(self.trials), "seconds": round(self.seconds, 2), "strategy": self.strategy,
+                "restored": self.restored, "trials": self.trials}
+
+
+# --------------------------------------------------------------------------- search space
+def build_space(cfg: TuneConfig) -> dict:
+    from ray import tune
+    space = {}
+    for name, p in cfg.space.items():
+        if p.type == "int":
+            space[name] = tune.randint(int(p.low), int(p.high) + 1)
+        elif p.type == "float":
+            space[name] = tune.uniform(p.low, p.high)
+        elif p.type == "log_float":
+            space[name] = tune.loguniform(p.low, p.high)
+        else:
+            space[name] = tune.choice(list(p.values))
+    return space
+
+
+# --------------------------------------------------------------------------- trials (run on workers)
+_DMATRIX_CACHE: dict[str, tuple] = {}
+
+
+def _dmatrices(key: str, data: dict, spec: FeatureSpec):
+    """Build the train/valid QuantileDMatrix once per worker process; reused actors keep it."""
+    if key not in _DMATRIX_CACHE:
+        _DMATRIX_CACHE.clear()
+        dtrain = X.dmatrix(data["X_train"], data["y_train"], spec)
+        dvalid = X.dmatrix(data["X_valid"], data["y_valid"], spec, ref=dtrain)
+        _DMATRIX_CACHE[key] = (dtrain, dvalid)
+    return _DMATRIX_CACHE[key]
+
+
+def _report_callback(every: int, xgb_metric: str, name: str, mode: str, report: Callable[[dict], None]):
+    import xgboost as xgb
+
+    class Report(xgb.callback.TrainingCallback):
+        def __init__(self):
+            super().__init__()
+            self.best = None
+
+        def after_iteration(self, model, epoch, evals_log):
+            value = float(evals_log["valid"][xgb_metric][-1])
+            if self.best is None or (value > self.best if mode == "max" else value < self.best):
+                self.best = value
+            if (epoch + 1) % every == 0:
+                report({name: self.best, "last": value, "rounds": epoch + 1})
+            return False
+
+    return Report()
+
+
+def single_trial(config: dict, *, data: dict, data_key: str, spec: dict, model: dict, tune_cfg: dict) -> None:
+    """One Tune trial: train on the cached DMatrix, report every few rounds, then the final score."""
+    from ray import tune
+    model_cfg, tcfg = ModelConfig(**model), TuneConfig(**tune_cfg)
+    fspec = FeatureSpec.from_dict(spec)
+    dtrain, dvalid = _dmatrices(data_key, data, fspec)
+    params, rounds, esr = X.split_trial_config(config, model_cfg)
+    base = X.base_params(model_cfg, tcfg, X.trial_threads(tcfg.cpus_per_trial), int(data.get("n_classes", 2)))
+    xgb_metric = X.TRAIN_METRICS[model_cfg.task][tcfg.metric]
+    cb = _report_callback(tcfg.report_every, xgb_metric, tcfg.metric, tcfg.mode, tune.report)
+    res = X.train({**base, **params}, dtrain, rounds, dvalid, esr, [cb])
+    tune.report({tcfg.metric: res.best_score, "best_iteration": res.best_iteration,
+                 "rounds": res.booster.num_boosted_rounds(), "final": True})
+
+
+def distributed_trial(config: dict, *, train_path: str, valid_path: str, spec: dict, model: dict,
+                      tune_cfg: dict, storage: str) -> None:
+    """One Tune trial that runs a data-parallel Ray Train XGBoostTrainer (Ray's Tune + Train V2 pattern)."""
+    import ray
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+    model_cfg = ModelConfig(**model)
+    trial_id = tune.get_context().get_trial_id()
+    fit_distributed(config, train_path=train_path, valid_path=valid_path, spec=spec, model=model,
+                    tune_cfg=tune_cfg, storage=storage, name=f"trial-{trial_id}-{int(time.time())}",
+                    callbacks=[TuneReportCallback()], num_workers=model_cfg.num_workers)
+    del ray
+
+
+def fit_distributed(config: dict, *, train_path: str, valid_path: str | None, spec: dict, model: dict,
+                    tune_cfg: dict, storage: str, name: str, callbacks=(), num_workers: int = 2,
+                    rounds: int | None = None):
+    """Ray Train XGBoostTrainer over Ray Data shards; returns the booster saved by rank 0."""
+    import ray
+    import ray.train
+    from ray.train.xgboost import XGBoostTrainer
+
+    datasets = {"train": ray.data.read_parquet(train_path)}
+    if valid_path:
+        datasets["valid"] = ray.data.read_parquet(valid_path)
+    trainer = XGBoostTrainer(
+        _worker_loop,
+        train_loop_config={"config": config, "spec": spec, "model": model, "tune": tune_cfg, "rounds": rounds},
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, resources_per_worker={"CPU": 1}),
+        run_config=ray.train.RunConfig(name=name, storage_path=storage, callbacks=list(callbacks)),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        return None
+    import xgboost as xgb
+    with result.checkpoint.as_directory() as d:
+        bst = xgb.Booster()
+        bst.load_model(os.path.join(d, "model.ubj"))
+    return bst
+
+
+def _worker_loop(cfg: dict) -> None:
+    import tempfile
+
+    import ray.train
+    model_cfg, tcfg = ModelConfig(**cfg["model"]), TuneConfig(**cfg["tune"])
+    spec = FeatureSpec.from_dict(cfg["spec"])
+    cols = list(spec.output_columns)
+
+    def arrays(name):
+        shard = ray.train.get_dataset_shard(name)
+        if shard is None:
+            return None, None
+        df = shard.materialize().to_pandas()
+        return df[cols].to_numpy(np.float32), df[spec.label].to_numpy(np.float32)
+
+    Xtr, ytr = arrays("train")
+    Xva, yva = arrays("valid")
+    dtrain = X.dmatrix(Xtr, ytr, spec)
+    dvalid = X.dmatrix(Xva, yva, spec, ref=dtrain) if Xva is not None else None
+    params, rounds, esr = X.split_trial_config(cfg["config"], model_cfg)
+    if cfg.get("rounds"):
+        rounds, esr = int(cfg["rounds"]), None
+    base = X.base_params(model_cfg, tcfg, 1)
+    callbacks = []
+    if dvalid is not None:
+        xgb_metric = X.TRAIN_METRICS[model_cfg.task][tcfg.metric]
+        callbacks.append(_report_callback(tcfg.report_every, xgb_metric, tcfg.metric, tcfg.mode,
+                                          lambda m: ray.train.report(m)))
+    res = X.train({**base, **params}, dtrain, rounds, dvalid, esr, callbacks)
+    final = {tcfg.metric: res.best_score, "best_iteration": res.best_iteration,
+             "rounds": res.booster.num_boosted_rounds(), "final": True}
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint = None
+        if ray.train.get_context().get_world_rank() == 0:
+            res.booster.save_model(os.path.join(d, "model.ubj"))
+            checkpoint = ray.train.Checkpoint.from_directory(d)
+        ray.train.report(final, checkpoint=checkpoint)
+
+
+# --------------------------------------------------------------------------- the search
+def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, storage: str,
+               experiment: str, strategy: str, features_dir: str | None = None, resume: bool = False,
+               budget_scale: float = 1.0, progress: Progress | None = None) -> SearchResult:
+    """Run (or resume) the Tune experiment and return the best trial."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    t0 = time.perf_counter()
+    metric, mode = tune_cfg.metric, tune_cfg.mode
+    common = dict(spec=splits.spec.to_dict(), model=model.model_dump(), tune_cfg=tune_cfg.model_dump())
+    if strategy == "distributed":
+        trainable = tune.with_parameters(distributed_trial, train_path=f"{features_dir}/split=train",
+                                         valid_path=f"{features_dir}/split=valid", storage=storage, **common)
+        # the trial itself is light; its Train workers hold the CPUs
+        resources = {"CPU": 0.5}
+    else:
+        data = {"X_train": splits.X["train"], "y_train": splits.y["train"], "X_valid": splits.X["valid"],
+                "y_valid": splits.y["valid"], "n_classes": splits.n_classes}
+        trainable = tune.with_parameters(single_trial, data=data, data_key=experiment, **common)
+        resources = {"CPU": tune_cfg.cpus_per_trial, "GPU": tune_cfg.gpus_per_trial}
+    trainable = tune.with_resources(trainable, resources)
+
+    path = os.path.join(storage, experiment)
+    callbacks = [_ProgressCallback(progress, metric, mode, int(tune_cfg.num_samples * budget_scale))] \
+        if progress else []
+    run_config = tune.RunConfig(name=experiment, storage_path=storage, verbose=0, callbacks=callbacks,
+                                failure_config=tune.FailureConfig(max_failures=tune_cfg.max_failures),
+                                checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False))
+    restored = False
+    if resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=build_space(tune_cfg))
+        restored = True
+    else:
+        per_trial = resources["CPU"] * (model.num_workers if strategy == "distributed" else 1)
+        cluster_cpus = ray.cluster_resources().get("CPU", 1)
+        max_conc = tune_cfg.max_concurrent or max(1, int(cluster_cpus // max(per_trial, 1e-9)))
+        if strategy == "distributed":
+            max_conc = max(1, int(cluster_cpus // (model.num_workers + 0.5)))
+        searcher = ConcurrencyLimiter(OptunaSearch(metric=metric, mode=mode, seed=tune_cfg.seed),
+                                      max_concurrent=max_conc)
+        max_t = max(1, model.num_boost_round // tune_cfg.report_every)
+        scheduler = {
+            "asha": lambda: ASHAScheduler(time_attr="training_iteration", max_t=max_t,
+                                          grace_period=min(max_t, 2), reduction_factor=3),
+            "median": lambda: MedianStoppingRule(time_attr="training_iteration", grace_period=2,
+                                                 min_samples_required=3),
+            "none": lambda: FIFOScheduler(),
+        }[tune_cfg.scheduler]()
+        tuner = tune.Tuner(
+            trainable, param_space=build_space(tune_cfg), run_config=run_config,
+            tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler,
+                                        num_samples=max(1, int(tune_cfg.num_samples * budget_scale)),
+                                        time_budget_s=tune_cfg.time_budget_s,
+                                        reuse_actors=strategy == "single",
+                                        trial_dirname_creator=lambda t: t.trial_id))
+    grid = tuner.fit()
+    return _summarise(grid, metric, mode, strategy, time.perf_counter() - t0, restored)
+
+
+def _summarise(grid, metric: str, mode: str, strategy: str, seconds: float, restored: bool) -> SearchResult:
+    from mlops_ray.errors import MlopsError
+    trials = []
+    for r in grid:
+        m = r.metrics or {}
+        trials.append({"trial_id": m.get("trial_id"), "config": r.config, metric: m.get(metric),
+                       "best_iteration": m.get("best_iteration"), "rounds": m.get("rounds"),
+                       "iterations": m.get("training_iteration"), "stopped_early": not m.get("final", False),
+                       "error": str(r.error).splitlines()[0][:300] if r.error else None})
+    scored = [t for t in trials if t[metric] is not None and np.isfinite(t[metric])]
+    if not scored:
+        errors = [t["error"] for t in trials if t["error"]]
+        raise MlopsError(f"no trial produced '{metric}'" + (f"; first error: {errors[0]}" if errors else ""))
+    best = (max if mode == "max" else min)(scored, key=lambda t: t[metric])
+    best_it = best["best_iteration"] if best["best_iteration"] is not None else (best["rounds"] or 1) - 1
+    return SearchResult(metric, mode, best["config"], float(best[metric]), int(best_it), trials, seconds,
+                        strategy, restored)
+
+
+class _ProgressCallback(Callback):
+    """A Tune callback: one line per finished trial with the best score so far.
+
+    Tune pickles its run config (callbacks included) into the experiment state; the progress
+    function (which may hold a console) is left out of the pickle and comes back as None.
+    """
+
+    def __init__(self, progress, metric: str, mode: str, total: int):
+        self.progress, self.metric, self.mode, self.total = progress, metric, mode, total
+        self.done, self.best = 0, None
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "progress"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.progress = None
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        v = (trial.last_result or {}).get(self.metric)
+        if v is not None and (self.best is None or (v > self.best if self.mode == "max" else v < self.best)):
+            self.best = v
+        if self.progress:
+            best = f"{self.best:.5f}" if self.best is not None else "-"
+            self.progress("tune", f"{self.done}/{self.total} trials done, best {self.metric} {best}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.on_trial_complete(iteration, trials, trial)
+
+
+# --------------------------------------------------------------------------- final model
+def train_final(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, search: SearchResult,
+                strategy: str, features_dir: str | None = None, storage: str | None = None):
+    """Refit the best configuration: on train+valid for best_iteration+1 rounds (``model.refit:
+    train_valid``), or on train alone with the same rounds (``best_trial``)."""
+    params, _, _ = X.split_trial_config(search.best_config, model)
+    rounds = max(1, search.best_iteration + 1)
+    if strategy == "distributed":
+        paths = [f"{features_dir}/split=train"] + ([f"{features_dir}/split=valid"]
+                                                    if model.refit == "train_valid" else [])
+        return fit_distributed(search.best_config, train_path=paths if len(paths) > 1 else paths[0],
+                               valid_path=None, spec=splits.spec.to_dict(), model=model.model_dump(),
+                               tune_cfg=tune_cfg.model_dump(), storage=storage, name=f"final-{int(time.time())}",
+                               num_workers=model.num_workers, rounds=rounds)
+    if model.refit == "train_valid":
+        Xf = np.concatenate([splits.X["train"], splits.X["valid"]])
+        yf = np.concatenate([splits.y["train"], splits.y["valid"]])
+    else:
+        Xf, yf = splits.X["train"], splits.y["train"]
+    base = X.base_params(model, tune_cfg, X.default_threads(), splits.n_classes)
+    dtrain = X.dmatrix(Xf, yf, splits.spec)
+    return X.train({**base, **params}, dtrain, rounds).booster
