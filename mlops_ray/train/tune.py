@@ -207,6 +207,7 @@ def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, st
     from ray.tune.search.optuna import OptunaSearch
 
     t0 = time.perf_counter()
+    tune_cfg = X.resolve_metric(model, tune_cfg)
     metric, mode = tune_cfg.metric, tune_cfg.mode
     common = dict(spec=splits.spec.to_dict(), model=model.model_dump(), tune_cfg=tune_cfg.model_dump())
     if strategy == "distributed":

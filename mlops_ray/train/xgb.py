@@ -40,6 +40,13 @@ XGB_PARAMS = {
 SEARCH_ONLY = {"num_boost_round", "early_stopping_rounds"}
 
 
+def resolve_metric(model: ModelConfig, tune: TuneConfig) -> TuneConfig:
+    """tune.metric/mode 'auto' -> the task's default metric and its direction."""
+    metric = DEFAULT_METRIC[model.task] if tune.metric == "auto" else tune.metric
+    mode = METRIC_MODE.get(metric, "max") if tune.mode == "auto" else tune.mode
+    return tune if (metric, mode) == (tune.metric, tune.mode) else tune.model_copy(update={"metric": metric, "mode": mode})
+
+
 def check_model_config(model: ModelConfig, tune: TuneConfig) -> None:
     """Refuse search spaces and metrics XGBoost cannot honour, before anything runs."""
     known = XGB_PARAMS | SEARCH_ONLY
@@ -52,6 +59,7 @@ def check_model_config(model: ModelConfig, tune: TuneConfig) -> None:
                               + (f"; did you mean '{guess[0]}'?" if guess else
                                  f"; known: {', '.join(sorted(known))}"))
     metrics = TRAIN_METRICS[model.task]
+    tune = resolve_metric(model, tune)
     if tune.metric not in metrics:
         raise ConfigError(f"tune.metric '{tune.metric}' is not computed while training a {model.task} model; "
                           f"use one of {', '.join(metrics)}")

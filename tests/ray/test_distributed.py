@@ -1,0 +1,46 @@
+"""The data-parallel strategy (Ray Train XGBoostTrainer, 2 workers) against the single one."""
+import pytest
+
+from mlops_ray.config import TuneConfig
+from mlops_ray.pipeline import prepare_data
+from mlops_ray.train import tune as T
+from mlops_ray.train import xgb as X
+from mlops_ray.train.evaluate import metrics_for
+from tests.conftest import make_config, write_parquet
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from mlops_ray.data.synth import SynthSpec, generate_chunk
+    base = tmp_path_factory.mktemp("dist")
+    df = generate_chunk(SynthSpec(rows=150_000, seed=11), 0, 150_000)   # enough positives for a stable AUC
+    cfg = make_config(str(write_parquet(df, base / "data", parts=2)), store=str(base / "store"),
+                      model={"num_boost_round": 40, "strategy": "distributed", "num_workers": 2},
+                      tune={"num_samples": 1, "scheduler": "none", "report_every": 10, "seed": 2,
+                            "space": {"max_depth": {"type": "choice", "values": [4]}}})
+    data = prepare_data(cfg)
+    return cfg, data, X.load_splits(f"{data.out_dir}/features", data.spec, "binary")
+
+
+def test_distributed_matches_single_quality(prepared, tmp_path):
+    cfg, data, splits = prepared
+    params = {"eta": 0.1, "max_depth": 5}
+    dist = T.fit_distributed(params, train_path=f"{data.out_dir}/features/split=train",
+                             valid_path=f"{data.out_dir}/features/split=valid", spec=data.spec.to_dict(),
+                             model=cfg.model.model_dump(), tune_cfg=X.resolve_metric(cfg.model, cfg.tune).model_dump(),
+                             storage=str(tmp_path / "train"), name="dist", num_workers=2, rounds=100)
+    base = X.base_params(cfg.model, X.resolve_metric(cfg.model, cfg.tune), 2)
+    single = X.train({**base, **params}, X.dmatrix(splits.X["train"], splits.y["train"], data.spec), 100).booster
+    test = X.dmatrix(splits.X["test"], None, data.spec, quantile=False)
+    auc_d = metrics_for("binary", splits.y["test"], dist.predict(test))["auc"]
+    auc_s = metrics_for("binary", splits.y["test"], single.predict(test))["auc"]
+    assert abs(auc_d - auc_s) < 0.005, (auc_d, auc_s)
+
+
+def test_distributed_search_runs_train_inside_tune(prepared, tmp_path):
+    cfg, data, splits = prepared
+    res = T.run_search(splits=splits, model=cfg.model, tune_cfg=cfg.tune, storage=str(tmp_path / "tune"),
+                       experiment="dist", strategy="distributed", features_dir=f"{data.out_dir}/features")
+    assert res.strategy == "distributed" and res.best_score > 0.55

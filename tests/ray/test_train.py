@@ -1,0 +1,186 @@
+"""Train, tune, gate, register on the shared local Ray, with tiny data and a real MLflow (SQLite)."""
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from mlops_ray.errors import ConfigError, DataValidationError, GateRejected, RegistryError, ResourceError
+from mlops_ray.pipeline import RunOptions, run_pipeline
+from mlops_ray.registry import Registry
+from tests.conftest import make_config, write_parquet
+
+FAST = {"num_samples": 3, "report_every": 5, "seed": 1}
+MODEL = {"num_boost_round": 30, "early_stopping_rounds": 10, "slice_column": "channel"}
+
+
+def cfg_for(source, store, **kw):
+    kw.setdefault("tune", FAST)
+    kw.setdefault("model", MODEL)
+    kw.setdefault("features", {"min_frequency": 2})
+    kw.setdefault("gate", {"min": {"auc": 0.55}})
+    return make_config(str(source), store=str(store), **kw)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from mlops_ray.data.synth import SynthSpec, generate_chunk
+    df = generate_chunk(SynthSpec(rows=8000, seed=5), 0, 8000)
+    return write_parquet(df, tmp_path_factory.mktemp("train") / "data", parts=2)
+
+
+@pytest.fixture(scope="module")
+def first_run(data_dir, tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    cfg = cfg_for(data_dir, store)
+    return cfg, store, run_pipeline(cfg)
+
+
+def test_first_model_becomes_champion(first_run):
+    cfg, store, res = first_run
+    assert res.version == "1" and res.promoted
+    assert res.search["n_trials"] == 3 and res.search["metric"] == "auc"
+    assert 0.55 < res.evaluation["metrics"]["auc"] <= 1
+    assert set(res.evaluation["slices"]) >= {"online", "in_store"}
+    reg = Registry(cfg.registry, cfg.store, cfg.name)
+    assert reg.get_alias("champion") == "1" and reg.get_alias("challenger") == "1"
+    bundle = reg.load_bundle("champion")
+    assert bundle.metadata["dataset"]["fingerprint"].startswith("sha256:")
+    assert bundle.metadata["gate"]["passed"] is True and bundle.reference["features"]
+
+
+def test_rerun_skips_finished_steps(first_run):
+    cfg, store, _ = first_run
+    res = run_pipeline(cfg)
+    assert res.cached_steps == ["ingest", "validate", "featurize", "tune", "evaluate", "register"]
+    assert res.version == "1"
+
+
+def test_unreachable_threshold_rejects_and_keeps_champion(first_run):
+    cfg, store, _ = first_run
+    strict = cfg_for(cfg.data.source, store, gate={"min": {"auc": 0.999}})
+    with pytest.raises(GateRejected) as e:
+        run_pipeline(strict)
+    assert e.value.exit_code == 4
+    assert "auc" in str(e.value) and "< required 0.999 (gate.min.auc)" in str(e.value)
+    reg = Registry(cfg.registry, cfg.store, cfg.name)
+    assert reg.get_alias("champion") == "1"                 # unchanged
+    rejected = reg.get_alias("challenger")
+    assert rejected != "1" and "auc" in reg.version_tags(rejected)["rejected"]
+
+
+def test_challenger_must_beat_champion_on_same_test_rows(first_run):
+    cfg, store, _ = first_run
+    other = cfg_for(cfg.data.source, store, gate={"min": {"auc": 0.55}, "min_delta": 0.2},
+                    tune={**FAST, "seed": 9})
+    with pytest.raises(GateRejected, match=r"does not beat champion v1 .* by min_delta 0.2"):
+        run_pipeline(other)
+    assert Registry(cfg.registry, cfg.store, cfg.name).get_alias("champion") == "1"
+
+
+def test_one_class_label(tmp_path, data_dir):
+    import pandas as pd
+    import pyarrow.parquet as pq
+    df = pq.read_table(data_dir).to_pandas().assign(is_fraud=0)
+    src = write_parquet(df, tmp_path / "oneclass")
+    cfg = cfg_for(src, tmp_path / "store", schema={"columns": {"is_fraud": {"allowed": [0, 1]}}})
+    with pytest.raises(DataValidationError, match="label 'is_fraud' has only one class"):
+        run_pipeline(cfg)
+    del pd
+
+
+def test_unreachable_tracking_server_fails_before_training(tmp_path, data_dir):
+    cfg = cfg_for(data_dir, tmp_path / "store", registry={"tracking_uri": "http://127.0.0.1:9"})
+    t = time.perf_counter()
+    with pytest.raises(RegistryError, match="127.0.0.1:9"):
+        run_pipeline(cfg)
+    assert time.perf_counter() - t < 10
+    assert not (tmp_path / "store" / "t" / "data").exists()     # nothing ran
+
+
+def test_gpu_request_is_refused_at_once_on_cpu(tmp_path, data_dir):
+    cfg = cfg_for(data_dir, tmp_path / "store", tune={**FAST, "gpus_per_trial": 1}, model={**MODEL, "device": "cuda"})
+    t = time.perf_counter()
+    with pytest.raises(ResourceError, match="1 GPU\\(s\\) requested but the cluster has 0"):
+        run_pipeline(cfg)
+    assert time.perf_counter() - t < 30
+
+
+@pytest.mark.parametrize("tune, model, message", [
+    ({"space": {"etta": {"type": "float", "low": 0.1, "high": 0.3}}}, {}, "tune.space.etta is not an XGBoost parameter; did you mean 'eta'?"),
+    ({"metric": "rmse", "mode": "min"}, {}, "tune.metric 'rmse' is not computed while training a binary model"),
+    ({"metric": "auc", "mode": "min"}, {}, "tune.mode is 'min' but auc is better when higher"),
+])
+def test_bad_search_config_fails_before_data(tmp_path, data_dir, tune, model, message):
+    cfg = cfg_for(data_dir, tmp_path / "store", tune={**FAST, **tune}, model={**MODEL, **model})
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        run_pipeline(cfg)
+
+
+def test_gate_metric_the_task_does_not_produce(tmp_path, data_dir):
+    cfg = cfg_for(data_dir, tmp_path / "store", gate={"min": {"rmse": 0.1}})
+    with pytest.raises(ConfigError, match="gate.min.rmse"):
+        run_pipeline(cfg)
+
+
+def test_regression_task(tmp_path, data_dir):
+    cfg = cfg_for(data_dir, tmp_path / "store", model={**MODEL, "task": "regression", "slice_column": None},
+                  data={"label": "credit_score"}, gate={},
+                  schema={"max_null_fraction": 0.5, "columns": {"credit_score": {"max_null_fraction": 0}}})
+    import pyarrow.parquet as pq
+    df = pq.read_table(data_dir).to_pandas().dropna(subset=["credit_score"])
+    cfg = cfg_for(write_parquet(df, tmp_path / "reg"), tmp_path / "store",
+                  model={**MODEL, "task": "regression", "slice_column": None}, data={"label": "credit_score"},
+                  gate={})
+    res = run_pipeline(cfg)
+    assert res.search["metric"] == "rmse" and res.evaluation["metrics"]["rmse"] > 0
+
+
+def test_resume_does_not_redo_finished_trials(first_run, tmp_path):
+    from mlops_ray.train import tune as T
+    from mlops_ray.train import xgb as X
+    cfg, store, res = first_run
+    spec = res.data.spec
+    splits = X.load_splits(f"{res.data.out_dir}/features", spec, "binary")
+    kw = dict(splits=splits, model=cfg.model, tune_cfg=cfg.tune, storage=str(tmp_path / "tune"),
+              experiment="resume-me", strategy="single")
+    first = T.run_search(**kw)
+    again = T.run_search(**kw, resume=True)
+    assert again.restored and len(again.trials) == len(first.trials)
+    assert again.best_score == first.best_score
+
+
+def test_killed_trial_worker_is_retried(first_run, tmp_path):
+    """FailureConfig(max_failures): a trial's worker process killed mid-training is restarted."""
+    from mlops_ray.config import TuneConfig
+    from mlops_ray.train import tune as T
+    from mlops_ray.train import xgb as X
+    cfg, store, res = first_run
+    splits = X.load_splits(f"{res.data.out_dir}/features", res.data.spec, "binary")
+    slow = cfg.model.model_copy(update={"num_boost_round": 3000, "early_stopping_rounds": 3000})
+    tcfg = TuneConfig(num_samples=2, report_every=50, max_failures=2, scheduler="none", seed=3,
+                      space={"max_depth": {"type": "int", "low": 8, "high": 10}})
+    killed = []
+
+    def killer():
+        deadline = time.time() + 60
+        while time.time() < deadline and not killed:
+            import subprocess
+            out = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc.train"], capture_output=True, text=True)
+            pids = [int(p) for p in out.stdout.split()]
+            if pids:
+                time.sleep(1.0)
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.2)
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    result = T.run_search(splits=splits, model=slow, tune_cfg=tcfg, storage=str(tmp_path / "tune"),
+                          experiment="kill", strategy="single")
+    th.join(5)
+    assert killed, "no trial worker was found to kill"
+    assert np.isfinite(result.best_score) and len(result.trials) == 2
+    assert all(t["error"] is None for t in result.trials)
