@@ -121,9 +121,8 @@ class ForeignLoad:
     """How busy *other* processes kept the CPUs during a run (they skew every timing).
 
     All-CPU busy time from /proc/stat minus the CPU time of this process and its
-    descendants (Ray's GCS, raylet and workers), which a background thread samples every
-    ``interval_s`` (a descendant that lives shorter than that is partly missed). Linux only;
-    ``share`` is None elsewhere.
+    descendants (Ray's GCS, raylet and workers, with their exited children), which a
+    background thread samples every ``interval_s``. Linux only; ``share`` is None elsewhere.
     """
 
     def __init__(self, interval_s: float = 0.5):
@@ -166,7 +165,10 @@ class ForeignLoad:
 
 
 def _proc_table() -> dict[int, tuple[int, int, float]]:
-    """pid -> (parent pid, start time, user + system CPU seconds) of every process."""
+    """pid -> (parent pid, start time, CPU seconds) of every process.
+
+    The CPU time includes that of the process's exited (reaped) children, so short-lived
+    Ray workers and actors count for the raylet that reaped them."""
     out = {}
     tck = os.sysconf("SC_CLK_TCK")
     for name in os.listdir("/proc"):
@@ -178,7 +180,8 @@ def _proc_table() -> dict[int, tuple[int, int, float]]:
         except OSError:
             continue   # exited meanwhile
         fields = stat[stat.rfind(")") + 2:].split()
-        out[int(name)] = (int(fields[1]), int(fields[19]), (int(fields[11]) + int(fields[12])) / tck)
+        cpu = sum(int(x) for x in fields[11:15])   # user + system, own and of reaped children
+        out[int(name)] = (int(fields[1]), int(fields[19]), cpu / tck)
     return out
 
 

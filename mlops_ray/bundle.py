@@ -73,13 +73,11 @@ def dmatrix(X: pd.DataFrame | np.ndarray, spec: FeatureSpec, label=None, quantil
 
 
 def predict_features(booster, X: pd.DataFrame | np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    return booster.inplace_predict(X.to_numpy(dtype=np.float32) if isinstance(X, pd.DataFrame) else X,
-                                   missing=np.nan) if _inplace_ok(spec) else booster.predict(dmatrix(X, spec))
-
-
-def _inplace_ok(spec: FeatureSpec) -> bool:
-    # inplace_predict on a plain array does not know which columns are categorical
-    return not spec.categorical
+    """Model input -> predictions. ``inplace_predict`` skips building a DMatrix; the booster keeps
+    its feature types, so categorical codes are treated as categories (a test holds this equal
+    to predicting through a DMatrix)."""
+    arr = X.to_numpy(dtype=np.float32) if isinstance(X, pd.DataFrame) else np.asarray(X, dtype=np.float32)
+    return booster.inplace_predict(arr, missing=np.nan)
 
 
 def write_bundle(path: str, booster, spec: FeatureSpec, reference: dict, metadata: dict) -> str:

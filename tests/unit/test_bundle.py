@@ -1,0 +1,56 @@
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import xgboost as xgb
+
+from mlops_ray import bundle
+from mlops_ray.data import features as feat
+from mlops_ray.data.profile import profile_local
+from mlops_ray.errors import RegistryError
+from mlops_ray.monitor.reference import build_reference
+from tests.conftest import make_config
+
+
+@pytest.fixture(scope="module")
+def trained(small_df):
+    cfg = make_config("x", features={"min_frequency": 2})
+    table = pa.Table.from_pandas(small_df, preserve_index=False)
+    roles = feat.assign_roles(table.schema, cfg.data, cfg.features)
+    parts = profile_local(table, {"f": lambda t: feat.fit_partial(t, roles, cfg.features)})["f"]
+    spec = feat.fit_merge(parts, roles, cfg.data, cfg.features)
+    X = feat.transform(small_df, spec).to_numpy(np.float32)
+    y = small_df["is_fraud"].to_numpy()
+    d = bundle.dmatrix(X, spec, label=y)
+    bst = xgb.train({"objective": "binary:logistic", "max_depth": 4, "max_cat_to_onehot": 8}, d, 20)
+    return spec, bst, X
+
+
+def test_inplace_predict_equals_dmatrix_with_categoricals(trained):
+    spec, bst, X = trained
+    assert "c" in spec.feature_types
+    np.testing.assert_array_equal(bundle.predict_features(bst, X, spec), bst.predict(bundle.dmatrix(X, spec)))
+
+
+def test_bundle_round_trip_has_no_pickle(trained, small_df, tmp_path):
+    spec, bst, X = trained
+    ref = build_reference(X, spec, bst.inplace_predict(X), "binary")
+    path = bundle.write_bundle(str(tmp_path / "b"), bst, spec, ref, {"task": "binary"})
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == sorted(bundle.FILES)
+    assert b"pickle" not in (tmp_path / "b" / "model.ubj").read_bytes()[:64]
+    loaded = bundle.load_bundle(path)
+    rows = small_df.head(50)
+    np.testing.assert_array_equal(loaded.predict(rows), bundle.predict_features(bst, X[:50], spec))
+    schema = json.loads((tmp_path / "b" / "schema.json").read_text())
+    assert set(schema["properties"]) == set(spec.input_columns) and schema["additionalProperties"] is False
+    assert ref["features"]["amount"]["kind"] == "numeric" and ref["prediction"]["shares"]
+    assert abs(sum(ref["features"]["country"]["shares"].values()) - 1) < 1e-6
+
+
+def test_incomplete_bundle_is_named(trained, tmp_path):
+    spec, bst, X = trained
+    path = bundle.write_bundle(str(tmp_path / "b"), bst, spec, {}, {})
+    (tmp_path / "b" / "features.json").unlink()
+    with pytest.raises(RegistryError, match="incomplete: missing features.json"):
+        bundle.load_bundle(path)
