@@ -14,4 +14,7 @@ from __future__ import annotations
 # name -> module (imported only when that benchmark runs). Order = default run order.
 BENCHMARKS: dict[str, str] = {
     "data_plane": "benchmarks.data_plane",
+    "training": "benchmarks.training",
+    "search": "benchmarks.search",
+    "tune_overhead": "benchmarks.tune_overhead",
 }

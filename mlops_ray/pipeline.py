@@ -293,9 +293,10 @@ def run_pipeline(cfg: Config, opts: RunOptions | None = None, progress: Progress
         data_forced = any(opts.forced(s) for s in ("ingest", "validate", "featurize"))
         data = prepare_data(cfg, verbose=opts.verbose, progress=progress, force=data_forced)
         result = RunResult(data=data, cached_steps=["ingest", "validate", "featurize"] if data.cached else [])
+        if opts.only in ("ingest", "validate", "featurize"):
+            return result
         run_dir = store.path(cfg.name, "runs", _train_key(cfg, data.key))
-        done = store.path(run_dir.split(store.root, 1)[-1].lstrip("/"), "registered.json") if False else \
-            f"{run_dir}/registered.json"
+        done = f"{run_dir}/registered.json"
         if store.exists(done) and not any(opts.forced(s) for s in ("tune", "evaluate", "register")):
             rec = store.read_json(done)
             progress("register", f"cached: this data and config are already registered as version "
@@ -332,7 +333,7 @@ def _train_evaluate_register(cfg, opts, registry, store, data, run_dir, result, 
         experiment = f"search-a{attempt}"
         cached = f"{run_dir}/{experiment}.json"
         if store.exists(cached) and not opts.forced("tune"):
-            search = T.SearchResult(**store.read_json(cached))
+            search = T.SearchResult.from_dict(store.read_json(cached))
             progress("tune", f"cached: best {search.metric} {search.best_score:.5f} from {len(search.trials)} trials")
             result.cached_steps.append("tune")
         else:
@@ -343,6 +344,10 @@ def _train_evaluate_register(cfg, opts, registry, store, data, run_dir, result, 
                                   resume=opts.resume, budget_scale=scale, progress=progress)
             store.write_json(cached, search.to_dict())
         result.timings[f"tune{attempt or ''}"] = time.perf_counter() - t
+        if opts.only == "tune":
+            result.search = {k: v for k, v in search.to_dict().items() if k != "trials"}
+            progress("tune", "done (--only tune: evaluate and register skipped)")
+            return result
 
         t = time.perf_counter()
         progress("evaluate", "refitting the best configuration and scoring the test split"
@@ -358,6 +363,12 @@ def _train_evaluate_register(cfg, opts, registry, store, data, run_dir, result, 
         if attempt < cfg.gate.retries:
             progress("gate", f"rejected ({'; '.join(decision.failures)}); retrying with twice the budget")
 
+    if opts.only == "evaluate":
+        result.search = {k: v for k, v in search.to_dict().items() if k != "trials"}
+        result.evaluation, result.gate = evaluation.to_dict(), decision.to_dict()
+        result.champion_evaluation = champ_eval.to_dict() if champ_eval else None
+        progress("evaluate", "done (--only evaluate: nothing registered)")
+        return result
     t = time.perf_counter()
     version, run_id = _register(cfg, registry, data, splits, search, booster, evaluation, champ_eval, decision,
                                 strategy, progress)

@@ -42,6 +42,12 @@ class SearchResult:
     strategy: str = "single"
     restored: bool = False
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "SearchResult":
+        import dataclasses
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
     def to_dict(self) -> dict:
         return {"metric": self.metric, "mode": self.mode, "best_config": self.best_config,
                 "best_score": self.best_score, "best_iteration": self.best_iteration,

@@ -184,3 +184,23 @@ def test_killed_trial_worker_is_retried(first_run, tmp_path):
     assert killed, "no trial worker was found to kill"
     assert np.isfinite(result.best_score) and len(result.trials) == 2
     assert all(t["error"] is None for t in result.trials)
+
+
+def test_gate_retries_widen_the_search_then_reject(first_run):
+    cfg, store, _ = first_run
+    retry = cfg_for(cfg.data.source, store, gate={"min": {"auc": 0.999}, "retries": 1},
+                    tune={**FAST, "num_samples": 2})
+    with pytest.raises(GateRejected):
+        run_pipeline(retry)
+    runs = list((store / "t" / "runs").glob("*/search-a1.json"))
+    assert runs, "the retry searched again"
+    import json
+    assert json.loads(runs[0].read_text())["trials"].__len__() == 4      # twice the budget
+
+
+def test_only_evaluate_registers_nothing(first_run):
+    cfg, store, _ = first_run
+    before = Registry(cfg.registry, cfg.store, cfg.name).get_alias("challenger")
+    res = run_pipeline(cfg, RunOptions(only="evaluate"))
+    assert res.evaluation and res.version is None and "tune" in res.cached_steps
+    assert Registry(cfg.registry, cfg.store, cfg.name).get_alias("challenger") == before
