@@ -57,12 +57,19 @@ class DataResult:
 
 
 # --------------------------------------------------------------------------- steps
-def step_ingest(cfg: Config):
-    source = ingest.inspect_source(cfg.data)
+def step_ingest(cfg: Config, source: ingest.Source):
+    """Read the inspected source: into the object store with plain Ray tasks when it fits
+    (later passes reuse the blocks), else as a lazy, streaming read."""
+    import ray
+
+    if source.format == "parquet" and _fits_in_memory(source):
+        return ingest.read_into_object_store(source, cfg.data, ray.cluster_resources().get("CPU", 1))
     ds = ingest.read_dataset(source, cfg.data)
     if source.format == "csv":
         source.schema = _arrow_schema(ds)   # CSV types are known once Ray has parsed a block
-    return source, ds
+        if _fits_in_memory(source):
+            ds = ds.materialize()
+    return ds
 
 
 def step_check_schema(cfg: Config, source: ingest.Source):
@@ -111,14 +118,16 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
     with ray_runtime(cfg.ray, verbose=verbose):
         t = time.perf_counter()
         progress("ingest", f"reading {', '.join(cfg.data.sources)}")
-        source, ds = step_ingest(cfg)
+        source = ingest.inspect_source(cfg.data)          # metadata only: paths, footers, fingerprint
         key = _data_key(cfg, source)
         if write and not force and store.exists(store.path(cfg.name, "data", key, "_SUCCESS")):
             progress("featurize", f"cached: data {key} is unchanged (ingest, validate, featurize skipped)")
             return _load_data_result(store, cfg, key)
-        static, plan = step_check_schema(cfg, source)
-        if _fits_in_memory(source):
-            ds = ds.materialize()   # later passes read blocks from the object store, not the files
+        if source.format == "parquet":
+            static, plan = step_check_schema(cfg, source)   # before a row is read
+        ds = step_ingest(cfg, source)
+        if source.format == "csv":
+            static, plan = step_check_schema(cfg, source)
         timings["ingest"] = time.perf_counter() - t
 
         t = time.perf_counter()

@@ -44,6 +44,8 @@ def _quiet(verbose: bool) -> None:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")   # relative paths mean the same in trials
+    # Ray 2.60's Parquet reader starts 32 footer-reader actors (processes) per read by default
+    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
     if not verbose:
         # Ray Data reads this when it is first imported: its INFO lines go to ray-data.log only
         os.environ.setdefault("RAY_DATA_LOGGING_CONFIG",
