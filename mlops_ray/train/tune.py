@@ -146,7 +146,8 @@ def fit_distributed(config: dict, *, train_path: str, valid_path: str | None, sp
         datasets["valid"] = ray.data.read_parquet(valid_path)
     trainer = XGBoostTrainer(
         _worker_loop,
-        train_loop_config={"config": config, "spec": spec, "model": model, "tune": tune_cfg, "rounds": rounds},
+        train_loop_config={"config": config, "spec": spec, "model": model, "tune": tune_cfg, "rounds": rounds,
+                           "splits": sorted(datasets)},
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(name=name, storage_path=storage, callbacks=list(callbacks)),
         datasets=datasets,
@@ -171,9 +172,9 @@ def _worker_loop(cfg: dict) -> None:
     cols = list(spec.output_columns)
 
     def arrays(name):
-        shard = ray.train.get_dataset_shard(name)
-        if shard is None:
+        if name not in cfg["splits"]:      # get_dataset_shard raises for a dataset not passed in
             return None, None
+        shard = ray.train.get_dataset_shard(name)
         df = shard.materialize().to_pandas()
         return df[cols].to_numpy(np.float32), df[spec.label].to_numpy(np.float32)
 

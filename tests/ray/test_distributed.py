@@ -44,3 +44,15 @@ def test_distributed_search_runs_train_inside_tune(prepared, tmp_path):
     res = T.run_search(splits=splits, model=cfg.model, tune_cfg=cfg.tune, storage=str(tmp_path / "tune"),
                        experiment="dist", strategy="distributed", features_dir=f"{data.out_dir}/features")
     assert res.strategy == "distributed" and res.best_score > 0.55
+
+
+def test_distributed_final_refit_on_train_and_valid(prepared, tmp_path):
+    cfg, data, splits = prepared
+    search = T.SearchResult(metric="auc", mode="max", best_config={"eta": 0.1, "max_depth": 4}, best_score=0.7,
+                            best_iteration=19)
+    bst = T.train_final(splits=splits, model=cfg.model, tune_cfg=X.resolve_metric(cfg.model, cfg.tune),
+                        search=search, strategy="distributed", features_dir=f"{data.out_dir}/features",
+                        storage=str(tmp_path / "final"))
+    assert bst.num_boosted_rounds() == 20
+    test = X.dmatrix(splits.X["test"], None, data.spec, quantile=False)
+    assert metrics_for("binary", splits.y["test"], bst.predict(test))["auc"] > 0.6
