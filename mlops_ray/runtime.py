@@ -92,9 +92,11 @@ def ray_runtime(cfg: RayConfig, *, verbose: bool = False) -> Iterator[RuntimeInf
                     "Check the address and that the cluster is up (`ray status`), or remove "
                     "ray.address to run on an embedded local Ray") from None
         else:
-            # an embedded Ray is for this machine only: bind its services to loopback
+            # Note: Ray 2.60's GCS and raylet gRPC servers listen on all interfaces whatever
+            # _node_ip_address says (checked with `ss -ltn`); Ray's token authentication
+            # (on by default since 2.59) is what protects an embedded head. See README.
             kwargs = dict(num_cpus=cfg.num_cpus or default_num_cpus(),
-                          include_dashboard=cfg.include_dashboard, _node_ip_address="127.0.0.1")
+                          include_dashboard=cfg.include_dashboard)
             if cfg.object_store_memory_mb:
                 kwargs["object_store_memory"] = cfg.object_store_memory_mb * 1024 * 1024
             ray.init(**kwargs, **common)
