@@ -2,27 +2,28 @@
 
 Not a registered benchmark: a profiling script behind the suggestions in the data-plane
 report. Every variant computes the same validation report, feature spec and three
-written splits as ``mlops_ray.pipeline.prepare_data``; variants differ only in how Ray
-reads and schedules the work. All run in one Ray session (``num_cpus=4``), one pass of
-each variant per round, in rotating order, so load from other processes hits them alike.
+written splits as ``mlops_ray.pipeline.prepare_data`` (random split); variants differ only
+in how Ray reads and schedules the work. All run in one Ray session (``num_cpus=4``), one
+pass of each variant per round, in rotating order, so load from other processes hits them
+alike (``other_cpu``: the share of the CPUs other processes used meanwhile).
 
     .venv/bin/python -m benchmarks.profile_data_plane                 # 3M rows, 3 rounds
-    .venv/bin/python -m benchmarks.profile_data_plane --rows 300000 --repeats 5
+    .venv/bin/python -m benchmarks.profile_data_plane --rows 300000 --repeats 5 --variants as-is,pandas
 
-Variants (nothing under mlops_ray/ is edited; the script swaps functions at run time):
+Variants (nothing under mlops_ray/ is edited; the script swaps functions at run time, so it
+follows ``pipeline.step_ingest(cfg, source) -> Dataset`` as it is today):
 
-* ``as-is``             ``prepare_data`` unchanged.
-* ``no-materialize``    as-is, but ``_fits_in_memory`` says no: both passes read the files.
-* ``footer-actors-1``   as-is with ``RAY_DATA_PARQUET_FOOTER_NUM_ACTORS=1``: Ray 2.60's Parquet
-                        reader otherwise starts 32 ``FooterReader`` actors (processes) per read.
-* ``task-read``         ``step_ingest`` reads row-group runs with plain Ray tasks into
-                        ``ray.data.from_arrow_refs`` (already in the object store); validate
-                        and featurize unchanged on Ray Data.
-* ``task-read-nobudget`` task-read, and Ray Data's ``ResourceBudget`` backpressure policy off
-                        (it starts map tasks one at a time on a small dataset).
-* ``plain-tasks``       no Ray Data at all: task-read, then one Ray task per block for the
-                        validate+fit partials and one per block for transform + write.
-* ``pandas``            the single-process baseline of ``benchmarks.data_plane``.
+* ``as-is``              ``prepare_data`` unchanged.
+* ``read_parquet``       ``step_ingest`` as it was before: Ray Data ``read_parquet`` +
+                         ``materialize()`` (footer-reader actors as ``runtime`` sets them).
+* ``read_parquet-32``    the same with Ray 2.60's default of 32 footer-reader actors per read.
+* ``no-materialize``     ``read_parquet`` without ``materialize()``: every pass reads the files.
+* ``nobudget``           as-is, with Ray Data's ``ResourceBudget`` backpressure policy off (on
+                         small datasets it starts map tasks one at a time).
+* ``plain-tasks``        no Ray Data at all: plain Ray tasks read row-group runs into the object
+                         store, one task per block computes the validate+fit partials, one per
+                         block transforms and writes.
+* ``pandas``             the single-process baseline of ``benchmarks.data_plane``.
 """
 from __future__ import annotations
 
@@ -44,8 +45,7 @@ import pyarrow.parquet as pq
 from benchmarks.common import Timing, markdown_table
 from benchmarks.data_plane import NUM_CPUS, STEPS, ensure_data, make_config, pandas_pass, ray_pass
 
-VARIANTS = ("as-is", "no-materialize", "footer-actors-1", "task-read", "task-read-nobudget",
-            "plain-tasks", "pandas")
+VARIANTS = ("as-is", "read_parquet", "read_parquet-32", "no-materialize", "nobudget", "plain-tasks", "pandas")
 
 
 # --------------------------------------------------------------------------- reading with tasks
@@ -79,13 +79,13 @@ def task_read(cfg, source) -> list:
     return [read.remote(p, rgs, cfg.data.columns) for p, rgs in read_units(source, target)]
 
 
-def task_read_ingest(cfg):
-    """A drop-in ``pipeline.step_ingest``: a materialized Dataset over task-read blocks."""
-    import ray
-
+def read_parquet_ingest(cfg, source):
+    """``pipeline.step_ingest`` as it was: Ray Data ``read_parquet``, materialized when it fits."""
+    from mlops_ray import pipeline as pl
     from mlops_ray.data import ingest
-    source = ingest.inspect_source(cfg.data)
-    return source, ray.data.from_arrow_refs(task_read(cfg, source))
+
+    ds = ingest.read_dataset(source, cfg.data)
+    return ds.materialize() if pl._fits_in_memory(source) else ds
 
 
 # --------------------------------------------------------------------------- no Ray Data
@@ -144,6 +144,9 @@ def plain_tasks_pass(cfg, out_dir: str) -> dict:
 
 
 # --------------------------------------------------------------------------- variants
+FOOTER_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+
+
 @contextlib.contextmanager
 def variant(name: str):
     """Swap in what the variant changes; restore it afterwards."""
@@ -151,17 +154,17 @@ def variant(name: str):
 
     from mlops_ray import pipeline as pl
 
-    saved = pl.step_ingest, pl._fits_in_memory, os.environ.get("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS")
+    saved = pl.step_ingest, pl._fits_in_memory, os.environ.get(FOOTER_ENV)
     ctx = DataContext.get_current()
     policies = ctx.get_config("backpressure_policies.enabled", None)
     try:
+        if name.startswith("read_parquet") or name == "no-materialize":
+            pl.step_ingest = read_parquet_ingest
+        if name == "read_parquet-32":
+            os.environ[FOOTER_ENV] = "32"             # read when read_parquet builds its indexer
         if name == "no-materialize":
             pl._fits_in_memory = lambda source: False
-        if name == "footer-actors-1":
-            os.environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] = "1"   # read when the indexer is built
-        if name.startswith("task-read"):
-            pl.step_ingest = task_read_ingest
-        if name == "task-read-nobudget":
+        if name == "nobudget":
             from ray.data._internal.execution.backpressure_policy import (
                 ENABLED_BACKPRESSURE_POLICIES, ResourceBudgetBackpressurePolicy)
             ctx.set_config("backpressure_policies.enabled",
@@ -170,9 +173,9 @@ def variant(name: str):
     finally:
         pl.step_ingest, pl._fits_in_memory = saved[0], saved[1]
         if saved[2] is None:
-            os.environ.pop("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", None)
+            os.environ.pop(FOOTER_ENV, None)
         else:
-            os.environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] = saved[2]
+            os.environ[FOOTER_ENV] = saved[2]
         if policies is None:
             ctx.remove_config("backpressure_policies.enabled")
         else:

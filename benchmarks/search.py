@@ -21,10 +21,12 @@ iteration), the ratio to (a) and (b), the score difference to each baseline, boo
 all trials, trials stopped early (ASHA / pruner), and overheads: for the baselines
 (wall - DMatrix - sum of trial train times) / trials; for Ray (ray - baseline) / trials.
 
-Default: 32 trials at 200k rows (median of ``--repeats`` runs) and at 3M rows (one run: a 3M
-search takes minutes). ``--quick``: 8 trials at 50k and 200k rows. ``--rows N``: that size only.
-``num_boost_round`` is 100 for every search (the quickstart's 300 puts the 3M baselines at
-~30 min on 2 cores); early stopping 20 and ``report_every`` 10 are the quickstart's.
+Default: 32 trials at 200k and at 3M rows; ``--quick``: 8 trials at 50k and 200k rows. Each
+search runs once per size (the Optuna baselines are deterministic given the seed, the Ray search
+is not; ``other_cpu`` shows how busy other processes kept the machine); ``--rows N`` runs that
+size only, ``--repeats`` times (median reported). ``num_boost_round`` is 100, and 50 above 1M
+rows (on 2 cores one 3M baseline of 32 x 100 rounds takes ~16 min, the quickstart's 300 rounds
+~45 min); early stopping 20 and ``report_every`` 10 are the quickstart's.
 
 Goals: at 3M rows ray <= 0.6x (a) and <= 1.0x (b) with a best score no worse than 0.5 %;
 at 200k rows ray <= 1.5x (a).
@@ -49,8 +51,8 @@ from benchmarks.train_common import NUM_CPUS, native_dmatrix, optuna_suggest, pr
 SIZES = (200_000, 3_000_000)
 QUICK_SIZES = (50_000, 200_000)
 TRIALS, QUICK_TRIALS = 32, 8
-ROUNDS = 100
-REPEAT_MAX_ROWS = 500_000        # sizes above this run once per search
+ROUNDS = 100                     # num_boost_round of every search up to LARGE_ROWS
+LARGE_ROWS, LARGE_ROUNDS = 1_000_000, 50    # above: 50 rounds (2 cores: 3M x 32 x 100 rounds is ~16 min per baseline)
 GOALS = {"large": {"vs_a": 0.6, "vs_b": 1.0, "score_drop": 0.005}, "small": {"vs_a": 1.5}}
 
 
@@ -135,10 +137,13 @@ def ray_search(p, model, tcfg, trials: int, storage: str) -> dict:
                        experiment=f"search-{p.rows}-{time.time_ns()}", strategy="single")
     wall = time.perf_counter() - t0
     tr = res.trials
+    cut = sum(t.get("best_iteration") is None and (t.get("rounds") or 0) >= model.num_boost_round for t in tr)
     return {"wall_s": wall, "best_score": res.best_score, "rounds_total": int(sum(t.get("rounds") or 0 for t in tr)),
-            "stopped": sum(bool(t.get("stopped_early")) for t in tr), "trials": len(tr),
+            # ASHA's early stops (SearchResult's stopped_early also counts trials cut at max_t after all rounds)
+            "stopped": sum(bool(t.get("stopped_early")) for t in tr) - cut, "trials": len(tr),
             "errors": sum(bool(t.get("error")) for t in tr),
             "no_final_report": sum(t.get("best_iteration") is None for t in tr),
+            "cut_at_max_t": cut,
             "best_iteration": res.best_iteration}
 
 
@@ -148,13 +153,13 @@ def _med(runs: list[dict], key: str):
     return statistics.median(vals) if vals else None
 
 
-def _size_rows(p, runs: dict[str, list[dict]], trials: int) -> list[dict]:
+def _size_rows(p, runs: dict[str, list[dict]], trials: int, p_rounds: int) -> list[dict]:
     a_wall, b_wall = _med(runs["optuna (a)"], "wall_s"), _med(runs["optuna (b)"], "wall_s")
     a_score, b_score = _med(runs["optuna (a)"], "best_score"), _med(runs["optuna (b)"], "best_score")
     out = []
     for name, rs in runs.items():
         wall, score = _med(rs, "wall_s"), _med(rs, "best_score")
-        row = {"rows": p.rows, "search": name, "trials": trials, "runs": len(rs),
+        row = {"rows": p.rows, "search": name, "trials": trials, "rounds": p_rounds, "runs": len(rs),
                "wall_s": r3(wall), "min_s": r3(min(r["wall_s"] for r in rs)),
                "max_s": r3(max(r["wall_s"] for r in rs)),
                "vs_a": round(wall / a_wall, 2), "vs_b": round(wall / b_wall, 2),
@@ -170,8 +175,9 @@ def _size_rows(p, runs: dict[str, list[dict]], trials: int) -> list[dict]:
         if name == "ray":
             row["ray_minus_a_per_trial_s"] = r3((wall - a_wall) / trials)
             row["ray_minus_b_per_trial_s"] = r3((wall - b_wall) / trials)
-            row["note"] = (f"errors {int(_med(rs, 'errors'))}, trials without their final report "
-                           f"{int(_med(rs, 'no_final_report'))}")
+            row["note"] = (f"errors {int(_med(rs, 'errors'))}; trials without their final report "
+                           f"{int(_med(rs, 'no_final_report'))}, {int(_med(rs, 'cut_at_max_t'))} of them after all "
+                           f"{p_rounds} rounds (ASHA's max_t stop)")
         out.append(row)
     return out
 
@@ -210,17 +216,18 @@ def run(opts: Options) -> list[dict]:
                   f"({ray.cluster_resources().get('CPU'):g} logical CPUs)", flush=True)
             for rows in sizes:
                 p = prepare(rows)
-                model = with_model(p, num_boost_round=ROUNDS, strategy="single")
+                rounds = LARGE_ROUNDS if rows > LARGE_ROWS else ROUNDS
+                model = with_model(p, num_boost_round=rounds, strategy="single")
                 tcfg = with_tune(p, num_samples=trials)
                 print(f"   data: {p.describe()} (prepare_data {p.prepare_s:.1f} s); {trials} trials, "
-                      f"{ROUNDS} rounds, early stopping {model.early_stopping_rounds}, scheduler "
+                      f"{rounds} rounds, early stopping {model.early_stopping_rounds}, scheduler "
                       f"{tcfg.scheduler}, cpus_per_trial {tcfg.cpus_per_trial:g}, report_every {tcfg.report_every}",
                       flush=True)
                 fns = {"ray": lambda: ray_search(p, model, tcfg, trials, storage),
                        "optuna (a)": lambda: optuna_search(p, model, tcfg, trials, prune=False),
                        "optuna (b)": lambda: optuna_search(p, model, tcfg, trials, prune=True)}
                 runs: dict[str, list[dict]] = {k: [] for k in fns}
-                repeats = opts.repeats if rows <= REPEAT_MAX_ROWS else 1
+                repeats = opts.repeats if opts.rows else 1
                 for i in range(repeats):
                     order = list(fns) if i % 2 == 0 else list(reversed(fns))
                     for name in order:
@@ -231,7 +238,7 @@ def run(opts: Options) -> list[dict]:
                         print(f"   {rows:,} rows, run {i + 1}, {name}: {r['wall_s']:.1f} s, best "
                               f"{tcfg.metric} {r['best_score']:.5f}, {r['rounds_total']} rounds, "
                               f"{r['stopped']} stopped early, other CPU {r['other_cpu']}", flush=True)
-                out += _size_rows(p, runs, trials)
+                out += _size_rows(p, runs, trials, rounds)
                 del p
             _goal_lines(out, max(sizes))
         return out

@@ -248,7 +248,8 @@ def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, st
             max_conc = max(1, int(cluster_cpus // (model.num_workers + 0.5)))
         searcher = ConcurrencyLimiter(OptunaSearch(metric=metric, mode=mode, seed=tune_cfg.seed),
                                       max_concurrent=max_conc)
-        max_t = max(1, model.num_boost_round // tune_cfg.report_every)
+        # +1: a trial that runs every round still gets to send its final report (best iteration)
+        max_t = max(1, model.num_boost_round // tune_cfg.report_every) + 1
         scheduler = {
             "asha": lambda: ASHAScheduler(time_attr="training_iteration", max_t=max_t,
                                           grace_period=min(max_t, 2), reduction_factor=3),
