@@ -31,8 +31,8 @@ Run (from the repository root)::
 
 Input data is generated with ``mlops_ray.synth`` (in a subprocess, so it does not warm the
 measured Ray session) into ``benchmarks/.data/synth-<rows>/`` and reused while it is complete
-and newer than ``mlops_ray/data/synth.py``. ``benchmarks.profile_data_plane`` breaks the Ray
-path down further.
+and newer than ``mlops_ray/data/synth.py``. The per-step columns (ingest, validate,
+featurize) break the Ray path down.
 """
 from __future__ import annotations
 

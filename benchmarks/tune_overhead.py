@@ -20,7 +20,12 @@ same signature; ``mlops_ray`` itself is not changed), on one local Ray started o
 3. **xgboost throughput on 2 cores**: aggregate boosting rounds/s of 1 process x 2 threads,
    1 x 1, 2 x 1 and 4 x 1 (Ray tasks), a fixed configuration: what 4 concurrent one-thread
    trials buy over one two-thread trial.
-4. **small things**: evaluating three metrics per round (``base_params``' ``eval_metric``
+4. **ASHA settings** (same traced real trials): the project's ASHA (grace 2 reports,
+   reduction factor 3, ``max_t = num_boost_round / report_every``) vs the same with
+   ``max_t + 1`` (so a trial that trains every round still sends its final report) and vs a
+   more aggressive grace 1 / factor 2. ``run_search`` builds ``ray.tune.schedulers.ASHAScheduler``
+   at call time; the benchmark swaps in a subclass with those arguments changed.
+5. **small things**: evaluating three metrics per round (``base_params``' ``eval_metric``
    list) vs only the tuned one; ``ray.put`` of the trial data (``tune.with_parameters``).
 
 Run::
@@ -176,6 +181,31 @@ def _profile_split(prof: cProfile.Profile) -> dict:
     return out
 
 
+class _asha_patched:
+    """Within the block, ``ray.tune.schedulers.ASHAScheduler`` (what run_search builds) gets other
+    arguments: ``max_t_plus`` added to max_t, and any keyword replaced."""
+
+    def __init__(self, max_t_plus: int = 0, **replace):
+        self.plus, self.replace = max_t_plus, replace
+
+    def __enter__(self):
+        import ray.tune.schedulers as S
+        self.orig, plus, replace = S.ASHAScheduler, self.plus, self.replace
+
+        class Patched(self.orig):
+            def __init__(self, *args, **kw):
+                kw["max_t"] = kw.get("max_t", 100) + plus
+                kw.update(replace)
+                super().__init__(*args, **kw)
+
+        S.ASHAScheduler = Patched
+        return self
+
+    def __exit__(self, *exc):
+        import ray.tune.schedulers as S
+        S.ASHAScheduler = self.orig
+
+
 # --------------------------------------------------------------------------- plain Optuna reference
 def optuna_trivial(trials: int, space, seed: int) -> float:
     import optuna
@@ -312,6 +342,23 @@ def run(opts: Options) -> list[dict]:
             # 3. throughput
             out += throughput_rows(p, 50)
 
+            # 4. ASHA settings (the project's "asha" row is in section 2)
+            tasha = with_tune(p, num_samples=trials, scheduler="asha")
+            for label, changes in (("max_t + 1 (final report kept)", {"max_t_plus": 1}),
+                                   ("grace 1 report, reduction factor 2, max_t + 1",
+                                    {"max_t_plus": 1, "grace_period": 1, "reduction_factor": 2})):
+                load = ForeignLoad()
+                with _asha_patched(**changes):
+                    wall, res, trace, t0, t1, _ = _run_patched(traced_trial, p, model, tasha, storage,
+                                                               f"asha-{time.time_ns()}")
+                st = _trace_stats(trace, t0, t1)
+                tr = res.trials
+                no_final = sum(t.get("best_iteration") is None for t in tr)
+                add("4 ASHA settings", f"{label}: wall", r3(wall), "s",
+                    f"best {res.metric} {res.best_score:.5f}, {sum(t.get('rounds') or 0 for t in tr)} rounds in all, "
+                    f"{no_final} trials without their final report, mean concurrency "
+                    f"{st.get('mean_concurrency', 0):.2f}", load.share)
+
             # 4. small things
             s = p.splits
             dtr = native_dmatrix(s.X["train"], s.y["train"], s.spec)
@@ -325,14 +372,14 @@ def run(opts: Options) -> list[dict]:
                     xgb.train({**full, "eval_metric": metrics}, dtr, 50, evals=[(dva, "valid")], verbose_eval=False)
                     ts.append(time.perf_counter() - t)
                 times[label] = statistics.median(ts)
-            add("4 small things", "eval_metric [logloss, aucpr, auc] vs [auc], 1 thread, 50 rounds",
+            add("5 small things", "eval_metric [logloss, aucpr, auc] vs [auc], 1 thread, 50 rounds",
                 round(times["three metrics"] / times["tuned metric only"], 3), "x",
                 f"{times['three metrics']:.2f} s vs {times['tuned metric only']:.2f} s")
             data = {"X_train": s.X["train"], "y_train": s.y["train"], "X_valid": s.X["valid"],
                     "y_valid": s.y["valid"]}
             t = time.perf_counter()
             ref = ray.put(data)
-            add("4 small things", "ray.put of the trial data (once per run_search)", r3(time.perf_counter() - t),
+            add("5 small things", "ray.put of the trial data (once per run_search)", r3(time.perf_counter() - t),
                 "s", f"{sum(v.nbytes for v in data.values()) / 1e6:.0f} MB")
             del ref
         return out
