@@ -1,0 +1,1 @@
+"""The data plane: ingest -> validate -> featurize, on Ray Data."""

@@ -1,0 +1,428 @@
+"""Features: a FeatureSpec fitted on the training split, and the one transform that applies it.
+
+In: the training rows (as per-batch partials from a Ray pass, or an in-memory table) and
+``FeaturesConfig``. Out: a ``FeatureSpec`` (JSON-serialisable) and ``transform(df, spec)``,
+a pure pandas function that turns raw rows into model input. Ray Data calls it on batches
+for training and batch scoring; serving replicas call it on single requests; both give
+identical output (a test holds them equal).
+
+Encoding, chosen for XGBoost: numerics stay float32 with NaN for missing (or a fitted fill
+value); categoricals become codes (0 = out-of-vocabulary, 1..n = vocabulary, NaN = missing)
+marked as categorical for XGBoost; datetimes become parts (hour, day of week, ...);
+derived columns come from the safe expression language in ``mlops_ray.expr``.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlops_ray import expr
+from mlops_ray.config import DataConfig, FeaturesConfig
+from mlops_ray.data.profile import merged_quantiles, sketch
+from mlops_ray.errors import FeatureError
+
+SPEC_VERSION = 1
+OOV_CODE = 0
+
+
+@dataclass
+class NumericFeature:
+    name: str
+    fill: float | None = None
+    mean: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass
+class CategoricalFeature:
+    name: str
+    vocab: list[str]
+    oov_share: float = 0.0        # share of training rows mapped to the OOV bucket
+
+
+@dataclass
+class DatetimeFeature:
+    name: str
+    parts: list[str]
+
+
+@dataclass
+class DerivedFeature:
+    name: str
+    expr: str
+    fill: float | None = None
+
+
+@dataclass
+class FeatureSpec:
+    label: str
+    numeric: list[NumericFeature] = field(default_factory=list)
+    categorical: list[CategoricalFeature] = field(default_factory=list)
+    datetime: list[DatetimeFeature] = field(default_factory=list)
+    derived: list[DerivedFeature] = field(default_factory=list)
+    input_types: dict[str, str] = field(default_factory=dict)   # raw column -> int/float/bool/string/datetime
+    id_column: str | None = None
+    time_column: str | None = None
+    train_rows: int = 0
+    version: int = SPEC_VERSION
+
+    # ---- derived views
+    @property
+    def output_columns(self) -> list[str]:
+        cols = [f.name for f in self.numeric]
+        cols += [f.name for f in self.derived]
+        cols += [f.name for f in self.categorical]
+        cols += [f"{d.name}__{p}" for d in self.datetime for p in d.parts]
+        return cols
+
+    @property
+    def feature_types(self) -> list[str]:
+        """XGBoost feature types, aligned with output_columns ('q' numeric, 'c' categorical)."""
+        return (["q"] * (len(self.numeric) + len(self.derived)) + ["c"] * len(self.categorical)
+                + ["q"] * sum(len(d.parts) for d in self.datetime))
+
+    @property
+    def input_columns(self) -> list[str]:
+        return list(self.input_types)
+
+    # ---- JSON
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["output_columns"] = self.output_columns
+        d["feature_types"] = self.feature_types
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureSpec":
+        if d.get("version") != SPEC_VERSION:
+            raise FeatureError(f"feature spec version {d.get('version')} is not supported "
+                               f"(expected {SPEC_VERSION}); refit the features")
+        return cls(label=d["label"], id_column=d.get("id_column"), time_column=d.get("time_column"),
+                   numeric=[NumericFeature(**x) for x in d["numeric"]],
+                   categorical=[CategoricalFeature(**x) for x in d["categorical"]],
+                   datetime=[DatetimeFeature(**x) for x in d["datetime"]],
+                   derived=[DerivedFeature(**x) for x in d["derived"]],
+                   input_types=dict(d["input_types"]), train_rows=d.get("train_rows", 0),
+                   version=d["version"])
+
+    @classmethod
+    def from_json(cls, text: str) -> "FeatureSpec":
+        return cls.from_dict(json.loads(text))
+
+
+# --------------------------------------------------------------------------- column roles
+def _kind(t: pa.DataType) -> str | None:
+    if pa.types.is_dictionary(t):
+        return "categorical"
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "float"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or str(t) == "string_view":
+        return "categorical"
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        return "datetime"
+    return None
+
+
+@dataclass(frozen=True)
+class Roles:
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    datetime: tuple[str, ...]
+    input_types: dict
+
+
+def assign_roles(schema: pa.Schema, data: DataConfig, cfg: FeaturesConfig) -> Roles:
+    """Which raw columns are numeric, categorical or datetime features."""
+    reserved = {data.label, data.id_column, *cfg.exclude} - {None}
+    kinds = {f.name: _kind(f.type) for f in schema}
+
+    def pick(spec, wanted: set[str]) -> tuple[str, ...]:
+        if spec == "auto":
+            return tuple(c for c, k in kinds.items() if k in wanted and c not in reserved)
+        missing = [c for c in spec if c not in kinds]
+        if missing:
+            raise FeatureError(f"features lists column(s) {missing} that are not in the data; "
+                               f"available: {list(kinds)}")
+        return tuple(spec)
+
+    numeric = pick(cfg.numeric, {"int", "float", "bool"})
+    categorical = tuple(c for c in pick(cfg.categorical, {"categorical"}) if c not in numeric)
+    datetime = tuple(c for c in pick(cfg.datetime, {"datetime"}) if c not in numeric + categorical)
+    overlap = set(numeric) & set(pick(cfg.categorical, {"categorical"})) if cfg.categorical != "auto" else set()
+    if overlap:
+        raise FeatureError(f"column(s) {sorted(overlap)} are listed as both numeric and categorical")
+    used = set(numeric) | set(categorical) | set(datetime)
+    for name, source in cfg.derived.items():
+        for c in expr.parse(source).columns:
+            if c not in kinds:
+                raise FeatureError(f"features.derived.{name} uses column '{c}', which is not in the data; "
+                                   f"available: {list(kinds)}")
+            used.add(c)
+    if not numeric and not categorical and not datetime and not cfg.derived:
+        raise FeatureError("no feature columns: every column is the label, the id or excluded; "
+                           "list features.numeric / categorical or add derived columns")
+    input_types = {c: ("string" if kinds[c] == "categorical" else kinds[c]) for c in kinds if c in used}
+    return Roles(numeric, categorical, datetime, input_types)
+
+
+# --------------------------------------------------------------------------- fit (per batch, merge)
+def fit_partial(table: pa.Table, roles: Roles, cfg: FeaturesConfig) -> dict:
+    """Counts and sketches of the training rows of one batch. Pure."""
+    out: dict = {"rows": table.num_rows, "numeric": {}, "categorical": {}}
+    need_sketch = cfg.numeric_fill == "median"
+    derived_df = None
+    if cfg.derived:
+        derived_df = _derive(_coerce_inputs(_to_pandas(table, roles), roles.input_types), cfg.derived)
+    for c in list(roles.numeric) + list(cfg.derived):
+        if c in cfg.derived:
+            v = derived_df[c].to_numpy(dtype=np.float64)
+        else:
+            v = _numeric_array(table.column(c))
+        finite = v[np.isfinite(v)]
+        out["numeric"][c] = {"n": int(finite.size), "sum": float(finite.sum()) if finite.size else 0.0,
+                             "min": float(finite.min()) if finite.size else None,
+                             "max": float(finite.max()) if finite.size else None,
+                             "sketch": sketch(finite) if need_sketch else None}
+    for c in roles.categorical:
+        col = table.column(c)
+        if pa.types.is_dictionary(col.type):
+            col = pc.cast(col, col.type.value_type)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            col = pc.cast(col, pa.string())
+        vc = pc.value_counts(col.drop_null())
+        out["categorical"][c] = dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))
+    return out
+
+
+def fit_merge(parts: list[dict], roles: Roles, data: DataConfig, cfg: FeaturesConfig) -> FeatureSpec:
+    rows = sum(p["rows"] for p in parts)
+    if rows == 0:
+        raise FeatureError("the training split is empty; check data.split fractions and the data size")
+    numeric: list[NumericFeature] = []
+    derived: list[DerivedFeature] = []
+    for c in list(roles.numeric) + list(cfg.derived):
+        ps = [p["numeric"][c] for p in parts if c in p["numeric"]]
+        n = sum(p["n"] for p in ps)
+        mean = sum(p["sum"] for p in ps) / n if n else None
+        mins = [p["min"] for p in ps if p["min"] is not None]
+        maxs = [p["max"] for p in ps if p["max"] is not None]
+        fill = None
+        if cfg.numeric_fill == "mean":
+            fill = mean
+        elif cfg.numeric_fill == "zero":
+            fill = 0.0
+        elif cfg.numeric_fill == "median":
+            fill = merged_quantiles([p["sketch"] for p in ps if p["sketch"] is not None], [0.5])[0]
+        if n and cfg.numeric_fill != "none" and fill is None:
+            fill = mean
+        if c in cfg.derived:
+            derived.append(DerivedFeature(c, cfg.derived[c], fill))
+        else:
+            numeric.append(NumericFeature(c, fill, mean, min(mins) if mins else None, max(maxs) if maxs else None))
+    categorical = []
+    for c in roles.categorical:
+        counts: Counter = Counter()
+        for p in parts:
+            counts.update(p["categorical"].get(c, {}))
+        total = sum(counts.values())
+        kept = sorted((v for v, n in counts.items() if n >= cfg.min_frequency), key=lambda v: (-counts[v], v))
+        kept = kept[:cfg.max_categories]
+        in_vocab = sum(counts[v] for v in kept)
+        categorical.append(CategoricalFeature(c, kept, round(1 - in_vocab / total, 6) if total else 0.0))
+    dts = [DatetimeFeature(c, list(cfg.datetime_parts)) for c in roles.datetime]
+    return FeatureSpec(label=data.label, numeric=numeric, categorical=categorical, datetime=dts,
+                       derived=derived, input_types=dict(roles.input_types), id_column=data.id_column,
+                       time_column=data.time_column, train_rows=rows)
+
+
+# --------------------------------------------------------------------------- transform
+def _to_pandas(table: pa.Table, roles: Roles) -> pd.DataFrame:
+    cols = [c for c in roles.input_types if c in table.column_names]
+    return table.select(cols).to_pandas()
+
+
+def _numeric_array(col) -> np.ndarray:
+    if isinstance(col, (pa.ChunkedArray, pa.Array)):
+        if pa.types.is_boolean(col.type):
+            col = pc.cast(col, pa.float64())
+        if pa.types.is_decimal(col.type) or pa.types.is_integer(col.type):
+            col = pc.cast(col, pa.float64())
+        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+    return np.asarray(col, dtype=np.float64)
+
+
+def _coerce_inputs(df: pd.DataFrame, input_types: dict) -> pd.DataFrame:
+    """Raw inputs to the types the spec was fitted on; bad values become missing, never errors."""
+    out = {}
+    n = len(df)
+    for c, kind in input_types.items():
+        if c not in df.columns:
+            dtype = {"string": object, "datetime": "datetime64[ns]"}.get(kind, "float64")
+            out[c] = pd.Series([None] * n, index=df.index, dtype=dtype)
+            continue
+        s = df[c]
+        if kind in ("int", "float", "bool"):
+            if isinstance(s.dtype, pd.CategoricalDtype):
+                s = s.astype(object)
+            if pd.api.types.is_bool_dtype(s.dtype) or pd.api.types.is_numeric_dtype(s.dtype):
+                arr = s.to_numpy(dtype=np.float64, na_value=np.nan)
+            else:
+                arr = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            arr = arr.copy()
+            arr[~np.isfinite(arr)] = np.nan
+            out[c] = pd.Series(arr, index=df.index)
+        elif kind == "datetime":
+            if not pd.api.types.is_datetime64_any_dtype(s.dtype):
+                s = pd.to_datetime(s, errors="coerce", utc=True, format="ISO8601")
+            if getattr(s.dt, "tz", None) is not None:
+                s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+            out[c] = s
+        else:
+            out[c] = s
+    return pd.DataFrame(out, index=df.index)
+
+
+def _derive(df: pd.DataFrame, derived: dict[str, str]) -> pd.DataFrame:
+    df = df.copy()
+    for name, source in derived.items():
+        try:
+            df[name] = expr.parse(source).evaluate(df)
+        except expr.ExpressionError as e:
+            raise FeatureError(f"features.derived.{name}: {e}") from None
+    return df
+
+
+_DT_PARTS = {
+    "hour": lambda s: s.dt.hour,
+    "minute": lambda s: s.dt.minute,
+    "dayofweek": lambda s: s.dt.dayofweek,
+    "day": lambda s: s.dt.day,
+    "month": lambda s: s.dt.month,
+    "year": lambda s: s.dt.year,
+    "dayofyear": lambda s: s.dt.dayofyear,
+    "is_weekend": lambda s: (s.dt.dayofweek >= 5).astype("float64").where(s.notna()),
+    "epoch_days": lambda s: (s.astype("datetime64[ns]").astype("int64") / 86400e9).where(s.notna()),
+}
+
+
+def transform(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """Raw rows -> model input (float32 columns in ``spec.output_columns`` order). Pure.
+
+    Works the same on one row and on a million: unknown categories map to the OOV code,
+    unparseable numbers and infinities become missing, absent optional columns become missing.
+    """
+    raw = _coerce_inputs(df, spec.input_types)
+    if spec.derived:
+        raw = _derive(raw, {d.name: d.expr for d in spec.derived})
+    out: dict[str, np.ndarray] = {}
+    for f in spec.numeric:
+        v = raw[f.name].to_numpy(dtype=np.float64)
+        if f.fill is not None:
+            v = np.where(np.isnan(v), f.fill, v)
+        out[f.name] = v
+    for f in spec.derived:
+        v = raw[f.name].to_numpy(dtype=np.float64)
+        if f.fill is not None:
+            v = np.where(np.isnan(v), f.fill, v)
+        out[f.name] = v
+    for f in spec.categorical:
+        s = raw[f.name]
+        missing = s.isna().to_numpy()
+        if not isinstance(s.dtype, pd.CategoricalDtype) and pd.api.types.infer_dtype(s, skipna=True) not in (
+                "string", "empty"):
+            s = s.map(_as_str, na_action="ignore")     # numbers sent for a text column
+        codes = pd.Categorical(s, categories=f.vocab).codes.astype(np.float64) + 1.0   # -1 (OOV) -> 0
+        codes[missing] = np.nan
+        out[f.name] = codes
+    for d in spec.datetime:
+        s = raw[d.name]
+        for p in d.parts:
+            out[f"{d.name}__{p}"] = _DT_PARTS[p](s).to_numpy(dtype=np.float64, na_value=np.nan)
+    return pd.DataFrame({c: out[c].astype(np.float32) for c in spec.output_columns}, index=df.index)
+
+
+def _as_str(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+# --------------------------------------------------------------------------- split
+SPLITS = ("train", "valid", "test")
+
+
+def split_codes(table_or_df, data: DataConfig, cutoffs: tuple[int, int] | None) -> np.ndarray:
+    """0 train / 1 valid / 2 test for each row: a seeded hash (random) or time cut-offs (time)."""
+    s = data.split
+    if s.method == "time":
+        col = table_or_df[data.time_column] if isinstance(table_or_df, pd.DataFrame) else \
+            table_or_df.column(data.time_column)
+        t = _time_ns(col)
+        valid_cut, test_cut = cutoffs
+        codes = np.zeros(len(t), dtype=np.int8)
+        codes[t >= valid_cut] = 1
+        codes[t >= test_cut] = 2
+        codes[t == np.iinfo(np.int64).min] = 0   # rows without a time train
+        return codes
+    if isinstance(table_or_df, pd.DataFrame):
+        cols = [data.id_column] if data.id_column else list(table_or_df.columns)
+        frame = table_or_df[cols]
+    else:
+        cols = [data.id_column] if data.id_column else table_or_df.column_names
+        frame = table_or_df.select(cols).to_pandas()
+    h = _mix(pd.util.hash_pandas_object(frame, index=False).to_numpy(), s.seed)
+    u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    codes = np.zeros(len(u), dtype=np.int8)
+    codes[u < s.test_fraction + s.valid_fraction] = 1
+    codes[u < s.test_fraction] = 2
+    return codes
+
+
+def _mix(h: np.ndarray, seed: int) -> np.ndarray:
+    """splitmix64 of (hash + seed): a different, well-spread split for every seed."""
+    with np.errstate(over="ignore"):
+        z = h.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) % (1 << 64))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def _time_ns(col) -> np.ndarray:
+    if isinstance(col, pd.Series):
+        s = col if pd.api.types.is_datetime64_any_dtype(col.dtype) else pd.to_datetime(col, errors="coerce", utc=True)
+        if getattr(s.dt, "tz", None) is not None:
+            s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+        return s.astype("datetime64[ns]").to_numpy().astype(np.int64)
+    if pa.types.is_date(col.type):
+        col = pc.cast(col, pa.timestamp("ns"))
+    elif pa.types.is_timestamp(col.type) and col.type.unit != "ns":
+        col = pc.cast(col, pa.timestamp("ns"))
+    ints = pc.cast(col, pa.int64())
+    return np.asarray(pc.fill_null(ints, np.iinfo(np.int64).min).to_numpy(), dtype=np.int64)
+
+
+def time_partial(table: pa.Table, time_column: str):
+    t = _time_ns(table.column(time_column))
+    return sketch(t[t != np.iinfo(np.int64).min].astype(np.float64))
+
+
+def time_cutoffs(parts, data: DataConfig) -> tuple[int, int]:
+    s = data.split
+    q = merged_quantiles(parts, [1 - s.valid_fraction - s.test_fraction, 1 - s.test_fraction])
+    if q[0] is None:
+        raise FeatureError(f"data.time_column '{data.time_column}' has no values; it cannot split by time")
+    return int(q[0]), int(q[1])

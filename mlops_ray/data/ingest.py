@@ -1,0 +1,308 @@
+"""Ingest: find, check and read the data with Ray Data; fingerprint it for lineage.
+
+In: ``DataConfig`` (paths, globs or URIs; Parquet or CSV; projection).
+Out: a ``Source`` (the resolved files, their Arrow schema, row count and fingerprint)
+and, from ``read_dataset``, a lazy ``ray.data.Dataset``.
+
+Everything that can be checked before Ray reads a row is checked here, on file metadata
+only: missing paths, empty directories, truncated or corrupt Parquet, CSVs whose
+delimiter does not match, projected columns that do not exist.
+"""
+from __future__ import annotations
+
+import fnmatch
+import glob as globlib
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+
+from mlops_ray.config import DataConfig
+from mlops_ray.errors import DataSourceError
+
+_SUFFIX = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv", ".csv.gz": "csv"}
+_OTHER_DELIMITERS = [",", ";", "\t", "|"]
+
+
+# --------------------------------------------------------------------------- paths
+def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path or any URI pyarrow understands (s3://, gs://, file://)."""
+    if "://" in uri:
+        try:
+            return pafs.FileSystem.from_uri(uri)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
+            raise DataSourceError(f"cannot open {uri!r}: {e}. Check the URI scheme and credentials") from None
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    mtime_ns: int
+    format: str
+    rows: int = -1
+    row_groups: tuple[int, ...] = ()      # rows per Parquet row group (from the footer)
+
+
+@dataclass
+class Source:
+    """The resolved input: files on one filesystem, their schema, rows and fingerprint."""
+
+    files: list[FileEntry]
+    filesystem: pafs.FileSystem
+    format: str
+    schema: pa.Schema
+    rows: int                      # -1 when unknown before reading (CSV)
+    fingerprint: str
+    fingerprint_kind: str
+    bytes: int = 0
+    uris: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict:
+        return {"format": self.format, "files": len(self.files), "bytes": self.bytes,
+                "rows": self.rows, "fingerprint": self.fingerprint,
+                "fingerprint_kind": self.fingerprint_kind, "sources": self.uris,
+                "columns": {f.name: str(f.type) for f in self.schema}}
+
+
+def _format_of(path: str, declared: str) -> str | None:
+    if declared != "auto":
+        return declared
+    low = path.lower()
+    for suf, fmt in _SUFFIX.items():
+        if low.endswith(suf):
+            return fmt
+    return None
+
+
+def _hidden(path: str) -> bool:
+    return any(part.startswith((".", "_")) for part in path.replace("\\", "/").split("/")[-1:])
+
+
+def resolve_files(cfg: DataConfig) -> tuple[pafs.FileSystem, list[FileEntry]]:
+    """Expand files, directories and globs; raise naming the path that is wrong."""
+    entries: list[FileEntry] = []
+    fs_seen: pafs.FileSystem | None = None
+    for uri in cfg.sources:
+        fs, path = filesystem_for(uri)
+        if fs_seen is not None and type(fs) is not type(fs_seen):
+            raise DataSourceError(f"data.source mixes filesystems ({uri!r}); put all inputs on one")
+        fs_seen = fs
+        if any(ch in path for ch in "*?["):
+            infos = _glob(fs, path)
+            if not infos:
+                raise DataSourceError(f"data.source glob {uri!r} matches no files; check the pattern")
+        else:
+            info = fs.get_file_info(path)
+            if info.type == pafs.FileType.NotFound:
+                raise DataSourceError(f"data.source path {uri!r} does not exist; check data.source "
+                                      "(relative paths are resolved from the current directory)")
+            if info.type == pafs.FileType.Directory:
+                infos = [i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                         if i.type == pafs.FileType.File and not _hidden(i.path)]
+                if not infos:
+                    raise DataSourceError(f"data.source directory {uri!r} is empty; "
+                                          "write data into it or point data.source elsewhere")
+            else:
+                infos = [info]
+        for i in sorted(infos, key=lambda i: i.path):
+            fmt = _format_of(i.path, cfg.format)
+            if fmt is None:
+                if len(infos) > 1:
+                    continue  # stray files next to the data (README, .crc) are skipped
+                raise DataSourceError(f"cannot tell the format of {i.path!r}; set data.format to "
+                                      "parquet or csv")
+            entries.append(FileEntry(i.path, int(i.size or 0), int(i.mtime_ns or 0), fmt))
+    if not entries:
+        raise DataSourceError(f"data.source {cfg.sources} contains no Parquet or CSV files")
+    formats = {e.format for e in entries}
+    if len(formats) > 1:
+        raise DataSourceError(f"data.source mixes formats {sorted(formats)}; read one format per pipeline")
+    return fs_seen, entries
+
+
+def _glob(fs: pafs.FileSystem, pattern: str) -> list[pafs.FileInfo]:
+    if isinstance(fs, pafs.LocalFileSystem):
+        return [fs.get_file_info(p) for p in sorted(globlib.glob(pattern, recursive=True))
+                if os.path.isfile(p)]
+    base = pattern.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+    infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    return [i for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, pattern)]
+
+
+# --------------------------------------------------------------------------- inspection
+def _parquet_meta(fs: pafs.FileSystem, entry: FileEntry) -> tuple[FileEntry, pa.Schema]:
+    if entry.size == 0:
+        raise DataSourceError(f"Parquet file {entry.path!r} is empty (0 bytes); remove it or re-export it")
+    try:
+        with fs.open_input_file(entry.path) as f:
+            pf = pq.ParquetFile(f)
+            schema = pf.schema_arrow
+            rows = pf.metadata.num_rows
+            groups = tuple(pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataSourceError(
+            f"Parquet file {entry.path!r} cannot be read; it is truncated or corrupt ({e}). "
+            "Re-export it, or remove it from data.source") from None
+    return FileEntry(entry.path, entry.size, entry.mtime_ns, entry.format, rows, groups), schema
+
+
+def _csv_header(fs: pafs.FileSystem, entry: FileEntry, cfg: DataConfig) -> list[str]:
+    if entry.size == 0:
+        raise DataSourceError(f"CSV file {entry.path!r} is empty (0 bytes); remove it or re-export it")
+    with fs.open_input_stream(entry.path) as f:
+        head = f.read(64 * 1024)
+    if entry.path.lower().endswith(".gz"):
+        import gzip
+        import zlib
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head)
+        except zlib.error:
+            head = gzip.decompress(head)
+    first = head.decode("utf-8", errors="replace").splitlines()[0] if head.strip() else ""
+    if not first.strip():
+        raise DataSourceError(f"CSV file {entry.path!r} has no header line; the first line must name the columns")
+    delim = cfg.csv.delimiter
+    names = [c.strip().strip(cfg.csv.quote_char) for c in first.split(delim)]
+    if len(names) == 1:
+        for other in _OTHER_DELIMITERS:
+            if other != delim and first.count(other) >= 1:
+                shown = "\\t" if other == "\t" else other
+                raise DataSourceError(
+                    f"CSV file {entry.path!r} reads as one column with data.csv.delimiter={delim!r}, "
+                    f"but its header contains '{shown}': set data.csv.delimiter: \"{shown}\"")
+    return names
+
+
+def inspect_source(cfg: DataConfig) -> Source:
+    """Resolve and check the input on metadata only; fingerprint it."""
+    fs, entries = resolve_files(cfg)
+    fmt = entries[0].format
+    if fmt == "parquet":
+        with ThreadPoolExecutor(max_workers=min(16, len(entries))) as pool:
+            metas = list(pool.map(lambda e: _parquet_meta(fs, e), entries))
+        entries = [m[0] for m in metas]
+        try:
+            schema = pa.unify_schemas([m[1] for m in metas], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise DataSourceError(f"Parquet files under {cfg.sources} have incompatible schemas: {e}; "
+                                  "re-export them with one schema") from None
+        rows = sum(e.rows for e in entries)
+    else:
+        headers = [(_csv_header(fs, e, cfg), e) for e in entries]
+        names0, e0 = headers[0]
+        for names, e in headers[1:]:
+            if names != names0:
+                raise DataSourceError(f"CSV file {e.path!r} has columns {names} but {e0.path!r} has "
+                                      f"{names0}; all files must share one header")
+        schema = pa.schema([pa.field(n, pa.null()) for n in names0])  # types come from the read
+        rows = -1
+    total_bytes = sum(e.size for e in entries)
+    if fmt == "parquet" and rows == 0:
+        raise DataSourceError(f"data.source {cfg.sources} holds {len(entries)} Parquet file(s) but no rows")
+    if cfg.columns:
+        missing = [c for c in cfg.columns if c not in schema.names]
+        if missing:
+            raise DataSourceError(f"data.columns lists {missing}, not in the data; available columns: "
+                                  f"{schema.names}")
+        schema = pa.schema([schema.field(c) for c in cfg.columns])
+    fp, kind = fingerprint(fs, entries, schema, cfg.content_hash_max_mb)
+    return Source(files=entries, filesystem=fs, format=fmt, schema=schema, rows=rows,
+                  fingerprint=fp, fingerprint_kind=kind, bytes=total_bytes, uris=cfg.sources)
+
+
+def fingerprint(fs: pafs.FileSystem, entries: list[FileEntry], schema: pa.Schema,
+                content_hash_max_mb: float) -> tuple[str, str]:
+    """Content hash for small data; schema + (path, size, mtime, rows) for large data."""
+    h = hashlib.sha256(schema.to_string(show_schema_metadata=False).encode())
+    total = sum(e.size for e in entries)
+    if total <= content_hash_max_mb * 1024 * 1024:
+        for e in entries:
+            h.update(os.path.basename(e.path).encode())
+            with fs.open_input_stream(e.path) as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+        return "sha256:" + h.hexdigest()[:32], "content"
+    for e in entries:
+        h.update(f"{e.path}|{e.size}|{e.mtime_ns}|{e.rows}".encode())
+    return "meta:" + h.hexdigest()[:32], "metadata"
+
+
+# --------------------------------------------------------------------------- read
+def _csv_options(cfg: DataConfig) -> tuple[pacsv.ParseOptions, pacsv.ConvertOptions]:
+    parse = pacsv.ParseOptions(delimiter=cfg.csv.delimiter, quote_char=cfg.csv.quote_char)
+    convert = pacsv.ConvertOptions(null_values=list(cfg.csv.null_values), strings_can_be_null=True,
+                                   include_columns=cfg.columns)
+    return parse, convert
+
+
+def read_dataset(source: Source, cfg: DataConfig, *, parallelism: int | None = None):
+    """A lazy Ray Dataset over the source (projection applied)."""
+    import ray
+
+    paths = [e.path for e in source.files]
+    kwargs = {}
+    if parallelism:
+        kwargs["override_num_blocks"] = parallelism
+    if source.format == "parquet":
+        return ray.data.read_parquet(paths, filesystem=source.filesystem, columns=cfg.columns, **kwargs)
+    parse, convert = _csv_options(cfg)
+    return ray.data.read_csv(paths, filesystem=source.filesystem, parse_options=parse,
+                             convert_options=convert, **kwargs)
+
+
+def read_units(source: Source, target_rows: int) -> list[tuple[str, list[int]]]:
+    """Runs of consecutive row groups of about ``target_rows`` rows, from the footers read earlier."""
+    units = []
+    for e in source.files:
+        run, n = [], 0
+        for i, rows in enumerate(e.row_groups):
+            run.append(i)
+            n += rows
+            if n >= target_rows:
+                units.append((e.path, run))
+                run, n = [], 0
+        if run:
+            units.append((e.path, run))
+    return units
+
+
+def _read_unit(path: str, row_groups: list[int], columns: list[str] | None, filesystem) -> pa.Table:
+    with filesystem.open_input_file(path) as f:
+        return pq.ParquetFile(f).read_row_groups(row_groups, columns=columns)
+
+
+def read_into_object_store(source: Source, cfg: DataConfig, num_cpus: float):
+    """The Parquet source as Arrow blocks in Ray's object store, read by plain Ray tasks.
+
+    For data that fits in the object store this is much cheaper than ``read_parquet`` +
+    ``materialize`` on small machines (Ray 2.60's reader starts footer-reader actors and
+    throttles map tasks on small data; measured 1.3-1.6x faster at 3M rows on 2 cores).
+    About two blocks per CPU; later passes run ``map_batches`` over these blocks.
+    """
+    import ray
+
+    target = int(min(max(source.rows / max(2 * num_cpus, 1), 128_000), 1_000_000))
+    read = ray.remote(num_cpus=1)(_read_unit)
+    refs = [read.remote(p, rgs, cfg.columns, source.filesystem) for p, rgs in read_units(source, target)]
+    return ray.data.from_arrow_refs(refs)
+
+
+def read_table_local(source: Source, cfg: DataConfig) -> pa.Table:
+    """The whole source as one Arrow table in this process (small data and baselines only)."""
+    paths = [e.path for e in source.files]
+    if source.format == "parquet":
+        tables = [pq.read_table(p, filesystem=source.filesystem, columns=cfg.columns) for p in paths]
+    else:
+        parse, convert = _csv_options(cfg)
+        tables = []
+        for p in paths:
+            with source.filesystem.open_input_stream(p) as f:
+                tables.append(pacsv.read_csv(f, parse_options=parse, convert_options=convert))
+    return pa.concat_tables(tables, promote_options="permissive")
