@@ -1,4 +1,4 @@
-"""``python -m benchmarks [NAME ...] [--quick] [--rows N] [--repeats N] [--out DIR]``
+"""``python -m benchmarks [NAME ...] [--quick] [--rows N] [--repeats N] [--wait-quiet S] [--out DIR]``
 
 Runs the named benchmarks (default: all in ``benchmarks.BENCHMARKS``), writes
 ``<out>/<name>.json`` and ``<out>/<name>.md`` for each, and prints the tables.
@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - t
         foreign = load.share
         table = markdown_table(rows)
-        record = {"benchmark": name, "started": started, "seconds": round(seconds, 1),
-                  "options": asdict(opts),
+        record = {"benchmark": name, "started": started, "seconds": round(seconds, 1), "options": asdict(opts),
                   "machine": machine, "foreign_cpu_share": foreign, "rows": rows}
         (out / f"{name}.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
         doc = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else name

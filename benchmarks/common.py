@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: options, timing, machine info, Markdown tables."""
+"""Helpers shared by the benchmarks: options, timing, load from other processes, machine
+info, Markdown tables."""
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parent.parent      # the repository
+ROOT = Path(__file__).resolve().parent.parent          # the repository
 DATA_DIR = Path(__file__).resolve().parent / ".data"   # generated inputs, reused between runs
 
 
@@ -28,7 +29,7 @@ class Options:
 # --------------------------------------------------------------------------- timing
 @dataclass
 class Timing:
-    """Wall-clock seconds of repeated runs."""
+    """Wall-clock seconds of repeated runs, their results, and the load beside each."""
 
     seconds: list[float] = field(default_factory=list)
     results: list[Any] = field(default_factory=list)
@@ -38,10 +39,11 @@ class Timing:
         """Time one call of ``fn`` (and how busy other processes kept the CPUs meanwhile)."""
         load = ForeignLoad()
         dt, result = timed(fn)
+        share = load.share
         self.seconds.append(dt)
         self.results.append(result)
-        if load.share is not None:
-            self.foreign.append(load.share)
+        if share is not None:
+            self.foreign.append(share)
         return result
 
     @property
@@ -78,8 +80,103 @@ def repeat(fn: Callable[[], Any], n: int, *, setup: Callable[[], None] | None = 
     return out
 
 
-def median_of(values: list[float]) -> float:
-    return statistics.median(values)
+# --------------------------------------------------------------------------- other processes
+class ForeignLoad:
+    """How busy *other* processes kept the CPUs from construction to the first ``share``.
+
+    All-CPU busy time from /proc/stat minus the CPU time of this process and its
+    descendants (Ray's GCS, raylet and workers, with their exited children), which a
+    background thread samples every ``interval_s``. On a shared machine anything above
+    ~0.1 skews the timings. Linux only; ``share`` is None elsewhere.
+    """
+
+    def __init__(self, interval_s: float = 0.5):
+        self._t, self._busy = time.perf_counter(), _busy_seconds()
+        self._share: float | None = None
+        self._cpu: dict[tuple[int, int], list[float]] = {}   # (pid, start time) -> [baseline, last]
+        self._stop = threading.Event()
+        self._thread = None
+        if self._busy is not None:
+            self._sample(first=True)
+            self._thread = threading.Thread(target=self._loop, args=(interval_s,), daemon=True)
+            self._thread.start()
+
+    def _loop(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            self._sample()
+
+    def _sample(self, first: bool = False) -> None:
+        procs = _proc_table()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in procs.items():
+            children.setdefault(ppid, []).append(pid)
+        todo = [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            if pid in procs:
+                _, start, cpu = procs[pid]
+                # processes that exist at the start count from there, later ones from zero
+                self._cpu.setdefault((pid, start), [cpu if first else 0.0, cpu])[1] = cpu
+            todo += children.get(pid, [])
+
+    @property
+    def share(self) -> float | None:
+        """Share of all CPUs (0..1) used by other processes; stops measuring on first use."""
+        if self._thread is None:
+            return self._share
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        self._sample()
+        wall = time.perf_counter() - self._t
+        own = sum(last - base for base, last in self._cpu.values())
+        foreign = (_busy_seconds() - self._busy) - own
+        self._share = round(min(1.0, max(0.0, foreign / (wall * (os.cpu_count() or 1)))), 3)
+        return self._share
+
+
+def wait_for_quiet(max_wait_s: float, *, threshold: float = 0.1, window_s: float = 3.0) -> float | None:
+    """Wait (up to ``max_wait_s``) until other processes use under ``threshold`` of the CPUs
+    over ``window_s``; return the last share seen (None where /proc/stat is missing)."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        b = _busy_seconds()
+        if b is None:
+            return None
+        time.sleep(window_s)
+        share = (_busy_seconds() - b) / (window_s * (os.cpu_count() or 1))
+        if share < threshold or time.monotonic() >= deadline:
+            return round(share, 3)
+
+
+def _busy_seconds() -> float | None:
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return None
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")   # all but idle and iowait
+
+
+def _proc_table() -> dict[int, tuple[int, int, float]]:
+    """pid -> (parent pid, start time, CPU seconds) of every process.
+
+    The CPU time includes that of the process's exited (reaped) children, so short-lived
+    Ray workers and actors count for the raylet that reaped them."""
+    out = {}
+    tck = os.sysconf("SC_CLK_TCK")
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue   # exited meanwhile
+        fields = stat[stat.rfind(")") + 2:].split()
+        cpu = sum(int(x) for x in fields[11:15])   # user + system, own and of reaped children
+        out[int(name)] = (int(fields[1]), int(fields[19]), cpu / tck)
+    return out
 
 
 # --------------------------------------------------------------------------- machine
@@ -115,97 +212,6 @@ def machine_info() -> dict:
         "python": sys.version.split()[0],
         **{name: _version(name) for name in ("ray", "pandas", "pyarrow", "numpy", "mlops-ray")},
     }
-
-
-class ForeignLoad:
-    """How busy *other* processes kept the CPUs during a run (they skew every timing).
-
-    All-CPU busy time from /proc/stat minus the CPU time of this process and its
-    descendants (Ray's GCS, raylet and workers, with their exited children), which a
-    background thread samples every ``interval_s``. Linux only; ``share`` is None elsewhere.
-    """
-
-    def __init__(self, interval_s: float = 0.5):
-        self._t, self._busy = time.perf_counter(), _busy_seconds()
-        self._cpu: dict[tuple[int, int], list[float]] = {}   # (pid, start time) -> [baseline, last]
-        self._sample(first=True)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, args=(interval_s,), daemon=True)
-        self._thread.start()
-
-    def _loop(self, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
-            self._sample()
-
-    def _sample(self, first: bool = False) -> None:
-        procs = _proc_table()
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _, _) in procs.items():
-            children.setdefault(ppid, []).append(pid)
-        todo = [os.getpid()]
-        while todo:
-            pid = todo.pop()
-            if pid in procs:
-                _, start, cpu = procs[pid]
-                entry = self._cpu.setdefault((pid, start), [cpu if first else 0.0, cpu])
-                entry[1] = cpu
-            todo += children.get(pid, [])
-
-    @property
-    def share(self) -> float | None:
-        if self._busy is None:
-            return None
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-        wall = time.perf_counter() - self._t
-        own = sum(last - base for base, last in self._cpu.values())
-        foreign = (_busy_seconds() - self._busy) - own
-        return round(min(1.0, max(0.0, foreign / (wall * (os.cpu_count() or 1)))), 3)
-
-
-def _proc_table() -> dict[int, tuple[int, int, float]]:
-    """pid -> (parent pid, start time, CPU seconds) of every process.
-
-    The CPU time includes that of the process's exited (reaped) children, so short-lived
-    Ray workers and actors count for the raylet that reaped them."""
-    out = {}
-    tck = os.sysconf("SC_CLK_TCK")
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue   # exited meanwhile
-        fields = stat[stat.rfind(")") + 2:].split()
-        cpu = sum(int(x) for x in fields[11:15])   # user + system, own and of reaped children
-        out[int(name)] = (int(fields[1]), int(fields[19]), cpu / tck)
-    return out
-
-
-def wait_for_quiet(max_wait_s: float, *, threshold: float = 0.1, window_s: float = 3.0) -> float | None:
-    """Wait (up to ``max_wait_s``) until other processes use under ``threshold`` of the CPUs
-    over ``window_s``; return the last share seen (None where /proc/stat is missing)."""
-    deadline = time.monotonic() + max_wait_s
-    while True:
-        b = _busy_seconds()
-        if b is None:
-            return None
-        time.sleep(window_s)
-        share = (_busy_seconds() - b) / (window_s * (os.cpu_count() or 1))
-        if share < threshold or time.monotonic() >= deadline:
-            return round(share, 3)
-
-
-def _busy_seconds() -> float | None:
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-    except OSError:
-        return None
-    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")   # all but idle and iowait
 
 
 def machine_line(info: dict) -> str:
