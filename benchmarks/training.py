@@ -225,7 +225,8 @@ def distributed_rows(p, opts: Options, storage: str) -> list[dict]:
                   f"early stopping {esr}, ray.train.report every {p.tune.report_every} rounds"),
              _row("distributed fit + valid (a trial's fit_distributed)", p, "native", tn, tn, 1)]
 
-    # one round, with the valid split (fit_distributed without one fails, see the refit row)
+    # one round, with the valid split (as a trial's fit; train_final's fit has none, which failed in Train V2
+    # before tune.py passed the dataset names to the workers)
     tp, tn = _pair("distributed 1 round", opts.repeats,
                    lambda: pipeline_fit_distributed(p, storage, valid=True, rounds=1),
                    lambda: native_fit_valid(p, params1, 1, None))
