@@ -7,7 +7,6 @@ invalid, 4 gate rejected, 5 rollout aborted, 6 registry error, 7 not enough reso
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any, List, Optional
 
@@ -15,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlops_ray.errors import DataValidationError, ExitCode, MlopsError
+from mlops_ray.errors import ConfigError, DataValidationError, ExitCode, MlopsError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mlops-ray: ingest, validate, featurize, tune, gate, register, serve and "
@@ -46,16 +45,11 @@ def _load(path: str, sets: list[str] | None):
     overrides = {}
     for item in sets or []:
         if "=" not in item:
-            raise MlopsError_usage(f"--set {item!r} must look like key.path=value")
+            raise ConfigError(f"--set {item!r} must look like key.path=value")
         key, value = item.split("=", 1)
         import yaml
         overrides[key.strip()] = yaml.safe_load(value)
     return load_config(path, overrides)
-
-
-def MlopsError_usage(msg: str):
-    from mlops_ray.errors import ConfigError
-    return ConfigError(msg)
 
 
 def _progress(json_mode: bool):
@@ -178,7 +172,6 @@ def data_synth(rows: int = typer.Option(..., "--rows", min=1, help="Number of ro
 
     import mlops_ray
     from mlops_ray.config import RayConfig
-    from mlops_ray.errors import ConfigError
     with _guard(json_out):
         if drift not in ("none", "covariate", "label", "concept"):
             raise ConfigError(f"--drift {drift!r} is not one of none, covariate, label, concept")

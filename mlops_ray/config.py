@@ -383,8 +383,6 @@ class Config(_Model):
         for name in self.features.derived:
             if name in reserved:
                 raise ValueError(f"features.derived.{name} would overwrite the label/id column; rename it")
-        if self.data.label in self.features.exclude:
-            pass  # harmless
         return self
 
     @property

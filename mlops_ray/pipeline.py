@@ -304,7 +304,8 @@ def run_pipeline(cfg: Config, opts: RunOptions | None = None, progress: Progress
         result = RunResult(data=data, cached_steps=["ingest", "validate", "featurize"] if data.cached else [])
         if opts.only in ("ingest", "validate", "featurize"):
             return result
-        run_dir = store.path(cfg.name, "runs", _train_key(cfg, data.key))
+        train_key = _train_key(cfg, data.key)
+        run_dir = store.path(cfg.name, "runs", train_key)
         done = f"{run_dir}/registered.json"
         if store.exists(done) and not any(opts.forced(s) for s in ("tune", "evaluate", "register")):
             rec = store.read_json(done)
@@ -314,25 +315,25 @@ def run_pipeline(cfg: Config, opts: RunOptions | None = None, progress: Progress
             result.search, result.evaluation, result.gate = rec.get("search"), rec.get("evaluation"), rec.get("gate")
             result.version, result.promoted, result.run_id = rec["version"], rec["promoted"], rec.get("run_id")
             return result
-        return _train_evaluate_register(cfg, opts, registry, store, data, run_dir, result, progress)
+        return _train_evaluate_register(cfg, opts, registry, store, data, train_key, result, progress)
 
 
-def _train_evaluate_register(cfg, opts, registry, store, data, run_dir, result, progress) -> RunResult:
+def _train_evaluate_register(cfg, opts, registry, store, data, train_key, result, progress) -> RunResult:
     import ray
 
     from mlops_ray.train import evaluate as ev
     from mlops_ray.train import tune as T
     from mlops_ray.train import xgb as X
 
-    features_dir = store.uri(data.out_dir.split(store.root, 1)[-1].lstrip("/"), "features") \
-        if data.out_dir.startswith(store.root) else f"{data.out_dir}/features"
+    run_dir = store.path(cfg.name, "runs", train_key)
+    features_dir = store.uri(cfg.name, "data", data.key, "features")     # a path Ray workers can open
     splits = X.load_splits(features_dir, data.spec, cfg.model.task,
                            filesystem=store.fs if "://" in cfg.store else None)
     X.check_labels(splits, cfg.model.task, cfg.data.label)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     node_mem = min((n["Resources"].get("memory", 8e9) for n in nodes), default=8e9)
     strategy = X.choose_strategy(cfg.model, splits.rows["train"], len(data.spec.output_columns), len(nodes), node_mem)
-    storage = store.uri(run_dir.split(store.root, 1)[-1].lstrip("/"), "tune")
+    storage = store.uri(cfg.name, "runs", train_key, "tune")
 
     champion = registry.champion()
     decision = None
@@ -423,7 +424,6 @@ def _register(cfg, registry, data, splits, search, booster, evaluation, champ_ev
     from mlops_ray.registry import lineage
     from mlops_ray.train import evaluate as ev
     from mlops_ray.train import plots
-    from mlops_ray.train import xgb as X
 
     valid_pred = bundle.predict_features(booster, splits.X["valid"], data.spec) if splits.rows["valid"] \
         else evaluation.curves["p"]
@@ -481,7 +481,6 @@ def _register(cfg, registry, data, splits, search, booster, evaluation, champ_ev
             registry.tag_version(version, "rejected", "; ".join(decision.failures)[:5000])
             run.set_tags({"rejected_reason": "; ".join(decision.failures)[:5000]})
             progress("register", f"version {version} registered as rejected; champion unchanged")
-        del X
         return version, run.run_id
 
 

@@ -242,19 +242,16 @@ def _csv_options(cfg: DataConfig) -> tuple[pacsv.ParseOptions, pacsv.ConvertOpti
     return parse, convert
 
 
-def read_dataset(source: Source, cfg: DataConfig, *, parallelism: int | None = None):
+def read_dataset(source: Source, cfg: DataConfig):
     """A lazy Ray Dataset over the source (projection applied)."""
     import ray
 
     paths = [e.path for e in source.files]
-    kwargs = {}
-    if parallelism:
-        kwargs["override_num_blocks"] = parallelism
     if source.format == "parquet":
-        return ray.data.read_parquet(paths, filesystem=source.filesystem, columns=cfg.columns, **kwargs)
+        return ray.data.read_parquet(paths, filesystem=source.filesystem, columns=cfg.columns)
     parse, convert = _csv_options(cfg)
     return ray.data.read_csv(paths, filesystem=source.filesystem, parse_options=parse,
-                             convert_options=convert, **kwargs)
+                             convert_options=convert)
 
 
 def read_units(source: Source, target_rows: int) -> list[tuple[str, list[int]]]:

@@ -122,7 +122,6 @@ def single_trial(config: dict, *, data: dict, data_key: str, spec: dict, model: 
 def distributed_trial(config: dict, *, train_path: str, valid_path: str, spec: dict, model: dict,
                       tune_cfg: dict, storage: str) -> None:
     """One Tune trial that runs a data-parallel Ray Train XGBoostTrainer (Ray's Tune + Train V2 pattern)."""
-    import ray
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
     model_cfg = ModelConfig(**model)
@@ -130,7 +129,6 @@ def distributed_trial(config: dict, *, train_path: str, valid_path: str, spec: d
     fit_distributed(config, train_path=train_path, valid_path=valid_path, spec=spec, model=model,
                     tune_cfg=tune_cfg, storage=storage, name=f"trial-{trial_id}-{int(time.time())}",
                     callbacks=[TuneReportCallback()], num_workers=model_cfg.num_workers)
-    del ray
 
 
 def fit_distributed(config: dict, *, train_path: str, valid_path: str | None, spec: dict, model: dict,

@@ -1,8 +1,6 @@
 """The CLI in-process (sharing the session's Ray): exit codes, JSON output, messages."""
 import json
 
-import numpy as np
-import pytest
 import yaml
 from typer.testing import CliRunner
 

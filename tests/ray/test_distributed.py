@@ -1,7 +1,6 @@
 """The data-parallel strategy (Ray Train XGBoostTrainer, 2 workers) against the single one."""
 import pytest
 
-from mlops_ray.config import TuneConfig
 from mlops_ray.pipeline import prepare_data
 from mlops_ray.train import tune as T
 from mlops_ray.train import xgb as X

@@ -1,6 +1,5 @@
-import numpy as np
 
-from mlops_ray.data.synth import N_MERCHANTS, SynthSpec, generate_chunk
+from mlops_ray.data.synth import SynthSpec, generate_chunk
 
 
 def test_shape_and_realism():

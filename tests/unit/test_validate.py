@@ -1,10 +1,8 @@
 """Every bad input of the data-plane issue gets a clear message naming the column and the fix."""
-import datetime as dt
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pytest
 
 from mlops_ray.data.validate import validate_table
 from tests.conftest import make_config
