@@ -23,6 +23,8 @@ config_app = typer.Typer(no_args_is_help=True, help="Check a config or print its
 data_app = typer.Typer(no_args_is_help=True, help="Data utilities.")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
+serve_app = typer.Typer(no_args_is_help=True, help="Serving lifecycle: stop, build a Serve config.")
+app.add_typer(serve_app, name="serve")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -270,6 +272,145 @@ def run_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
         opts = RunOptions(force=force, from_step=from_step, only=only, resume=resume, verbose=State.verbose)
         res = mlops_ray.run(cfg, options=opts, progress=_progress(json_out))
         _emit_json(res.to_dict()) if json_out else _print_run_result(res)
+
+
+# ---------------------------------------------------------------------- serving
+@app.command("deploy")
+def deploy_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
+               version: Optional[str] = typer.Option(None, "--version", help="Registered version number to serve."),
+               alias: Optional[str] = typer.Option(None, "--alias", help="Alias to serve (default: champion)."),
+               json_out: bool = typer.Option(False, "--json"),
+               set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
+    """Serve a registered version on Ray Serve as the stable version.
+
+    Without ray.address this starts a local Ray head that keeps running after the command
+    (stop it with `mlops-ray serve stop CONFIG`). Serving an app that already runs switches
+    its version live, without restarting replicas.
+    """
+    from mlops_ray.serve import control
+    with _guard(json_out):
+        if version and alias:
+            raise ConfigError("give --version or --alias, not both")
+        cfg = _load(config, set_)
+        res = control.deploy(cfg, version or (f"@{alias}" if alias else "champion"), verbose=State.verbose,
+                             on_progress=None if json_out else (lambda m: err.print(f"  {m}")))
+        if json_out:
+            _emit_json(res)
+            return
+        out.print(f"[green]✓[/] serving {res['model']} version {res['version']} ({res['seconds']:.1f} s)")
+        out.print(f"  POST {res['url']}" + "".join(f"\n  POST {u}  (direct to the replica)" for u in res["direct"]))
+        if res.get("local_head"):
+            out.print(f"  local Ray head pid {res['local_head']['pid']} keeps running; stop it with "
+                      f"`mlops-ray serve stop {config}`")
+
+
+@app.command("status")
+def status_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
+               json_out: bool = typer.Option(False, "--json"),
+               set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
+    """What serves: versions, weights, rollout phase, per-version traffic and errors."""
+    from mlops_ray.serve import control
+    with _guard(json_out):
+        cfg = _load(config, set_)
+        res = control.status(cfg)
+        if json_out:
+            _emit_json(res)
+            return
+        out.print(f"[bold]{cfg.name}[/]: {res['summary']}" + ("" if res["running"] else "  [yellow](not running)[/]"))
+        if isinstance(res.get("serve"), str):
+            out.print(f"  {res['serve']}")
+        for u in ([res["url"]] if res.get("url") else []) + res.get("direct", []):
+            out.print(f"  POST {u}")
+        if res["versions"]:
+            t = Table(title="Traffic since the replicas started", title_justify="left")
+            for c in ("version", "requests", "errors", "p50 ms", "p99 ms"):
+                t.add_column(c)
+            for v, m in sorted(res["versions"].items()):
+                t.add_row(v, f"{m['requests']:,}", f"{m['errors']:,}", _short(m["p50_ms"]), _short(m["p99_ms"]))
+            out.print(t)
+        for h in (res["state"] or {}).get("history", [])[-5:]:
+            info = ", ".join(f"{k}={v}" for k, v in h.items() if k not in ("t", "event", "metrics"))
+            out.print(f"  {h['event']}: {info}")
+
+
+@app.command("rollout")
+def rollout_cmd(args: List[str] = typer.Argument(..., metavar="[promote|rollback] CONFIG",
+                                                 help="Pipeline YAML, optionally after promote or rollback."),
+                version: Optional[str] = typer.Option(None, "--version", help="Version to roll out."),
+                shadow: bool = typer.Option(False, "--shadow", help="Mirror traffic to it and compare; "
+                                                                  "stable keeps answering."),
+                json_out: bool = typer.Option(False, "--json"),
+                set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
+    """Roll --version out in rollout.steps, comparing it with stable at each step.
+
+    Exit 0: promoted (alias champion moved); 5: rolled back (version tagged rejected).
+    A controller that was stopped resumes where it was when started again.
+    `rollout promote CONFIG` ends a rollout now; `rollout rollback CONFIG` stops it, or after
+    a promotion returns to the previous version while it is still kept.
+    """
+    from mlops_ray.serve import control
+    with _guard(json_out):
+        action = args[0] if args[0] in ("promote", "rollback") else None
+        rest = args[1:] if action else args
+        if len(rest) != 1 or (action is None and version is None) or (action and version):
+            raise ConfigError("usage: mlops-ray rollout CONFIG --version N [--shadow], "
+                              "mlops-ray rollout promote CONFIG, or mlops-ray rollout rollback CONFIG")
+        cfg = _load(rest[0], set_)
+        if action:
+            res = control.rollout_action(cfg, action)
+            if json_out:
+                _emit_json(res)
+            elif action == "promote":
+                out.print(f"[green]✓[/] version {res['version']} promoted to champion")
+            else:
+                out.print(f"[green]✓[/] version {res['version']} rolled back; stable is {res['stable']}")
+            return
+
+        def show(state, verdict):
+            if json_out:
+                return
+            if verdict is None:
+                err.print(f"  {state.phase} version {state.canary} at {state.weight:g}%")
+                return
+            c = verdict.metrics.get("canary", {})
+            err.print(f"  {state.phase} v{state.canary} {state.weight:g}%: {c.get('requests', 0)}/"
+                      f"{cfg.rollout.min_requests} requests, errors {c.get('errors', 0)}, "
+                      f"p99 {_short(c.get('p99_ms'))} ms, {verdict.metrics.get('elapsed_s', 0):g} s")
+        res = control.rollout(cfg, version, shadow=shadow, verbose=State.verbose, on_progress=show)
+        if json_out:
+            _emit_json(res)
+        elif res["outcome"] == "promoted":
+            out.print(f"[green]✓[/] version {res['version']} promoted to champion (previous {res['previous']} "
+                      f"kept for {cfg.rollout.keep_previous_s:g} s for fast rollback)")
+        else:
+            out.print(f"[green]✓[/] shadow comparison of version {res['version']} passed")
+
+
+@serve_app.command("stop")
+def serve_stop(config: str = typer.Argument(..., help="Pipeline YAML."),
+               json_out: bool = typer.Option(False, "--json")):
+    """Delete the app (replicas flush their prediction logs) and stop the local Ray head it ran on."""
+    from mlops_ray.serve import control
+    with _guard(json_out):
+        res = control.stop(_load(config, None), verbose=State.verbose)
+        if json_out:
+            _emit_json(res)
+        else:
+            out.print(res.get("message") or f"[green]✓[/] app deleted: {res['app_deleted']}, local head stopped: "
+                                            f"{res['head_stopped']}")
+
+
+@serve_app.command("build")
+def serve_build(config: str = typer.Argument(..., help="Pipeline YAML."),
+                output: str = typer.Option("serve_config.yaml", "--out", help="Where to write the Serve config."),
+                version: Optional[str] = typer.Option(None, "--version", help="Version to serve if none is deployed."),
+                json_out: bool = typer.Option(False, "--json")):
+    """Write a Serve config YAML for Ray's own `serve deploy`."""
+    from mlops_ray.serve import control
+    with _guard(json_out):
+        res = control.build(_load(config, None), output, version or "champion")
+        _emit_json(res) if json_out else out.print(
+            f"[green]✓[/] wrote {res['path']} (stable version {res['stable']}); deploy it with `serve deploy {res['path']}`")
 
 
 def main() -> None:

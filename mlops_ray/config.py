@@ -292,6 +292,10 @@ class ServeConfig(_Model):
     batch_max_size: int = Field(64, ge=1)
     batch_wait_timeout_s: float = Field(0.002, ge=0)
     extra_fields: Literal["reject", "ignore"] = "reject"
+    num_cpus: float = Field(1.0, ge=0, description="Logical CPUs reserved per replica.")
+    direct_ingress: bool = Field(True, description=(
+        "Local head only: throughput-optimized Serve; each replica also answers on its own port "
+        "(from port+1) without the proxy hop. The proxy on `port` keeps working."))
 
 
 class RolloutConfig(_Model):
@@ -303,6 +307,8 @@ class RolloutConfig(_Model):
     max_prediction_psi: float = Field(0.2, gt=0)
     max_metric_drop: float = Field(0.02, ge=0)
     keep_previous_s: float = Field(600, ge=0)
+    p99_floor_ms: float = Field(2.0, ge=0, description="p99 differences smaller than this never breach.")
+    step_timeout_s: float = Field(3600, gt=0, description="A step without enough canary traffic by then rolls back.")
     sticky_key: str | None = None
 
     @field_validator("steps")

@@ -86,3 +86,10 @@ class RegistryError(MlopsError):
 class ResourceError(MlopsError):
     headline = "Not enough cluster resources"
     exit_code = ExitCode.RESOURCES
+
+
+class ServingError(MlopsError):
+    """Serving cannot do what was asked: nothing deployed, a rollout already running, a
+    version that cannot be served."""
+    headline = "Serving error"
+    exit_code = ExitCode.ROLLOUT

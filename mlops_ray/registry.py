@@ -416,6 +416,17 @@ class Registry:
             version = self._alias_target(name, alias)
         return self._fetch(name, self._version(name, version, alias), alias)
 
+    def resolve(self, ref: str) -> str:
+        """The version number a reference ("champion", "@alias", "3", "models:/NAME/3") points to now.
+        Raises RegistryError naming the model, alias or version when there is none."""
+        name, version, alias = self._parse_ref(ref)
+        if name != self.model_name:
+            raise RegistryError(f"model reference {ref!r} names model {name!r}, but this pipeline serves "
+                                f"{self.model_name!r}; set registry.model_name or fix the reference")
+        if alias is not None:
+            version = self._alias_target(name, alias)
+        return str(self._version(name, version, alias).version)
+
     def champion(self) -> tuple[str, Bundle] | None:
         """(version, bundle) of the champion; None before the first promotion."""
         aliases = self._aliases(self.model_name)

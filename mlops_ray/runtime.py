@@ -84,6 +84,7 @@ def ray_runtime(cfg: RayConfig, *, verbose: bool = False) -> Iterator[RuntimeInf
         common = dict(namespace=cfg.namespace, log_to_driver=verbose, logging_level=level,
                       runtime_env=cfg.runtime_env)
         if cfg.address:
+            _token_auth_for_address()
             try:
                 ray.init(address=cfg.address, **common)
             except (ConnectionError, RuntimeError, ValueError) as e:
@@ -116,6 +117,23 @@ def ray_runtime(cfg: RayConfig, *, verbose: bool = False) -> Iterator[RuntimeInf
             ray.shutdown()
 
 
+def _token_auth_for_address() -> None:
+    """Ray 2.59+ turns token authentication on for clusters it starts, but ``ray.init(address=...)``
+    with an explicit address only sends the token when RAY_AUTH_MODE=token. When a token exists
+    (``~/.ray/auth_token`` or RAY_AUTH_TOKEN[_PATH]) and the mode is unset, turn it on."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    has_token = any(os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")) or \
+        os.path.isfile(os.path.expanduser("~/.ray/auth_token"))
+    if not has_token:
+        return
+    try:   # sets the variable and refreshes Ray's cached config of this process
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+        _enable_token_auth()
+    except ImportError:  # pragma: no cover - other Ray versions
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def require_resources(*, cpus: float = 0, gpus: float = 0) -> None:
     """Fail at once, not wait forever, when the cluster can never provide a request."""
     import ray
@@ -129,3 +147,152 @@ def require_resources(*, cpus: float = 0, gpus: float = 0) -> None:
         raise ResourceError(
             f"{cpus:g} CPU(s) requested but the cluster has {total.get('CPU', 0):g}; lower "
             "tune.cpus_per_trial or raise ray.num_cpus")
+
+
+# --------------------------------------------------------------------------- serving head
+# Serving needs a Ray that outlives the CLI. Without ray.address, `deploy` starts a local
+# head (`ray start --head --block` in its own session) and records it in the store;
+# later commands connect to it; `mlops-ray serve stop` stops it (and only it).
+def head_file(store: str, name: str) -> str:
+    return os.path.join(store, name, "serving", "head.json")
+
+
+def read_head(store: str, name: str) -> dict | None:
+    import json
+    try:
+        with open(head_file(store, name)) as f:
+            head = json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+    return head if _alive(head.get("pid")) else None
+
+
+def _alive(pid) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:                                    # a zombie (exited, not reaped) is not alive
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serving_env(serve_cfg) -> dict[str, str]:
+    """Environment of a local serving head: quiet, and throughput-optimized Serve when asked."""
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_SERVE_PORT_QUARANTINE_S": "0",
+           # token authentication, explicitly: the head and the CLI that connects to it agree
+           "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
+           # replicas on a local head drain for 2 s on stop, not direct ingress' 30 s default
+           "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+    if serve_cfg.direct_ingress:
+        env.update({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(serve_cfg.port + 1),
+                    "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(serve_cfg.port + 64)})
+    return env
+
+
+def start_head(store: str, name: str, num_cpus: int | None, serve_cfg, timeout_s: float = 90.0) -> dict:
+    """Start a detached local Ray head for serving; returns its record (address, pid, log)."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    d = os.path.dirname(head_file(store, name))
+    os.makedirs(d, exist_ok=True)
+    port = _free_port()
+    log_path = os.path.join(d, "head.log")
+    cmd = [sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--head",
+           f"--port={port}", f"--num-cpus={num_cpus or default_num_cpus()}", "--include-dashboard=false",
+           "--disable-usage-stats", "--node-ip-address=127.0.0.1", "--block"]
+    env = {**os.environ, **serving_env(serve_cfg)}
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True, cwd=os.getcwd())
+    head = {"address": f"127.0.0.1:{port}", "pid": proc.pid, "log": log_path, "started": time.time(),
+            "serve_env": serving_env(serve_cfg)}
+    deadline = time.time() + timeout_s
+    import socket
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise ResourceError(f"the local Ray head for serving exited at start (code {proc.returncode}); "
+                                f"see {log_path}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        stop_head(head)
+        raise ResourceError(f"the local Ray head for serving did not come up in {timeout_s:.0f} s; see {log_path}")
+    with open(head_file(store, name), "w") as f:
+        json.dump(head, f, indent=1)
+    return head
+
+
+def stop_head(head: dict, timeout_s: float = 30.0) -> bool:
+    """Stop a head started by ``start_head`` (its whole process group). True if it was running."""
+    import signal
+    import time
+    pid = int(head.get("pid") or 0)
+    if not _alive(pid):
+        return False
+    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.time() + wait
+        while time.time() < deadline and _alive(pid):
+            time.sleep(0.2)
+        if not _alive(pid):
+            break
+    return True
+
+
+@contextmanager
+def serving_runtime(cfg, *, start: bool = False, verbose: bool = False) -> Iterator[dict]:
+    """Connect to the Ray that serves ``cfg``: ray.address, else the local head recorded in the
+    store (started here when ``start``). Disconnects on exit; never stops the cluster."""
+    import ray
+
+    _quiet(verbose)
+    info = {"address": cfg.ray.address, "local_head": None}
+    if not cfg.ray.address:
+        head = read_head(cfg.store, cfg.name)
+        if head is None:
+            if not start:
+                raise ResourceError(f"nothing is serving {cfg.name!r}: no local Ray head is running for this "
+                                    f"store; run `mlops-ray deploy CONFIG` first")
+            head = start_head(cfg.store, cfg.name, cfg.ray.num_cpus, cfg.serve)
+        info.update(address=head["address"], local_head=head)
+    if ray.is_initialized():
+        ray.shutdown()
+    level = logging.INFO if verbose else logging.ERROR
+    _token_auth_for_address()
+    try:
+        ray.init(address=info["address"], namespace=cfg.ray.namespace, log_to_driver=verbose,
+                 logging_level=level, runtime_env=cfg.ray.runtime_env if cfg.ray.address else None)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ResourceError(f"cannot connect to the Ray cluster at {info['address']!r}: {e}. Check that it is "
+                            "up (`ray status`)") from None
+    if not verbose:   # Serve configures its logger on import; keep its INFO lines in the log files
+        from ray import serve  # noqa: F401
+        logging.getLogger("ray.serve").setLevel(logging.ERROR)
+    try:
+        yield info
+    finally:
+        ray.shutdown()

@@ -63,3 +63,31 @@ def write_parquet(df: pd.DataFrame, path: Path, parts: int = 1) -> Path:
 @pytest.fixture
 def parquet_dir(small_df, tmp_path) -> Path:
     return write_parquet(small_df, tmp_path / "data", parts=2)
+
+
+def make_bundle(df: pd.DataFrame, path: Path, rounds: int = 20, metadata: dict | None = None, **features) -> str:
+    """A real model bundle (FeatureSpec fitted on ``df``, XGBoost trained on it) at ``path``."""
+    import numpy as np
+    import xgboost as xgb
+
+    from mlops_ray import bundle
+    from mlops_ray.data import features as feat
+    from mlops_ray.data.profile import profile_local
+    from mlops_ray.monitor.reference import build_reference
+
+    cfg = make_config("x", features={"min_frequency": 2, **features})
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    roles = feat.assign_roles(table.schema, cfg.data, cfg.features)
+    parts = profile_local(table, {"f": lambda t: feat.fit_partial(t, roles, cfg.features)})["f"]
+    spec = feat.fit_merge(parts, roles, cfg.data, cfg.features)
+    X = feat.transform(df, spec).to_numpy(np.float32)
+    d = bundle.dmatrix(X, spec, label=df["is_fraud"].to_numpy())
+    bst = xgb.train({"objective": "binary:logistic", "max_depth": 4, "max_cat_to_onehot": 8, "nthread": 1}, d, rounds)
+    ref = build_reference(X, spec, bst.inplace_predict(X), "binary")
+    return bundle.write_bundle(str(path), bst, spec, ref, {"task": "binary", **(metadata or {})})
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(small_df, tmp_path_factory) -> str:
+    """One real bundle per test session (read-only: copy it before changing it)."""
+    return make_bundle(small_df, tmp_path_factory.mktemp("bundle") / "b")

@@ -1,0 +1,211 @@
+"""Serving lifecycle: deploy, status, stop, build a Serve config, and run rollouts.
+
+Each function takes the config (and a registry), talks to Ray Serve through
+``runtime.serving_runtime`` and returns a plain dict for the CLI to print. A failed
+deploy leaves the serving state and the running application as they were.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+from mlops_ray.config import Config
+from mlops_ray.errors import MlopsError, ServingError
+from mlops_ray.runtime import read_head, serving_runtime, stop_head
+from mlops_ray.serve import rollout as ro
+from mlops_ray.serve import stats as st
+from mlops_ray.serve.app import DEFAULT_LOADER, build_app
+from mlops_ray.serve.state import ServingState, describe, read_state, serving_dir, state_path, write_state
+
+
+def _registry(cfg: Config):
+    from mlops_ray.registry import Registry
+    return Registry(cfg.registry, cfg.store, cfg.name)
+
+
+def _config_dict(cfg: Config) -> dict:
+    return cfg.model_dump(mode="json", by_alias=True)
+
+
+def resolve_servable(cfg: Config, registry, ref: str) -> str:
+    """Version behind ``ref``, checked to load as a bundle before anything changes."""
+    version = registry.resolve(ref)
+    registry.load_bundle(version)
+    return version
+
+
+def endpoints(cfg: Config) -> dict:
+    """Where to send requests: the Serve proxy on serve.port, and the replicas' own ports (direct ingress)."""
+    out = {"url": f"http://{cfg.serve.host}:{cfg.serve.port}/predict", "direct": []}
+    try:
+        import psutil
+        lo, hi = cfg.serve.port + 1, cfg.serve.port + 64
+        seen = set()
+        for c in psutil.net_connections(kind="tcp"):
+            if c.status == psutil.CONN_LISTEN and lo <= c.laddr.port <= hi and c.laddr.port not in seen:
+                seen.add(c.laddr.port)
+                out["direct"].append(f"http://{c.laddr.ip}:{c.laddr.port}/predict")
+    except Exception:
+        pass
+    out["direct"].sort()
+    return out
+
+
+def deploy(cfg: Config, ref: str = "champion", *, loader: str = DEFAULT_LOADER, faults: dict | None = None,
+           verbose: bool = False, on_progress: Callable[[str], None] | None = None) -> dict:
+    """Serve ``ref`` (version, alias or models:/ URI) as the stable version. Starts a local Ray head
+    when there is no ray.address and none is running; reuses the running app (weights switch live)."""
+    say = on_progress or (lambda _m: None)
+    registry = _registry(cfg)
+    version = resolve_servable(cfg, registry, ref)
+    path = state_path(cfg.store, cfg.name)
+    old = read_state(path)
+    if old is not None and old.phase in ("CANARY", "SHADOW") and read_head(cfg.store, cfg.name):
+        raise ServingError(f"a rollout of version {old.canary} is in progress; finish it or run "
+                           "`mlops-ray rollout CONFIG rollback` before deploying")
+    new = ServingState(name=registry.model_name, stable=version, history=list(old.history) if old else [],
+                       revision=old.revision if old else 0)
+    if old is not None and old.stable != version:
+        new.previous, new.previous_until = old.stable, time.time() + cfg.rollout.keep_previous_s
+    new.event("deployed", version=version)
+    t0 = time.time()
+    with serving_runtime(cfg, start=True, verbose=verbose) as info:
+        from ray import serve
+        say(f"Ray at {info['address']}" + (" (local head started for serving)" if info["local_head"] else ""))
+        serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+        write_state(path, new)
+        try:
+            serve.run(build_app(_config_dict(cfg), loader, faults), name=cfg.name, route_prefix="/",
+                      blocking=False)
+        except Exception as e:
+            if old is not None:
+                write_state(path, old)
+            raise ServingError(f"deploying version {version} failed: {e}; the previous serving state was kept. "
+                               f"Replica logs are under the Ray session's logs directory") from None
+        wait_for_version(cfg, version)
+    out = {"version": version, "model": registry.model_name, "seconds": round(time.time() - t0, 1),
+           "ray_address": info["address"], **endpoints(cfg)}
+    if info["local_head"]:
+        out["local_head"] = {"pid": info["local_head"]["pid"], "log": info["local_head"]["log"],
+                             "stop": "mlops-ray serve stop CONFIG"}
+    return out
+
+
+def wait_for_version(cfg: Config, version: str, timeout_s: float = 60.0) -> None:
+    """Until the app answers /version with ``version`` as stable (replicas follow the state file)."""
+    import json
+    import urllib.request
+    url = f"http://{cfg.serve.host}:{cfg.serve.port}/version"
+    deadline = time.time() + timeout_s
+    last = None
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                last = json.loads(r.read())
+                if last.get("stable") == version:
+                    return
+        except Exception as e:      # proxy still starting
+            last = repr(e)
+        time.sleep(0.25)
+    raise ServingError(f"the app did not switch to version {version} within {timeout_s:g} s (last answer: {last})")
+
+
+def status(cfg: Config) -> dict:
+    """The serving state from the store, plus the live application when its Ray is reachable."""
+    state = read_state(state_path(cfg.store, cfg.name))
+    out: dict = {"name": cfg.name, "summary": describe(state), "state": state.to_dict() if state else None}
+    if state is not None:
+        out["state"].pop("baseline", None)
+        out["state"]["history"] = state.history[-10:]
+    stats_dir = os.path.join(serving_dir(cfg.store, cfg.name), "stats")
+    totals = st.totals(st.read_snapshots(stats_dir))
+    out["versions"] = {v: s.summary() for v, s in totals.items()}
+    if state is not None and state.phase in ("CANARY", "SHADOW") and state.baseline:
+        win = st.window(st.read_snapshots(stats_dir), state.baseline)
+        out["step_window"] = {v: s.summary() for v, s in win.items()}
+    head = read_head(cfg.store, cfg.name)
+    out["running"] = False
+    if head is None and not cfg.ray.address:
+        out["serve"] = "no local Ray head is running (start serving with `mlops-ray deploy CONFIG`)"
+        return out
+    try:
+        with serving_runtime(cfg) as info:
+            from ray import serve
+            s = serve.status()
+            app = s.applications.get(cfg.name)
+            out["ray_address"] = info["address"]
+            if app is not None:
+                out["running"] = str(app.status) in ("RUNNING", "ApplicationStatus.RUNNING")
+                out["serve"] = {"status": str(app.status), "message": app.message,
+                                "deployments": {n: {"status": str(d.status),
+                                                    "replicas": {str(k): v for k, v in d.replica_states.items()}}
+                                                for n, d in app.deployments.items()}}
+                out.update(endpoints(cfg))
+            else:
+                out["serve"] = f"no Serve application {cfg.name!r} on this cluster"
+    except MlopsError as e:
+        out["serve"] = e.message
+    return out
+
+
+def stop(cfg: Config, *, verbose: bool = False) -> dict:
+    """Delete the app (replicas flush their prediction logs) and stop the local head if we started it."""
+    head = read_head(cfg.store, cfg.name)
+    out = {"app_deleted": False, "head_stopped": False}
+    if head is None and not cfg.ray.address:
+        out["message"] = "nothing to stop: no local Ray head is running for this store"
+        return out
+    with serving_runtime(cfg, verbose=verbose):
+        from ray import serve
+        if cfg.name in serve.status().applications:
+            serve.delete(cfg.name)
+            out["app_deleted"] = True
+        others = [a for a in serve.status().applications if a != cfg.name]
+        if head is not None and not others:
+            serve.shutdown()
+    if head is not None and not others:
+        out["head_stopped"] = stop_head(head)
+    return out
+
+
+def build(cfg: Config, out_path: str, ref: str = "champion") -> dict:
+    """Write a Serve config YAML for Ray's own `serve deploy`. Records ``ref`` as the stable version
+    in the serving state if nothing is deployed yet (replicas route by that state)."""
+    import yaml
+    from mlops_ray.serve.app import DEPLOYMENT, deployment_options
+    path = state_path(cfg.store, cfg.name)
+    state = read_state(path)
+    if state is None:
+        registry = _registry(cfg)
+        version = resolve_servable(cfg, registry, ref)
+        state = write_state(path, ServingState(name=registry.model_name, stable=version))
+    opts = deployment_options(cfg)
+    dep = {k: v for k, v in opts.items() if k != "name"}
+    doc = {"proxy_location": "EveryNode",
+           "http_options": {"host": cfg.serve.host, "port": cfg.serve.port},
+           "applications": [{"name": cfg.name, "route_prefix": "/", "import_path": "mlops_ray.serve.app:app_builder",
+                             "args": {"config": _config_dict(cfg)},
+                             "deployments": [{"name": DEPLOYMENT, **dep}]}]}
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "w") as f:
+        f.write("# Written by `mlops-ray serve build`; deploy with `serve deploy " + os.path.basename(out_path) + "`\n")
+        yaml.safe_dump(doc, f, sort_keys=False)
+    return {"path": out_path, "stable": state.stable, "app": cfg.name}
+
+
+def rollout(cfg: Config, ref: str, *, shadow: bool = False, verbose: bool = False,
+            on_progress=None, poll_s: float = 1.0) -> dict:
+    """Roll ``ref`` out step by step (or mirror it with ``shadow``); see rollout.run_rollout."""
+    registry = _registry(cfg)
+    version = resolve_servable(cfg, registry, ref)
+    if read_state(state_path(cfg.store, cfg.name)) is None:
+        raise ServingError(f"nothing is deployed for {cfg.name!r}; run `mlops-ray deploy CONFIG` first")
+    if read_head(cfg.store, cfg.name) is None and not cfg.ray.address:
+        raise ServingError(f"nothing is serving {cfg.name!r}: no local Ray head is running; "
+                           "run `mlops-ray deploy CONFIG` first")
+    return ro.run_rollout(cfg, registry, version, shadow=shadow, poll_s=poll_s, on_progress=on_progress)
+
+
+def rollout_action(cfg: Config, action: str) -> dict:
+    return ro.manual(cfg, _registry(cfg), action)

@@ -1,0 +1,243 @@
+"""The rollout controller: DESIGN.md's state machine, driven by the replicas' statistics.
+
+``judge`` and ``advance`` are pure: a window of per-version statistics and the policy in,
+a verdict and the next state out. ``run_rollout`` is the loop around them; it is the only
+part that touches the state file, the registry and the clock. Because the state (step,
+weight, the statistics baseline of the step) lives in the store, a controller killed at
+any point resumes where it stopped.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from mlops_ray.config import Config, RolloutConfig
+from mlops_ray.errors import RolloutAborted, ServingError
+from mlops_ray.serve import stats as st
+from mlops_ray.serve.state import ServingState, read_state, serving_dir, state_path, write_state
+
+MIN_LATENCY_SAMPLES = 50        # p99 of fewer samples is the single slowest request
+MIN_PSI_ROWS = 100
+
+
+@dataclass
+class Verdict:
+    ready: bool                      # the step held long enough to judge
+    breaches: list[str] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    stable_window: st.VersionStats | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.breaches
+
+
+def judge(stable: st.VersionStats, canary: st.VersionStats, policy: RolloutConfig, elapsed_s: float,
+          live: dict | None = None, reference: st.VersionStats | None = None) -> Verdict:
+    """Compare canary with stable over the same window. ``live``: {"stable": m, "canary": m,
+    "higher_is_better": bool, "name": str} where labels have arrived. ``reference``: stable's
+    statistics from the previous step, used when stable has too little traffic in this window
+    (at 100 % it has none)."""
+    if reference is not None and stable.requests < max(MIN_LATENCY_SAMPLES, policy.min_requests // 4):
+        stable = reference
+    m = {"elapsed_s": round(elapsed_s, 1), "stable": stable.summary(), "canary": canary.summary()}
+    ready = canary.requests >= policy.min_requests and elapsed_s >= policy.min_seconds
+    breaches: list[str] = []
+    # an error-rate breach is judged as soon as the canary has min_requests (not after min_seconds):
+    # a broken model should take traffic for as short a time as possible
+    if canary.requests >= policy.min_requests:
+        delta = canary.error_rate - stable.error_rate
+        m["error_rate_delta"] = round(delta, 5)
+        if delta > policy.max_error_rate_delta:
+            breaches.append(f"error rate {canary.error_rate:.2%} on the canary vs {stable.error_rate:.2%} on stable "
+                            f"(allowed +{policy.max_error_rate_delta:.2%})")
+    if ready:
+        if canary.requests >= MIN_LATENCY_SAMPLES and stable.requests >= MIN_LATENCY_SAMPLES:
+            cp, sp = canary.latency_quantile_ms(0.99), stable.latency_quantile_ms(0.99)
+            m["p99_ratio"] = round(cp / sp, 3) if sp else None
+            if cp > policy.max_p99_latency_ratio * sp and cp - sp > policy.p99_floor_ms:
+                breaches.append(f"p99 latency {cp:.1f} ms on the canary vs {sp:.1f} ms on stable "
+                                f"(allowed {policy.max_p99_latency_ratio:g}x)")
+        if sum(canary.predictions) >= MIN_PSI_ROWS and sum(stable.predictions) >= MIN_PSI_ROWS:
+            value = st.psi(stable.predictions, canary.predictions)
+            m["prediction_psi"] = round(value, 4)
+            if value > policy.max_prediction_psi:
+                breaches.append(f"prediction distribution shifted: PSI {value:.3f} between canary and stable "
+                                f"(allowed {policy.max_prediction_psi:g})")
+        if live and live.get("canary") is not None and live.get("stable") is not None:
+            drop = (live["stable"] - live["canary"]) * (1 if live.get("higher_is_better", True) else -1)
+            m["live_metric"] = live
+            if drop > policy.max_metric_drop:
+                breaches.append(f"live {live.get('name', 'metric')} {live['canary']:.4f} on the canary vs "
+                                f"{live['stable']:.4f} on stable (allowed drop {policy.max_metric_drop:g})")
+    return Verdict(ready=ready or bool(breaches), breaches=breaches, metrics=m, stable_window=stable)
+
+
+def start(state: ServingState, version: str, policy: RolloutConfig, now: float, baseline: dict,
+          shadow: bool = False) -> ServingState:
+    state.phase, state.canary, state.reason = ("SHADOW" if shadow else "CANARY"), version, None
+    state.step, state.weight = 0, (0.0 if shadow else float(policy.steps[0]))
+    state.step_started, state.baseline, state.reference = now, baseline, None
+    state.event("shadow" if shadow else "canary", version=version, weight=state.weight)
+    return state
+
+
+def advance(state: ServingState, verdict: Verdict, policy: RolloutConfig, now: float, baseline: dict) -> str:
+    """Apply a verdict to the state in place; returns what happened: wait, step, promoted,
+    rolled_back, shadow_passed."""
+    if not verdict.ok:
+        return rollback(state, "; ".join(verdict.breaches), now)
+    if not verdict.ready:
+        return "wait"
+    if state.phase == "SHADOW":
+        state.event("shadow_passed", version=state.canary, metrics=verdict.metrics)
+        state.phase, state.canary, state.reason = "STABLE", None, f"shadow comparison of v{state.canary} passed"
+        return "shadow_passed"
+    if state.step + 1 < len(policy.steps):
+        if verdict.stable_window is not None and verdict.stable_window.requests >= MIN_LATENCY_SAMPLES:
+            state.reference = verdict.stable_window.to_dict()
+        state.step += 1
+        state.weight = float(policy.steps[state.step])
+        state.step_started, state.baseline = now, baseline
+        state.event("step", version=state.canary, weight=state.weight, metrics=verdict.metrics)
+        return "step"
+    return promote(state, policy, now, f"passed {len(policy.steps)} steps")
+
+
+def promote(state: ServingState, policy: RolloutConfig, now: float, reason: str) -> str:
+    old, new = state.stable, state.canary
+    state.previous, state.previous_until = old, now + policy.keep_previous_s
+    state.stable, state.canary, state.weight, state.phase, state.reason = new, None, 0.0, "PROMOTED", reason
+    state.event("promoted", version=new, previous=old, reason=reason)
+    return "promoted"
+
+
+def rollback(state: ServingState, reason: str, now: float) -> str:
+    version = state.canary
+    state.weight, state.phase, state.reason = 0.0, "ROLLED_BACK", reason
+    state.canary = None
+    state.event("rolled_back", version=version, reason=reason)
+    state.baseline = {"rejected": version}
+    return "rolled_back"
+
+
+# ---------------------------------------------------------------------- the controller loop
+def _controller_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _controller_alive(cid: str | None) -> bool:
+    if not cid:
+        return False
+    host, _, pid = cid.rpartition(":")
+    if host != socket.gethostname():
+        return True                           # cannot tell; assume it runs
+    from mlops_ray.runtime import _alive
+    return _alive(pid)
+
+
+def run_rollout(cfg: Config, registry, version: str, *, shadow: bool = False, poll_s: float = 1.0,
+                on_progress: Callable[[ServingState, Verdict | None], None] | None = None,
+                live_metric: Callable[[ServingState], dict | None] | None = None) -> dict:
+    """Drive a rollout of ``version`` to the end. Raises RolloutAborted (exit 5) on a breach."""
+    path = state_path(cfg.store, cfg.name)
+    stats_dir = os.path.join(serving_dir(cfg.store, cfg.name), "stats")
+    policy = cfg.rollout
+    state = read_state(path)
+    if state is None:
+        raise ServingError(f"nothing is deployed for {cfg.name!r}; run `mlops-ray deploy CONFIG` first")
+    me = _controller_id()
+    if state.phase in ("CANARY", "SHADOW"):
+        if state.canary != version:
+            raise ServingError(f"a rollout of version {state.canary} is in progress ({state.phase} at "
+                               f"{state.weight:g}%); finish it or run `mlops-ray rollout CONFIG rollback`")
+        if state.controller != me and _controller_alive(state.controller):
+            raise ServingError(f"another controller ({state.controller}) is driving the rollout of version "
+                               f"{version}; watch it with `mlops-ray status`")
+        state.controller = me
+        state.event("resumed", version=version, step=state.step, weight=state.weight)
+        write_state(path, state)
+    else:
+        if version == state.stable:
+            raise ServingError(f"version {version} is already the stable version; nothing to roll out")
+        state.controller = me
+        write_state(path, start(state, version, policy, time.time(), st.read_snapshots(stats_dir), shadow))
+    if on_progress:
+        on_progress(state, None)
+    while True:
+        time.sleep(poll_s)
+        now = time.time()
+        win = st.window(st.read_snapshots(stats_dir), state.baseline)
+        empty = st.VersionStats()
+        ref = st.VersionStats.from_dict(state.reference) if state.reference else None
+        verdict = judge(win.get(state.stable, empty), win.get(state.canary, empty), policy, now - state.step_started,
+                        live_metric(state) if live_metric else None, reference=ref)
+        if on_progress:
+            on_progress(state, verdict)
+        if not verdict.ready and now - state.step_started > policy.step_timeout_s:
+            verdict.breaches.append(f"step at {state.weight:g}% did not reach {policy.min_requests} canary requests "
+                                    f"in {policy.step_timeout_s:g} s (got {win.get(state.canary, empty).requests})")
+        canary = state.canary
+        action = advance(state, verdict, policy, now, st.read_snapshots(stats_dir))
+        if action == "wait":
+            continue
+        if action != "step":
+            state.controller = None
+        write_state(path, state)
+        if action == "rolled_back":
+            registry.tag_version(canary, "rollout", "rejected")
+            registry.tag_version(canary, "rollout_reason", state.reason)
+            raise RolloutAborted(f"version {canary} rolled back at {verdict.metrics.get('elapsed_s', 0):g} s into "
+                                 f"its step: {state.reason}; stable version {state.stable} serves all traffic",
+                                 details={"version": canary, "metrics": verdict.metrics})
+        if action == "promoted":
+            registry.set_alias("champion", state.stable)
+            registry.tag_version(state.stable, "rollout", "promoted")
+            return {"outcome": "promoted", "version": state.stable, "previous": state.previous,
+                    "metrics": verdict.metrics}
+        if action == "shadow_passed":
+            registry.tag_version(canary, "shadow", "passed")
+            return {"outcome": "shadow_passed", "version": canary, "metrics": verdict.metrics}
+
+
+def manual(cfg: Config, registry, action: str) -> dict:
+    """``rollout promote`` / ``rollout rollback`` by hand."""
+    path = state_path(cfg.store, cfg.name)
+    state = read_state(path)
+    if state is None:
+        raise ServingError(f"nothing is deployed for {cfg.name!r}; run `mlops-ray deploy CONFIG` first")
+    now = time.time()
+    if action == "promote":
+        if state.phase != "CANARY":
+            raise ServingError(f"no canary to promote ({state.phase}, stable version {state.stable})")
+        promote(state, cfg.rollout, now, "promoted by hand")
+        state.controller = None
+        write_state(path, state)
+        registry.set_alias("champion", state.stable)
+        registry.tag_version(state.stable, "rollout", "promoted")
+        return {"outcome": "promoted", "version": state.stable, "previous": state.previous}
+    if action == "rollback":
+        if state.phase in ("CANARY", "SHADOW"):
+            canary = state.canary
+            rollback(state, "rolled back by hand", now)
+            state.controller = None
+            write_state(path, state)
+            registry.tag_version(canary, "rollout", "rejected")
+            registry.tag_version(canary, "rollout_reason", "rolled back by hand")
+            return {"outcome": "rolled_back", "version": canary, "stable": state.stable}
+        if state.previous and now < state.previous_until:
+            bad, good = state.stable, state.previous
+            state.stable, state.previous, state.previous_until = good, bad, now + cfg.rollout.keep_previous_s
+            state.phase, state.reason = "ROLLED_BACK", f"version {bad} rolled back by hand to {good}"
+            state.event("rolled_back", version=bad, reason=state.reason)
+            write_state(path, state)
+            registry.set_alias("champion", good)
+            registry.tag_version(bad, "rollout", "rejected")
+            registry.tag_version(bad, "rollout_reason", "rolled back by hand after promotion")
+            return {"outcome": "rolled_back", "version": bad, "stable": good}
+        raise ServingError(f"nothing to roll back: no rollout in progress and no previous version kept "
+                           f"(rollout.keep_previous_s={cfg.rollout.keep_previous_s:g})")
+    raise ServingError(f"unknown rollout action {action!r}; use promote or rollback")
