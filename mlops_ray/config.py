@@ -293,6 +293,7 @@ class ServeConfig(_Model):
     batch_wait_timeout_s: float = Field(0.002, ge=0)
     extra_fields: Literal["reject", "ignore"] = "reject"
     num_cpus: float = Field(1.0, ge=0, description="Logical CPUs reserved per replica.")
+    model_threads: int = Field(1, ge=1, description="XGBoost threads per prediction in a replica.")
     direct_ingress: bool = Field(True, description=(
         "Local head only: throughput-optimized Serve; each replica also answers on its own port "
         "(from port+1) without the proxy hop. The proxy on `port` keeps working."))

@@ -279,8 +279,13 @@ def serving_runtime(cfg, *, start: bool = False, verbose: bool = False) -> Itera
                                     f"store; run `mlops-ray deploy CONFIG` first")
             head = start_head(cfg.store, cfg.name, cfg.ray.num_cpus, cfg.serve)
         info.update(address=head["address"], local_head=head)
-    if ray.is_initialized():
-        ray.shutdown()
+    if ray.is_initialized():      # a notebook or test already connected: reuse it if it is this cluster
+        here = getattr(ray.get_runtime_context(), "gcs_address", "")
+        if here.rsplit(":", 1)[-1] != str(info["address"]).rsplit(":", 1)[-1]:
+            raise ResourceError(f"this process is connected to another Ray cluster ({here}); serving "
+                                f"{cfg.name!r} runs on {info['address']}. Call ray.shutdown() first")
+        yield info
+        return
     level = logging.INFO if verbose else logging.ERROR
     _token_auth_for_address()
     try:

@@ -62,11 +62,16 @@ class ModelFault(RuntimeError):
 class ServedModel:
     """One model version inside a replica: parser, encoder, booster, batch queue, thread."""
 
-    def __init__(self, version: str, bundle: Bundle, cfg: Config, fault: dict | None = None):
+    def __init__(self, version: str, bundle: Bundle, cfg: Config, fault: dict | None = None,
+                 log: PredictionLog | None = None):
         from ray import serve
 
         self.version = str(version)
         self.bundle = bundle
+        self.log = log
+        # replicas are single-CPU: XGBoost's default (all cores, busy-waiting threads) measured
+        # about 3x the CPU per single-row prediction on 2 cores
+        bundle.booster.set_param({"nthread": cfg.serve.model_threads})
         self.parser = RequestParser.from_bundle(bundle, cfg.serve)
         self.encoder = RowEncoder(bundle.spec)
         self.fault = fault or {}
@@ -118,7 +123,10 @@ class ServedModel:
         return res
 
     def close(self) -> None:
+        """Called after the version stopped taking requests and those in flight had time to finish."""
         self._executor.shutdown(wait=False)
+        if self.log is not None:
+            self.log.close()
 
 
 @dataclass(frozen=True)
@@ -163,7 +171,6 @@ class Predictor:
         self.spool = os.path.join(self.dir, "spool") if "://" not in self.cfg.store else \
             os.path.join("/tmp", "mlops-ray-spool", f"{zlib.crc32(self.dir.encode()):08x}")
         self.models: dict[str, ServedModel] = {}
-        self.logs: dict[str, PredictionLog] = {}
         self._metrics()
         state = read_state(self.state_file)
         if state is None:
@@ -185,13 +192,13 @@ class Predictor:
         m = self.models.get(version)
         if m is None:
             bundle = await asyncio.to_thread(self.loader, self.cfg, version)
-            m = ServedModel(version, bundle, self.cfg, self.faults.get(version))
-            await m.warm_up()
-            self.models[version] = m
-            self.logs[version] = PredictionLog(
+            log_ = PredictionLog(
                 self.predlog_root, bundle.spec.input_types, owner=f"{self.replica}-v{version}", spool_dir=self.spool,
                 flush_rows=self.cfg.monitor.predlog_flush_rows, flush_s=self.cfg.monitor.predlog_flush_s,
                 multiclass=bundle.task == "multiclass")
+            m = ServedModel(version, bundle, self.cfg, self.faults.get(version), log_)
+            await m.warm_up()
+            self.models[version] = m
         return m
 
     def _route(self, s: ServingState) -> Route:
@@ -214,8 +221,7 @@ class Predictor:
                             await self._ensure(v)          # load first, then switch
                         self.route = self._route(state)
                         for v in [v for v in self.models if v not in keep]:
-                            self.models.pop(v).close()
-                            await asyncio.to_thread(self.logs.pop(v).close)
+                            asyncio.get_running_loop().create_task(self._retire(self.models.pop(v)))
                         self._mtime = mtime
                     await asyncio.sleep(self.poll_s)
                 else:
@@ -225,6 +231,11 @@ class Predictor:
             except Exception:                               # keep serving the last good route
                 log.exception("following the serving state failed; retrying")
                 await asyncio.sleep(max(self.poll_s, 1.0))
+
+    async def _retire(self, model: ServedModel, grace_s: float = 30.0) -> None:
+        """Requests already routed to a retired version still finish and are logged."""
+        await asyncio.sleep(grace_s)
+        await asyncio.to_thread(model.close)
 
     async def _write_stats(self) -> None:
         d = os.path.join(self.dir, "stats")
@@ -314,7 +325,7 @@ class Predictor:
                                                        f"see request id {rid}"), 500, {"x-request-id": rid})
         self._record(model.version, True, t0, preds)
         try:
-            self.logs[model.version].append(rid, model.version, rows, preds)
+            model.log.append(rid, model.version, rows, preds)
         except Exception:
             log.exception("prediction log append failed")
             return _json(_err("log_failed", "the prediction could not be logged; retry"), 503, {"x-request-id": rid})
@@ -335,8 +346,8 @@ class Predictor:
     async def flush(self) -> dict:
         """Write buffered prediction-log records and stats now (tests, `serve stop`)."""
         n = 0
-        for lg in list(self.logs.values()):
-            n += await asyncio.to_thread(lg.flush)
+        for m in list(self.models.values()):
+            n += await asyncio.to_thread(m.log.flush)
         await asyncio.to_thread(st.write_snapshot, os.path.join(self.dir, "stats"), self.stats.snapshot())
         return {"replica": self.replica, "flushed": n}
 
@@ -344,9 +355,9 @@ class Predictor:
         """Graceful shutdown: flush the prediction log and the last stats."""
         for t in getattr(self, "_tasks", []):
             t.cancel()
-        for lg in getattr(self, "logs", {}).values():
+        for m in getattr(self, "models", {}).values():
             try:
-                lg.close()
+                m.log.close()
             except Exception:
                 pass
         try:

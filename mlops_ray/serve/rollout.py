@@ -62,10 +62,11 @@ def judge(stable: st.VersionStats, canary: st.VersionStats, policy: RolloutConfi
                 breaches.append(f"p99 latency {cp:.1f} ms on the canary vs {sp:.1f} ms on stable "
                                 f"(allowed {policy.max_p99_latency_ratio:g}x)")
         if sum(canary.predictions) >= MIN_PSI_ROWS and sum(stable.predictions) >= MIN_PSI_ROWS:
-            value = st.psi(stable.predictions, canary.predictions)
+            value = st.psi_excess(stable.predictions, canary.predictions)
             m["prediction_psi"] = round(value, 4)
             if value > policy.max_prediction_psi:
-                breaches.append(f"prediction distribution shifted: PSI {value:.3f} between canary and stable "
+                breaches.append(f"prediction distribution shifted: PSI {value:.3f} (beyond sampling noise) between "
+                                f"canary and stable "
                                 f"(allowed {policy.max_prediction_psi:g})")
         if live and live.get("canary") is not None and live.get("stable") is not None:
             drop = (live["stable"] - live["canary"]) * (1 if live.get("higher_is_better", True) else -1)

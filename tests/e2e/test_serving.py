@@ -1,0 +1,399 @@
+"""Serving end to end: a real local Ray head started by `mlops-ray deploy`, real HTTP traffic,
+real rollouts driven by the CLI, a replica killed under load.
+
+One head serves the whole module (the tests run in file order and build on each other's
+state: deploy, live weights, broken canaries, a good rollout, shadow, a killed replica,
+stop). Versions 3 and 4 are real bundles deployed with fault injection (30 % errors, 100 ms
+extra latency) to stand in for broken candidates.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlops_ray.config import load_config
+from mlops_ray.serve.state import read_state, state_path, write_state
+from tests.conftest import make_bundle
+
+ROOT = Path(__file__).resolve().parents[2]
+FAULTS = {"3": {"error_rate": 0.3}, "4": {"latency_ms": 100}}
+ALL_SENT: set[str] = set()          # every request id the Load clients of this module sent
+
+
+def _free_base() -> int:
+    for _ in range(200):
+        base = 20000 + (os.getpid() * 7919 + int(time.time() * 1000)) % 9000
+        ok = True
+        for p in range(base, base + 6):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+        time.sleep(0.01)
+    raise RuntimeError("no free port range")
+
+
+def cli(*args, timeout=240, check=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "mlops_ray.cli", *args], capture_output=True, text=True,
+                       timeout=timeout, cwd=ROOT, env=env)
+    if check is not None:
+        assert p.returncode == check, f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    return p
+
+
+def post(url, body, ct="application/json", headers=None):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"content-type": ct, **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+class Load(threading.Thread):
+    """Closed-loop HTTP clients in a background thread; records every response."""
+
+    def __init__(self, url, rows, clients=6, seconds=None, stop_after=None, key=None):
+        super().__init__(daemon=True)
+        self.url, self.rows, self.clients = url, rows, clients
+        self.seconds, self.stop_after, self.key = seconds, stop_after, key
+        self.results: list[tuple[int, str | None, str]] = []     # (status, version, request id)
+        self.sent: set[str] = set()
+        self._halt = threading.Event()
+
+    def stop(self):
+        self._halt.set()
+        self.join(60)
+        return self
+
+    def run(self):
+        asyncio.run(self._main())
+
+    async def _main(self):
+        import aiohttp
+        deadline = time.time() + (self.seconds or 3600)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.clients)) as s:
+            async def client(c):
+                i = 0
+                while not self._halt.is_set() and time.time() < deadline:
+                    if self.stop_after and len(self.results) >= self.stop_after:
+                        return
+                    rid = f"t{c}-{uuid.uuid4().hex[:12]}"
+                    self.sent.add(rid)
+                    ALL_SENT.add(rid)
+                    body = json.dumps(self.rows[(c * 31 + i) % len(self.rows)]).encode()
+                    i += 1
+                    try:
+                        async with s.post(self.url, data=body, headers={"content-type": "application/json",
+                                                                        "x-request-id": rid}) as r:
+                            payload = await r.read()
+                            version = json.loads(payload).get("model_version") if r.status == 200 else \
+                                payload[:300].decode(errors="replace")
+                            self.results.append((r.status, version, rid))
+                    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+                        self.results.append((599, None, rid))
+                        await asyncio.sleep(0.05)
+            await asyncio.gather(*[client(c) for c in range(self.clients)])
+
+    @property
+    def errors(self):
+        return [r for r in self.results if r[0] != 200]
+
+    def versions(self):
+        from collections import Counter
+        return Counter(v for s, v, _ in self.results if s == 200)
+
+
+@pytest.fixture(scope="module")
+def served(small_df, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serving")
+    base = _free_base()
+    cfg_path = tmp / "serving.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "name": "svc", "store": str(tmp / "store"),
+        "data": {"source": "unused", "label": "is_fraud", "id_column": "transaction_id", "time_column": "event_time"},
+        "ray": {"num_cpus": 4},
+        "serve": {"port": base, "num_replicas": 2, "num_cpus": 0.5, "max_body_bytes": 4096},
+        "monitor": {"predlog_flush_rows": 500, "predlog_flush_s": 2},
+        "rollout": {"steps": [10, 50, 100], "min_requests": 60, "min_seconds": 1, "keep_previous_s": 300,
+                    "max_p99_latency_ratio": 2.0, "p99_floor_ms": 5},
+    }))
+    cfg = load_config(cfg_path)
+    from mlops_ray.registry import Registry
+    reg = Registry(cfg.registry, cfg.store, cfg.name)
+    for i, rounds in enumerate((20, 22, 25, 21)):
+        path = make_bundle(small_df, tmp / f"bundle{i + 1}", rounds=rounds)
+        with reg.start_run(f"r{i + 1}") as run:
+            assert reg.register(run, path) == str(i + 1)
+    reg.set_alias("champion", "1")
+    rows = small_df.drop(columns=["transaction_id", "is_fraud"]).head(300).copy()
+    rows["event_time"] = rows["event_time"].astype(str)
+    rows = rows.astype(object).where(rows.notna(), None)          # JSON null for missing values
+    code = ("import sys, json; from mlops_ray.config import load_config; from mlops_ray.serve import control; "
+            f"print(json.dumps(control.deploy(load_config({str(cfg_path)!r}), 'champion', faults={FAULTS!r})))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr[-3000:]
+    info = json.loads(p.stdout.strip().splitlines()[-1])
+    ctx = {"cfg_path": str(cfg_path), "cfg": cfg, "reg": reg, "rows": rows.to_dict("records"),
+           "url": info["url"], "base": f"http://127.0.0.1:{base}", "info": info}
+    yield ctx
+    cli("serve", "stop", str(cfg_path), timeout=120)
+
+
+def set_state(served, **changes):
+    path = state_path(served["cfg"].store, served["cfg"].name)
+    s = read_state(path)
+    for k, v in changes.items():
+        setattr(s, k, v)
+    write_state(path, s)
+    deadline = time.time() + 10
+    while time.time() < deadline:     # every replica follows within its poll interval
+        if all(get(served["base"] + "/version")["revision"] == s.revision for _ in range(4)):
+            return
+        time.sleep(0.1)
+
+
+# ---------------------------------------------------------------------- deploy and the HTTP contract
+def test_deploy_serves_the_champion(served):
+    info = served["info"]
+    assert info["version"] == "1" and info["url"].startswith("http://127.0.0.1:")
+    assert get(served["base"] + "/version")["stable"] == "1"
+    assert get(served["base"] + "/healthz")["status"] == "ok"
+    status, body = post(served["url"], served["rows"][0], headers={"x-request-id": "abc-1"})
+    assert status == 200 and body["model_version"] == "1" and body["request_id"] == "abc-1"
+    assert len(body["predictions"]) == 1 and 0 <= body["predictions"][0] <= 1
+    status, body = post(served["url"], served["rows"][:5])
+    assert status == 200 and len(body["predictions"]) == 5
+    # the direct-ingress port answers the same
+    if info["direct"]:
+        assert post(info["direct"][0], served["rows"][:5])[1]["predictions"] == body["predictions"]
+
+
+def _without(row, key):
+    r = dict(row)
+    r.pop(key)
+    return r
+
+
+@pytest.mark.parametrize("make, ct, status, needle", [
+    (lambda r: _without(r, "amount"), "application/json", 422, "amount"),
+    (lambda r: {**r, "amount": "lots"}, "application/json", 422, "amount"),
+    (lambda r: {**r, "amout": 3.0}, "application/json", 422, "did you mean 'amount'"),
+    (lambda r: [], "application/json", 422, "empty"),
+    (lambda r: [r] * 1001, "application/json", 413, "4096"),
+    (lambda r: b'{"amount": NaN}', "application/json", 422, "amount"),
+    (lambda r: b"{not json", "application/json", 400, "not valid JSON"),
+    (lambda r: r, "text/plain", 415, "application/json"),
+])
+def test_bad_requests_get_a_4xx_naming_the_problem(served, make, ct, status, needle):
+    code, body = post(served["url"], make(served["rows"][0]), ct=ct)
+    assert code == status, body
+    assert needle in body["error"]["message"]
+    assert post(served["url"], served["rows"][0])[0] == 200           # the replica is fine
+
+
+def test_deploying_a_missing_version_is_a_clear_error_and_changes_nothing(served):
+    p = cli("deploy", served["cfg_path"], "--version", "99", check=6)
+    assert "version 99" in p.stderr + p.stdout and "does not exist" in p.stderr + p.stdout
+    assert get(served["base"] + "/version")["stable"] == "1"
+
+
+# ---------------------------------------------------------------------- router
+def test_live_weight_changes_under_load_drop_nothing(served):
+    load = Load(served["url"], served["rows"], clients=6)
+    load.start()
+    try:
+        for w in (10, 40, 70, 100, 30, 0):
+            set_state(served, phase="CANARY", canary="2", weight=float(w))
+            time.sleep(0.4)
+    finally:
+        load.stop()
+        set_state(served, phase="STABLE", canary=None, weight=0.0)
+    assert len(load.results) > 200
+    assert load.errors == []
+    assert set(load.versions()) == {"1", "2"}
+
+
+def test_routing_key_is_sticky(served):
+    set_state(served, phase="CANARY", canary="2", weight=50.0)
+    try:
+        seen = {}
+        for k in range(30):
+            versions = {post(served["url"], served["rows"][0], headers={"x-routing-key": f"user-{k}"})[1]
+                        ["model_version"] for _ in range(4)}
+            assert len(versions) == 1, f"key user-{k} was answered by {versions}"
+            seen[k] = versions.pop()
+        assert set(seen.values()) == {"1", "2"}
+    finally:
+        set_state(served, phase="STABLE", canary=None, weight=0.0)
+
+
+# ---------------------------------------------------------------------- rollouts
+@pytest.mark.parametrize("version, needle", [("3", "error rate"), ("4", "p99 latency")])
+def test_broken_candidate_is_rolled_back_in_its_first_step(served, version, needle):
+    load = Load(served["url"], served["rows"], clients=6)
+    load.start()
+    try:
+        p = cli("rollout", served["cfg_path"], "--version", version, check=5)
+    finally:
+        load.stop()
+    assert needle in p.stderr and "rolled back" in p.stderr
+    print(p.stderr)
+    s = read_state(state_path(served["cfg"].store, served["cfg"].name))
+    assert (s.phase, s.stable, s.weight) == ("ROLLED_BACK", "1", 0)
+    assert [h["weight"] for h in s.history if h["event"] in ("canary", "step")][-1] == 10   # first step only
+    assert served["reg"].version_tags(version)["rollout"] == "rejected"
+    assert needle in served["reg"].version_tags(version)["rollout_reason"]
+    assert served["reg"].get_alias("champion") == "1"
+    assert load.errors == [], load.errors[:3]   # failed canary answers fell back to stable
+
+
+def test_shadow_mirrors_and_answers_only_from_stable(served):
+    load = Load(served["url"], served["rows"], clients=4)
+    load.start()
+    try:
+        p = cli("rollout", served["cfg_path"], "--version", "2", "--shadow", check=0)
+    finally:
+        load.stop()
+    assert "shadow comparison of version 2 passed" in p.stdout
+    assert set(load.versions()) == {"1"} and load.errors == []
+    st = json.loads(cli("status", served["cfg_path"], "--json", check=0).stdout)
+    assert st["versions"]["2"]["requests"] > 0            # it did predict, in the shadow
+
+
+def test_good_candidate_rolls_out_to_100_and_becomes_champion(served):
+    load = Load(served["url"], served["rows"], clients=6)
+    load.start()
+    try:
+        p = cli("rollout", served["cfg_path"], "--version", "2", check=0)
+    finally:
+        load.stop()
+    assert "version 2 promoted to champion" in p.stdout
+    assert served["reg"].get_alias("champion") == "2"
+    assert get(served["base"] + "/version")["stable"] == "2"
+    s = read_state(state_path(served["cfg"].store, served["cfg"].name))
+    assert [h["weight"] for h in s.history if h["event"] in ("canary", "step")][-3:] == [10, 50, 100]
+    assert load.errors == [] and load.versions()["2"] > 0
+
+
+def test_rollback_after_promotion_uses_the_kept_previous_version(served):
+    p = cli("rollout", "rollback", served["cfg_path"], check=0)
+    assert "stable is 1" in p.stdout
+    assert served["reg"].get_alias("champion") == "1"
+    deadline = time.time() + 10
+    while get(served["base"] + "/version")["stable"] != "1" and time.time() < deadline:
+        time.sleep(0.2)
+    assert get(served["base"] + "/version")["stable"] == "1"
+
+
+def test_controller_resumes_a_rollout_in_progress(served):
+    """A controller killed mid-rollout: the state says CANARY; a new one resumes at that step."""
+    load = Load(served["url"], served["rows"], clients=4)
+    load.start()
+    try:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen([sys.executable, "-m", "mlops_ray.cli", "rollout", served["cfg_path"],
+                                 "--version", "2", "--set", "rollout.min_seconds=30"], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        path = state_path(served["cfg"].store, served["cfg"].name)
+        deadline = time.time() + 60
+        while time.time() < deadline and (read_state(path).phase != "CANARY"):
+            time.sleep(0.2)
+        time.sleep(1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        assert read_state(path).phase == "CANARY"
+        p = cli("rollout", served["cfg_path"], "--version", "2", check=0)
+    finally:
+        load.stop()
+    assert "promoted" in p.stdout
+    assert any(h["event"] == "resumed" for h in read_state(path).history)
+    assert load.errors == []
+
+
+def test_rollout_of_another_version_while_one_runs_is_refused(served):
+    set_state(served, phase="CANARY", canary="3", weight=10.0, controller=None)
+    try:
+        p = cli("rollout", served["cfg_path"], "--version", "4", check=5)
+        assert "rollout of version 3 is in progress" in p.stderr
+    finally:
+        cli("rollout", "rollback", served["cfg_path"], check=0)
+
+
+# ---------------------------------------------------------------------- replica failure + prediction log
+def _replica_pids():
+    out = subprocess.run(["pgrep", "-f", "ServeReplica:svc"], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def test_killed_replica_is_replaced_and_every_answer_is_logged_once(served):
+    from mlops_ray.serve.predlog import read_log
+    before = _replica_pids()
+    assert len(before) == 2
+    load = Load(served["url"], served["rows"], clients=8, stop_after=3000)
+    load.start()
+    while len(load.results) < 1000 and load.is_alive():
+        time.sleep(0.05)
+    os.kill(before[0], signal.SIGKILL)
+    load.join(180)
+    load.stop()
+    deadline = time.time() + 90
+    while time.time() < deadline and (len(_replica_pids()) < 2 or before[0] in _replica_pids()):
+        time.sleep(0.5)
+    assert len(_replica_pids()) == 2 and before[0] not in _replica_pids()
+    # traffic continues after the replacement
+    assert all(post(served["url"], served["rows"][0])[0] == 200 for _ in range(20))
+    ok = {rid for status, _, rid in load.results if status == 200}
+    assert len(ok) > 2000
+    # stop flushes the live replicas; the replacement recovered the killed replica's spool
+    cli("serve", "stop", served["cfg_path"], check=0, timeout=120)
+    log = read_log(os.path.join(served["cfg"].store, "svc", "predlog"))
+    ids = log.column("request_id").to_pylist()
+    assert ok <= set(ids), f"{len(ok - set(ids))} answered requests are missing from the log"
+    ours = {r for r in ids if r[:1] == "t" and "-" in r[:4]}     # ids of Load clients; the rest are
+    assert ours <= ALL_SENT, "the log holds requests nobody sent"  # single posts of earlier tests
+    assert len(ids) == len(set(zip(ids, log.column("row").to_pylist())))
+
+
+# ---------------------------------------------------------------------- after stop
+def test_status_after_stop_and_rollout_without_serving(served):
+    st = json.loads(cli("status", served["cfg_path"], "--json", check=0).stdout)
+    assert st["running"] is False and "no local Ray head" in st["serve"]
+    p = cli("rollout", served["cfg_path"], "--version", "2", check=5)
+    assert "nothing is serving" in p.stderr
+
+
+def test_serve_build_writes_a_config_serve_accepts(served, tmp_path):
+    from ray.serve.schema import ServeDeploySchema
+    out = tmp_path / "serve.yaml"
+    cli("serve", "build", served["cfg_path"], "--out", str(out), check=0)
+    doc = yaml.safe_load(out.read_text())
+    schema = ServeDeploySchema.model_validate(doc)
+    app = schema.applications[0]
+    assert app.import_path == "mlops_ray.serve.app:app_builder" and app.route_prefix == "/"
+    assert doc["http_options"]["host"] == "127.0.0.1"
