@@ -210,22 +210,22 @@ class Predictor:
         return Route(stable, revision=s.revision)
 
     async def _follow_state(self) -> None:
+        state = None
         while True:
             try:
                 mtime = os.stat(self.state_file).st_mtime_ns
                 if mtime != self._mtime:
-                    state = read_state(self.state_file)
+                    state = read_state(self.state_file) or state
                     if state is not None:
-                        keep = state.versions()
-                        for v in keep:
+                        for v in state.versions():
                             await self._ensure(v)          # load first, then switch
                         self.route = self._route(state)
-                        for v in [v for v in self.models if v not in keep]:
-                            asyncio.get_running_loop().create_task(self._retire(self.models.pop(v)))
                         self._mtime = mtime
-                    await asyncio.sleep(self.poll_s)
-                else:
-                    await asyncio.sleep(self.poll_s)
+                if state is not None:                      # the previous version retires on time
+                    keep = state.versions()
+                    for v in [v for v in self.models if v not in keep]:
+                        asyncio.get_running_loop().create_task(self._retire(self.models.pop(v)))
+                await asyncio.sleep(self.poll_s)
             except asyncio.CancelledError:
                 raise
             except Exception:                               # keep serving the last good route
@@ -272,12 +272,16 @@ class Predictor:
             return await self._predict(request)
         if method == "GET" and path.endswith("/healthz"):
             return _json({"status": "ok", "stable": self.route.stable.version, "replica": self.replica})
+        if method == "GET" and path.endswith("/schema"):
+            p = self.route.stable.parser
+            return _json({"request": p.request_model.model_json_schema(),
+                          "response": p.response_model.model_json_schema(), "version": self.route.stable.version})
         if method == "GET" and path.endswith("/version"):
             r = self.route
             return _json({"stable": r.stable.version, "canary": r.canary.version if r.canary else None,
                           "weights": {r.stable.version: 100 - r.weight, **({r.canary.version: r.weight} if r.canary else {})},
                           "shadow": r.shadow.version if r.shadow else None, "revision": r.revision})
-        return _json(_err("not_found", f"no route {method} {path}; use POST /predict, GET /healthz or GET /version"),
+        return _json(_err("not_found", f"no route {method} {path}; use POST /predict, GET /healthz, /version or /schema"),
                      404)
 
     async def _predict(self, request):

@@ -197,13 +197,13 @@ def build(cfg: Config, out_path: str, ref: str = "champion") -> dict:
 def rollout(cfg: Config, ref: str, *, shadow: bool = False, verbose: bool = False,
             on_progress=None, poll_s: float = 1.0) -> dict:
     """Roll ``ref`` out step by step (or mirror it with ``shadow``); see rollout.run_rollout."""
-    registry = _registry(cfg)
-    version = resolve_servable(cfg, registry, ref)
     if read_state(state_path(cfg.store, cfg.name)) is None:
         raise ServingError(f"nothing is deployed for {cfg.name!r}; run `mlops-ray deploy CONFIG` first")
     if read_head(cfg.store, cfg.name) is None and not cfg.ray.address:
         raise ServingError(f"nothing is serving {cfg.name!r}: no local Ray head is running; "
                            "run `mlops-ray deploy CONFIG` first")
+    registry = _registry(cfg)
+    version = resolve_servable(cfg, registry, ref)
     return ro.run_rollout(cfg, registry, version, shadow=shadow, poll_s=poll_s, on_progress=on_progress)
 
 

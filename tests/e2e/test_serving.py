@@ -294,6 +294,8 @@ def test_good_candidate_rolls_out_to_100_and_becomes_champion(served):
     finally:
         load.stop()
     assert "version 2 promoted to champion" in p.stdout
+    noise = [ln for ln in (p.stdout + p.stderr).splitlines() if any(w in ln for w in ("INFO", "WARNING", "(raylet)"))]
+    assert noise == [], "Ray's log lines reached the terminal"
     assert served["reg"].get_alias("champion") == "2"
     assert get(served["base"] + "/version")["stable"] == "2"
     s = read_state(state_path(served["cfg"].store, served["cfg"].name))
@@ -397,3 +399,13 @@ def test_serve_build_writes_a_config_serve_accepts(served, tmp_path):
     app = schema.applications[0]
     assert app.import_path == "mlops_ray.serve.app:app_builder" and app.route_prefix == "/"
     assert doc["http_options"]["host"] == "127.0.0.1"
+
+
+def test_rollout_when_nothing_is_deployed_is_a_clear_error(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "fresh", "store": str(tmp_path / "store"),
+                                   "data": {"source": "unused", "label": "y"}}))
+    p = cli("rollout", str(cfg), "--version", "1", check=5)
+    assert "nothing is deployed for 'fresh'" in p.stderr and "mlops-ray deploy" in p.stderr
+    p = cli("status", str(cfg), check=0)
+    assert "nothing deployed" in p.stdout
