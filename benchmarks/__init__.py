@@ -17,4 +17,5 @@ BENCHMARKS: dict[str, str] = {
     "training": "benchmarks.training",
     "search": "benchmarks.search",
     "tune_overhead": "benchmarks.tune_overhead",
+    "serving": "benchmarks.serving",
 }

@@ -388,11 +388,12 @@ def rollout_cmd(args: List[str] = typer.Argument(..., metavar="[promote|rollback
 
 @serve_app.command("stop")
 def serve_stop(config: str = typer.Argument(..., help="Pipeline YAML."),
-               json_out: bool = typer.Option(False, "--json")):
+               json_out: bool = typer.Option(False, "--json"),
+               set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
     """Delete the app (replicas flush their prediction logs) and stop the local Ray head it ran on."""
     from mlops_ray.serve import control
     with _guard(json_out):
-        res = control.stop(_load(config, None), verbose=State.verbose)
+        res = control.stop(_load(config, set_), verbose=State.verbose)
         if json_out:
             _emit_json(res)
         else:
@@ -404,11 +405,12 @@ def serve_stop(config: str = typer.Argument(..., help="Pipeline YAML."),
 def serve_build(config: str = typer.Argument(..., help="Pipeline YAML."),
                 output: str = typer.Option("serve_config.yaml", "--out", help="Where to write the Serve config."),
                 version: Optional[str] = typer.Option(None, "--version", help="Version to serve if none is deployed."),
-                json_out: bool = typer.Option(False, "--json")):
+                json_out: bool = typer.Option(False, "--json"),
+               set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
     """Write a Serve config YAML for Ray's own `serve deploy`."""
     from mlops_ray.serve import control
     with _guard(json_out):
-        res = control.build(_load(config, None), output, version or "champion")
+        res = control.build(_load(config, set_), output, version or "champion")
         _emit_json(res) if json_out else out.print(
             f"[green]✓[/] wrote {res['path']} (stable version {res['stable']}); deploy it with `serve deploy {res['path']}`")
 

@@ -1,0 +1,269 @@
+"""The live metric of a rollout: canary vs stable on the predictions whose labels have arrived.
+
+In: the prediction log (``predlog.py``: one record per predicted row, keyed by
+``(request_id, row)``) and the labels users drop later as Parquet files under
+``{store}/{name}/labels/`` — any layout below it, hidden (``.``) and underscore (``_``)
+files and directories ignored. A label file holds at least ``request_id`` and the label
+column (``data.label``), optionally ``row`` (the row's index in its request, default 0);
+other columns are ignored (never read).
+
+Out: ``live_metric`` → ``{"name", "stable", "canary", "higher_is_better", "rows"}`` as
+``rollout.judge(live=...)`` expects, or None when there is nothing to judge yet.
+
+Cost: only the needed columns are read (never the log's ``inputs``); the log is filtered
+by ``since`` (hour partitions pruned) and by the two versions; each label file is read
+with its own column types (so files that disagree — an int ``request_id`` here, a bool
+label there — still combine) and cut to the request ids of the log before being kept.
+
+Pure pyarrow/numpy/scikit-learn: no Ray.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+from pyarrow import fs as pafs
+
+from mlops_ray.errors import ServingError
+from mlops_ray.serve.predlog import _PARTITIONING, TS_TYPE, filesystem_for
+
+log = logging.getLogger(__name__)
+
+METRIC = {"binary": ("auc", True), "regression": ("rmse", False), "multiclass": ("accuracy", True)}
+_LABEL = "__label__"
+_READ_THREADS = 8
+
+
+# --------------------------------------------------------------------------- prediction log
+
+def _read_predictions(root: str, task: str, versions: list[str], since: float | None) -> pa.Table:
+    """(request_id, row int64, model_version, prediction) of ``versions`` with ``ts >= since``,
+    one record per (request_id, row, model_version) — the first one logged."""
+    pred_type = pa.list_(pa.float64()) if task == "multiclass" else pa.float64()
+    schema = pa.schema([("request_id", pa.string()), ("row", pa.int32()), ("ts", TS_TYPE),
+                        ("model_version", pa.string()), ("prediction", pred_type),
+                        *_PARTITIONING.schema])
+    empty = pa.schema([("request_id", pa.string()), ("row", pa.int64()), ("model_version", pa.string()),
+                       ("prediction", pred_type)]).empty_table()
+    fs, path = filesystem_for(root)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return empty
+    flt = pc.field("model_version").isin(versions)
+    if since is not None:
+        s = datetime.fromtimestamp(float(since), tz=timezone.utc)
+        day = f"{s:%Y-%m-%d}"
+        flt &= (pc.field("ts") >= pa.scalar(s, TS_TYPE)) & (
+            (pc.field("date") > day) | ((pc.field("date") == day) & (pc.field("hour") >= s.hour)))
+    try:
+        dataset = pads.dataset(path, format="parquet", filesystem=fs, partitioning=_PARTITIONING, schema=schema)
+        table = dataset.to_table(columns=["request_id", "row", "model_version", "prediction"], filter=flt)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+        raise ServingError(
+            f"cannot read the prediction log under {root} as a {task} log (prediction of type {pred_type}): {e}; "
+            f"check model.task, or move files written by another pipeline out of {root}") from None
+    if not table.num_rows:
+        return empty
+    table = table.set_column(1, "row", pc.cast(table["row"], pa.int64()))
+    # a client may resend an x-request-id: keep the first record per key and version
+    return _keep(table, ["request_id", "row", "model_version"], "min")
+
+
+def _keep(table: pa.Table, keys: list[str], which: str) -> pa.Table:
+    """One row per ``keys``: the first (``which="min"``) or last (``"max"``) in table order."""
+    idx = pa.array(np.arange(table.num_rows, dtype=np.int64))
+    grouped = pa.table({**{k: table[k] for k in keys}, "_i": idx}).group_by(keys, use_threads=False) \
+        .aggregate([("_i", which)])
+    keep = grouped[f"_i_{which}"]
+    if len(keep) == table.num_rows:
+        return table
+    return table.take(keep.take(pc.sort_indices(keep)))
+
+
+# --------------------------------------------------------------------------- labels
+
+def _label_files(fs: pafs.FileSystem, root: str) -> list[str]:
+    """The files under ``root`` not hidden nor underscored at any level, oldest first (then by
+    path): a later file correcting a label wins."""
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    files = []
+    for info in infos:
+        if info.type != pafs.FileType.File:
+            continue
+        rel = posixpath.relpath(info.path, root) if info.path.startswith(root) else info.base_name
+        if any(part.startswith((".", "_")) for part in rel.split("/")):
+            continue
+        mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
+        files.append((mtime, info.path))
+    return [p for _, p in sorted(files)]
+
+
+def _read_label_file(fs, path: str, label: str, ids: pa.Array) -> tuple[str, object]:
+    """("ok", table) | ("missing", columns) | ("unreadable", error) for one label file."""
+    fmt = pads.ParquetFileFormat()
+    try:
+        frag = fmt.make_fragment(path, filesystem=fs)
+        names = frag.physical_schema.names
+    except (pa.ArrowInvalid, OSError) as e:
+        return "unreadable", e
+    if label not in names or "request_id" not in names:
+        return "missing", names
+    cols = ["request_id", label] + (["row"] if "row" in names else [])
+    try:
+        t = frag.to_table(columns=cols)
+    except (pa.ArrowInvalid, OSError) as e:
+        return "unreadable", e
+    try:
+        rid = pc.cast(t["request_id"], pa.string())
+        y = pc.cast(t[label], pa.float64())
+        row = pc.cast(t["row"], pa.int64()) if "row" in names else pa.nulls(t.num_rows, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise ServingError(
+            f"label file {path}: cannot read request_id / row / '{label}' as string / integer / number ({e}); "
+            f"write request_id as text, row as an integer and '{label}' as a number (0/1 for binary, "
+            "the class index for multiclass)") from None
+    out = pa.table({"request_id": rid, "row": pc.fill_null(row, 0), _LABEL: y})
+    mask = pc.and_(pc.and_(pc.is_valid(out["request_id"]), pc.is_valid(out[_LABEL])), pc.invert(pc.is_nan(y)))
+    mask = pc.and_(pc.fill_null(mask, False), pc.is_in(out["request_id"], value_set=ids))
+    return "ok", out.filter(mask)
+
+
+def _read_labels(root: str, label: str, ids: pa.Array) -> pa.Table | None:
+    """(request_id, row, label) for the request ids in ``ids``; the last label per key wins.
+    None when there is no labels directory or no label file in it."""
+    fs, path = filesystem_for(root)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return None
+    files = _label_files(fs, path)
+    if not files:
+        return None
+    with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(files))) as ex:
+        results = list(ex.map(lambda p: _read_label_file(fs, p, label, ids), files))
+    tables, missing, unreadable = [], {}, {}
+    for p, (status, value) in zip(files, results):
+        if status == "ok":
+            tables.append(value)
+        elif status == "missing":
+            missing[p] = value
+        else:
+            unreadable[p] = value
+    if unreadable:
+        log.warning("skipped %d unreadable label file(s) under %s (not Parquet, or still being written), e.g. %s: %s",
+                    len(unreadable), root, *next(iter(unreadable.items())))
+    if not tables and missing:
+        p, cols = next(iter(missing.items()))
+        need = [c for c in ("request_id", label) if c not in cols]
+        raise ServingError(
+            f"no label file under {root} has the column(s) {need} (e.g. {p} has {cols}); the live metric needs "
+            f"request_id and the label column '{label}' (data.label), optionally row: rename the column in the "
+            f"label files, or set data.label to the column that holds the label")
+    if missing:
+        log.warning("ignored %d label file(s) under %s without request_id or '%s', e.g. %s",
+                    len(missing), root, label, next(iter(missing)))
+    if not tables:
+        return None
+    labels = pa.concat_tables(tables)
+    if labels.num_rows:
+        labels = _keep(labels, ["request_id", "row"], "max")
+    return labels
+
+
+# --------------------------------------------------------------------------- metrics
+
+def _argmax(preds: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(class index, valid mask) of list predictions; null, empty or non-finite lists are invalid."""
+    arr = preds.combine_chunks() if isinstance(preds, pa.ChunkedArray) else preds
+    n = len(arr)
+    out, ok = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    if n == 0:
+        return out, ok
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+    k = int(lengths.max()) if n else 0
+    if k and (lengths == k).all() and arr.null_count == 0:
+        vals = pc.fill_null(pc.list_flatten(arr), math.nan).to_numpy(zero_copy_only=False).reshape(n, k)
+        ok = np.isfinite(vals).all(axis=1)
+        out = np.argmax(np.where(np.isfinite(vals), vals, -np.inf), axis=1)
+        return out, ok
+    for i, p in enumerate(arr.to_pylist()):
+        if p and all(v is not None and math.isfinite(v) for v in p):
+            out[i], ok[i] = int(np.argmax(p)), True
+    return out, ok
+
+
+def _score(task: str, y: np.ndarray, p, min_rows: int, labels_root: str, label: str) -> tuple[float | None, int]:
+    """(metric or None, labeled rows used) of one version."""
+    if task == "multiclass":
+        cls, ok = _argmax(p)
+        y, cls = y[ok], cls[ok]
+        if y.size and not np.equal(np.mod(y, 1), 0).all():
+            raise ServingError(f"labels '{label}' under {labels_root} must be class indices 0..k-1 for a multiclass "
+                               f"model; got e.g. {np.unique(y[np.mod(y, 1) != 0])[:5].tolist()}")
+        n = int(y.size)
+        return (float(np.mean(cls == y)) if n >= min_rows else None), n
+    pv = pc.fill_null(p, math.nan).to_numpy(zero_copy_only=False).astype(np.float64)
+    ok = np.isfinite(pv)
+    y, pv = y[ok], pv[ok]
+    n = int(y.size)
+    if task == "regression":
+        return (float(np.sqrt(np.mean((pv - y) ** 2))) if n >= min_rows else None), n
+    bad = ~np.isin(y, (0.0, 1.0))
+    if bad.any():
+        raise ServingError(f"labels '{label}' under {labels_root} must be 0/1 (or true/false) for a binary model; "
+                           f"got e.g. {np.unique(y[bad])[:5].tolist()}")
+    if n < min_rows or np.unique(y).size < 2:
+        return None, n
+    from sklearn.metrics import roc_auc_score
+    return float(roc_auc_score(y.astype(int), pv)), n
+
+
+def live_metric(predlog_root: str, labels_root: str, label: str, task: str, stable: str, canary: str, since: float,
+                *, min_rows: int = 50) -> dict | None:
+    """Canary vs stable on the logged predictions (``ts >= since``, epoch seconds) that have labels.
+
+    Joins the prediction log with the labels on ``(request_id, row)`` (the last label per key
+    wins; null labels are dropped) and scores each version: ``auc`` (binary; None with fewer
+    than ``min_rows`` labeled rows or a single class), ``rmse`` (regression; lower is better),
+    ``accuracy`` of the argmax (multiclass); None below ``min_rows``. Returns
+    ``{"name", "stable", "canary", "higher_is_better", "rows": {version: labeled rows}}``, or
+    None when there is no labels directory, no label file or no labeled row at all (no
+    prediction since ``since`` included: the label files are then not read).
+
+    Raises ServingError when no label file has ``request_id`` and the label column, or the
+    labels cannot be read as numbers of the task (0/1, class indices).
+    """
+    if task not in METRIC:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(METRIC)}")
+    min_rows = max(1, int(min_rows))
+    versions = [str(stable)] if str(stable) == str(canary) else [str(stable), str(canary)]
+    preds = _read_predictions(predlog_root, task, versions, since)
+    if not preds.num_rows:
+        return None                         # nothing to label yet: the label files are not even opened
+    labels = _read_labels(labels_root, label, pc.unique(preds["request_id"]))
+    if labels is None or not labels.num_rows:
+        return None
+    left = pa.table({"request_id": preds["request_id"], "row": preds["row"],
+                     "_li": pa.array(np.arange(preds.num_rows, dtype=np.int64))})
+    joined = left.join(labels, keys=["request_id", "row"], join_type="inner", use_threads=False)
+    if not joined.num_rows:
+        return None
+    joined = joined.sort_by("_li")
+    picked = preds.take(joined["_li"])
+    y_all = joined[_LABEL].to_numpy().astype(np.float64)
+    ver_all = picked["model_version"].to_numpy(zero_copy_only=False)
+    name, higher = METRIC[task]
+    out: dict = {"name": name, "stable": None, "canary": None, "higher_is_better": higher, "rows": {}}
+    for role, v in (("stable", str(stable)), ("canary", str(canary))):
+        sel = ver_all == v
+        value, n = _score(task, y_all[sel], picked["prediction"].filter(pa.array(sel)), min_rows, labels_root,
+                          label)
+        out[role] = value
+        out["rows"][v] = n
+    if not any(out["rows"].values()):
+        return None
+    return out
