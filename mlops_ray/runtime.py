@@ -100,7 +100,9 @@ def ray_runtime(cfg: RayConfig, *, verbose: bool = False) -> Iterator[RuntimeInf
                           include_dashboard=cfg.include_dashboard)
             if cfg.object_store_memory_mb:
                 kwargs["object_store_memory"] = cfg.object_store_memory_mb * 1024 * 1024
-            ray.init(**kwargs, **common)
+            # address="local": always a new embedded Ray. Without it ray.init() attaches to any
+            # `ray start` head on this machine, such as the serving head `deploy` leaves running.
+            ray.init(address="local", **kwargs, **common)
         started = True
     configure_data_context(verbose)
     try:

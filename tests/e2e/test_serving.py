@@ -223,6 +223,17 @@ def test_deploying_a_missing_version_is_a_clear_error_and_changes_nothing(served
     assert get(served["base"] + "/version")["stable"] == "1"
 
 
+def test_embedded_ray_does_not_attach_to_the_serving_head(served):
+    """ray.init() without an address attaches to any `ray start` head on the machine; the
+    pipeline's embedded Ray must start its own while a serving head runs."""
+    code = ("from mlops_ray.config import RayConfig; from mlops_ray.runtime import ray_runtime\n"
+            "with ray_runtime(RayConfig(num_cpus=2)) as info: print(info.started_here, info.num_cpus)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["True", "2.0"]
+
+
 # ---------------------------------------------------------------------- router
 def test_live_weight_changes_under_load_drop_nothing(served):
     load = Load(served["url"], served["rows"], clients=6)
