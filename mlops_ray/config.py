@@ -290,7 +290,11 @@ class ServeConfig(_Model):
     max_batch_rows: int = Field(1000, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=1024)
     batch_max_size: int = Field(64, ge=1)
-    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    batch_wait_timeout_s: float = Field(0.0, ge=0, description=(
+        "How long a request waits for others to batch with. 0: batch only what is already queued "
+        "(measured: 0.002 cost a lone client 2.6 ms and gave nothing at 8 clients)."))
+    access_log: bool = Field(False, description="Serve's per-request access log lines (the prediction log "
+                                                "records every answer either way).")
     extra_fields: Literal["reject", "ignore"] = "reject"
     num_cpus: float = Field(1.0, ge=0, description="Logical CPUs reserved per replica.")
     model_threads: int = Field(1, ge=1, description="XGBoost threads per prediction in a replica.")

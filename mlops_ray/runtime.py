@@ -245,8 +245,10 @@ def start_head(store: str, name: str, num_cpus: int | None, serve_cfg, timeout_s
     return head
 
 
-def stop_head(head: dict, timeout_s: float = 30.0) -> bool:
-    """Stop a head started by ``start_head`` (its whole process group). True if it was running."""
+def stop_head(head: dict, timeout_s: float = 5.0) -> bool:
+    """Stop a head started by ``start_head`` (its whole process group): SIGTERM, then SIGKILL after
+    ``timeout_s`` (with Serve's processes in it, the group has not exited on SIGTERM within 30 s;
+    the app was deleted before, so nothing is lost). True if it was running."""
     import signal
     import time
     pid = int(head.get("pid") or 0)
