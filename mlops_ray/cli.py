@@ -2,7 +2,8 @@
 prints the result (a table, or JSON with --json) and exits with the outcome's code.
 
 Exit codes: 0 ok, 1 unexpected (a bug), 2 usage or config error, 3 data missing or
-invalid, 4 gate rejected, 5 rollout aborted, 6 registry error, 7 not enough resources.
+invalid, 4 gate rejected, 5 rollout aborted, 6 registry error, 7 not enough resources,
+8 serving cannot do what was asked.
 """
 from __future__ import annotations
 

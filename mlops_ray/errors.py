@@ -15,6 +15,7 @@ class ExitCode:
     ROLLOUT = 5         # rollout aborted / rolled back
     REGISTRY = 6        # tracking server or registry unreachable / inconsistent
     RESOURCES = 7       # the cluster cannot provide what was asked (GPUs, CPUs)
+    SERVING = 8         # serving cannot do what was asked (nothing deployed, a rollout running, ...)
 
 
 class MlopsError(Exception):
@@ -92,4 +93,4 @@ class ServingError(MlopsError):
     """Serving cannot do what was asked: nothing deployed, a rollout already running, a
     version that cannot be served."""
     headline = "Serving error"
-    exit_code = ExitCode.ROLLOUT
+    exit_code = ExitCode.SERVING

@@ -42,6 +42,7 @@ log = logging.getLogger("mlops_ray.serve")
 DEFAULT_LOADER = "mlops_ray.serve.app:load_from_registry"
 DEPLOYMENT = "predictor"
 INLINE_MAX_MS = 2.0          # a version whose batches cost more predicts in its own thread
+MAX_SHADOW_IN_FLIGHT = 256   # mirrored requests beyond this are not mirrored (counted nowhere else)
 _REQUEST_ID_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
@@ -76,6 +77,8 @@ class ServedModel:
         self.parser = RequestParser.from_bundle(bundle, cfg.serve)
         self.encoder = RowEncoder(bundle.spec)
         self.fault = fault or {}
+        if self.fault.get("load_error"):
+            raise ModelFault(f"injected load failure of version {self.version}: {self.fault['load_error']}")
         self._rng = random.Random(zlib.crc32(self.version.encode()))
         # Stable predicts inline on the event loop: a thread hop per batch cost about 15 % of the
         # throughput (35 % for a 50 % canary). Another version predicts inline while its batches are
@@ -191,12 +194,15 @@ class Predictor:
         state = read_state(self.state_file)
         if state is None:
             raise RuntimeError(f"no serving state at {self.state_file}; deploy with `mlops-ray deploy`")
-        for v in state.versions():
-            await self._ensure(v)
+        await self._ensure(state.stable)        # a replica that cannot load stable must not start
         self.stats = st.ReplicaStats(self.replica, st.prediction_edges(self.models[state.stable].bundle.task,
                                                                        self.models[state.stable].bundle.reference))
+        for v in state.versions():
+            await self._try_ensure(v)
         self.route = self._route(state)
         self._mtime = None
+        self._shadow_tasks: set = set()
+        self._retiring: set = set()
         recovered = await asyncio.to_thread(recover_orphans, self.spool, self.predlog_root)
         if recovered:
             log.info("recovered %d prediction-log records from stopped replicas", recovered)
@@ -217,6 +223,18 @@ class Predictor:
             self.models[version] = m
         return m
 
+    async def _try_ensure(self, version: str) -> ServedModel | None:
+        """Load a non-stable version best-effort: a canary that cannot load is reported in the stats
+        (the controller rolls it back, naming the error) instead of blocking the state change."""
+        try:
+            m = await self._ensure(version)
+        except Exception as e:
+            self.stats.load_errors[version] = f"{type(e).__name__}: {e}"[:500]
+            log.warning("cannot load version %s: %r", version, e)
+            return None
+        self.stats.load_errors.pop(version, None)
+        return m
+
     def _route(self, s: ServingState) -> Route:
         stable = self.models[s.stable]
         for m in self.models.values():
@@ -231,18 +249,23 @@ class Predictor:
         state = None
         while True:
             try:
-                mtime = os.stat(self.state_file).st_mtime_ns
+                fst = os.stat(self.state_file)
+                mtime = (fst.st_mtime_ns, fst.st_ino)          # os.replace: a new inode per write
                 if mtime != self._mtime:
                     state = read_state(self.state_file) or state
                     if state is not None:
+                        await self._ensure(state.stable)       # load first, then switch
                         for v in state.versions():
-                            await self._ensure(v)          # load first, then switch
+                            if v not in self.models and v not in self.stats.load_errors:
+                                await self._try_ensure(v)
                         self.route = self._route(state)
                         self._mtime = mtime
                 if state is not None:                      # the previous version retires on time
                     keep = state.versions()
                     for v in [v for v in self.models if v not in keep]:
                         asyncio.get_running_loop().create_task(self._retire(self.models.pop(v)))
+                    for v in [v for v in self.stats.load_errors if v not in keep]:
+                        self.stats.load_errors.pop(v)
                 await asyncio.sleep(self.poll_s)
             except asyncio.CancelledError:
                 raise
@@ -252,7 +275,9 @@ class Predictor:
 
     async def _retire(self, model: ServedModel, grace_s: float = 30.0) -> None:
         """Requests already routed to a retired version still finish and are logged."""
+        self._retiring.add(model)
         await asyncio.sleep(grace_s)
+        self._retiring.discard(model)
         await asyncio.to_thread(model.close)
 
     async def _write_stats(self) -> None:
@@ -341,6 +366,7 @@ class Predictor:
                     rows = model.parser.parse(body, ct)
         except RequestError as e:
             return _json(e.body(), e.status, {"x-request-id": rid})
+        t_start, t_parsed = t0, time.perf_counter()
         try:
             preds = await model.infer(rows)
         except Exception as e:
@@ -351,6 +377,7 @@ class Predictor:
                                                        f"the error is logged under request id {rid}"),
                              500, {"x-request-id": rid})
             model = route.stable                   # a failing canary falls back to stable
+            t0 = time.perf_counter()               # stable's latency excludes the failed attempt
             try:
                 preds = await model.infer(rows)
             except Exception:
@@ -363,13 +390,16 @@ class Predictor:
         except Exception:
             log.exception("prediction log append failed")
             return _json(_err("log_failed", "the prediction could not be logged; retry"), 503, {"x-request-id": rid})
-        if route.shadow is not None:
-            asyncio.get_running_loop().create_task(self._shadow(route.shadow, rows))
+        if route.shadow is not None and len(self._shadow_tasks) < MAX_SHADOW_IN_FLIGHT:
+            task = asyncio.get_running_loop().create_task(self._shadow(route.shadow, rows, t_parsed - t_start))
+            self._shadow_tasks.add(task)
+            task.add_done_callback(self._shadow_tasks.discard)
         return _json({"predictions": preds, "model_version": model.version, "request_id": rid}, 200,
                      {"x-request-id": rid, "x-model-version": model.version})
 
-    async def _shadow(self, model: ServedModel, rows: list[dict]) -> None:
-        t0 = time.perf_counter()
+    async def _shadow(self, model: ServedModel, rows: list[dict], parse_s: float) -> None:
+        # timed like stable: the request's parsing plus this version's prediction
+        t0 = time.perf_counter() - parse_s
         try:
             preds = await model.infer(rows)
         except Exception:
@@ -389,7 +419,7 @@ class Predictor:
         """Graceful shutdown: flush the prediction log and the last stats."""
         for t in getattr(self, "_tasks", []):
             t.cancel()
-        for m in getattr(self, "models", {}).values():
+        for m in list(getattr(self, "models", {}).values()) + list(getattr(self, "_retiring", ())):
             try:
                 m.log.close()
             except Exception:

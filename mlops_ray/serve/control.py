@@ -35,6 +35,15 @@ def resolve_servable(cfg: Config, registry, ref: str) -> str:
     return version
 
 
+def require_shared_store(cfg: Config) -> None:
+    """The serving state, statistics and prediction-log spools are files: the store must be a
+    directory every node sees (local disk on one machine, NFS on a cluster)."""
+    if "://" in cfg.store and not cfg.store.startswith("file://"):
+        raise ServingError(f"store {cfg.store!r} is an object store; serving keeps its state and statistics "
+                           "in files that replicas poll, so it needs a directory every node can read "
+                           "(local disk, or NFS on a cluster). Set store to such a path")
+
+
 def endpoints(cfg: Config) -> dict:
     """Where to send requests: the Serve proxy on serve.port, and the replicas' own ports (direct ingress)."""
     out = {"url": f"http://{cfg.serve.host}:{cfg.serve.port}/predict", "direct": []}
@@ -57,13 +66,14 @@ def deploy(cfg: Config, ref: str = "champion", *, loader: str = DEFAULT_LOADER, 
     """Serve ``ref`` (version, alias or models:/ URI) as the stable version. Starts a local Ray head
     when there is no ray.address and none is running; reuses the running app (weights switch live)."""
     say = on_progress or (lambda _m: None)
+    require_shared_store(cfg)
     registry = _registry(cfg)
     version = resolve_servable(cfg, registry, ref)
     path = state_path(cfg.store, cfg.name)
     old = read_state(path)
-    if old is not None and old.phase in ("CANARY", "SHADOW") and read_head(cfg.store, cfg.name):
-        raise ServingError(f"a rollout of version {old.canary} is in progress; finish it or run "
-                           "`mlops-ray rollout CONFIG rollback` before deploying")
+    if old is not None and old.phase in ("CANARY", "SHADOW"):
+        raise ServingError(f"a rollout of version {old.canary} is in progress ({old.phase}); finish it or run "
+                           "`mlops-ray rollout rollback CONFIG` before deploying")
     new = ServingState(name=registry.model_name, stable=version, history=list(old.history) if old else [],
                        revision=old.revision if old else 0)
     if old is not None and old.stable != version:
@@ -78,12 +88,20 @@ def deploy(cfg: Config, ref: str = "champion", *, loader: str = DEFAULT_LOADER, 
         try:
             serve.run(build_app(_config_dict(cfg), loader, faults), name=cfg.name, route_prefix="/",
                       blocking=False)
+            if not cfg.ray.address:             # a remote cluster's HTTP address is not ours to probe
+                wait_for_version(cfg, version)
         except Exception as e:
-            if old is not None:
+            if old is not None:                 # a failed deploy changes nothing
+                old.event("deploy_failed", version=version)
                 write_state(path, old)
-            raise ServingError(f"deploying version {version} failed: {e}; the previous serving state was kept. "
-                               f"Replica logs are under the Ray session's logs directory") from None
-        wait_for_version(cfg, version)
+            else:
+                os.remove(path)
+            if info["local_head"] and old is None:
+                serve.shutdown()
+            msg = e.message if isinstance(e, MlopsError) else f"{type(e).__name__}: {e}"
+            raise ServingError(f"deploying version {version} failed: {msg}. The previous serving state was "
+                               f"kept; replica logs are in the Ray session's logs/serve directory "
+                               f"(`mlops-ray --verbose deploy ...` shows them)") from None
     out = {"version": version, "model": registry.model_name, "seconds": round(time.time() - t0, 1),
            "ray_address": info["address"], **endpoints(cfg)}
     if info["local_head"]:
@@ -174,6 +192,7 @@ def build(cfg: Config, out_path: str, ref: str = "champion") -> dict:
     in the serving state if nothing is deployed yet (replicas route by that state)."""
     import yaml
     from mlops_ray.serve.app import DEPLOYMENT, deployment_options
+    require_shared_store(cfg)
     path = state_path(cfg.store, cfg.name)
     state = read_state(path)
     if state is None:
@@ -197,6 +216,7 @@ def build(cfg: Config, out_path: str, ref: str = "champion") -> dict:
 def rollout(cfg: Config, ref: str, *, shadow: bool = False, verbose: bool = False,
             on_progress=None, poll_s: float = 1.0) -> dict:
     """Roll ``ref`` out step by step (or mirror it with ``shadow``); see rollout.run_rollout."""
+    require_shared_store(cfg)
     if read_state(state_path(cfg.store, cfg.name)) is None:
         raise ServingError(f"nothing is deployed for {cfg.name!r}; run `mlops-ray deploy CONFIG` first")
     if read_head(cfg.store, cfg.name) is None and not cfg.ray.address:

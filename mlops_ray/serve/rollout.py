@@ -173,15 +173,24 @@ def run_rollout(cfg: Config, registry, version: str, *, shadow: bool = False, po
         now = time.time()
         win = st.window(st.read_snapshots(stats_dir), state.baseline)
         empty = st.VersionStats()
+        broken = st.load_errors(st.read_snapshots(stats_dir)).get(state.canary)
         ref = st.VersionStats.from_dict(state.reference) if state.reference else None
         verdict = judge(win.get(state.stable, empty), win.get(state.canary, empty), policy, now - state.step_started,
                         live_metric(state) if live_metric else None, reference=ref)
+        if broken:
+            verdict.breaches.append(f"version {state.canary} cannot be loaded by the replicas: {broken}")
         if on_progress:
             on_progress(state, verdict)
         if not verdict.ready and now - state.step_started > policy.step_timeout_s:
             verdict.breaches.append(f"step at {state.weight:g}% did not reach {policy.min_requests} canary requests "
                                     f"in {policy.step_timeout_s:g} s (got {win.get(state.canary, empty).requests})")
         canary = state.canary
+        on_disk = read_state(path)
+        if on_disk is None or on_disk.revision != state.revision:
+            raise ServingError(f"the serving state changed while the rollout of version {canary} ran "
+                               f"(now {on_disk.phase if on_disk else 'missing'}, stable "
+                               f"{on_disk.stable if on_disk else '-'}): someone promoted, rolled back or "
+                               "deployed by hand; this controller stops without touching it")
         action = advance(state, verdict, policy, now, st.read_snapshots(stats_dir))
         if action == "wait":
             continue
@@ -212,6 +221,9 @@ def manual(cfg: Config, registry, action: str) -> dict:
         raise ServingError(f"nothing is deployed for {cfg.name!r}; run `mlops-ray deploy CONFIG` first")
     now = time.time()
     if action == "promote":
+        if state.phase == "PROMOTED" and registry.get_alias("champion") != state.stable:
+            registry.set_alias("champion", state.stable)     # a promotion whose alias move failed
+            return {"outcome": "promoted", "version": state.stable, "previous": state.previous}
         if state.phase != "CANARY":
             raise ServingError(f"no canary to promote ({state.phase}, stable version {state.stable})")
         promote(state, cfg.rollout, now, "promoted by hand")
@@ -229,7 +241,7 @@ def manual(cfg: Config, registry, action: str) -> dict:
             registry.tag_version(canary, "rollout", "rejected")
             registry.tag_version(canary, "rollout_reason", "rolled back by hand")
             return {"outcome": "rolled_back", "version": canary, "stable": state.stable}
-        if state.previous and now < state.previous_until:
+        if state.phase == "PROMOTED" and state.previous and now < state.previous_until:
             bad, good = state.stable, state.previous
             state.stable, state.previous, state.previous_until = good, bad, now + cfg.rollout.keep_previous_s
             state.phase, state.reason = "ROLLED_BACK", f"version {bad} rolled back by hand to {good}"
@@ -239,6 +251,8 @@ def manual(cfg: Config, registry, action: str) -> dict:
             registry.tag_version(bad, "rollout", "rejected")
             registry.tag_version(bad, "rollout_reason", "rolled back by hand after promotion")
             return {"outcome": "rolled_back", "version": bad, "stable": good}
-        raise ServingError(f"nothing to roll back: no rollout in progress and no previous version kept "
-                           f"(rollout.keep_previous_s={cfg.rollout.keep_previous_s:g})")
+        raise ServingError(f"nothing to roll back: no rollout in progress and no promotion whose previous "
+                           f"version is still kept ({state.phase}, stable version {state.stable}; "
+                           f"rollout.keep_previous_s={cfg.rollout.keep_previous_s:g}); deploy the version "
+                           "you want with `mlops-ray deploy CONFIG --version N`")
     raise ServingError(f"unknown rollout action {action!r}; use promote or rollback")

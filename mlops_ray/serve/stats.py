@@ -86,6 +86,7 @@ class ReplicaStats:
         self.replica = replica
         self.edges = edges
         self.by_version: dict[str, VersionStats] = {}
+        self.load_errors: dict[str, str] = {}      # version -> why this replica cannot load it
 
     def _get(self, version: str) -> VersionStats:
         s = self.by_version.get(version)
@@ -107,7 +108,7 @@ class ReplicaStats:
             s.rows += 1
 
     def snapshot(self) -> dict:
-        return {"replica": self.replica, "edges": self.edges,
+        return {"replica": self.replica, "edges": self.edges, "load_errors": dict(self.load_errors),
                 "versions": {v: s.to_dict() for v, s in self.by_version.items()}}
 
 
@@ -134,6 +135,15 @@ def read_snapshots(directory: str) -> dict[str, dict]:
                 out[snap["replica"]] = snap
             except (OSError, ValueError, KeyError):
                 continue              # a file being replaced; the next read sees it
+    return out
+
+
+def load_errors(snaps: dict[str, dict]) -> dict[str, str]:
+    """version -> "replica: error" for versions some replica could not load."""
+    out: dict[str, str] = {}
+    for snap in snaps.values():
+        for v, e in snap.get("load_errors", {}).items():
+            out.setdefault(v, f"{snap['replica']}: {e}")
     return out
 
 

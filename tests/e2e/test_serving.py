@@ -29,7 +29,7 @@ from mlops_ray.serve.state import read_state, state_path, write_state
 from tests.conftest import make_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
-FAULTS = {"3": {"error_rate": 0.3}, "4": {"latency_ms": 100}}
+FAULTS = {"3": {"error_rate": 0.3}, "4": {"latency_ms": 100}, "5": {"load_error": "simulated: no GPU on this node"}}
 ALL_SENT: set[str] = set()          # every request id the Load clients of this module sent
 
 
@@ -145,7 +145,7 @@ def served(small_df, tmp_path_factory):
     cfg = load_config(cfg_path)
     from mlops_ray.registry import Registry
     reg = Registry(cfg.registry, cfg.store, cfg.name)
-    for i, rounds in enumerate((20, 22, 25, 21)):
+    for i, rounds in enumerate((20, 22, 25, 21, 23)):
         path = make_bundle(small_df, tmp / f"bundle{i + 1}", rounds=rounds)
         with reg.start_run(f"r{i + 1}") as run:
             assert reg.register(run, path) == str(i + 1)
@@ -282,6 +282,36 @@ def test_broken_candidate_is_rolled_back_in_its_first_step(served, version, need
     assert needle in served["reg"].version_tags(version)["rollout_reason"]
     assert served["reg"].get_alias("champion") == "1"
     assert load.errors == [], load.errors[:3]   # failed canary answers fell back to stable
+    p = cli("rollout", "rollback", served["cfg_path"], check=8)  # nothing to roll back: stable is fine
+    assert "nothing to roll back" in p.stderr
+
+
+def test_candidate_the_replicas_cannot_load_is_rolled_back_naming_why(served):
+    p = cli("rollout", served["cfg_path"], "--version", "5", check=5)
+    assert "cannot be loaded by the replicas" in p.stderr and "no GPU on this node" in p.stderr
+    assert get(served["base"] + "/version")["stable"] == "1"
+
+
+def test_a_controller_stops_when_the_state_is_changed_by_hand(served):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    path = state_path(served["cfg"].store, served["cfg"].name)
+    load = Load(served["url"], served["rows"], clients=2)
+    load.start()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "mlops_ray.cli", "rollout", served["cfg_path"], "--version",
+                                 "2", "--set", "rollout.min_seconds=60"], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and read_state(path).phase != "CANARY":
+            time.sleep(0.2)
+        cli("rollout", "rollback", served["cfg_path"], check=0)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        load.stop()
+    assert proc.returncode == 8, err
+    assert "changed while the rollout of version 2 ran" in err
+    s = read_state(path)
+    assert (s.phase, s.stable, s.weight) == ("ROLLED_BACK", "1", 0)
 
 
 def test_shadow_mirrors_and_answers_only_from_stable(served):
@@ -352,8 +382,10 @@ def test_controller_resumes_a_rollout_in_progress(served):
 def test_rollout_of_another_version_while_one_runs_is_refused(served):
     set_state(served, phase="CANARY", canary="3", weight=10.0, controller=None)
     try:
-        p = cli("rollout", served["cfg_path"], "--version", "4", check=5)
+        p = cli("rollout", served["cfg_path"], "--version", "4", check=8)
         assert "rollout of version 3 is in progress" in p.stderr
+        p = cli("deploy", served["cfg_path"], "--version", "2", check=8)
+        assert "rollout of version 3 is in progress" in p.stderr and "rollback" in p.stderr
     finally:
         cli("rollout", "rollback", served["cfg_path"], check=0)
 
@@ -397,7 +429,7 @@ def test_killed_replica_is_replaced_and_every_answer_is_logged_once(served):
 def test_status_after_stop_and_rollout_without_serving(served):
     st = json.loads(cli("status", served["cfg_path"], "--json", check=0).stdout)
     assert st["running"] is False and "no local Ray head" in st["serve"]
-    p = cli("rollout", served["cfg_path"], "--version", "2", check=5)
+    p = cli("rollout", served["cfg_path"], "--version", "2", check=8)
     assert "nothing is serving" in p.stderr
 
 
@@ -416,7 +448,7 @@ def test_rollout_when_nothing_is_deployed_is_a_clear_error(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"name": "fresh", "store": str(tmp_path / "store"),
                                    "data": {"source": "unused", "label": "y"}}))
-    p = cli("rollout", str(cfg), "--version", "1", check=5)
+    p = cli("rollout", str(cfg), "--version", "1", check=8)
     assert "nothing is deployed for 'fresh'" in p.stderr and "mlops-ray deploy" in p.stderr
     p = cli("status", str(cfg), check=0)
     assert "nothing deployed" in p.stdout
