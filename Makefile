@@ -21,6 +21,7 @@ setup: $(STAMP)
 demo: setup
 	@test -d data/demo || $(BIN)/mlops-ray data synth --rows $(DEMO_ROWS) --out data/demo --seed 7
 	$(BIN)/mlops-ray run configs/quickstart.yaml
+	@echo "Next: serve it with '$(BIN)/mlops-ray deploy configs/quickstart.yaml' (then 'status', 'rollout', 'serve stop'; see README)"
 
 ## test: every tier (unit, one shared local Ray, slow); CI runs this
 test: setup
