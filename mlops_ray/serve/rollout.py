@@ -56,11 +56,15 @@ def judge(stable: st.VersionStats, canary: st.VersionStats, policy: RolloutConfi
                             f"(allowed +{policy.max_error_rate_delta:.2%})")
     if ready:
         if canary.requests >= MIN_LATENCY_SAMPLES and stable.requests >= MIN_LATENCY_SAMPLES:
-            cp, sp = canary.latency_quantile_ms(0.99), stable.latency_quantile_ms(0.99)
-            m["p99_ratio"] = round(cp / sp, 3) if sp else None
+            # p99 of 60 requests is the single slowest one (one GC pause or a CPU-hungry neighbour
+            # breached a healthy canary in CI); keep at least 5 requests above the quantile compared
+            q = min(0.99, 1 - 5 / min(canary.requests, stable.requests))
+            cp, sp = canary.latency_quantile_ms(q), stable.latency_quantile_ms(q)
+            name = f"p{q * 100:.3g}"
+            m["latency_quantile"], m["latency_ratio"] = name, (round(cp / sp, 3) if sp else None)
             if cp > policy.max_p99_latency_ratio * sp and cp - sp > policy.p99_floor_ms:
-                breaches.append(f"p99 latency {cp:.1f} ms on the canary vs {sp:.1f} ms on stable "
-                                f"(allowed {policy.max_p99_latency_ratio:g}x)")
+                breaches.append(f"{name} latency {cp:.1f} ms on the canary vs {sp:.1f} ms on stable "
+                                f"(allowed {policy.max_p99_latency_ratio:g}x; p99 once each side has 500 requests)")
         if sum(canary.predictions) >= MIN_PSI_ROWS and sum(stable.predictions) >= MIN_PSI_ROWS:
             value = st.psi_excess(stable.predictions, canary.predictions)
             m["prediction_psi"] = round(value, 4)
