@@ -45,19 +45,24 @@ def require_shared_store(cfg: Config) -> None:
 
 
 def endpoints(cfg: Config) -> dict:
-    """Where to send requests: the Serve proxy on serve.port, and the replicas' own ports (direct ingress)."""
+    """Where to send requests: the Serve proxy on serve.port, and the replicas' own ports (direct
+    ingress, allocated from serve.port + 1), found by asking each candidate port for /healthz."""
+    import json
+    import socket
+    import urllib.request
     out = {"url": f"http://{cfg.serve.host}:{cfg.serve.port}/predict", "direct": []}
-    try:
-        import psutil
-        lo, hi = cfg.serve.port + 1, cfg.serve.port + 64
-        seen = set()
-        for c in psutil.net_connections(kind="tcp"):
-            if c.status == psutil.CONN_LISTEN and lo <= c.laddr.port <= hi and c.laddr.port not in seen:
-                seen.add(c.laddr.port)
-                out["direct"].append(f"http://{c.laddr.ip}:{c.laddr.port}/predict")
-    except Exception:
-        pass
-    out["direct"].sort()
+    if not cfg.serve.direct_ingress:
+        return out
+    host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
+    for port in range(cfg.serve.port + 1, cfg.serve.port + 65):
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                pass
+            with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=1) as r:
+                if "replica" in json.loads(r.read()):
+                    out["direct"].append(f"http://{host}:{port}/predict")
+        except (OSError, ValueError):
+            continue
     return out
 
 

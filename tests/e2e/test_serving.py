@@ -189,6 +189,13 @@ def test_deploy_serves_the_champion(served):
     assert len(body["predictions"]) == 1 and 0 <= body["predictions"][0] <= 1
     status, body = post(served["url"], served["rows"][:5])
     assert status == 200 and len(body["predictions"]) == 5
+    # HTTP listens on loopback only (serve.host default), the proxy and the replicas' own ports
+    ports = {int(u.rsplit(":", 1)[1].split("/")[0]) for u in [info["url"], *info["direct"]]}
+    ss = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout.split("\n")
+    local = [ln.split()[3] for ln in ss if len(ln.split()) > 3]
+    listening = {int(a.rsplit(":", 1)[1]): a.rsplit(":", 1)[0] for a in local
+                 if int(a.rsplit(":", 1)[1]) in ports}
+    assert set(listening) == ports and set(listening.values()) == {"127.0.0.1"}, listening
     # the direct-ingress port answers the same
     if info["direct"]:
         assert post(info["direct"][0], served["rows"][:5])[1]["predictions"] == body["predictions"]
@@ -236,6 +243,7 @@ def test_embedded_ray_does_not_attach_to_the_serving_head(served):
 
 # ---------------------------------------------------------------------- router
 def test_live_weight_changes_under_load_drop_nothing(served):
+    replicas = sorted(_replica_pids())
     load = Load(served["url"], served["rows"], clients=6)
     load.start()
     try:
@@ -248,6 +256,7 @@ def test_live_weight_changes_under_load_drop_nothing(served):
     assert len(load.results) > 200
     assert load.errors == []
     assert set(load.versions()) == {"1", "2"}
+    assert sorted(_replica_pids()) == replicas            # no replica restarted
 
 
 def test_routing_key_is_sticky(served):
