@@ -189,7 +189,19 @@ def stop(cfg: Config, *, verbose: bool = False) -> dict:
             serve.shutdown()
     if head is not None and not others:
         out["head_stopped"] = stop_head(head)
+    out["recovered_log_records"] = recover_spools(cfg)
     return out
+
+
+def recover_spools(cfg: Config) -> int:
+    """Turn prediction-log spools that stopped replicas left behind into Parquet. Replicas flush
+    on graceful shutdown and a starting replica recovers its dead neighbours' spools, but after
+    the last replica of a store is gone nobody else would. Local stores only."""
+    from mlops_ray.serve.predlog import recover_orphans
+    spool = os.path.join(serving_dir(cfg.store, cfg.name), "spool")
+    if "://" in cfg.store or not os.path.isdir(spool):
+        return 0
+    return recover_orphans(spool, os.path.join(cfg.store, cfg.name, "predlog"))
 
 
 def build(cfg: Config, out_path: str, ref: str = "champion") -> dict:
