@@ -171,7 +171,9 @@ def test_flush_on_size(tmp_path):
     lg = make_log(tmp_path, flush_rows=50)
     for i in range(120):
         lg.append(f"r{i}", "v1", [{"amount": float(i)}], [0.5])
-    assert wait_for(lambda: lg.stats["flushed"] >= 100), lg.stats
+    # size-triggered flushes write whatever is buffered when the thread wakes (under load that can
+    # be 83 rows at once), so assert the invariant: at least one flush, and fewer than 50 left
+    assert wait_for(lambda: lg.stats["flushed"] >= 50 and lg.stats["appended"] - lg.stats["flushed"] < 50), lg.stats
     assert parquet_files(tmp_path / "log")
     lg.close()
     assert read_log(str(tmp_path / "log")).num_rows == 120
