@@ -142,10 +142,11 @@ def status(cfg: Config) -> dict:
         out["state"].pop("baseline", None)
         out["state"]["history"] = state.history[-10:]
     stats_dir = os.path.join(serving_dir(cfg.store, cfg.name), "stats")
-    totals = st.totals(st.read_snapshots(stats_dir))
+    snaps = st.read_snapshots(stats_dir)
+    totals = st.totals(snaps)
     out["versions"] = {v: s.summary() for v, s in totals.items()}
     if state is not None and state.phase in ("CANARY", "SHADOW") and state.baseline:
-        win = st.window(st.read_snapshots(stats_dir), state.baseline)
+        win = st.window(snaps, state.baseline)
         out["step_window"] = {v: s.summary() for v, s in win.items()}
     head = read_head(cfg.store, cfg.name)
     out["running"] = False

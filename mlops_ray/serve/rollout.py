@@ -175,9 +175,10 @@ def run_rollout(cfg: Config, registry, version: str, *, shadow: bool = False, po
     while True:
         time.sleep(poll_s)
         now = time.time()
-        win = st.window(st.read_snapshots(stats_dir), state.baseline)
+        snaps = st.read_snapshots(stats_dir)           # one read per tick: the window and the next baseline
+        win = st.window(snaps, state.baseline)
         empty = st.VersionStats()
-        broken = st.load_errors(st.read_snapshots(stats_dir)).get(state.canary)
+        broken = st.load_errors(snaps).get(state.canary)
         ref = st.VersionStats.from_dict(state.reference) if state.reference else None
         verdict = judge(win.get(state.stable, empty), win.get(state.canary, empty), policy, now - state.step_started,
                         live_metric(state) if live_metric else None, reference=ref)
@@ -195,7 +196,7 @@ def run_rollout(cfg: Config, registry, version: str, *, shadow: bool = False, po
                                f"(now {on_disk.phase if on_disk else 'missing'}, stable "
                                f"{on_disk.stable if on_disk else '-'}): someone promoted, rolled back or "
                                "deployed by hand; this controller stops without touching it")
-        action = advance(state, verdict, policy, now, st.read_snapshots(stats_dir))
+        action = advance(state, verdict, policy, now, snaps)
         if action == "wait":
             continue
         if action != "step":
