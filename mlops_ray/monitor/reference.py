@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from mlops_ray.data.features import OOV_CODE, FeatureSpec
+from mlops_ray.monitor.histograms import prediction_edges
 
 
 def numeric_profile(values: np.ndarray, bins: int) -> dict:
@@ -53,9 +54,9 @@ def build_reference(X: np.ndarray, spec: FeatureSpec, predictions: np.ndarray, t
         feats[name] = categorical_profile(X[:, j], vocab[name]) if kind == "c" else numeric_profile(X[:, j], bins)
     p = np.asarray(predictions, dtype=np.float64)
     if task == "binary":
-        edges = np.linspace(0, 1, 21)[1:-1]
-        counts = np.bincount(np.searchsorted(edges, p[np.isfinite(p)], side="right"), minlength=20)
-        pred = {"kind": "numeric", "edges": edges.round(6).tolist(),
+        edges = np.asarray(prediction_edges(task, None))     # the bins serving replicas count in
+        counts = np.bincount(np.searchsorted(edges, p[np.isfinite(p)], side="right"), minlength=edges.size + 1)
+        pred = {"kind": "numeric", "edges": edges.tolist(),
                 "shares": (counts / max(counts.sum(), 1)).round(6).tolist(), "missing": 0.0, "n": int(p.size)}
     elif task == "multiclass":
         cls = np.argmax(p, axis=1) if p.ndim == 2 else p

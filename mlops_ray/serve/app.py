@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from mlops_ray.bundle import Bundle, predict_features
 from mlops_ray.config import Config, config_from_dict
 from mlops_ray.data.rows import RowEncoder
+from mlops_ray.monitor import histograms as hist
 from mlops_ray.serve import stats as st
 from mlops_ray.serve.api import RequestError, RequestParser
-from mlops_ray.serve.predlog import PredictionLog, recover_orphans
+from mlops_ray.monitor.predlog import PredictionLog, recover_orphans
 from mlops_ray.serve.state import ServingState, read_state, serving_dir, state_path
 
 log = logging.getLogger("mlops_ray.serve")
@@ -195,7 +196,7 @@ class Predictor:
         if state is None:
             raise RuntimeError(f"no serving state at {self.state_file}; deploy with `mlops-ray deploy`")
         await self._ensure(state.stable)        # a replica that cannot load stable must not start
-        self.stats = st.ReplicaStats(self.replica, st.prediction_edges(self.models[state.stable].bundle.task,
+        self.stats = st.ReplicaStats(self.replica, hist.prediction_edges(self.models[state.stable].bundle.task,
                                                                        self.models[state.stable].bundle.reference))
         for v in state.versions():
             await self._try_ensure(v)

@@ -13,6 +13,7 @@ from typing import Callable
 from mlops_ray.config import Config
 from mlops_ray.errors import MlopsError, ServingError
 from mlops_ray.runtime import read_head, serving_runtime, stop_head
+from mlops_ray.monitor.labels import LiveMetric
 from mlops_ray.serve import rollout as ro
 from mlops_ray.serve import stats as st
 from mlops_ray.serve.app import DEFAULT_LOADER, build_app
@@ -198,7 +199,7 @@ def recover_spools(cfg: Config) -> int:
     """Turn prediction-log spools that stopped replicas left behind into Parquet. Replicas flush
     on graceful shutdown and a starting replica recovers its dead neighbours' spools, but after
     the last replica of a store is gone nobody else would. Local stores only."""
-    from mlops_ray.serve.predlog import recover_orphans
+    from mlops_ray.monitor.predlog import recover_orphans
     spool = os.path.join(serving_dir(cfg.store, cfg.name), "spool")
     if "://" in cfg.store or not os.path.isdir(spool):
         return 0
@@ -244,31 +245,6 @@ def rollout(cfg: Config, ref: str, *, shadow: bool = False, verbose: bool = Fals
     version = resolve_servable(cfg, registry, ref)
     return ro.run_rollout(cfg, registry, version, shadow=shadow, poll_s=poll_s, on_progress=on_progress,
                           live_metric=LiveMetric(cfg))
-
-
-class LiveMetric:
-    """The live metric of a step, from the prediction log joined with labels that arrived under
-    ``{store}/{name}/labels/`` (request_id, row, label). Recomputed at most every ``every_s``;
-    unreadable labels are reported once and skipped, never the end of a rollout."""
-
-    def __init__(self, cfg: Config, every_s: float = 10.0):
-        self.cfg, self.every_s = cfg, every_s
-        self.root = os.path.join(cfg.store, cfg.name)
-        self._at, self._value, self._key, self.problem = 0.0, None, None, None
-
-    def __call__(self, state: ServingState) -> dict | None:
-        from mlops_ray.serve.live import live_metric
-        key = (state.stable, state.canary, state.step_started)
-        if key == self._key and time.time() - self._at < self.every_s:
-            return self._value
-        self._key, self._at = key, time.time()
-        try:
-            self._value = live_metric(os.path.join(self.root, "predlog"), os.path.join(self.root, "labels"),
-                                      self.cfg.data.label, self.cfg.model.task, state.stable, state.canary,
-                                      state.step_started)
-        except MlopsError as e:
-            self._value, self.problem = None, e.message
-        return self._value
 
 
 def rollout_action(cfg: Config, action: str) -> dict:

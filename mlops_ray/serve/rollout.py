@@ -16,6 +16,7 @@ from typing import Callable
 
 from mlops_ray.config import Config, RolloutConfig
 from mlops_ray.errors import RolloutAborted, ServingError
+from mlops_ray.monitor import histograms as hist
 from mlops_ray.serve import stats as st
 from mlops_ray.serve.state import ServingState, read_state, serving_dir, state_path, write_state
 
@@ -66,7 +67,7 @@ def judge(stable: st.VersionStats, canary: st.VersionStats, policy: RolloutConfi
                 breaches.append(f"{name} latency {cp:.1f} ms on the canary vs {sp:.1f} ms on stable "
                                 f"(allowed {policy.max_p99_latency_ratio:g}x; p99 once each side has 500 requests)")
         if sum(canary.predictions) >= MIN_PSI_ROWS and sum(stable.predictions) >= MIN_PSI_ROWS:
-            value = st.psi_excess(stable.predictions, canary.predictions)
+            value = hist.psi_excess(stable.predictions, canary.predictions)
             m["prediction_psi"] = round(value, 4)
             if value > policy.max_prediction_psi:
                 breaches.append(f"prediction distribution shifted: PSI {value:.3f} (beyond sampling noise) between "

@@ -11,27 +11,12 @@ from __future__ import annotations
 
 import bisect
 import json
-import math
 import os
 import uuid
 from dataclasses import dataclass, field
 
 # latency buckets: 0.05 ms .. ~60 s, 8 per doubling (p99 resolution about 9 %)
 LATENCY_EDGES_MS = [0.05 * 2 ** (i / 8) for i in range(162)]
-PREDICTION_BINS = 10
-
-
-def prediction_edges(task: str, reference: dict | None) -> list[float]:
-    """Bin edges shared by every version in one app, so their histograms compare. Probabilities
-    get bins even in logit space (1e-3 .. 1-1e-3): skewed labels put most predictions near 0,
-    where equal-width bins would lump them into one bin."""
-    if task in ("binary", "multiclass"):
-        lo, hi = -7.0, 7.0
-        return [1 / (1 + math.exp(-(lo + (hi - lo) * i / PREDICTION_BINS))) for i in range(1, PREDICTION_BINS)]
-    edges = (reference or {}).get("prediction", {}).get("edges")
-    return list(edges) if edges else []
-
-
 @dataclass
 class VersionStats:
     requests: int = 0
@@ -162,32 +147,6 @@ def window(now: dict[str, dict], base: dict[str, dict]) -> dict[str, VersionStat
         if v in out:
             out[v].add(s, sign=-1)
     return out
-
-
-def psi(expected: list[int], actual: list[int], smoothing: float = 0.5) -> float:
-    """Population stability index between two histograms over the same bins. Counts get
-    additive smoothing so that a bin empty on one side (common with a few hundred requests)
-    does not dominate the index."""
-    ne, na = sum(expected), sum(actual)
-    if not ne or not na or len(expected) != len(actual):
-        return float("nan")
-    k = len(expected)
-    total = 0.0
-    for e, a in zip(expected, actual):
-        pe, pa = (e + smoothing) / (ne + smoothing * k), (a + smoothing) / (na + smoothing * k)
-        total += (pa - pe) * math.log(pa / pe)
-    return total
-
-
-def psi_excess(expected: list[int], actual: list[int]) -> float:
-    """PSI minus what sampling alone produces between two samples of one distribution, about
-    (bins - 1) * (1/n1 + 1/n2): with a few hundred requests per version, raw PSI over 10 bins
-    reads 0.05-0.2 even for identical models."""
-    value = psi(expected, actual)
-    if value != value:
-        return value
-    k, ne, na = len(expected), sum(expected), sum(actual)
-    return max(0.0, value - (k - 1) * (1 / ne + 1 / na))
 
 
 def _safe(s: str) -> str:

@@ -406,7 +406,7 @@ def _replica_pids():
 
 
 def test_killed_replica_is_replaced_and_every_answer_is_logged_once(served):
-    from mlops_ray.serve.predlog import read_log
+    from mlops_ray.monitor.predlog import read_log
     before = _replica_pids()
     assert len(before) == 2
     load = Load(served["url"], served["rows"], clients=8, stop_after=3000)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlops_ray.serve.predlog import PredictionLog, read_log, recover_orphans
+from mlops_ray.monitor.predlog import PredictionLog, read_log, recover_orphans
 
 REPO = Path(__file__).resolve().parents[2]
 TYPES = {"amount": "float", "count": "int", "ok": "bool", "merchant": "string", "when": "datetime"}
@@ -203,7 +203,7 @@ def test_close_flushes_and_removes_spool(tmp_path):
 
 
 def test_spool_name_carries_host_owner_pid(tmp_path):
-    from mlops_ray.serve.predlog import _hostname
+    from mlops_ray.monitor.predlog import _hostname
     lg = make_log(tmp_path, owner="SERVE_REPLICA::app#dep#x1")
     lg.append("r", "v1", [{"amount": 1.0}], [0.5])
     (f,) = spool_files(tmp_path / "spool")
@@ -234,7 +234,7 @@ def test_parquet_write_failure_keeps_records_and_retries(tmp_path):
 
 
 def test_spool_write_error_raises_and_next_append_starts_clean(tmp_path, monkeypatch):
-    from mlops_ray.serve import predlog
+    from mlops_ray.monitor import predlog
     lg = make_log(tmp_path)
     lg.append("ok-1", "v1", [{"amount": 1.0}], [0.1])
     real_write = os.write
@@ -279,7 +279,7 @@ def test_live_process_spool_is_left_alone(tmp_path):
 
 CHILD_PREFIX = """
 import os, sys
-from mlops_ray.serve.predlog import PredictionLog
+from mlops_ray.monitor.predlog import PredictionLog
 TYPES = {types!r}
 lg = PredictionLog({root!r}, TYPES, owner="child", spool_dir={spool!r}, flush_rows={flush_rows}, flush_s={flush_s})
 """
@@ -314,7 +314,7 @@ os._exit(0)                      # no close(): the spool stays behind
 def test_recovery_without_header_uses_given_types(tmp_path):
     spool = tmp_path / "spool"
     spool.mkdir()
-    from mlops_ray.serve.predlog import _hostname, _spool_name
+    from mlops_ray.monitor.predlog import _hostname, _spool_name
     pid = dead_pid()
     p = spool / _spool_name(_hostname(), "x", pid, "abcd0123", 1)
     p.write_bytes(b'{"predlog": 1, "inp\n["r1",1000000,"v1",[{"a":5}],[0.5]]\n')

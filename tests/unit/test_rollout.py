@@ -5,6 +5,7 @@ import pytest
 
 from mlops_ray.config import RolloutConfig
 from mlops_ray.serve import rollout as ro
+from mlops_ray.monitor import histograms as hist
 from mlops_ray.serve import stats as st
 from mlops_ray.serve.state import ServingState, read_state, write_state
 
@@ -12,7 +13,7 @@ POLICY = RolloutConfig(steps=[5, 50, 100], min_requests=100, min_seconds=1, keep
 
 
 def traffic(n: int, errors: int = 0, latency_s: float = 0.002, preds=(0.1,), version="v") -> st.VersionStats:
-    r = st.ReplicaStats("r", st.prediction_edges("binary", None))
+    r = st.ReplicaStats("r", hist.prediction_edges("binary", None))
     for i in range(n):
         r.record(version, i >= errors, latency_s, [preds[i % len(preds)]])
     return st.VersionStats.from_dict(r.snapshot()["versions"][version])
@@ -22,9 +23,9 @@ def test_latency_quantile_and_psi():
     s = traffic(1000, latency_s=0.004)
     assert 4.0 <= s.latency_quantile_ms(0.99) < 4.4           # bucket upper bound, 8 per doubling
     a, b = traffic(500, preds=(0.1, 0.2)).predictions, traffic(500, preds=(0.1, 0.2)).predictions
-    assert st.psi(a, b) == pytest.approx(0.0)
-    assert st.psi(a, traffic(500, preds=(0.8, 0.9)).predictions) > 1.0
-    assert math.isnan(st.psi(a, [0] * len(a)))
+    assert hist.psi(a, b) == pytest.approx(0.0)
+    assert hist.psi(a, traffic(500, preds=(0.8, 0.9)).predictions) > 1.0
+    assert math.isnan(hist.psi(a, [0] * len(a)))
 
 
 def test_window_subtracts_the_step_baseline_per_replica():
@@ -115,7 +116,7 @@ def test_state_file_round_trip_is_atomic(tmp_path):
 
 
 def test_one_slow_request_in_a_small_window_does_not_breach():
-    r = st.ReplicaStats("r", st.prediction_edges("binary", None))
+    r = st.ReplicaStats("r", hist.prediction_edges("binary", None))
     for i in range(64):
         r.record("c", True, 0.120 if i == 0 else 0.002, [0.1])
     canary = st.VersionStats.from_dict(r.snapshot()["versions"]["c"])

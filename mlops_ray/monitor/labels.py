@@ -1,4 +1,7 @@
-"""The live metric of a rollout: canary vs stable on the predictions whose labels have arrived.
+"""Labels that arrive after the predictions, and the live metric they give: canary vs stable
+during a rollout, per version and window for the monitor.
+
+The live metric of a rollout: canary vs stable on the predictions whose labels have arrived.
 
 In: the prediction log (``predlog.py``: one record per predicted row, keyed by
 ``(request_id, row)``) and the labels users drop later as Parquet files under
@@ -21,7 +24,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import posixpath
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
@@ -31,8 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from pyarrow import fs as pafs
 
-from mlops_ray.errors import ServingError
-from mlops_ray.serve.predlog import _PARTITIONING, TS_TYPE, filesystem_for
+from mlops_ray.errors import MlopsError, ServingError
+from mlops_ray.monitor.predlog import _PARTITIONING, TS_TYPE, filesystem_for
 
 log = logging.getLogger(__name__)
 
@@ -267,3 +272,27 @@ def live_metric(predlog_root: str, labels_root: str, label: str, task: str, stab
     if not any(out["rows"].values()):
         return None
     return out
+
+
+class LiveMetric:
+    """The live metric of a step, from the prediction log joined with labels that arrived under
+    ``{store}/{name}/labels/`` (request_id, row, label). Recomputed at most every ``every_s``;
+    unreadable labels are reported once and skipped, never the end of a rollout."""
+
+    def __init__(self, cfg, every_s: float = 10.0):
+        self.cfg, self.every_s = cfg, every_s
+        self.root = os.path.join(cfg.store, cfg.name)
+        self._at, self._value, self._key, self.problem = 0.0, None, None, None
+
+    def __call__(self, state) -> dict | None:
+        key = (state.stable, state.canary, state.step_started)
+        if key == self._key and time.time() - self._at < self.every_s:
+            return self._value
+        self._key, self._at = key, time.time()
+        try:
+            self._value = live_metric(os.path.join(self.root, "predlog"), os.path.join(self.root, "labels"),
+                                      self.cfg.data.label, self.cfg.model.task, state.stable, state.canary,
+                                      state.step_started)
+        except MlopsError as e:
+            self._value, self.problem = None, e.message
+        return self._value

@@ -12,8 +12,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from mlops_ray.errors import ServingError
-from mlops_ray.serve.live import live_metric
-from mlops_ray.serve.predlog import PredictionLog
+from mlops_ray.monitor.labels import live_metric
+from mlops_ray.monitor.predlog import PredictionLog
 
 T0 = 1_772_000_000.0            # 2026-02-25, epoch seconds
 STABLE, CANARY = "3", "4"
