@@ -416,6 +416,107 @@ def serve_build(config: str = typer.Argument(..., help="Pipeline YAML."),
             f"[green]✓[/] wrote {res['path']} (stable version {res['stable']}); deploy it with `serve deploy {res['path']}`")
 
 
+# ---------------------------------------------------------------------- batch scoring
+@app.command("predict")
+def predict_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
+                data: str = typer.Option(..., "--data", help="File, directory, glob or URI to score (Parquet/CSV)."),
+                output: str = typer.Option(..., "--out", help="Directory or URI to write the predictions into."),
+                version: Optional[str] = typer.Option(None, "--version", help="Registered version number to use."),
+                alias: Optional[str] = typer.Option(None, "--alias", help="Alias to use (default: champion)."),
+                log: bool = typer.Option(False, "--log", help="Also append the rows to the prediction log."),
+                overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files in --out."),
+                json_out: bool = typer.Option(False, "--json"),
+                set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
+    """Score --data with a registered version on Ray Data; write Parquet predictions to --out.
+
+    Exit 3: the data lacks an input column of the model, or --out is not empty (without
+    --overwrite); 6: no such version or alias.
+    """
+    from mlops_ray.predict import batch_predict
+    with _guard(json_out):
+        if version and alias:
+            raise ConfigError("give --version or --alias, not both")
+        cfg = _load(config, set_)
+        res = batch_predict(cfg, data, output, version or (f"@{alias}" if alias else "champion"), log=log,
+                            overwrite=overwrite, verbose=State.verbose, progress=_progress(json_out))
+        if json_out:
+            _emit_json(res)
+            return
+        logged = f", logged {res['logged']:,} rows" if log else ""
+        out.print(f"[green]✓[/] scored {res['rows']:,} rows with {res['model']} version {res['version']} in "
+                  f"{res['seconds']:.1f} s ({res['rows_per_s']:,.0f} rows/s) to {res['out']}{logged}")
+
+
+# ---------------------------------------------------------------------- monitoring
+@app.command("monitor")
+def monitor_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
+                since: Optional[str] = typer.Option(None, "--since", help="Window: the last DURATION (2h, 7d) or "
+                                                    "since an ISO time; default monitor.window."),
+                window: Optional[str] = typer.Option(None, "--window", help="Window START..END (ISO times)."),
+                data: Optional[str] = typer.Option(None, "--data", help="Monitor a dataset instead of the log."),
+                reference_data: Optional[str] = typer.Option(None, "--reference-data",
+                                                             help="Build the reference profile from this data "
+                                                                  "(for bundles registered without one)."),
+                version: Optional[str] = typer.Option(None, "--version", help="Reference version (default: "
+                                                      "the served stable version, else champion)."),
+                html: Optional[str] = typer.Option(None, "--html", help="Also write the HTML report here."),
+                json_out: bool = typer.Option(False, "--json"),
+                set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
+    """Drift and data quality of a window of the prediction log against the reference profile.
+
+    Exit 0: no drift; 9: drift detected (the report is written either way); 10: the window
+    or the reference cannot be monitored (empty window, log of another model, no profile).
+    """
+    from mlops_ray.errors import ExitCode
+    from mlops_ray.monitor.drift import run_monitor
+    with _guard(json_out):
+        cfg = _load(config, set_)
+        rep = run_monitor(cfg, since=since, window=window, data=data, reference_data=reference_data,
+                          ref=version, verbose=State.verbose, progress=_progress(json_out) or (lambda s, m: None))
+        if html:
+            from mlops_ray.monitor.report import write_report
+            write_report({"pipeline": cfg.name, "generated": rep["created"], "drift": rep}, html)
+        if json_out:
+            _emit_json(rep)
+        else:
+            _print_drift(rep, html)
+    if rep["drift"]:
+        raise typer.Exit(ExitCode.DRIFT)
+
+
+def _print_drift(rep: dict, html: str | None) -> None:
+    w = rep["window"]
+    t = Table(title=f"Drift of {w['rows']:,} rows ({w['source']}) against version {rep['version']}'s reference "
+                    f"({rep['reference']['rows']:,} rows); alpha {rep['alpha']:g} over all columns",
+              title_justify="left")
+    for c in ("column", "stat", "value", "null q", "p", "effect/min", "verdict"):
+        t.add_column(c, overflow="fold")
+    rows = rep["features"] + ([rep["prediction"]] if rep.get("prediction") else [])
+    for f in rows:
+        colour = {"drift": "red", "ok": "green"}.get(f["verdict"], "yellow")
+        t.add_row(f["name"], {"wasserstein": "W1/sd"}.get(f.get("statistic"), f.get("statistic") or "-"),
+                  _num(f.get("value")), _num(f.get("threshold")), _num(f.get("p_value")),
+                  f"{_num(f.get('effect'))}/{_num(f.get('min_effect'))}", f"[{colour}]{f['verdict']}[/]")
+    out.print(t)
+    for f in rows:
+        for flag in f.get("quality", {}).get("flags", []):
+            out.print(f"  [yellow]quality[/] {f['name']}: {flag}")
+    mv = rep.get("multivariate")
+    if mv and mv.get("auc") is not None:
+        top = ", ".join(f"{n} {g:.0%}" for n, g in mv["top_features"][:3])
+        out.print(f"  domain classifier AUC {mv['auc']:.3f} (drift above {mv['threshold']:.3f}); moved most: {top}")
+    verdict = (f"[red]drift[/] in {len(rep['drifted'])} of {len(rep['features']) - len(rep['insufficient'])} columns "
+               f"({rep['drift_share']:.0%}): {', '.join(rep['drifted'])}") if rep["drift"] else "[green]no drift[/]"
+    out.print(f"{verdict}; report {rep['path']}" + (f", HTML {html}" if html else ""))
+
+
+def _num(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+
 def main() -> None:
     # standalone mode: click maps usage errors to exit 2 and typer.Exit(code) to that code
     app(prog_name="mlops-ray")

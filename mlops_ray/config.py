@@ -325,13 +325,42 @@ class RolloutConfig(_Model):
 
 
 # --------------------------------------------------------------------------- monitor / retrain
+class DomainClassifierConfig(_Model):
+    enabled: bool = Field(True, description="Multivariate drift: XGBoost trained to tell reference rows from "
+                          "window rows; its cross-validated AUC is the drift score.")
+    sample_rows: int = Field(20000, ge=200, description="Rows drawn from each side (reference, window).")
+    min_auc: float = Field(0.6, gt=0.5, lt=1.0, description="Drift when the AUC exceeds this and its noise band.")
+
+
 class MonitorConfig(_Model):
     predlog_flush_rows: int = Field(1000, ge=1)
     predlog_flush_s: float = Field(30, gt=0)
-    window: str = "1d"
-    bins: int = Field(10, ge=2, le=100)
-    psi_threshold: float = Field(0.2, gt=0)
-    ks_pvalue: float = Field(0.01, gt=0, lt=1)
+    window: str = Field("1d", description="Default window of `mlops-ray monitor`: the last this-long of the "
+                        "prediction log.")
+    bins: int = Field(20, ge=2, le=100, description="Quantile bins per numeric column in the reference profile.")
+    top_categories: int = Field(50, ge=1, le=10000, description="Categories kept per column in the reference "
+                                "profile; the rest share one 'other' bucket.")
+    method: Literal["calibrated", "fixed"] = Field(
+        "calibrated", description="'calibrated': a feature drifts when its statistic exceeds its null "
+        "distribution at the window's size (alpha, corrected over features) and its effect size exceeds "
+        "min_effect; 'fixed': psi_threshold (numeric) and chi2_pvalue (categorical).")
+    alpha: float = Field(0.01, gt=0, lt=1, description="False-alarm rate per window (over all features).")
+    correction: Literal["bonferroni", "none"] = "bonferroni"
+    null_draws: int | None = Field(None, ge=100, le=100000,
+                                   description="Draws of the null distribution; default: enough to resolve alpha.")
+    min_effect: dict[str, float] = Field(
+        default_factory=lambda: {"numeric": 0.05, "categorical": 0.03},
+        description="Smallest material effect: normalised Wasserstein (in reference standard deviations) for "
+        "numeric columns, Jensen-Shannon distance for categoricals; keys 'numeric', 'categorical' or a "
+        "column name.")
+    min_rows: int = Field(100, ge=1, description="A column with fewer non-null window rows is 'insufficient "
+                          "data': reported, never a trigger.")
+    psi_threshold: float = Field(0.2, gt=0, description="Numeric threshold of method 'fixed'.")
+    ks_pvalue: float = Field(0.01, gt=0, lt=1, description="Unused by 'calibrated'; reported KS p-values only.")
+    chi2_pvalue: float = Field(0.01, gt=0, lt=1, description="Categorical threshold of method 'fixed'.")
+    max_null_rate_increase: float = Field(0.1, ge=0, le=1, description="Data quality: a column whose null rate "
+                                          "exceeds the reference's by this much is flagged.")
+    domain_classifier: DomainClassifierConfig = DomainClassifierConfig()
 
     @field_validator("window")
     @classmethod
@@ -339,16 +368,36 @@ class MonitorConfig(_Model):
         parse_duration(v)
         return v
 
+    def effect_for(self, column: str, kind: str) -> float:
+        return self.min_effect.get(column, self.min_effect.get(kind, 0.05 if kind == "numeric" else 0.03))
+
 
 class RetrainConfig(_Model):
-    enabled: bool = False
-    drift_share: float = Field(0.3, gt=0, le=1)
-    key_features: list[str] = Field(default_factory=list)
-    key_feature_psi: float = Field(0.25, gt=0)
-    metric_drop: float = Field(0.05, ge=0)
+    enabled: bool = Field(True, description="`mlops-ray loop` retrains when a trigger fires.")
+    drift_share: float = Field(0.3, gt=0, le=1, description="Trigger: this share of input columns drifted.")
+    key_features: list[str] = Field(default_factory=list, description="Trigger: any of these columns drifted.")
+    key_feature_psi: float = Field(0.25, gt=0, description="Trigger: a key feature's PSI above this, even when "
+                                   "the calibrated test says no.")
+    multivariate: bool = Field(True, description="Trigger: the domain classifier says the window moved.")
+    metric_drop: float = Field(0.05, ge=0, description="Trigger: the live metric on labelled predictions fell "
+                               "this much below the champion's test metric.")
+    min_labels: int = Field(200, ge=1, description="Labelled predictions needed before the live metric counts.")
     schedule: str | None = Field(None, description="Retrain at least this often, e.g. '7d'.")
-    cooldown: str = "1d"
-    window: str = "30d"
+    cooldown: str = Field("1d", description="No retrain within this long of the last one.")
+    window: str = Field("30d", description="Training window: the newest this-long of data.source (by "
+                        "data.time_column) and of the labelled prediction log.")
+    data: list[str] | None = Field(None, description="Sources for retraining; default: data.source.")
+    include_predlog: bool = Field(True, description="Add labelled prediction-log rows to the training window.")
+    previous_sample: float = Field(0.0, ge=0, le=1, description="Share of the previous training data to keep.")
+    promote_directly: bool = Field(False, description="With nothing served, a gate pass makes the version "
+                                   "champion at once (otherwise `rollout` promotes).")
+
+    @field_validator("cooldown", "window", "schedule")
+    @classmethod
+    def _d(cls, v):
+        if v is not None:
+            parse_duration(v)
+        return v
 
 
 # --------------------------------------------------------------------------- top level

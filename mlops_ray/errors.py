@@ -16,6 +16,8 @@ class ExitCode:
     REGISTRY = 6        # tracking server or registry unreachable / inconsistent
     RESOURCES = 7       # the cluster cannot provide what was asked (GPUs, CPUs)
     SERVING = 8         # serving cannot do what was asked (nothing deployed, a rollout running, ...)
+    DRIFT = 9           # monitor: drift (or a live-metric drop) detected; the report is written
+    MONITOR = 10        # monitoring cannot do what was asked (no window, no reference, bad labels, a loop running)
 
 
 class MlopsError(Exception):
@@ -94,3 +96,10 @@ class ServingError(MlopsError):
     version that cannot be served."""
     headline = "Serving error"
     exit_code = ExitCode.SERVING
+
+
+class MonitorError(MlopsError):
+    """Monitoring cannot do what was asked: an empty window, a log that does not match the
+    model, a bundle without a reference profile, labels that cannot be joined, a second loop."""
+    headline = "Monitoring error"
+    exit_code = ExitCode.MONITOR

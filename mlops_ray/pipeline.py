@@ -109,6 +109,14 @@ def step_featurize(cfg: Config, source: ingest.Source, ds, out_dir: str, pre: di
     return spec, split_rows, cutoffs
 
 
+def step_reference(cfg: Config, ds, spec: feat.FeatureSpec, cutoffs) -> dict:
+    """The raw-input reference profile of the training rows (``monitor/drift.py`` compares
+    prediction-log windows with it): two mergeable passes, sketches then counts."""
+    from mlops_ray.monitor.drift import profile_inputs
+    return profile_inputs(ds, spec.input_types, cfg.monitor, profile_pass,
+                          wrap=lambda fn: _bind(_on_train, cfg=cfg, cutoffs=cutoffs, partial_fn=fn))
+
+
 # --------------------------------------------------------------------------- the data plane
 def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _noop,
                  write: bool = True, force: bool = False) -> DataResult:
@@ -120,7 +128,8 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
         progress("ingest", f"reading {', '.join(cfg.data.sources)}")
         source = ingest.inspect_source(cfg.data)          # metadata only: paths, footers, fingerprint
         key = _data_key(cfg, source)
-        if write and not force and store.exists(store.path(cfg.name, "data", key, "_SUCCESS")):
+        if write and not force and store.exists(store.path(cfg.name, "data", key, "_SUCCESS")) \
+                and store.exists(store.path(cfg.name, "data", key, "reference_inputs.json")):
             progress("featurize", f"cached: data {key} is unchanged (ingest, validate, featurize skipped)")
             return _load_data_result(store, cfg, key)
         if source.format == "parquet":
@@ -154,6 +163,9 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
         t = time.perf_counter()
         out_dir = store.uri(cfg.name, "data", key, "features")
         spec, split_rows, cutoffs = step_featurize(cfg, source, ds, out_dir, pre, progress)
+        progress("featurize", "profiling the training rows' raw inputs (the drift reference)")
+        store.write_json(store.path(cfg.name, "data", key, "reference_inputs.json"),
+                         step_reference(cfg, ds, spec, cutoffs))
         timings["featurize"] = time.perf_counter() - t
         store.write_json(store.path(cfg.name, "data", key, "feature_spec.json"), spec.to_dict())
         store.write_json(store.path(cfg.name, "data", key, "source.json"),
@@ -196,6 +208,10 @@ def _fit_train(table: pa.Table, cfg: Config, roles: feat.Roles, cutoffs) -> dict
     train = table.filter(pa.array(codes == 0))
     return {"splits": np.bincount(codes, minlength=3).tolist(),
             "fit": feat.fit_partial(train, roles, cfg.features)}
+
+
+def _on_train(table: pa.Table, cfg: Config, cutoffs, partial_fn):
+    return partial_fn(table.filter(pa.array(feat.split_codes(table, cfg.data, cutoffs) == 0)))
 
 
 def _transform_batch(table: pa.Table, cfg: Config, spec: feat.FeatureSpec, cutoffs):
@@ -429,6 +445,8 @@ def _register(cfg, registry, data, splits, search, booster, evaluation, champ_ev
         else evaluation.curves["p"]
     reference = build_reference(splits.X["train"], data.spec, valid_pred, cfg.model.task, bins=cfg.monitor.bins,
                                 seed=cfg.tune.seed)
+    store = Store(cfg.store)
+    reference["inputs"] = store.read_json(store.path(cfg.name, "data", data.key, "reference_inputs.json"))
     metadata = {
         "pipeline": cfg.name, "task": cfg.model.task, "label": cfg.data.label, "mlops_ray": __version__,
         "config_hash": cfg.config_hash, "data_key": data.key, "dataset": {

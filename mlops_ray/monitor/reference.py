@@ -4,11 +4,17 @@ In: the model-input matrix of the training rows, the FeatureSpec and the model's
 predictions on held-out rows. Out: a JSON-able dict: per numeric feature its quantile bin
 edges, the share of rows per bin and the missing share; per categorical feature the share
 of each category (top ``max_categories``, the rest as ``__other__``); the prediction
-distribution. Drift (later issue) bins live data with the same edges and compares shares.
+distribution.
+
+Also, below: the profile of each *raw input column* as requests carry it (``inputs``), built
+from mergeable per-block partials; ``monitor/drift.py`` bins a window of the prediction log
+with the same layout and compares counts.
 """
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from mlops_ray.data.features import OOV_CODE, FeatureSpec
 from mlops_ray.monitor.histograms import prediction_edges
@@ -66,3 +72,188 @@ def build_reference(X: np.ndarray, spec: FeatureSpec, predictions: np.ndarray, t
     else:
         pred = numeric_profile(p, bins)
     return {"version": 1, "bins": bins, "rows": int(X.shape[0]), "features": feats, "prediction": pred}
+
+
+# =========================================================================== raw inputs
+# The profile of each raw input column as it arrives at serving (before any feature is
+# derived), for drift and data-quality checks on the prediction log. Two mergeable passes:
+# sketches fix the bin edges and the kept categories ("layout"), counts fill them. The same
+# count partial bins a monitoring window, so reference and window compare bin for bin.
+NUMERIC_TYPES = ("int", "float", "bool")
+OTHER = "__other__"
+
+
+def column_kind(input_type: str) -> str:
+    if input_type in NUMERIC_TYPES:
+        return "numeric"
+    return "datetime" if input_type == "datetime" else "categorical"
+
+
+def input_columns(table: pa.Table) -> dict[str, pa.ChunkedArray]:
+    """Columns of a batch by name; a prediction-log batch carries them in its ``inputs`` struct."""
+    cols = {n: table.column(n) for n in table.column_names if n != "inputs"}
+    if "inputs" in table.column_names and pa.types.is_struct(table.schema.field("inputs").type):
+        struct = table.column("inputs").combine_chunks()
+        for i in range(struct.type.num_fields):
+            cols[struct.type.field(i).name] = pa.chunked_array([struct.field(i)])
+    return cols
+
+
+def _floats(col: pa.ChunkedArray) -> np.ndarray:
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_boolean(col.type)):
+        col = pc.cast(col, pa.float64(), safe=False) if pa.types.is_decimal(col.type) else \
+            pc.cast(pc.utf8_trim_whitespace(pc.cast(col, pa.string())), pa.float64(), safe=False)
+    return np.asarray(pc.cast(col, pa.float64(), safe=False).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _strings(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    if pa.types.is_boolean(col.type):
+        col = pc.cast(pc.cast(col, pa.int8()), pa.string())      # as features.transform sees bools: 0/1
+    return col if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) else pc.cast(col, pa.string())
+
+
+def _value_counts(col: pa.ChunkedArray) -> dict[str, int]:
+    vc = pc.value_counts(_strings(col).drop_null() if col.null_count else _strings(col))
+    return dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))
+
+
+def sketch_partial(table: pa.Table, input_types: dict[str, str], keep: int = 2000) -> dict:
+    """Per block: a quantile sketch per numeric column, the top ``keep`` category counts."""
+    from mlops_ray.data.profile import sketch
+    cols, out = input_columns(table), {}
+    for name, kind in input_types.items():
+        if name not in cols:
+            continue
+        if kind in NUMERIC_TYPES:
+            out[name] = sketch(_floats(cols[name]))
+        elif column_kind(kind) == "categorical":
+            counts = _value_counts(cols[name])
+            if len(counts) > keep:
+                counts = dict(sorted(counts.items(), key=lambda kv: -kv[1])[:keep])
+            out[name] = counts
+    return out
+
+
+def merge_layout(parts: list[dict], input_types: dict[str, str], bins: int, top: int) -> dict:
+    """Bin edges per numeric column, kept categories per categorical column."""
+    from mlops_ray.data.profile import merged_quantiles
+    layout = {}
+    for name, kind in input_types.items():
+        k = column_kind(kind)
+        if k == "numeric":
+            qs = merged_quantiles([p[name] for p in parts if name in p], list(np.linspace(0, 1, bins + 1)[1:-1]))
+            edges = sorted({q for q in qs if q is not None})
+            layout[name] = {"kind": k, "type": kind, "edges": edges}
+        elif k == "categorical":
+            total: dict[str, int] = {}
+            for p in parts:
+                for v, c in p.get(name, {}).items():
+                    total[v] = total.get(v, 0) + c
+            cats = [v for v, _ in sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
+            layout[name] = {"kind": k, "type": kind, "categories": cats}
+        else:
+            layout[name] = {"kind": k, "type": kind}
+    return layout
+
+
+def count_partial(table: pa.Table, layout: dict, known: dict | None = None, limits: dict | None = None,
+                  prediction_edges: list | None = None) -> dict:
+    """Per block: counts in the layout's bins, nulls, extremes, moments and data-quality counts
+    (values outside ``limits[col] = (min, max)``, categories outside ``known[col]``)."""
+    cols, out = input_columns(table), {}
+    for name, lay in layout.items():
+        if name not in cols:
+            continue
+        col = cols[name]
+        n = len(col)
+        if lay["kind"] == "numeric":
+            v = _floats(col)
+            ok = np.isfinite(v)
+            f = v[ok]
+            edges = np.asarray(lay["edges"], dtype=np.float64)
+            d = {"n": n, "nulls": int(n - ok.sum()),
+                 "counts": np.bincount(np.searchsorted(edges, f, side="right"), minlength=edges.size + 1).tolist(),
+                 "min": float(f.min()) if f.size else None, "max": float(f.max()) if f.size else None,
+                 "sum": float(f.sum()), "sumsq": float((f * f).sum())}
+            lo, hi = (limits or {}).get(name, (None, None))
+            d["out_of_range"] = int(((f < lo).sum() if lo is not None else 0) + ((f > hi).sum() if hi is not None else 0))
+        elif lay["kind"] == "categorical":
+            counts = _value_counts(col)
+            cats = lay["categories"]
+            index = {c: i for i, c in enumerate(cats)}
+            binned = [0] * (len(cats) + 1)
+            for val, c in counts.items():
+                binned[index.get(val, len(cats))] += c
+            d = {"n": n, "nulls": int(col.null_count), "counts": binned}
+            vocab = (known or {}).get(name)
+            d["unseen"] = int(sum(c for val, c in counts.items() if val not in vocab)) if vocab is not None else 0
+            d["unseen_values"] = sorted((val for val in counts if vocab is not None and val not in vocab),
+                                        key=lambda val: -counts[val])[:5]
+        else:
+            d = {"n": n, "nulls": int(col.null_count)}
+        out[name] = d
+    if prediction_edges is not None and "prediction" in cols:
+        p = cols["prediction"]
+        v = _top_probability(p) if pa.types.is_list(p.type) else _floats(p)
+        v = v[np.isfinite(v)]
+        e = np.asarray(prediction_edges, dtype=np.float64)
+        out["__prediction__"] = {"n": int(v.size), "nulls": 0, "counts": np.bincount(
+            np.searchsorted(e, v, side="right"), minlength=e.size + 1).tolist(),
+            "min": float(v.min()) if v.size else None, "max": float(v.max()) if v.size else None,
+            "sum": float(v.sum()), "sumsq": float((v * v).sum())}
+    return out
+
+
+def _top_probability(col: pa.ChunkedArray) -> np.ndarray:
+    """Multiclass predictions (lists of class probabilities) -> the top probability per row."""
+    arr = col.combine_chunks()
+    lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False)
+    values = np.asarray(pc.list_flatten(arr).to_numpy(zero_copy_only=False), dtype=np.float64)
+    out = np.full(len(arr), np.nan)
+    has = lengths > 0
+    if values.size:
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[has]
+        out[has] = np.maximum.reduceat(values, starts)
+    return out
+
+
+def merge_counts(parts: list[dict]) -> dict:
+    out: dict[str, dict] = {}
+    for p in parts:
+        for name, d in p.items():
+            acc = out.get(name)
+            if acc is None:
+                out[name] = {k: (list(v) if isinstance(v, list) else v) for k, v in d.items()}
+                continue
+            for k, v in d.items():
+                if k == "counts":
+                    acc[k] = [a + b for a, b in zip(acc[k], v)]
+                elif k == "min":
+                    acc[k] = v if acc[k] is None else (acc[k] if v is None else min(acc[k], v))
+                elif k == "max":
+                    acc[k] = v if acc[k] is None else (acc[k] if v is None else max(acc[k], v))
+                elif k == "unseen_values":
+                    acc[k] = list(dict.fromkeys(acc[k] + v))[:5]
+                else:
+                    acc[k] = acc[k] + v
+    for d in out.values():
+        if "sum" in d:
+            m = d["n"] - d["nulls"]
+            d["mean"] = d["sum"] / m if m else None
+            d["std"] = float(np.sqrt(max(d["sumsq"] / m - (d["sum"] / m) ** 2, 0.0))) if m else None
+    return out
+
+
+def input_profile(layout: dict, counts: dict) -> dict:
+    """The ``inputs`` section of ``reference.json``: layout and counts per column."""
+    cols = {}
+    for name, lay in layout.items():
+        c = counts.get(name, {"n": 0, "nulls": 0})
+        entry = {**lay, **{k: v for k, v in c.items() if k not in ("sum", "sumsq", "unseen", "unseen_values",
+                                                                      "out_of_range")}}
+        cols[name] = entry
+    return {"version": 1, "rows": max((c.get("n", 0) for c in counts.values()), default=0), "columns": cols}
