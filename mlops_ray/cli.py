@@ -247,7 +247,8 @@ def _print_run_result(res) -> None:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float) and k != "n")
         out.print(f"  test: {shown}")
     if res.version:
-        verdict = "[green]champion[/]" if res.promoted else "[red]rejected[/]"
+        verdict = ("[green]" + ", ".join(res.aliases) + "[/]" if res.aliases else "[green]passed the gate[/]") \
+            if res.promoted else "[red]rejected[/]"
         out.print(f"[green]✓[/] registered version {res.version}: {verdict}")
     if res.cached_steps:
         out.print(f"  cached steps: {', '.join(res.cached_steps)}")
@@ -280,6 +281,7 @@ def run_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
 def deploy_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
                version: Optional[str] = typer.Option(None, "--version", help="Registered version number to serve."),
                alias: Optional[str] = typer.Option(None, "--alias", help="Alias to serve (default: champion)."),
+               force: bool = typer.Option(False, "--force", help="Serve it even if it was rejected."),
                json_out: bool = typer.Option(False, "--json"),
                set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
     """Serve a registered version on Ray Serve as the stable version.
@@ -293,7 +295,7 @@ def deploy_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
         if version and alias:
             raise ConfigError("give --version or --alias, not both")
         cfg = _load(config, set_)
-        res = control.deploy(cfg, version or (f"@{alias}" if alias else "champion"), verbose=State.verbose,
+        res = control.deploy(cfg, version or (f"@{alias}" if alias else "champion"), verbose=State.verbose, force=force,
                              on_progress=None if json_out else (lambda m: err.print(f"  {m}")))
         if json_out:
             _emit_json(res)
@@ -338,6 +340,7 @@ def status_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
 def rollout_cmd(args: List[str] = typer.Argument(..., metavar="[promote|rollback] CONFIG",
                                                  help="Pipeline YAML, optionally after promote or rollback."),
                 version: Optional[str] = typer.Option(None, "--version", help="Version to roll out."),
+                force: bool = typer.Option(False, "--force", help="Roll it out even if the gate rejected it."),
                 shadow: bool = typer.Option(False, "--shadow", help="Mirror traffic to it and compare; "
                                                                   "stable keeps answering."),
                 json_out: bool = typer.Option(False, "--json"),
@@ -377,7 +380,7 @@ def rollout_cmd(args: List[str] = typer.Argument(..., metavar="[promote|rollback
             err.print(f"  {state.phase} v{state.canary} {state.weight:g}%: {c.get('requests', 0)}/"
                       f"{cfg.rollout.min_requests} requests, errors {c.get('errors', 0)}, "
                       f"p99 {_short(c.get('p99_ms'))} ms, {verdict.metrics.get('elapsed_s', 0):g} s")
-        res = control.rollout(cfg, version, shadow=shadow, verbose=State.verbose, on_progress=show)
+        res = control.rollout(cfg, version, shadow=shadow, verbose=State.verbose, on_progress=show, force=force)
         if json_out:
             _emit_json(res)
         elif res["outcome"] == "promoted":
@@ -482,6 +485,51 @@ def monitor_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
             _print_drift(rep, html)
     if rep["drift"]:
         raise typer.Exit(ExitCode.DRIFT)
+
+
+@app.command("feedback")
+def feedback_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
+                 labels: str = typer.Option(..., "--labels", help="Parquet or CSV with request_id (or data.id_column) "
+                                                                  "and the label column."),
+                 json_out: bool = typer.Option(False, "--json"),
+                 set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
+    """Labels arrived: store them, report label completeness and the live metric per version."""
+    from mlops_ray.monitor.labels import feedback
+    with _guard(json_out):
+        cfg = _load(config, set_)
+        res = feedback(cfg, labels)
+        if json_out:
+            _emit_json(res)
+            return
+        out.print(f"[green]✓[/] {res['labels']:,} labels stored (key {res['key']}); {res['unknown_ids']:,} with ids "
+                  f"never predicted (ignored), {res['duplicates']:,} duplicates (the last one counts)")
+        for v, m in res["versions"].items():
+            val = "-" if m["value"] is None else f"{m['value']:.4f}"
+            out.print(f"  version {v}: {m['labelled']:,} of {m['predictions']:,} predictions labelled "
+                      f"({m['completeness']:.0%}); live {m['metric']} {val}")
+
+
+@app.command("loop")
+def loop_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
+             once: bool = typer.Option(False, "--once", help="One iteration, then exit."),
+             interval: str = typer.Option("10m", "--interval", help="Time between iterations."),
+             since: Optional[str] = typer.Option(None, "--since", help="Monitor window (default monitor.window)."),
+             json_out: bool = typer.Option(False, "--json"),
+             set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
+    """monitor → (trigger?) → retrain → gate → rollout, until stopped (SIGTERM stops between steps)."""
+    from mlops_ray.loop import run_loop
+    with _guard(json_out):
+        cfg = _load(config, set_)
+        entries = run_loop(cfg, once=once, interval=interval, since=since, verbose=State.verbose,
+                           progress=_progress(json_out) or (lambda s, m: None))
+        if json_out:
+            _emit_json(entries)
+            return
+        for e in entries:
+            what = e.get("outcome") or ("no retrain" if not e.get("trigger") else e["action"])
+            out.print(f"{e['time'][:19]}  {e['action']}: {what}" + (f" (version {e['version']})" if e.get("version")
+                                                                    else ""))
+
 
 
 def _print_drift(rep: dict, html: str | None) -> None:

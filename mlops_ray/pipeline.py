@@ -278,13 +278,15 @@ class RunResult:
     version: str | None = None
     promoted: bool = False
     run_id: str | None = None
+    aliases: list = field(default_factory=list)        # read from the registry after the run, never cached
     cached_steps: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"data": self.data.to_dict(), "search": self.search, "evaluation": self.evaluation,
                 "champion_evaluation": self.champion_evaluation, "gate": self.gate, "version": self.version,
-                "promoted": self.promoted, "run_id": self.run_id, "cached_steps": self.cached_steps,
+                "promoted": self.promoted, "run_id": self.run_id, "aliases": self.aliases,
+                "cached_steps": self.cached_steps,
                 "timings_s": {k: round(v, 3) for k, v in self.timings.items()}}
 
 
@@ -330,8 +332,13 @@ def run_pipeline(cfg: Config, opts: RunOptions | None = None, progress: Progress
             result.cached_steps += ["tune", "evaluate", "register"]
             result.search, result.evaluation, result.gate = rec.get("search"), rec.get("evaluation"), rec.get("gate")
             result.version, result.promoted, result.run_id = rec["version"], rec["promoted"], rec.get("run_id")
+            result.aliases = registry.aliases_of(result.version)
             return result
-        return _train_evaluate_register(cfg, opts, registry, store, data, train_key, result, progress)
+        try:
+            return _train_evaluate_register(cfg, opts, registry, store, data, train_key, result, progress)
+        finally:
+            if result.version:
+                result.aliases = registry.aliases_of(result.version)
 
 
 def _train_evaluate_register(cfg, opts, registry, store, data, train_key, result, progress) -> RunResult:
@@ -492,7 +499,11 @@ def _register(cfg, registry, data, splits, search, booster, evaluation, champ_ev
         with tempfile.TemporaryDirectory() as d:
             bundle.write_bundle(d, booster, data.spec, reference, metadata)
             version = registry.register(run, d, tags={"gate": status, "data_key": data.key})
-        if decision.passed:
+        if decision.passed and _serving(cfg) and not cfg.retrain.promote_directly:
+            registry.set_alias("challenger", version)
+            progress("register", f"version {version} passed the gate and is the challenger; the champion moves "
+                                 f"when `mlops-ray rollout --version {version}` promotes it")
+        elif decision.passed:
             registry.set_alias("champion", version)
             progress("register", f"version {version} passed the gate and is now champion")
         else:
@@ -500,6 +511,18 @@ def _register(cfg, registry, data, splits, search, booster, evaluation, champ_ev
             run.set_tags({"rejected_reason": "; ".join(decision.failures)[:5000]})
             progress("register", f"version {version} registered as rejected; champion unchanged")
         return version, run.run_id
+
+
+def _serving(cfg: Config) -> bool:
+    """Is a version of this pipeline served (a serving state in the store)? Then a gate pass only
+    makes a challenger: the champion is what a rollout promoted."""
+    from mlops_ray.runtime import read_head
+    from mlops_ray.serve.state import read_state, state_path
+    try:
+        return read_state(state_path(cfg.store, cfg.name)) is not None and (
+            bool(cfg.ray.address) or read_head(cfg.store, cfg.name) is not None)
+    except Exception:                  # an unreadable state: be conservative, do not move the champion
+        return True
 
 
 def _train_key(cfg: Config, data_key: str) -> str:

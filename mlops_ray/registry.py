@@ -393,6 +393,10 @@ class Registry:
                 raise
         return {a: str(v) for a, v in (model.aliases or {}).items()}
 
+    def aliases_of(self, version: str) -> list[str]:
+        """The aliases pointing at ``version`` now (read from the registry, never cached)."""
+        return sorted(a for a, v in (self._aliases(self.model_name) or {}).items() if str(v) == str(version))
+
     def get_alias(self, alias: str) -> str | None:
         """Version the alias points to; None when there is no such alias or no such model."""
         return (self._aliases(self.model_name) or {}).get(alias)

@@ -363,7 +363,7 @@ def _span(a, b) -> str:
 def _served_or_champion(cfg: Config) -> str:
     from mlops_ray.serve.state import read_state, state_path
     try:
-        st = read_state(state_path(cfg))
+        st = read_state(state_path(cfg.store, cfg.name))
     except Exception:
         st = None
     return st.stable if st else "champion"

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from pyarrow import fs as pafs
 
-from mlops_ray.errors import MlopsError, ServingError
+from mlops_ray.errors import MlopsError, MonitorError, ServingError
 from mlops_ray.monitor.predlog import _PARTITIONING, TS_TYPE, filesystem_for
 
 log = logging.getLogger(__name__)
@@ -296,3 +296,92 @@ class LiveMetric:
         except MlopsError as e:
             self._value, self.problem = None, e.message
         return self._value
+
+
+# --------------------------------------------------------------------------- feedback: labels arrive
+def _read_any(path: str) -> pa.Table:
+    """A Parquet or CSV file or directory of labels (by extension; a directory is Parquet)."""
+    import pyarrow.csv as pacsv
+    fs, p = filesystem_for(path)
+    info = fs.get_file_info(p)
+    if info.type == pafs.FileType.NotFound:
+        raise MonitorError(f"--labels {path}: no such file or directory")
+    try:
+        if info.type == pafs.FileType.File and p.lower().endswith((".csv", ".csv.gz", ".txt")):
+            with fs.open_input_stream(p) as f:
+                return pacsv.read_csv(f)
+        return pads.dataset(p, filesystem=fs, format="parquet").to_table()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise MonitorError(f"--labels {path} cannot be read as {'CSV' if p.endswith('.csv') else 'Parquet'} ({e}); "
+                           "give a Parquet file or directory, or a .csv file") from None
+
+
+def feedback(cfg, labels_path: str, *, now: float | None = None) -> dict:
+    """Validate a label file, store it under ``{store}/{name}/labels/`` and report completeness.
+
+    The key is ``request_id`` (as /predict answered it), else ``data.id_column`` (batch scoring
+    logs the id as the request id). Unknown ids are counted, not fatal; duplicate ids keep the
+    last label; a label of the wrong type is refused naming the column and the fix. Nothing is
+    stored when the file is refused."""
+    from mlops_ray.store import Store
+    label, task = cfg.data.label, cfg.model.task
+    t = _read_any(labels_path)
+    key = "request_id" if "request_id" in t.column_names else cfg.data.id_column
+    if key not in t.column_names:
+        raise MonitorError(f"--labels {labels_path} has no 'request_id' column"
+                           + (f" nor the id column '{cfg.data.id_column}'" if cfg.data.id_column else "")
+                           + f" (columns: {', '.join(t.column_names)}); add the request id /predict returned")
+    if label not in t.column_names:
+        raise MonitorError(f"--labels {labels_path} has no label column '{label}' (data.label; columns: "
+                           f"{', '.join(t.column_names)}); rename it or set data.label")
+    col = t[label]
+    ok_type = pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)
+    if not ok_type:
+        raise MonitorError(f"--labels {labels_path}: column '{label}' is {'text' if 'string' in str(col.type) else col.type}, not a number; a {task} label "
+                           f"must be numeric ({'0/1 or true/false' if task == 'binary' else 'the class index' if task == 'multiclass' else 'a number'})")
+    y = np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    if task == "binary" and not np.isin(y[np.isfinite(y)], (0.0, 1.0)).all():
+        bad = [float(v) for v in sorted(set(y[np.isfinite(y)].tolist()) - {0.0, 1.0})[:5]]
+        raise MonitorError(f"--labels {labels_path}: column '{label}' holds {bad} — a binary label must be 0 or 1")
+    rid = pc.cast(t[key], pa.string())
+    row = pc.cast(t["row"], pa.int64()) if "row" in t.column_names else pa.array(np.zeros(t.num_rows, np.int64))
+    clean = pa.table({"request_id": rid, "row": row, label: pa.array(y)})
+    keys = pa.table({"k": rid, "r": row}).group_by(["k", "r"]).aggregate([("k", "count")])
+    duplicates = int(t.num_rows - keys.num_rows)
+    store = Store(cfg.store)
+    preds = _read_predictions(store.uri(cfg.name, "predlog"), task, _versions(store, cfg), None)
+    known = pc.is_in(rid, value_set=pc.unique(preds["request_id"])) if preds.num_rows else pa.array(
+        np.zeros(t.num_rows, bool))
+    unknown = int(t.num_rows - pc.sum(pc.cast(known, pa.int64())).as_py() or 0)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now or time.time())) + f"-{os.getpid()}"
+    dest = store.path(cfg.name, "labels", f"labels-{stamp}.parquet")
+    store.fs.create_dir(posixpath.dirname(dest), recursive=True)
+    import pyarrow.parquet as pq
+    with store.fs.open_output_stream(dest) as f:
+        pq.write_table(clean, f)
+    return {"labels": t.num_rows, "duplicates": duplicates, "unknown_ids": unknown, "stored": dest,
+            "key": key, **completeness(cfg)}
+
+
+def _versions(store, cfg) -> list[str]:
+    fs, root = filesystem_for(store.uri(cfg.name, "predlog"))
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return []
+    ds = pads.dataset(root, filesystem=fs, format="parquet", partitioning=_PARTITIONING)
+    return [str(v) for v in pc.unique(ds.to_table(columns=["model_version"])["model_version"]).to_pylist()]
+
+
+def completeness(cfg, since: float | None = None) -> dict:
+    """Per version: logged predictions, how many have labels, and the live metric on those."""
+    from mlops_ray.store import Store
+    store = Store(cfg.store)
+    out = {}
+    for v in sorted(_versions(store, cfg), key=lambda s: (len(s), s)):
+        logged = _read_predictions(store.uri(cfg.name, "predlog"), cfg.model.task, [v], since).num_rows
+        m = live_metric(store.uri(cfg.name, "predlog"), store.uri(cfg.name, "labels"), cfg.data.label,
+                        cfg.model.task, v, v, since or 0.0, min_rows=1)
+        labelled = (m or {}).get("rows", {}).get(v, 0)
+        out[v] = {"predictions": logged, "labelled": labelled,
+                  "completeness": round(labelled / logged, 4) if logged else 0.0,
+                  "metric": (m or {}).get("name"), "value": (m or {}).get("stable")}
+    return {"versions": out}

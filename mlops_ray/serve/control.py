@@ -29,9 +29,19 @@ def _config_dict(cfg: Config) -> dict:
     return cfg.model_dump(mode="json", by_alias=True)
 
 
-def resolve_servable(cfg: Config, registry, ref: str) -> str:
-    """Version behind ``ref``, checked to load as a bundle before anything changes."""
+def resolve_servable(cfg: Config, registry, ref: str, *, force: bool = False, by_alias: bool = False) -> str:
+    """Version behind ``ref``, checked to load as a bundle before anything changes. A version the
+    gate rejected is refused unless ``force``; reached through an alias (``by_alias``), so is one
+    whose rollout was rolled back (an explicit ``--version`` may retry a rollout)."""
     version = registry.resolve(ref)
+    if not force:
+        tags = registry.version_tags(version)
+        why = (tags.get("rejected") or "by the gate") if tags.get("gate") == "rejected" else None
+        if why is None and by_alias and tags.get("rollout") == "rejected":
+            why = f"its rollout was rolled back: {tags.get('rollout_reason', 'no reason recorded')}"
+        if why:
+            raise ServingError(f"version {version} ({ref}) was rejected ({why[:300]}); serving it would put a "
+                               f"model that failed its checks in front of traffic — pass --force to do it anyway")
     registry.load_bundle(version)
     return version
 
@@ -68,13 +78,13 @@ def endpoints(cfg: Config) -> dict:
 
 
 def deploy(cfg: Config, ref: str = "champion", *, loader: str = DEFAULT_LOADER, faults: dict | None = None,
-           verbose: bool = False, on_progress: Callable[[str], None] | None = None) -> dict:
+           verbose: bool = False, on_progress: Callable[[str], None] | None = None, force: bool = False) -> dict:
     """Serve ``ref`` (version, alias or models:/ URI) as the stable version. Starts a local Ray head
     when there is no ray.address and none is running; reuses the running app (weights switch live)."""
     say = on_progress or (lambda _m: None)
     require_shared_store(cfg)
     registry = _registry(cfg)
-    version = resolve_servable(cfg, registry, ref)
+    version = resolve_servable(cfg, registry, ref, force=force, by_alias=not str(ref).isdigit())
     path = state_path(cfg.store, cfg.name)
     old = read_state(path)
     if old is not None and old.phase in ("CANARY", "SHADOW"):
@@ -233,7 +243,7 @@ def build(cfg: Config, out_path: str, ref: str = "champion") -> dict:
 
 
 def rollout(cfg: Config, ref: str, *, shadow: bool = False, verbose: bool = False,
-            on_progress=None, poll_s: float = 1.0) -> dict:
+            on_progress=None, poll_s: float = 1.0, force: bool = False) -> dict:
     """Roll ``ref`` out step by step (or mirror it with ``shadow``); see rollout.run_rollout."""
     require_shared_store(cfg)
     if read_state(state_path(cfg.store, cfg.name)) is None:
@@ -242,7 +252,7 @@ def rollout(cfg: Config, ref: str, *, shadow: bool = False, verbose: bool = Fals
         raise ServingError(f"nothing is serving {cfg.name!r}: no local Ray head is running; "
                            "run `mlops-ray deploy CONFIG` first")
     registry = _registry(cfg)
-    version = resolve_servable(cfg, registry, ref)
+    version = resolve_servable(cfg, registry, ref, force=force)
     return ro.run_rollout(cfg, registry, version, shadow=shadow, poll_s=poll_s, on_progress=on_progress,
                           live_metric=LiveMetric(cfg))
 
