@@ -163,7 +163,7 @@ def data_synth(rows: int = typer.Option(..., "--rows", min=1, help="Number of ro
                seed: int = typer.Option(0, "--seed"),
                start: str = typer.Option("2026-01-01", "--start", help="First timestamp (ISO date)."),
                days: float = typer.Option(90.0, "--days", min=0.001, help="Time span of the data."),
-               drift: str = typer.Option("none", "--drift", help="none | covariate | label | concept"),
+               drift: str = typer.Option("none", "--drift", help="none | covariate | label | concept | mixed (covariate + concept)"),
                drift_start: Optional[str] = typer.Option(None, "--drift-start", help="ISO time drift begins."),
                drift_strength: float = typer.Option(1.0, "--drift-strength", min=0.0),
                rows_per_file: int = typer.Option(500_000, "--rows-per-file", min=1000),
@@ -176,8 +176,8 @@ def data_synth(rows: int = typer.Option(..., "--rows", min=1, help="Number of ro
     import mlops_ray
     from mlops_ray.config import RayConfig
     with _guard(json_out):
-        if drift not in ("none", "covariate", "label", "concept"):
-            raise ConfigError(f"--drift {drift!r} is not one of none, covariate, label, concept")
+        if drift not in ("none", "covariate", "label", "concept", "mixed"):
+            raise ConfigError(f"--drift {drift!r} is not one of none, covariate, label, concept, mixed")
         rep = mlops_ray.synth(rows, out_dir, seed=seed, start=start, days=days, drift=drift,
                               drift_start=drift_start, drift_strength=drift_strength,
                               rows_per_file=rows_per_file, overwrite=overwrite,
@@ -247,8 +247,8 @@ def _print_run_result(res) -> None:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float) and k != "n")
         out.print(f"  test: {shown}")
     if res.version:
-        verdict = ("[green]" + ", ".join(res.aliases) + "[/]" if res.aliases else "[green]passed the gate[/]") \
-            if res.promoted else "[red]rejected[/]"
+        role = "champion" if "champion" in res.aliases else "challenger" if "challenger" in res.aliases else None
+        verdict = f"[green]{role or 'passed the gate'}[/]" if res.promoted else "[red]rejected[/]"
         out.print(f"[green]✓[/] registered version {res.version}: {verdict}")
     if res.cached_steps:
         out.print(f"  cached steps: {', '.join(res.cached_steps)}")
@@ -529,6 +529,38 @@ def loop_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
             what = e.get("outcome") or ("no retrain" if not e.get("trigger") else e["action"])
             out.print(f"{e['time'][:19]}  {e['action']}: {what}" + (f" (version {e['version']})" if e.get("version")
                                                                     else ""))
+
+
+@app.command("report")
+def report_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
+               html: str = typer.Option(..., "--html", help="Where to write the self-contained HTML report."),
+               version: Optional[str] = typer.Option(None, "--version", help="Version (default: champion)."),
+               run: Optional[str] = typer.Option(None, "--run", help="MLflow run id instead of a version."),
+               set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
+    """One HTML file: validation, tuning, importance, ROC/PR, drift, rollout timeline, loop decisions."""
+    from mlops_ray.monitor.report import write_report
+    from mlops_ray.reports import report_context
+    with _guard(False):
+        cfg = _load(config, set_)
+        ctx = report_context(cfg, version=version, run_id=run)
+        write_report(ctx, html)
+        out.print(f"[green]✓[/] report of {ctx['model']['name']} version {ctx['model']['version']}: {html}")
+
+
+@app.command("demo")
+def demo_cmd(config: str = typer.Argument("configs/quickstart.yaml", help="Pipeline YAML."),
+             data_dir: str = typer.Option("data/demo", "--data-dir", help="Where months 1 and 2 are written."),
+             rows: int = typer.Option(100_000, "--rows", min=2000, help="Rows per month."),
+             html: str = typer.Option("demo-report.html", "--html", help="The report written at the end."),
+             set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
+    """The whole loop: train v1, serve it, drifted traffic, labels, monitor, retrain v2, canary, promote, report."""
+    from mlops_ray.demo import run_demo
+    with _guard(False):
+        cfg = _load(config, set_)
+        say = _progress(False)
+        res = run_demo(cfg, data_dir, rows, say=say, verbose=State.verbose, html=html)
+        times = ", ".join(f"{k} {v:.0f}s" for k, v in res["timings_s"].items())
+        out.print(f"[green]✓[/] demo done in {res['seconds']:.0f} s ({times}); report {html}")
 
 
 

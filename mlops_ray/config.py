@@ -384,11 +384,12 @@ class RetrainConfig(_Model):
     min_labels: int = Field(200, ge=1, description="Labelled predictions needed before the live metric counts.")
     schedule: str | None = Field(None, description="Retrain at least this often, e.g. '7d'.")
     cooldown: str = Field("1d", description="No retrain within this long of the last one.")
-    window: str = Field("30d", description="Training window: the newest this-long of data.source (by "
-                        "data.time_column) and of the labelled prediction log.")
-    data: list[str] | None = Field(None, description="Sources for retraining; default: data.source.")
-    include_predlog: bool = Field(True, description="Add labelled prediction-log rows to the training window.")
-    previous_sample: float = Field(0.0, ge=0, le=1, description="Share of the previous training data to keep.")
+    window: str = Field("30d", description="Training window: rows of retrain.data whose data.time_column is "
+                        "within this long of the newest row.")
+    data: list[str] | None = Field(None, description="Sources for retraining (where fresh labelled data lands); "
+                                   "default: data.source.")
+    previous_sample: float = Field(0.0, ge=0, le=1, description="Share of data.source rows older than the "
+                                   "window to add back (a seeded sample), so the model does not forget.")
     promote_directly: bool = Field(False, description="With nothing served, a gate pass makes the version "
                                    "champion at once (otherwise `rollout` promotes).")
 

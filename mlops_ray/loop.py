@@ -19,6 +19,7 @@ from typing import Callable
 from mlops_ray.config import Config, parse_duration
 from mlops_ray.errors import GateRejected, MlopsError, MonitorError
 from mlops_ray.monitor.retrain import LoopLock, read_decisions, record, should_retrain
+from mlops_ray.runtime import ray_runtime
 
 Progress = Callable[[str, str], None]
 
@@ -39,65 +40,151 @@ def iterate(cfg: Config, *, since: str | None = None, progress: Progress = lambd
     registry = Registry(cfg.registry, cfg.store, cfg.name)
     champion = registry.get_alias("champion")
     entry["champion"] = champion
-    try:
-        report = run_monitor(cfg, since=since, verbose=verbose, progress=progress)
-        entry["report"] = report.get("path")
-    except MonitorError as e:
-        report = None
-        entry["monitor_error"] = e.message
-        progress("loop", f"monitor: {e.message}")
-    live = None
-    champ_metric = None
-    if champion:
-        comp = completeness(cfg).get("versions", {}).get(str(champion))
-        live = comp
-        meta = registry.load_bundle(champion).metadata
-        name = (comp or {}).get("metric")
-        champ_metric = (meta.get("evaluation") or {}).get("metrics", {}).get(name) if name else None
-    decision = should_retrain(report, live, cfg.retrain, read_decisions(cfg), champ_metric, now,
-                              higher_is_better=metric_direction(live["metric"]) == "max" if live and live.get(
-                                  "metric") else True)
-    entry.update({"trigger": decision.trigger, "reasons": decision.reasons, "blocked": decision.blocked,
-                  "checked": decision.checked, "live": live})
-    if not decision.trigger:
-        progress("loop", "no retrain: " + (decision.blocked or "; ".join(decision.checked) or "nothing to check"))
-        return entry
-    progress("loop", "retrain: " + "; ".join(decision.reasons))
-    entry["action"] = "retrain"
-    rcfg = retrain_config(cfg)
-    try:
-        res = pipeline.run_pipeline(rcfg, pipeline.RunOptions(verbose=verbose), progress=progress)
-        entry.update({"run_id": res.run_id, "version": res.version, "outcome": "gate passed"})
-    except GateRejected as e:
-        entry.update({"outcome": "gate rejected; champion kept", "error": e.message})
+    history = read_decisions(cfg)
+    pending = _pending_rollout(history)
+    if pending and pending != champion:          # a rollout that could not start last time
+        progress("loop", f"retrying the rollout of version {pending}")
+        entry.update({"action": "rollout", "version": pending, **_roll_out(cfg, pending, progress, verbose)})
         _tag(registry, entry)
         return entry
-    if res.version == champion:
-        entry["outcome"] = "the window trained the champion again (cached); nothing to roll out"
+    with ray_runtime(cfg.ray, verbose=verbose):    # one Ray for monitor, window and pipeline
+        try:
+            report = run_monitor(cfg, since=since, verbose=verbose, progress=progress)
+            entry["report"] = report.get("path")
+            entry["drifted"] = report.get("drifted")
+        except MonitorError as e:
+            report = None
+            entry["monitor_error"] = e.message
+            progress("loop", f"monitor: {e.message}")
+        live, champ_metric = None, None
+        if champion:
+            live = completeness(cfg).get("versions", {}).get(str(champion))
+            name = (live or {}).get("metric")
+            meta = registry.load_bundle(champion).metadata
+            champ_metric = (meta.get("evaluation") or {}).get("metrics", {}).get(name) if name else None
+        higher = metric_direction(live["metric"]) == "max" if live and live.get("metric") else True
+        decision = should_retrain(report, live, cfg.retrain, history, champ_metric, now, higher_is_better=higher)
+        entry.update({"trigger": decision.trigger, "reasons": decision.reasons, "blocked": decision.blocked,
+                      "checked": decision.checked, "live": live, "champion_metric": champ_metric})
+        if not decision.trigger:
+            progress("loop", "no retrain: " + (decision.blocked or "; ".join(decision.checked) or "nothing to check"))
+            return entry
+        progress("loop", "retrain: " + "; ".join(decision.reasons))
+        entry["action"] = "retrain"
+        try:
+            rcfg = retrain_config(cfg, progress, verbose)
+            res = pipeline.run_pipeline(rcfg, pipeline.RunOptions(verbose=verbose), progress=progress)
+        except GateRejected as e:
+            entry.update({"outcome": "gate rejected; champion kept", "error": e.message})
+            _tag(registry, entry)
+            return entry
+    entry.update({"run_id": res.run_id, "version": res.version})
+    if not res.promoted:                          # a cached run whose model the gate rejected
+        entry["outcome"] = "gate rejected (this window was trained before); champion kept"
         return entry
+    if res.version == champion:
+        entry["outcome"] = "this window trained the champion again; nothing to roll out"
+        return entry
+    entry["outcome"] = "gate passed"
     entry.update(_roll_out(cfg, res.version, progress, verbose))
     _tag(registry, entry)
     return entry
 
 
-def retrain_config(cfg: Config) -> Config:
-    """The same pipeline on the training window: ``retrain.data`` (default ``data.source``)."""
-    if not cfg.retrain.data:
-        return cfg
-    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": list(cfg.retrain.data)})})
+def _pending_rollout(history: list[dict]) -> str | None:
+    """The version whose rollout could not start in the last iteration that tried one."""
+    for e in reversed(history):
+        if e.get("action") in ("retrain", "rollout") and e.get("version"):
+            return e.get("pending_rollout")
+    return None
+
+
+def retrain_config(cfg: Config, progress: Progress = lambda s, m: None, verbose: bool = False) -> Config:
+    """The same pipeline on the training window: the rows of ``retrain.data`` (default
+    ``data.source``) within ``retrain.window`` of the newest one (by ``data.time_column``), plus
+    a ``retrain.previous_sample`` share of the older ``data.source`` rows. The window is written
+    once per (input fingerprint, window) under ``{store}/{name}/retrain/`` and reused."""
+    import hashlib
+
+    from mlops_ray.data import ingest
+    from mlops_ray.store import Store
+
+    rc, store = cfg.retrain, Store(cfg.store)
+    dcfg = cfg.data.model_copy(update={"source": list(rc.data)}) if rc.data else cfg.data
+    tcol = cfg.data.time_column
+    with ray_runtime(cfg.ray, verbose=verbose):
+        src = ingest.inspect_source(dcfg)
+        if not src.rows:
+            raise MonitorError(f"the retrain window is empty: {', '.join(dcfg.sources)} holds no rows; point "
+                               f"retrain.data at the fresh labelled data")
+        key = hashlib.sha256(f"{src.fingerprint}|{rc.window}|{rc.previous_sample}|{tcol}".encode()).hexdigest()[:16]
+        out = store.path(cfg.name, "retrain", key)
+        if not store.exists(f"{out}/_SUCCESS"):
+            ds = ingest.read_dataset(src, dcfg)
+            parts = [ds]
+            start = None
+            if tcol and tcol in src.schema.names:
+                newest = ds.max(tcol)
+                if newest is None:
+                    raise MonitorError(f"the retrain window is empty: {tcol} has no values in "
+                                       f"{', '.join(dcfg.sources)}")
+                start = newest - dt.timedelta(seconds=parse_duration(rc.window))
+                parts = [ds.map_batches(_time_filter, fn_kwargs={"col": tcol, "start": start, "keep": "after"},
+                                        batch_format="pyarrow", batch_size=None)]
+                if rc.previous_sample > 0:
+                    old_src = ingest.inspect_source(cfg.data)
+                    old = ingest.read_dataset(old_src, cfg.data).map_batches(
+                        _time_filter, fn_kwargs={"col": tcol, "start": start, "keep": "before"},
+                        batch_format="pyarrow", batch_size=None)
+                    parts.append(old.random_sample(rc.previous_sample, seed=cfg.tune.seed))
+            window = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+            rows = window.count()
+            if rows == 0:
+                raise MonitorError(f"the retrain window is empty: no rows of {', '.join(dcfg.sources)} within "
+                                   f"{rc.window} of the newest {tcol}; widen retrain.window")
+            window.write_parquet(store.uri(cfg.name, "retrain", key, "data"))
+            store.write_json(f"{out}/_SUCCESS", {"rows": rows, "start": str(start), "sources": dcfg.sources})
+        info = store.read_json(f"{out}/_SUCCESS")
+    progress("retrain", f"training window: {info['rows']:,} rows from {info['start']} ({', '.join(dcfg.sources)})")
+    data = cfg.data.model_copy(update={"source": store.uri(cfg.name, "retrain", key, "data"), "format": "parquet"})
+    return cfg.model_copy(update={"data": data})
+
+
+def _time_filter(table, col: str, start, keep: str):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    t = table.column(col)
+    if not pa.types.is_timestamp(t.type):
+        t = pc.cast(t, pa.timestamp("us"))
+    s = pa.scalar(start.replace(tzinfo=None) if t.type.tz is None and getattr(start, "tzinfo", None) else start,
+                  t.type)
+    mask = pc.greater_equal(t, s) if keep == "after" else pc.less(t, s)
+    return table.filter(pc.fill_null(mask, False))
 
 
 def _roll_out(cfg: Config, version: str, progress: Progress, verbose: bool) -> dict:
     from mlops_ray.errors import RolloutAborted, ServingError
     from mlops_ray.serve import control
     try:
-        res = control.rollout(cfg, version, verbose=verbose, on_progress=lambda m: progress("rollout", m))
+        res = control.rollout(cfg, version, verbose=verbose, on_progress=_rollout_progress(progress))
         return {"outcome": f"rollout {res.get('outcome', 'done')}"}
     except RolloutAborted as e:
         return {"outcome": "rollout aborted; champion kept", "error": e.message}
     except ServingError as e:       # nothing serving, or another rollout runs: recorded, retried next time
         return {"outcome": "rollout not started (retried next iteration)", "error": e.message,
                 "pending_rollout": version}
+
+
+def _rollout_progress(progress: Progress):
+    """One line per rollout step (the controller calls back on every poll)."""
+    seen: set = set()
+
+    def show(state, verdict) -> None:
+        key = (state.phase, state.weight)
+        if key not in seen:
+            seen.add(key)
+            progress("rollout", f"{state.phase} version {state.canary or state.stable} at {state.weight:g}%")
+    return show
 
 
 def _tag(registry, entry: dict) -> None:

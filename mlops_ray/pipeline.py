@@ -463,6 +463,9 @@ def _register(cfg, registry, data, splits, search, booster, evaluation, champ_ev
         "tuning": {k: v for k, v in search.to_dict().items() if k != "trials"},
         "evaluation": evaluation.to_dict(), "gate": decision.to_dict(), "lineage": lineage(),
     }
+    if cfg.model.task == "binary":      # for the HTML report (200 points each)
+        metadata["curves"] = {"roc": ev.roc_points(evaluation.curves["y"], evaluation.curves["p"]),
+                              "pr": ev.pr_points(evaluation.curves["y"], evaluation.curves["p"])}
     status = "passed" if decision.passed else "rejected"
     with registry.start_run(f"{cfg.name}-{data.key[:8]}", tags={"gate": status, "strategy": strategy}) as run:
         run.log_params({"config": cfg.model_dump(mode="json", by_alias=True), "best": search.best_config,

@@ -431,6 +431,20 @@ class Registry:
             version = self._alias_target(name, alias)
         return str(self._version(name, version, alias).version)
 
+    def version_run_id(self, version: str) -> str | None:
+        return self._version(self.model_name, str(version), None).run_id
+
+    def run_json(self, run_id: str, name: str):
+        """A JSON artifact of a run (e.g. tuning.json, validation.json); None if it has none."""
+        from mlflow.exceptions import MlflowException
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                path = self.client.download_artifacts(run_id, name, d)
+            except (MlflowException, OSError):
+                return None
+            with open(path) as f:
+                return json.load(f)
+
     def champion(self) -> tuple[str, Bundle] | None:
         """(version, bundle) of the champion; None before the first promotion."""
         aliases = self._aliases(self.model_name)
@@ -634,11 +648,15 @@ class RunLog:
             self.registry.client.log_artifact(self.run_id, path, artifact_path)
 
     def log_figure(self, fig, name: str) -> None:
-        """A matplotlib figure as a PNG artifact (the caller closes the figure)."""
+        """A matplotlib figure as a PNG artifact; the figure is closed (long-lived loops make many)."""
         if not os.path.splitext(name)[1]:
             name += ".png"
-        with self._errors(f"logging figure {name!r}"):
-            self.registry.client.log_figure(self.run_id, fig, name)
+        try:
+            with self._errors(f"logging figure {name!r}"):
+                self.registry.client.log_figure(self.run_id, fig, name)
+        finally:
+            import matplotlib.pyplot as plt
+            plt.close(fig)
 
     def child_run(self, name: str, params: dict, metrics: dict, tags: dict | None = None) -> str:
         """A finished nested run (e.g. one tuning trial) under this one; returns its run id."""

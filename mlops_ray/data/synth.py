@@ -7,7 +7,7 @@ The set is deliberately awkward: skewed numerics with missing values, high-cardi
 categoricals (hundreds of merchants), a timestamp, and an imbalanced binary label
 (about 3 % positive) that depends on the features non-linearly. Drift from a given
 time on: ``covariate`` (inputs move), ``label`` (the positive rate rises),
-``concept`` (the same inputs mean something else).
+``concept`` (the same inputs mean something else), ``mixed`` (covariate and concept).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-Drift = Literal["none", "covariate", "label", "concept"]
+Drift = Literal["none", "covariate", "label", "concept", "mixed"]   # mixed: covariate + concept
 
 N_MERCHANTS = 800
 N_CATEGORIES = 24
@@ -90,7 +90,7 @@ def generate_chunk(spec: SynthSpec, start_row: int, n_rows: int) -> pd.DataFrame
     # drawn whatever the drift, so rows before the drift start are identical across drift kinds
     u_country, alt_country, u_device = rng.random(n), rng.integers(20, len(COUNTRIES), n), rng.random(n)
 
-    if spec.drift == "covariate":
+    if spec.drift in ("covariate", "mixed"):
         d = drifted
         amount = np.where(d, amount * (1 + 0.8 * s), amount)
         country = np.where(d & (u_country < 0.3 * s), alt_country, country)
@@ -114,7 +114,7 @@ def generate_chunk(spec: SynthSpec, start_row: int, n_rows: int) -> pd.DataFrame
              + 0.5 * (country >= 25))
     if spec.drift == "label":
         logit = np.where(drifted, logit + 1.2 * s, logit)
-    elif spec.drift == "concept":
+    elif spec.drift in ("concept", "mixed"):
         flipped = (-5.0 + 1.6 * (log_amt < 2.5) + 1.5 * (1 - night) * (1 - online)
                    + 1.2 * (account_age > 900) + merchant_risk[(merchant + 97) % N_MERCHANTS]
                    + 0.35 * np.sqrt(n_txn_24h))

@@ -188,7 +188,7 @@ def predlog_files(root_uri: str, since: dt.datetime | None, until: dt.datetime |
                 continue
             if (lo and hour < lo) or (until and hour >= until):
                 continue
-        if "/." in info.path or "/_" in info.path[len(root):]:
+        if "/." in info.path[len(root):] or "/_" in info.path[len(root):]:     # hidden or temporary files
             continue
         files.append(info.path)
     return fs, sorted(files)

@@ -223,7 +223,9 @@ def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, st
     else:
         data = {"X_train": splits.X["train"], "y_train": splits.y["train"], "X_valid": splits.X["valid"],
                 "y_valid": splits.y["valid"], "n_classes": splits.n_classes}
-        trainable = tune.with_parameters(single_trial, data=data, data_key=experiment, **common)
+        # the cache key names the pipeline, data and config (storage) and the attempt: a long-lived
+        # worker never reuses another search's matrices
+        trainable = tune.with_parameters(single_trial, data=data, data_key=f"{storage}/{experiment}", **common)
         resources = {"CPU": tune_cfg.cpus_per_trial, "GPU": tune_cfg.gpus_per_trial}
     trainable = tune.with_resources(trainable, resources)
 

@@ -1,0 +1,45 @@
+"""What ``mlops-ray report`` shows: the context for ``monitor/report.render_report``, gathered
+from the registry (the version's bundle metadata and its run's artifacts), the store (the
+latest drift report, the decision log) and the serving state. Read-only."""
+from __future__ import annotations
+
+import datetime as dt
+
+from mlops_ray.config import Config
+
+
+def report_context(cfg: Config, *, version: str | None = None, run_id: str | None = None) -> dict:
+    from mlops_ray.monitor.retrain import read_decisions
+    from mlops_ray.registry import Registry
+    from mlops_ray.serve.state import read_state, state_path
+    from mlops_ray.store import Store
+
+    registry = Registry(cfg.registry, cfg.store, cfg.name)
+    store = Store(cfg.store)
+    if run_id and not version:
+        version = next((v for v in _versions_of_run(registry, run_id)), None)
+    v = registry.resolve(version or "champion")
+    bundle = registry.load_bundle(v)
+    meta = bundle.metadata
+    run_id = run_id or registry.version_run_id(v)
+    tuning = registry.run_json(run_id, "tuning.json") if run_id else None
+    validation = registry.run_json(run_id, "validation.json") if run_id else None
+    latest = store.path(cfg.name, "monitor", "latest.json")
+    state = read_state(state_path(cfg.store, cfg.name))
+    return {
+        "pipeline": cfg.name, "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": registry.model_name, "version": v, "aliases": registry.aliases_of(v), "run_id": run_id,
+                  "task": bundle.task, "metrics": (meta.get("evaluation") or {}).get("metrics", {}),
+                  "gate": meta.get("gate")},
+        "validation": validation, "tuning": tuning or meta.get("tuning"),
+        "importance": bundle.booster.get_score(importance_type="gain"),
+        "curves": meta.get("curves"),
+        "drift": store.read_json(latest) if store.exists(latest) else None,
+        "rollout": state.to_dict() if state else None,
+        "decisions": read_decisions(cfg)[-50:],
+    }
+
+
+def _versions_of_run(registry, run_id: str) -> list[str]:
+    mvs = registry.client.search_model_versions(f"run_id='{run_id}'")
+    return [str(m.version) for m in mvs]
