@@ -4,7 +4,7 @@ PYTHON ?= $(shell for p in python3.12 python3.11 python3.10 python3; do \
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-DEMO_ROWS ?= 200000
+DEMO_ROWS ?= 100000
 
 .PHONY: setup demo test test-fast bench clean
 
@@ -17,11 +17,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## demo: synthesize data (once), then run the pipeline on embedded defaults
+## demo: the whole loop on embedded defaults: train v1, serve it, drifted traffic, labels,
+## monitor, retrain v2, gate, canary, promote, HTML report; the serving head is stopped at the end
 demo: setup
-	@test -d data/demo || $(BIN)/mlops-ray data synth --rows $(DEMO_ROWS) --out data/demo --seed 7
-	$(BIN)/mlops-ray run configs/quickstart.yaml
-	@echo "Next: serve it with '$(BIN)/mlops-ray deploy configs/quickstart.yaml' (then 'status', 'rollout', 'serve stop'; see README)"
+	$(BIN)/mlops-ray demo configs/quickstart.yaml --rows $(DEMO_ROWS) --data-dir data/demo --html demo-report.html
 
 ## test: every tier (unit, one shared local Ray, slow); CI runs this
 test: setup
@@ -36,4 +35,4 @@ bench: setup
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf .mlops data/demo benchmarks/results
+	rm -rf .mlops .mlops-demo data/demo benchmarks/results demo-report.html

@@ -310,6 +310,11 @@ class RolloutConfig(_Model):
     max_error_rate_delta: float = Field(0.01, ge=0)
     max_p99_latency_ratio: float = Field(1.5, gt=0)
     max_prediction_psi: float = Field(0.2, gt=0)
+    prediction_baseline: Literal["stable", "reference"] = Field(
+        "stable", description="What the canary's prediction distribution is compared with: 'stable' (the "
+        "serving version, same traffic) or 'reference' (the canary's own validation predictions in its bundle: "
+        "it must behave online as it did offline). `mlops-ray loop` uses 'reference': a model retrained "
+        "because the data moved is expected to predict differently from the one it replaces.")
     max_metric_drop: float = Field(0.02, ge=0)
     keep_previous_s: float = Field(600, ge=0)
     p99_floor_ms: float = Field(2.0, ge=0, description="p99 differences smaller than this never breach.")

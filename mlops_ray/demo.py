@@ -176,6 +176,8 @@ def run_demo(cfg: Config, data_dir: str, rows: int, *, say: Say, verbose: bool =
         t = time.perf_counter()
         month2 = pq.read_table(m2).to_pandas()
         columns = list(pipeline_inputs(cfg, res.version))
+        if cfg.data.id_column and cfg.data.id_column not in columns:
+            columns.append(cfg.data.id_column)      # clients send their id; it is logged, never a feature
         traffic = Traffic(url, month2, columns, cfg.data.label)
         n_first = min(len(month2) // 2, 20_000)
         traffic.send(n_first)

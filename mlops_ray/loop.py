@@ -166,6 +166,9 @@ def _roll_out(cfg: Config, version: str, progress: Progress, verbose: bool) -> d
     from mlops_ray.errors import RolloutAborted, ServingError
     from mlops_ray.serve import control
     try:
+        # a model retrained because the data moved predicts differently from the one it replaces: its
+        # canary must behave online as it did on its own validation window (its bundle's reference)
+        cfg = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"prediction_baseline": "reference"})})
         res = control.rollout(cfg, version, verbose=verbose, on_progress=_rollout_progress(progress))
         return {"outcome": f"rollout {res.get('outcome', 'done')}"}
     except RolloutAborted as e:

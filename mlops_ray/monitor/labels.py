@@ -345,10 +345,12 @@ def feedback(cfg, labels_path: str, *, now: float | None = None) -> dict:
         raise MonitorError(f"--labels {labels_path}: column '{label}' holds {bad} — a binary label must be 0 or 1")
     rid = pc.cast(t[key], pa.string())
     row = pc.cast(t["row"], pa.int64()) if "row" in t.column_names else pa.array(np.zeros(t.num_rows, np.int64))
+    store = Store(cfg.store)
+    if key != "request_id":
+        rid, row = _ids_to_requests(store.uri(cfg.name, "predlog"), key, rid, row)
     clean = pa.table({"request_id": rid, "row": row, label: pa.array(y)})
     keys = pa.table({"k": rid, "r": row}).group_by(["k", "r"]).aggregate([("k", "count")])
     duplicates = int(t.num_rows - keys.num_rows)
-    store = Store(cfg.store)
     preds = _read_predictions(store.uri(cfg.name, "predlog"), task, _versions(store, cfg), None)
     known = pc.is_in(rid, value_set=pc.unique(preds["request_id"])) if preds.num_rows else pa.array(
         np.zeros(t.num_rows, bool))
@@ -361,6 +363,26 @@ def feedback(cfg, labels_path: str, *, now: float | None = None) -> dict:
         pq.write_table(clean, f)
     return {"labels": t.num_rows, "duplicates": duplicates, "unknown_ids": unknown, "stored": dest,
             "key": key, **completeness(cfg)}
+
+
+def _ids_to_requests(root: str, id_column: str, ids: pa.Array, rows: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Labels keyed by the data's id column -> (request_id, row) of the logged predictions whose
+    request carried that id; ids no request carried stay as they are (batch scoring logs the id
+    as the request id)."""
+    from mlops_ray.monitor.predlog import read_log
+    log_ = read_log(root)
+    if not log_.num_rows or id_column not in {log_.schema.field("inputs").type.field(i).name
+                                              for i in range(log_.schema.field("inputs").type.num_fields)}:
+        return ids, rows
+    logged_ids = pc.cast(log_["inputs"].combine_chunks().field(id_column), pa.string())
+    logged = pa.table({"_id": logged_ids, "_rid": log_["request_id"], "_row": pc.cast(log_["row"], pa.int64()),
+                       "_k": pa.array(np.arange(log_.num_rows))}).filter(pc.is_valid(logged_ids))
+    first = logged.group_by("_id", use_threads=False).aggregate([("_k", "min")])["_k_min"]   # a resent id: the first
+    logged = logged.take(first).drop_columns(["_k"])
+    left = pa.table({"_id": ids, "_i": pa.array(np.arange(len(ids)))})
+    j = left.join(logged, keys="_id", join_type="left outer", use_threads=False).sort_by("_i")
+    matched = pc.is_valid(j["_rid"])
+    return pc.if_else(matched, j["_rid"], ids), pc.if_else(matched, j["_row"], rows)
 
 
 def _versions(store, cfg) -> list[str]:

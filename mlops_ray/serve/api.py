@@ -100,7 +100,7 @@ class RequestParser:
     """Validates and normalizes ``POST /predict`` bodies for one model's input columns."""
 
     def __init__(self, input_types: dict[str, str], *, max_batch_rows: int, max_body_bytes: int,
-                 extra_fields: str = "reject"):
+                 extra_fields: str = "reject", passthrough: tuple = ()):
         bad = {c: k for c, k in input_types.items() if k not in _KIND_CODE}
         if bad:
             raise ValueError(f"unknown input kind(s) {bad}; expected one of {list(KINDS)}")
@@ -119,17 +119,22 @@ class RequestParser:
         self._name_set = frozenset(self._names)
         self._n = len(self._fields)
         self._reject = extra_fields == "reject"
+        # fields accepted beside the inputs and kept (as text) for the prediction log, never features:
+        # the data's id column, so labels keyed by it join later
+        self._passthrough = tuple(p for p in passthrough if p and p not in self._name_set)
         self.row_model, self.request_model, self.response_model, self.error_model = _models(
             self.input_types, self.max_batch_rows, self._reject)
 
     @classmethod
-    def from_bundle(cls, bundle, serve_cfg=None) -> "RequestParser":
-        """``serve_cfg``: ``mlops_ray.config.ServeConfig`` (None: its defaults)."""
+    def from_bundle(cls, bundle, serve_cfg=None, passthrough: tuple = ()) -> "RequestParser":
+        """``serve_cfg``: ``mlops_ray.config.ServeConfig`` (None: its defaults); ``passthrough``:
+        fields accepted and logged but never used as features (the data's id column)."""
         if serve_cfg is None:
             from mlops_ray.config import ServeConfig
             serve_cfg = ServeConfig()
         return cls(bundle.spec.input_types, max_batch_rows=serve_cfg.max_batch_rows,
-                   max_body_bytes=serve_cfg.max_body_bytes, extra_fields=serve_cfg.extra_fields)
+                   max_body_bytes=serve_cfg.max_body_bytes, extra_fields=serve_cfg.extra_fields,
+                   passthrough=passthrough)
 
     # ------------------------------------------------------------------ transport checks
     def check_content_type(self, content_type: str | None) -> None:
@@ -216,7 +221,8 @@ class RequestParser:
             raise _Invalid
         n = len(d)
         if n != self._n and (self._reject or n < self._n):
-            raise _Invalid
+            if n < self._n or sum(p in d for p in self._passthrough) != n - self._n:
+                raise _Invalid
         out = {}
         for name, kind in self._fields:
             v = d[name]                                 # KeyError: missing
@@ -251,6 +257,10 @@ class RequestParser:
                 elif t is not bool:                     # _BOOL
                     raise _Invalid
             out[name] = v
+        if n != self._n:
+            for p in self._passthrough:
+                if p in d:
+                    out[p] = None if d[p] is None else str(d[p])
         return out
 
     def _slow(self, rows: list, single: bool) -> list[dict]:
@@ -282,7 +292,7 @@ class RequestParser:
                              f"{where} must be a JSON object of input fields, got {_describe(d)}"))
             return None
         before = len(problems)
-        extra = [k for k in d if k not in self._name_set]
+        extra = [k for k in d if k not in self._name_set and k not in self._passthrough]
         if self._reject:
             for k in extra:
                 problems.append(("unknown_field", prefix + k, self._unknown_message(prefix, k, d[k])))
@@ -297,6 +307,9 @@ class RequestParser:
                 out[name] = None if v is None else _convert(v, kind)
             except _Problem as p:
                 problems.append((p.code, path, f"{path}: {p.text}"))
+        for p in self._passthrough:
+            if p in d:
+                out[p] = None if d[p] is None else str(d[p])
         return out if len(problems) == before else None
 
     def _unknown_message(self, prefix: str, key: str, value: Any) -> str:

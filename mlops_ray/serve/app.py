@@ -58,6 +58,12 @@ def _import(path: str):
     return getattr(importlib.import_module(module), attr)
 
 
+
+def log_id_column(cfg, bundle) -> tuple:
+    """The data's id column, accepted in requests and logged, when it is not a model input."""
+    c = cfg.data.id_column
+    return (c,) if c and c not in bundle.spec.input_types else ()
+
 class ModelFault(RuntimeError):
     """An injected failure (fault injection for rollout drills)."""
 
@@ -75,7 +81,7 @@ class ServedModel:
         # replicas are single-CPU: XGBoost's default (all cores, busy-waiting threads) measured
         # about 3x the CPU per single-row prediction on 2 cores
         bundle.booster.set_param({"nthread": cfg.serve.model_threads})
-        self.parser = RequestParser.from_bundle(bundle, cfg.serve)
+        self.parser = RequestParser.from_bundle(bundle, cfg.serve, passthrough=log_id_column(cfg, bundle))
         self.encoder = RowEncoder(bundle.spec)
         self.fault = fault or {}
         if self.fault.get("load_error"):
@@ -215,8 +221,9 @@ class Predictor:
         m = self.models.get(version)
         if m is None:
             bundle = await asyncio.to_thread(self.loader, self.cfg, version)
+            logged = {**bundle.spec.input_types, **{c: "string" for c in log_id_column(self.cfg, bundle)}}
             log_ = PredictionLog(
-                self.predlog_root, bundle.spec.input_types, owner=f"{self.replica}-v{version}", spool_dir=self.spool,
+                self.predlog_root, logged, owner=f"{self.replica}-v{version}", spool_dir=self.spool,
                 flush_rows=self.cfg.monitor.predlog_flush_rows, flush_s=self.cfg.monitor.predlog_flush_s,
                 multiclass=bundle.task == "multiclass")
             m = ServedModel(version, bundle, self.cfg, self.faults.get(version), log_)

@@ -37,11 +37,13 @@ class Verdict:
 
 
 def judge(stable: st.VersionStats, canary: st.VersionStats, policy: RolloutConfig, elapsed_s: float,
-          live: dict | None = None, reference: st.VersionStats | None = None) -> Verdict:
+          live: dict | None = None, reference: st.VersionStats | None = None,
+          canary_offline: list | None = None) -> Verdict:
     """Compare canary with stable over the same window. ``live``: {"stable": m, "canary": m,
     "higher_is_better": bool, "name": str} where labels have arrived. ``reference``: stable's
     statistics from the previous step, used when stable has too little traffic in this window
-    (at 100 % it has none)."""
+    (at 100 % it has none). ``canary_offline``: the canary's validation-prediction counts from its
+    bundle, in the replicas' bins (``rollout.prediction_baseline: reference``)."""
     if reference is not None and stable.requests < max(MIN_LATENCY_SAMPLES, policy.min_requests // 4):
         stable = reference
     m = {"elapsed_s": round(elapsed_s, 1), "stable": stable.summary(), "canary": canary.summary()}
@@ -66,12 +68,15 @@ def judge(stable: st.VersionStats, canary: st.VersionStats, policy: RolloutConfi
             if cp > policy.max_p99_latency_ratio * sp and cp - sp > policy.p99_floor_ms:
                 breaches.append(f"{name} latency {cp:.1f} ms on the canary vs {sp:.1f} ms on stable "
                                 f"(allowed {policy.max_p99_latency_ratio:g}x; p99 once each side has 500 requests)")
-        if sum(canary.predictions) >= MIN_PSI_ROWS and sum(stable.predictions) >= MIN_PSI_ROWS:
-            value = hist.psi_excess(stable.predictions, canary.predictions)
+        base, against = (canary_offline, "the canary's own validation predictions") \
+            if policy.prediction_baseline == "reference" and canary_offline else (stable.predictions, "stable")
+        if sum(canary.predictions) >= MIN_PSI_ROWS and sum(base) >= MIN_PSI_ROWS \
+                and len(base) == len(canary.predictions):
+            value = hist.psi_excess(base, canary.predictions)
             m["prediction_psi"] = round(value, 4)
             if value > policy.max_prediction_psi:
                 breaches.append(f"prediction distribution shifted: PSI {value:.3f} (beyond sampling noise) between "
-                                f"canary and stable "
+                                f"canary and {against} "
                                 f"(allowed {policy.max_prediction_psi:g})")
         if live and live.get("canary") is not None and live.get("stable") is not None:
             drop = (live["stable"] - live["canary"]) * (1 if live.get("higher_is_better", True) else -1)
@@ -145,6 +150,17 @@ def _controller_alive(cid: str | None) -> bool:
     return _alive(pid)
 
 
+def _offline_counts(registry, version: str, task: str) -> list | None:
+    """The version's validation-prediction histogram from its bundle, if binned as the replicas bin."""
+    ref = registry.load_bundle(version).reference.get("prediction") or {}
+    edges = hist.prediction_edges(task, registry.load_bundle(version).reference)
+    if not ref.get("edges") or len(ref["edges"]) != len(edges) or \
+            any(abs(a - b) > 1e-6 for a, b in zip(ref["edges"], edges)):
+        return None
+    n = int(ref.get("n", 0))
+    return [round(s * n) for s in ref["shares"]]
+
+
 def run_rollout(cfg: Config, registry, version: str, *, shadow: bool = False, poll_s: float = 1.0,
                 on_progress: Callable[[ServingState, Verdict | None], None] | None = None,
                 live_metric: Callable[[ServingState], dict | None] | None = None) -> dict:
@@ -156,6 +172,7 @@ def run_rollout(cfg: Config, registry, version: str, *, shadow: bool = False, po
     if state is None:
         raise ServingError(f"nothing is deployed for {cfg.name!r}; run `mlops-ray deploy CONFIG` first")
     me = _controller_id()
+    offline = _offline_counts(registry, version, cfg.model.task) if policy.prediction_baseline == "reference" else None
     if state.phase in ("CANARY", "SHADOW"):
         if state.canary != version:
             raise ServingError(f"a rollout of version {state.canary} is in progress ({state.phase} at "
@@ -182,7 +199,8 @@ def run_rollout(cfg: Config, registry, version: str, *, shadow: bool = False, po
         broken = st.load_errors(snaps).get(state.canary)
         ref = st.VersionStats.from_dict(state.reference) if state.reference else None
         verdict = judge(win.get(state.stable, empty), win.get(state.canary, empty), policy, now - state.step_started,
-                        live_metric(state) if live_metric else None, reference=ref)
+                        live_metric(state) if live_metric else None, reference=ref,
+                        canary_offline=offline if state.canary == version else None)
         if broken:
             verdict.breaches.append(f"version {state.canary} cannot be loaded by the replicas: {broken}")
         if on_progress:

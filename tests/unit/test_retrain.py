@@ -118,3 +118,28 @@ def test_feedback_counts_unknown_ids_and_duplicates(served):
     v = res["versions"]["1"]
     assert v["predictions"] == 300 and v["labelled"] == 200 and v["completeness"] == pytest.approx(0.6667, abs=1e-3)
     assert v["metric"] == "auc" and 0.3 < v["value"] < 0.7
+
+
+def test_labels_keyed_by_the_id_column_join_the_requests_that_carried_it(tmp_path):
+    cfg = make_config("x", store=str(tmp_path / "s"))
+    lg = PredictionLog(os.path.join(cfg.store, cfg.name, "predlog"), {"amount": "float", "transaction_id": "string"},
+                       owner="r", spool_dir=str(tmp_path / "spool"), flush_rows=10**9, flush_s=3600.0)
+    for i in range(100):     # requests of two rows, each carrying the data's id column
+        lg.append(f"req{i}", "1", [{"amount": 1.0, "transaction_id": str(2 * i)},
+                                   {"amount": 2.0, "transaction_id": str(2 * i + 1)}], [0.2, 0.7], ts=NOW + i)
+    lg.flush()
+    lg.close()
+    path = tmp_path / "labels.csv"
+    pd.DataFrame({"transaction_id": list(range(200)), "is_fraud": [i % 2 for i in range(200)]}).to_csv(path,
+                                                                                                    index=False)
+    res = feedback(cfg, str(path))
+    assert res["key"] == "transaction_id" and res["unknown_ids"] == 0
+    v = res["versions"]["1"]
+    assert v["labelled"] == 200 and v["value"] == pytest.approx(1.0)   # row 1 (p=0.7) is always the positive
+
+
+def test_pending_rollout_is_retried():
+    from mlops_ray.loop import _pending_rollout
+    hist = [{"action": "retrain", "version": "2", "pending_rollout": "2"}, {"action": "none"}]
+    assert _pending_rollout(hist) == "2"
+    assert _pending_rollout(hist + [{"action": "rollout", "version": "2", "outcome": "rollout promoted"}]) is None

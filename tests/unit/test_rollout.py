@@ -124,3 +124,15 @@ def test_one_slow_request_in_a_small_window_does_not_breach():
     v = ro.judge(traffic(1000, latency_s=0.002), canary, policy, elapsed_s=2)
     assert v.ok, v.breaches
     assert v.metrics["latency_quantile"] == "p92.2"
+
+
+def test_prediction_baseline_reference_compares_the_canary_with_its_own_validation_predictions():
+    stable, canary = traffic(600, preds=(0.05, 0.1)), traffic(600, preds=(0.6, 0.8))
+    policy = POLICY.model_copy(update={"prediction_baseline": "stable"})
+    assert "between canary and stable" in ro.judge(stable, canary, policy, 5.0).breaches[0]
+    offline = traffic(2000, preds=(0.6, 0.8)).predictions           # it predicted the same offline
+    ref = POLICY.model_copy(update={"prediction_baseline": "reference"})
+    assert ro.judge(stable, canary, ref, 5.0, canary_offline=offline).ok
+    drifted = traffic(2000, preds=(0.05,)).predictions              # online it behaves unlike offline
+    v = ro.judge(stable, canary, ref, 5.0, canary_offline=drifted)
+    assert "between canary and the canary's own validation predictions" in v.breaches[0]

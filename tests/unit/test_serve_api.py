@@ -326,3 +326,17 @@ def test_odd_column_names_get_aliases():
     assert set(props) == {"model_config", "a b", "json"}
     assert p.parse(dumps({"model_config": 1, "a b": "x", "json": 2}), JSON) == [
         {"model_config": 1.0, "a b": "x", "json": 2}]
+
+
+def test_the_id_column_is_accepted_and_kept_but_is_not_an_input():
+    from mlops_ray.serve.api import RequestParser
+    p = RequestParser({"amount": "float", "channel": "string"}, max_batch_rows=10, max_body_bytes=10_000,
+                      passthrough=("transaction_id",))
+    rows = p.parse(b'[{"amount": 1, "channel": "atm", "transaction_id": 17}, {"amount": 2, "channel": "x"}]',
+                   "application/json")
+    assert rows[0] == {"amount": 1.0, "channel": "atm", "transaction_id": "17"}
+    assert rows[1] == {"amount": 2.0, "channel": "x"}
+    with pytest.raises(RequestError, match="unknown field"):
+        p.parse(b'{"amount": 1, "channel": "atm", "transaction_idd": 17}', "application/json")
+    with pytest.raises(RequestError, match="missing"):
+        p.parse(b'{"amount": 1, "transaction_id": 17}', "application/json")

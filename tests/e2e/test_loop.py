@@ -1,0 +1,129 @@
+"""The closed loop end to end, as `make demo` runs it at a smaller size: train v1, serve it,
+drifted month-2 traffic, labels, monitor, retrain v2, gate against v1, canary, promote, report —
+then the loop's and the monitor's bad inputs against the store that story left behind."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["--set", "tune.num_samples=2", "--set", "model.num_boost_round=40", "--set", "schema.min_rows=500",
+         "--set", "serve.port=8310"]
+
+
+def cli(*args, cwd, check=None, timeout=900):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "mlops_ray", *args], cwd=cwd, env=env, capture_output=True,
+                       text=True, timeout=timeout)
+    if check is not None:
+        assert p.returncode == check, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p
+
+
+@pytest.fixture(scope="module")
+def story(tmp_path_factory):
+    work = tmp_path_factory.mktemp("loop")
+    cfg = work / "pipeline.yaml"
+    cfg.write_text((ROOT / "configs" / "quickstart.yaml").read_text().replace("store: .mlops", f"store: {work}/st"))
+    p = cli("demo", str(cfg), "--rows", "6000", "--data-dir", str(work / "data"), "--html", str(work / "r.html"),
+            *SMALL, cwd=work, check=0)
+    store = work / "st-demo" / "fraud-quickstart"
+    decisions = [json.loads(x) for x in (store / "monitor" / "decisions.jsonl").read_text().splitlines()]
+    return {"work": work, "cfg": cfg, "out": p.stdout + p.stderr, "store": store, "decisions": decisions,
+            "demo_cfg": _demo_config(work, cfg)}
+
+
+def _demo_config(work: Path, cfg: Path) -> Path:
+    """The config the demo ran (its own store, month 1 as data, month 2 as the retrain window)."""
+    text = cfg.read_text().replace(f"store: {work}/st", f"store: {work}/st-demo") \
+        .replace("source: data/demo", f"source: {work}/data/month1")
+    text += f"\nretrain:\n  data: [{work}/data/month2]\n  cooldown: 1s\n"
+    out = work / "demo.yaml"
+    out.write_text(text)
+    return out
+
+
+def test_the_story_retrains_on_drift_and_promotes_the_challenger(story):
+    last = story["decisions"][-1]
+    assert last["action"] == "retrain" and last["trigger"], last
+    assert any("drift share" in r or "live auc" in r for r in last["reasons"]), last["reasons"]
+    assert last["version"] == "2" and last["outcome"] == "rollout promoted", last
+    state = json.loads((story["store"] / "serving" / "state.json").read_text())
+    assert state["stable"] == "2" and state["phase"] == "PROMOTED"
+    assert "serving head stopped" in story["out"]
+    assert not (story["store"] / "serving" / "head.json").exists() or \
+        json.loads((story["store"] / "serving" / "head.json").read_text()).get("stopped")
+
+
+def test_the_drift_report_names_the_moved_columns_and_the_report_is_self_contained(story):
+    latest = json.loads((story["store"] / "monitor" / "latest.json").read_text())
+    assert latest["drift"] and "amount" in latest["drifted"]
+    assert latest["window"]["source"] == "predlog" and latest["window"]["rows"] > 1000
+    html = (story["work"] / "r.html").read_text()
+    assert html.count("data:image/png;base64,") >= 5 and "https://" not in html.split("<body")[1][:200000]
+
+
+def test_champion_moved_only_when_the_rollout_promoted(story):
+    sys.path.insert(0, str(ROOT))
+    from mlops_ray.config import load_config
+    from mlops_ray.registry import Registry
+    cfg = load_config(str(story["demo_cfg"]))
+    reg = Registry(cfg.registry, cfg.store, cfg.name)
+    assert reg.get_alias("champion") == "2"
+    assert "register version 2 passed the gate and is the challenger" in story["out"]
+
+
+def test_retrain_that_fails_the_gate_keeps_the_champion_and_is_recorded(story):
+    p = cli("loop", str(story["demo_cfg"]), "--once", "--since", "7d", "--set", "gate.min_delta=0.5", *SMALL,
+            cwd=story["work"], check=0)
+    decisions = [json.loads(x) for x in (story["store"] / "monitor" / "decisions.jsonl").read_text().splitlines()]
+    assert decisions[-1]["outcome"] == "gate rejected; champion kept", decisions[-1]
+    assert "min_delta" in decisions[-1]["error"] or "champion" in decisions[-1]["error"]
+    assert "retrain:" in p.stderr
+
+
+def test_retrain_whose_window_is_empty_is_recorded_and_the_loop_goes_on(story):
+    empty = story["work"] / "empty"
+    empty.mkdir(exist_ok=True)
+    cli("loop", str(story["demo_cfg"]), "--once", "--since", "7d", "--set", f"retrain.data=[{empty}]", *SMALL,
+        cwd=story["work"], check=0)
+    last = [json.loads(x) for x in (story["store"] / "monitor" / "decisions.jsonl").read_text().splitlines()][-1]
+    assert last["action"] == "failed" and str(empty) in last["error"], last
+
+
+def test_monitor_bad_windows(story):
+    p = cli("monitor", str(story["demo_cfg"]), "--window", "2020-01-01..2020-01-02", cwd=story["work"], check=10)
+    assert "no predictions in the window" in p.stderr and "--since" in p.stderr
+    hour = story["store"] / "predlog" / "date=2099-01-01" / "hour=00"
+    hour.mkdir(parents=True)
+    pq.write_table(pa.table({"request_id": ["x"], "inputs": pa.array([{"other": 1.0}])}), hour / "part-x.parquet")
+    try:
+        p = cli("monitor", str(story["demo_cfg"]), "--since", "7d", cwd=story["work"], check=10)
+        assert "does not match the model: its inputs lack" in p.stderr and "amount" in p.stderr
+    finally:
+        (hour / "part-x.parquet").unlink()
+
+
+def test_bundle_without_a_reference_profile_names_reference_data(story, small_df, tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from mlops_ray.config import load_config
+    from mlops_ray.registry import Registry
+    from tests.conftest import make_bundle
+    cfg = load_config(str(story["demo_cfg"]))
+    reg = Registry(cfg.registry, cfg.store, cfg.name)
+    bundle = make_bundle(small_df, tmp_path / "old")      # a bundle from before raw-input profiles
+    with reg.start_run("old-bundle") as run:
+        version = reg.register(run, bundle)
+    p = cli("monitor", str(story["demo_cfg"]), "--since", "7d", "--version", version, cwd=story["work"], check=10)
+    assert "has no reference profile of its raw inputs" in p.stderr and "--reference-data PATH" in p.stderr
+    p = cli("monitor", str(story["demo_cfg"]), "--since", "7d", "--version", version, "--reference-data",
+            str(story["work"] / "data" / "month1"), "--json", cwd=story["work"])
+    assert p.returncode in (0, 9), p.stderr
+    assert json.loads(p.stdout)["reference"]["version"] == version
