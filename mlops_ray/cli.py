@@ -315,7 +315,9 @@ def status_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
     from mlops_ray.serve import control
     with _guard(json_out):
         cfg = _load(config, set_)
+        from mlops_ray.reports import monitor_summary
         res = control.status(cfg)
+        res["monitor"] = monitor_summary(cfg)
         if json_out:
             _emit_json(res)
             return
@@ -334,6 +336,20 @@ def status_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
         for h in (res["state"] or {}).get("history", [])[-5:]:
             info = ", ".join(f"{k}={v}" for k, v in h.items() if k not in ("t", "event", "metrics"))
             out.print(f"  {h['event']}: {info}")
+        mon = res["monitor"]
+        if mon["drift"]:
+            d = mon["drift"]
+            what = f"[red]drift[/] in {', '.join(d['drifted']) or 'the multivariate check'}" if d["drift"] \
+                else "[green]no drift[/]"
+            out.print(f"  monitor ({(d['created'] or '')[:19]}, {d['rows'] or 0:,} rows vs v{d['version']}): {what}"
+                      + ("; quality: " + "; ".join(f"{k}: {v[0]}" for k, v in d["quality_flags"].items())
+                         if d.get("quality_flags") else ""))
+        if mon["decision"]:
+            d = mon["decision"]
+            out.print(f"  loop ({(d['time'] or '')[:19]}): {d['action']}"
+                      + (f" → {d['outcome']}" if d.get("outcome") else "")
+                      + (f" ({'; '.join(d['reasons'])})" if d.get("reasons") else "")
+                      + (f" [{d['blocked']}]" if d.get("blocked") else ""))
 
 
 @app.command("rollout")

@@ -40,6 +40,26 @@ def report_context(cfg: Config, *, version: str | None = None, run_id: str | Non
     }
 
 
+def monitor_summary(cfg: Config) -> dict:
+    """The latest drift verdict and the loop's last decision, for ``mlops-ray status``."""
+    from mlops_ray.monitor.retrain import read_decisions
+    from mlops_ray.store import Store
+    store = Store(cfg.store)
+    latest = store.path(cfg.name, "monitor", "latest.json")
+    out: dict = {"drift": None, "decision": None}
+    if store.exists(latest):
+        r = store.read_json(latest)
+        out["drift"] = {"created": r.get("created"), "drift": r.get("drift"), "drifted": r.get("drifted"),
+                        "drift_share": r.get("drift_share"), "rows": (r.get("window") or {}).get("rows"),
+                        "version": r.get("version"), "quality_flags": r.get("quality_flags")}
+    decisions = read_decisions(cfg)
+    if decisions:
+        d = decisions[-1]
+        out["decision"] = {k: d.get(k) for k in ("time", "action", "trigger", "reasons", "blocked", "outcome",
+                                                 "version", "error")}
+    return out
+
+
 def _versions_of_run(registry, run_id: str) -> list[str]:
     mvs = registry.client.search_model_versions(f"run_id='{run_id}'")
     return [str(m.version) for m in mvs]

@@ -304,9 +304,11 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
                 f"--reference-data PATH`")
         layout = {n: {k: v for k, v in lay.items() if k in ("kind", "type", "edges", "categories")}
                   for n, lay in reference["inputs"]["columns"].items()}
+        known = {**known_categories(spec), **{n: set(lay["seen"]) for n, lay in reference["inputs"]["columns"].items()
+                                              if lay.get("seen") is not None}}
         pred_edges = reference.get("prediction", {}).get("edges") if reference.get("prediction", {}).get(
             "kind") == "numeric" else None
-        count = _Bind(R.count_partial, layout=layout, known=known_categories(spec), limits=schema_limits(cfg),
+        count = _Bind(R.count_partial, layout=layout, known=known, limits=schema_limits(cfg),
                       prediction_edges=pred_edges)
         if data:
             from mlops_ray.data import ingest

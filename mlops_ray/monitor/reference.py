@@ -81,6 +81,8 @@ def build_reference(X: np.ndarray, spec: FeatureSpec, predictions: np.ndarray, t
 # count partial bins a monitoring window, so reference and window compare bin for bin.
 NUMERIC_TYPES = ("int", "float", "bool")
 OTHER = "__other__"
+TRUNCATED = "\x00truncated"
+MAX_SEEN = 10_000        # categories remembered per column for "never seen in training"
 
 
 def column_kind(input_type: str) -> str:
@@ -132,8 +134,9 @@ def sketch_partial(table: pa.Table, input_types: dict[str, str], keep: int = 200
             out[name] = sketch(_floats(cols[name]))
         elif column_kind(kind) == "categorical":
             counts = _value_counts(cols[name])
-            if len(counts) > keep:
+            if len(counts) > keep:       # too many to keep: the layout will not know every seen value
                 counts = dict(sorted(counts.items(), key=lambda kv: -kv[1])[:keep])
+                counts[TRUNCATED] = 0
             out[name] = counts
     return out
 
@@ -153,8 +156,10 @@ def merge_layout(parts: list[dict], input_types: dict[str, str], bins: int, top:
             for p in parts:
                 for v, c in p.get(name, {}).items():
                     total[v] = total.get(v, 0) + c
+            complete = total.pop(TRUNCATED, None) is None and len(total) <= MAX_SEEN
             cats = [v for v, _ in sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
-            layout[name] = {"kind": k, "type": kind, "categories": cats}
+            layout[name] = {"kind": k, "type": kind, "categories": cats,
+                            "seen": sorted(total) if complete else None}
         else:
             layout[name] = {"kind": k, "type": kind}
     return layout

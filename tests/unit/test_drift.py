@@ -134,3 +134,20 @@ def test_domain_classifier_finds_the_moved_feature():
     assert out["drifted"] and out["top_features"][0][0] == "b"
     same = D.domain_classifier(ref, rng.normal(size=(2000, 3)), ["a", "b", "c"], ["q", "q", "q"], 0.6)
     assert not same["drifted"] and abs(same["auc"] - 0.5) < 0.05
+
+
+def test_unseen_means_never_seen_in_training_not_rare(world):
+    ref, win = world
+    ref = ref.copy()
+    ref["device"] = ref["device"].astype(object)
+    ref.loc[:2, "device"] = "kiosk"                       # rare in training, but seen
+    prof = _profile(ref)
+    assert "kiosk" in prof["columns"]["device"]["seen"]
+    w = win.iloc[:300].copy()
+    w["device"] = w["device"].astype(object)
+    w.loc[:9, "device"] = "kiosk"
+    w.loc[10:11, "device"] = "fridge"
+    seen = {n: set(c["seen"]) for n, c in prof["columns"].items() if c.get("seen") is not None}
+    q = {f["name"]: f["quality"] for f in D.compare({"inputs": prof}, _window(prof, w, known=seen),
+                                                    MonitorConfig())["features"]}
+    assert q["device"]["unseen"] == 2 and q["device"]["unseen_values"] == ["fridge"]
