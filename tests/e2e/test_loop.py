@@ -15,6 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--set", "tune.num_samples=2", "--set", "model.num_boost_round=40", "--set", "schema.min_rows=500",
+         "--set", "gate.min.auc=0.6",
          "--set", "serve.port=8310"]
 
 
@@ -32,7 +33,7 @@ def story(tmp_path_factory):
     work = tmp_path_factory.mktemp("loop")
     cfg = work / "pipeline.yaml"
     cfg.write_text((ROOT / "configs" / "quickstart.yaml").read_text().replace("store: .mlops", f"store: {work}/st"))
-    p = cli("demo", str(cfg), "--rows", "6000", "--data-dir", str(work / "data"), "--html", str(work / "r.html"),
+    p = cli("demo", str(cfg), "--rows", "8000", "--data-dir", str(work / "data"), "--html", str(work / "r.html"),
             *SMALL, cwd=work, check=0)
     store = work / "st-demo" / "fraud-quickstart"
     decisions = [json.loads(x) for x in (store / "monitor" / "decisions.jsonl").read_text().splitlines()]
