@@ -280,8 +280,10 @@ class LiveMetric:
     unreadable labels are reported once and skipped, never the end of a rollout."""
 
     def __init__(self, cfg, every_s: float = 10.0):
+        from mlops_ray.store import Store
         self.cfg, self.every_s = cfg, every_s
-        self.root = os.path.join(cfg.store, cfg.name)
+        store = Store(cfg.store)
+        self.predlog, self.labels = store.uri(cfg.name, "predlog"), store.uri(cfg.name, "labels")
         self._at, self._value, self._key, self.problem = 0.0, None, None, None
 
     def __call__(self, state) -> dict | None:
@@ -290,7 +292,7 @@ class LiveMetric:
             return self._value
         self._key, self._at = key, time.time()
         try:
-            self._value = live_metric(os.path.join(self.root, "predlog"), os.path.join(self.root, "labels"),
+            self._value = live_metric(self.predlog, self.labels,
                                       self.cfg.data.label, self.cfg.model.task, state.stable, state.canary,
                                       state.step_started)
         except MlopsError as e:
