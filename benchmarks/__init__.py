@@ -18,4 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "search": "benchmarks.search",
     "tune_overhead": "benchmarks.tune_overhead",
     "serving": "benchmarks.serving",
+    "drift": "benchmarks.drift",
+    "predict": "benchmarks.predict",
+    "demo": "benchmarks.demo",
 }

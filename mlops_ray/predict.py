@@ -108,7 +108,7 @@ def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, lo
     log_root, log_types = None, None
     if log:                           # the replicas' columns: the inputs, and the id when it is not one
         from mlops_ray.monitor.predlog import _check_input_types
-        from mlops_ray.serve.app import log_id_column
+        from mlops_ray.monitor.predlog import log_id_column
         log_types = _check_input_types({**spec.input_types, **{c: "string" for c in log_id_column(cfg, bundle)}})
         log_root = predlog_root(cfg)
 

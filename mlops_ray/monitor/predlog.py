@@ -247,6 +247,13 @@ def _check_input_types(input_types: dict[str, str]) -> dict[str, str]:
     return dict(input_types)
 
 
+def log_id_column(cfg, bundle) -> tuple:
+    """The data's id column, accepted in requests and logged (as text), when it is not a model input:
+    labels keyed by it join later; it is never a feature."""
+    c = cfg.data.id_column
+    return (c,) if c and c not in bundle.spec.input_types else ()
+
+
 def log_schema(input_types: dict[str, str], multiclass: bool = False) -> pa.Schema:
     """The schema of the Parquet files for these input columns."""
     return pa.schema([

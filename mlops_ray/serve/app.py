@@ -35,7 +35,7 @@ from mlops_ray.data.rows import RowEncoder
 from mlops_ray.monitor import histograms as hist
 from mlops_ray.serve import stats as st
 from mlops_ray.serve.api import RequestError, RequestParser
-from mlops_ray.monitor.predlog import PredictionLog, recover_orphans
+from mlops_ray.monitor.predlog import PredictionLog, log_id_column, recover_orphans
 from mlops_ray.serve.state import ServingState, read_state, serving_dir, state_path
 
 log = logging.getLogger("mlops_ray.serve")
@@ -57,12 +57,6 @@ def _import(path: str):
     module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)
 
-
-
-def log_id_column(cfg, bundle) -> tuple:
-    """The data's id column, accepted in requests and logged, when it is not a model input."""
-    c = cfg.data.id_column
-    return (c,) if c and c not in bundle.spec.input_types else ()
 
 class ModelFault(RuntimeError):
     """An injected failure (fault injection for rollout drills)."""
