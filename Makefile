@@ -4,7 +4,7 @@ PYTHON ?= $(shell for p in python3.12 python3.11 python3.10 python3; do \
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-DEMO_ROWS ?= 100000
+DEMO_ROWS ?= 50000
 
 .PHONY: setup demo test test-fast bench clean
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(opts: Options) -> list[dict]:
-    rows = opts.rows or (20_000 if opts.quick else 100_000)
+    rows = opts.rows or (20_000 if opts.quick else 50_000)
     work = Path(tempfile.mkdtemp(prefix="mlops-demo-bench-"))
     cfg = work / "quickstart.yaml"
     cfg.write_text((ROOT / "configs" / "quickstart.yaml").read_text().replace("store: .mlops", f"store: {work}/st"))

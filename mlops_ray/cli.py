@@ -566,7 +566,7 @@ def report_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
 @app.command("demo")
 def demo_cmd(config: str = typer.Argument("configs/quickstart.yaml", help="Pipeline YAML."),
              data_dir: str = typer.Option("data/demo", "--data-dir", help="Where months 1 and 2 are written."),
-             rows: int = typer.Option(100_000, "--rows", min=2000, help="Rows per month."),
+             rows: int = typer.Option(50_000, "--rows", min=2000, help="Rows per month."),
              html: str = typer.Option("demo-report.html", "--html", help="The report written at the end."),
              set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
     """The whole loop: train v1, serve it, drifted traffic, labels, monitor, retrain v2, canary, promote, report."""

@@ -26,7 +26,7 @@ from mlops_ray.config import Config
 
 Say = Callable[[str, str], None]
 # a demo-sized rollout: three steps of a few seconds (the defaults hold 30 s and 200 requests)
-DEMO_OVERRIDES = {"rollout.steps": [10, 50, 100], "rollout.min_requests": 150, "rollout.min_seconds": 3,
+DEMO_OVERRIDES = {"rollout.steps": [20, 60, 100], "rollout.min_requests": 80, "rollout.min_seconds": 3,
                   "rollout.keep_previous_s": 60, "monitor.window": "2h", "monitor.predlog_flush_s": 2,
                   "retrain.cooldown": "1m",
                   # the demo's clients share the 2 cores with the replicas and the retraining: latencies
@@ -71,7 +71,7 @@ def _rows_json(df: pd.DataFrame, columns: list[str]) -> list[dict]:
 class Traffic:
     """Clients posting batches of month-2 rows; remembers (request_id, row) → label for feedback."""
 
-    def __init__(self, url: str, df: pd.DataFrame, columns: list[str], label: str, batch: int = 25,
+    def __init__(self, url: str, df: pd.DataFrame, columns: list[str], label: str, batch: int = 10,
                  clients: int = 4):
         self.url, self.batch, self.clients = url, batch, clients
         self.df, self.columns, self.label = df.reset_index(drop=True), columns, label
@@ -179,7 +179,7 @@ def run_demo(cfg: Config, data_dir: str, rows: int, *, say: Say, verbose: bool =
         if cfg.data.id_column and cfg.data.id_column not in columns:
             columns.append(cfg.data.id_column)      # clients send their id; it is logged, never a feature
         traffic = Traffic(url, month2, columns, cfg.data.label)
-        n_first = min(len(month2) // 2, 20_000)
+        n_first = min(len(month2) // 2, 10_000)
         traffic.send(n_first)
         time.sleep(cfg.monitor.predlog_flush_s + 1)      # the replicas' last partial flush
         _flush_wait(cfg)

@@ -183,7 +183,7 @@ def count_partial(table: pa.Table, layout: dict, known: dict | None = None, limi
             d = {"n": n, "nulls": int(n - ok.sum()),
                  "counts": np.bincount(np.searchsorted(edges, f, side="right"), minlength=edges.size + 1).tolist(),
                  "min": float(f.min()) if f.size else None, "max": float(f.max()) if f.size else None,
-                 "sum": float(f.sum()), "sumsq": float((f * f).sum())}
+                 "sum": float(f.sum()), "m2": _m2(f)}
             lo, hi = (limits or {}).get(name, (None, None))
             d["out_of_range"] = int(((f < lo).sum() if lo is not None else 0) + ((f > hi).sum() if hi is not None else 0))
         elif lay["kind"] == "categorical":
@@ -209,7 +209,7 @@ def count_partial(table: pa.Table, layout: dict, known: dict | None = None, limi
         out["__prediction__"] = {"n": int(v.size), "nulls": 0, "counts": np.bincount(
             np.searchsorted(e, v, side="right"), minlength=e.size + 1).tolist(),
             "min": float(v.min()) if v.size else None, "max": float(v.max()) if v.size else None,
-            "sum": float(v.sum()), "sumsq": float((v * v).sum())}
+            "sum": float(v.sum()), "m2": _m2(v)}
     return out
 
 
@@ -226,6 +226,12 @@ def _top_probability(col: pa.ChunkedArray) -> np.ndarray:
     return out
 
 
+def _m2(x: np.ndarray) -> float:
+    """Sum of squared deviations from the block's mean (merged with Chan's formula: sums of
+    squares lose the spread of a column whose mean is large against it)."""
+    return float(((x - x.mean()) ** 2).sum()) if x.size else 0.0
+
+
 def merge_counts(parts: list[dict]) -> dict:
     out: dict[str, dict] = {}
     for p in parts:
@@ -234,7 +240,16 @@ def merge_counts(parts: list[dict]) -> dict:
             if acc is None:
                 out[name] = {k: (list(v) if isinstance(v, list) else v) for k, v in d.items()}
                 continue
+            if "m2" in d:
+                na, nb = acc["n"] - acc["nulls"], d["n"] - d["nulls"]
+                if na and nb:
+                    delta = d["sum"] / nb - acc["sum"] / na
+                    acc["m2"] = acc["m2"] + d["m2"] + delta * delta * na * nb / (na + nb)
+                elif nb:
+                    acc["m2"] = d["m2"]
             for k, v in d.items():
+                if k == "m2":
+                    continue
                 if k == "counts":
                     acc[k] = [a + b for a, b in zip(acc[k], v)]
                 elif k == "min":
@@ -249,7 +264,7 @@ def merge_counts(parts: list[dict]) -> dict:
         if "sum" in d:
             m = d["n"] - d["nulls"]
             d["mean"] = d["sum"] / m if m else None
-            d["std"] = float(np.sqrt(max(d["sumsq"] / m - (d["sum"] / m) ** 2, 0.0))) if m else None
+            d["std"] = float(np.sqrt(max(d["m2"] / m, 0.0))) if m else None
     return out
 
 
@@ -258,7 +273,7 @@ def input_profile(layout: dict, counts: dict) -> dict:
     cols = {}
     for name, lay in layout.items():
         c = counts.get(name, {"n": 0, "nulls": 0})
-        entry = {**lay, **{k: v for k, v in c.items() if k not in ("sum", "sumsq", "unseen", "unseen_values",
+        entry = {**lay, **{k: v for k, v in c.items() if k not in ("sum", "m2", "unseen", "unseen_values",
                                                                       "out_of_range")}}
         cols[name] = entry
     return {"version": 1, "rows": max((c.get("n", 0) for c in counts.values()), default=0), "columns": cols}

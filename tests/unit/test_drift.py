@@ -151,3 +151,12 @@ def test_unseen_means_never_seen_in_training_not_rare(world):
     q = {f["name"]: f["quality"] for f in D.compare({"inputs": prof}, _window(prof, w, known=seen),
                                                     MonitorConfig())["features"]}
     assert q["device"]["unseen"] == 2 and q["device"]["unseen_values"] == ["fridge"]
+
+
+def test_merged_spread_keeps_precision_for_a_large_mean():
+    rng = np.random.default_rng(1)
+    x = 1e8 + rng.normal(size=200_000)
+    t = pa.table({"v": x})
+    lay = R.merge_layout([R.sketch_partial(t, {"v": "float"})], {"v": "float"}, 10, 10)
+    parts = [R.count_partial(t.slice(i, 50_000), lay) for i in range(0, 200_000, 50_000)]
+    assert R.merge_counts(parts)["v"]["std"] == pytest.approx(x.std(), rel=1e-3)
