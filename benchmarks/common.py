@@ -44,7 +44,11 @@ class Timing:
         self.results.append(result)
         if share is not None:
             self.foreign.append(share)
+            self._measured(load)
         return result
+
+    def _measured(self, load: "ForeignLoad") -> None:
+        """Hook for subclasses that keep more of a run's load (e.g. CPU seconds)."""
 
     @property
     def median(self) -> float:

@@ -47,7 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.common import ForeignLoad, Options, Timing, timed
+from benchmarks.common import Options, Timing
 
 DEFAULT_ROWS = 1_000_000
 QUICK_ROWS = 100_000
@@ -65,16 +65,8 @@ class CpuTiming(Timing):
         super().__init__()
         self.cpu: list[float] = []
 
-    def add(self, fn):
-        load = ForeignLoad()
-        dt, result = timed(fn)
-        share = load.share
-        self.seconds.append(dt)
-        self.results.append(result)
-        if share is not None:
-            self.foreign.append(share)
-            self.cpu.append(sum(last - base for base, last in load._cpu.values()))
-        return result
+    def _measured(self, load):
+        self.cpu.append(sum(last - base for base, last in load._cpu.values()))
 
 
 def setup_registry(tmp: Path):
