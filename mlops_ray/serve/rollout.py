@@ -44,8 +44,9 @@ def judge(stable: st.VersionStats, canary: st.VersionStats, policy: RolloutConfi
     statistics from the previous step, used when stable has too little traffic in this window
     (at 100 % it has none). ``canary_offline``: the canary's validation-prediction counts from its
     bundle, in the replicas' bins (``rollout.prediction_baseline: reference``)."""
+    concurrent = True
     if reference is not None and stable.requests < max(MIN_LATENCY_SAMPLES, policy.min_requests // 4):
-        stable = reference
+        stable, concurrent = reference, False
     m = {"elapsed_s": round(elapsed_s, 1), "stable": stable.summary(), "canary": canary.summary()}
     ready = canary.requests >= policy.min_requests and elapsed_s >= policy.min_seconds
     breaches: list[str] = []
@@ -58,7 +59,12 @@ def judge(stable: st.VersionStats, canary: st.VersionStats, policy: RolloutConfi
             breaches.append(f"error rate {canary.error_rate:.2%} on the canary vs {stable.error_rate:.2%} on stable "
                             f"(allowed +{policy.max_error_rate_delta:.2%})")
     if ready:
-        if canary.requests >= MIN_LATENCY_SAMPLES and stable.requests >= MIN_LATENCY_SAMPLES:
+        # Latency is compared only over the same window. On a shared machine it drifts in time more
+        # than between versions (CI: 94 -> 204 ms at p94 for the same healthy model 30 s apart), and
+        # with the in-replica router every replica serves both versions, so the split does not change
+        # a replica's load: a slow canary shows at the earlier, concurrent steps. Error rate,
+        # prediction distribution and live metric are still compared with the previous window.
+        if concurrent and canary.requests >= MIN_LATENCY_SAMPLES and stable.requests >= MIN_LATENCY_SAMPLES:
             # p99 of 60 requests is the single slowest one (one GC pause or a CPU-hungry neighbour
             # breached a healthy canary in CI); keep at least 5 requests above the quantile compared
             q = min(0.99, 1 - 5 / min(canary.requests, stable.requests))

@@ -73,10 +73,18 @@ def test_live_metric_drop_breaches():
     assert "live auc 0.8500" in v.breaches[0]
 
 
-def test_final_step_compares_with_stable_of_the_previous_step():
+def test_final_step_compares_errors_with_stable_of_the_previous_step():
+    ref = traffic(1000, latency_s=0.002)
+    v = ro.judge(st.VersionStats(), traffic(300, errors=60), POLICY, elapsed_s=2, reference=ref)
+    assert v.breaches and "error rate" in v.breaches[0]
+
+
+def test_final_step_does_not_compare_latency_across_windows():
+    # latency drifts in time on a shared machine (a healthy canary was rolled back in CI for a
+    # p94 of 204 ms against stable's 94 ms 30 s earlier); it is judged only over the same window
     ref = traffic(1000, latency_s=0.002)
     v = ro.judge(st.VersionStats(), traffic(300, latency_s=0.030), POLICY, elapsed_s=2, reference=ref)
-    assert v.breaches and "latency" in v.breaches[0]
+    assert v.ok and "latency_quantile" not in v.metrics
 
 
 def test_state_machine_steps_promotes_and_keeps_previous():
