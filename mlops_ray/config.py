@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import PrivateAttr, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlops_ray import expr
 from mlops_ray.errors import ConfigError
@@ -248,7 +248,10 @@ class TuneConfig(_Model):
     scheduler: Literal["asha", "median", "none"] = "asha"
     seed: int = 42
     report_every: int = Field(10, ge=1, description="Boosting rounds between reports to Tune.")
-    max_failures: int = Field(1, ge=0)
+    max_failures: int = Field(
+        2, ge=0, description="Times a failed trial is retried (Tune's FailureConfig), from scratch: a lost "
+        "node or a killed worker process. The run's tuning summary lists retried trials (`retried`); a "
+        "trial whose retries run out is reported with its error and the search goes on without it.")
     space: dict[str, SearchParam] = Field(default_factory=_default_space)
 
 
@@ -283,7 +286,11 @@ class AutoscalingConfig(_Model):
 
 class ServeConfig(_Model):
     host: str = Field("127.0.0.1", description="Bind address. Only loopback unless you set it.")
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(8000, ge=1, le=65535, description="Serve's HTTP proxy port. Each pipeline served by its own "
+                      "local head needs a port of its own; `deploy` refuses one that something else holds.")
+    route_prefix: str = Field("/", pattern=r"^/[A-Za-z0-9_./-]*$", description=(
+        "The app's route on the cluster's proxy: / answers /predict. Several pipelines on one cluster "
+        "(ray.address) each need their own, e.g. /fraud answers /fraud/predict."))
     num_replicas: int = Field(1, ge=1)
     max_ongoing_requests: int = Field(64, ge=1)
     autoscaling: AutoscalingConfig | None = None
@@ -408,9 +415,34 @@ class RetrainConfig(_Model):
 
 # --------------------------------------------------------------------------- top level
 class Config(_Model):
+    _env_refs: dict = PrivateAttr(default_factory=dict)
+
+    def env_refs(self) -> dict[str, str]:
+        """Key paths that were written as ``${ENV}`` references, as written."""
+        return dict(self._env_refs)
+
+    def portable_dict(self) -> dict:
+        """The config as a dict for other processes (Serve app arguments, `serve build` YAML):
+        values written as ``${ENV}`` stay references, expanded again where they are loaded."""
+        d = self.model_dump(mode="json", by_alias=True)
+        for path, written in self._env_refs.items():
+            node, parts = d, re.split(r"\.(?![^\[]*\])", path)
+            try:
+                for part in parts[:-1]:
+                    node = node[part]
+                if parts[-1] in node:
+                    node[parts[-1]] = written
+            except (KeyError, TypeError):
+                continue
+        return d
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64,
                       description="Pipeline name; also the default registered model name.")
-    store: str = Field(".mlops", description="Where runs, cached steps and artifacts live (path or URI).")
+    store: str = Field(".mlops", description="Where runs, cached steps, artifacts, serving state and prediction "
+                       "logs live: a path (made absolute when the config is loaded) or a pyarrow filesystem URI "
+                       "(s3://bucket/prefix, gs://...). Every node of a cluster must reach it.")
+    store_shared: bool = Field(False, description="The store path is on storage every node mounts at the same "
+                               "place (NFS); without it a path is refused on a cluster of several machines.")
     ray: RayConfig = RayConfig()
     data: DataConfig
     schema_: SchemaConfig = Field(SchemaConfig(), alias="schema")
@@ -544,14 +576,59 @@ def _aliases(model) -> set[str]:
     return {(f.alias or k) for k, f in model.model_fields.items()}
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+SECRET_NAME = re.compile(r"(secret|token|password|passwd|credential|private|api_?key|access_?key)", re.I)
+
+
+def _expand_env(node: Any, path: str, refs: dict[str, str], source: str) -> Any:
+    """``${NAME}`` / ``${NAME:-default}`` in any string value, from the environment. The references
+    are remembered (``refs``: key path -> the string as written) so that what the config hands to
+    Serve or writes into YAML carries the reference, never the secret."""
+    if isinstance(node, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k), refs, source) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, f"{path}[{i}]", refs, source) for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+        def sub(m: re.Match) -> str:
+            value = os.environ.get(m.group(1), m.group(2))
+            if value is None:
+                raise ConfigError(f"{source}: {path} refers to ${{{m.group(1)}}}, which is not set in the "
+                                  f"environment; export {m.group(1)}=... (or write ${{{m.group(1)}:-default}})")
+            return value
+        refs[path] = node
+        return _ENV_REF.sub(sub, node)
+    return node
+
+
+def literal_secrets(cfg: "Config") -> list[str]:
+    """Key paths whose values look like credentials written into the config itself (not as
+    ``${ENV}`` references): env vars named like secrets, URIs with a password or secret key."""
+    refs = cfg.env_refs()
+    found = []
+    env_vars = ((cfg.ray.runtime_env or {}).get("env_vars") or {})
+    for k in env_vars:
+        path = f"ray.runtime_env.env_vars.{k}"
+        if SECRET_NAME.search(str(k)) and path not in refs:
+            found.append(path)
+    for path, value in (("registry.tracking_uri", cfg.registry.tracking_uri), ("store", cfg.store)):
+        if value and path not in refs and (re.search(r"://[^/@\s]+:[^/@\s]+@", value)
+                                           or re.search(r"(secret_key|access_key|session_token)=", value)):
+            found.append(path)
+    return found
+
+
 def config_from_dict(raw: Any, source: str = "config") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys (name:, data:, ...), "
                           f"got {type(raw).__name__}")
+    refs: dict[str, str] = {}
+    expanded = _expand_env(raw, "", refs, source)
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(expanded)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, raw, source)) from None
+        raise ConfigError(_format_errors(e, expanded, source)) from None
+    object.__setattr__(cfg, "_env_refs", refs)
+    return cfg
 
 
 def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Config:
@@ -574,6 +651,9 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Confi
         raise ConfigError(f"{p}: the file is empty; start from configs/quickstart.yaml")
     for key, value in (overrides or {}).items():
         _set_path(raw, key.split("."), value)
+    if isinstance(raw, dict) and isinstance(raw.get("store", ".mlops"), str) and "://" not in raw.get("store", ""):
+        # absolute now: a serving head, a Ray job or a replica does not share this process's cwd
+        raw["store"] = os.path.abspath(os.path.expanduser(raw.get("store", ".mlops")))
     return config_from_dict(raw, str(p))
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 from mlops_ray.config import Config, parse_duration
 from mlops_ray.errors import GateRejected, MlopsError, MonitorError
 from mlops_ray.monitor.retrain import LoopLock, read_decisions, record, should_retrain
-from mlops_ray.runtime import ray_runtime
+from mlops_ray.runtime import ray_runtime, require_shared_store
 
 Progress = Callable[[str, str], None]
 
@@ -48,6 +48,7 @@ def iterate(cfg: Config, *, since: str | None = None, progress: Progress = lambd
         _tag(registry, entry)
         return entry
     with ray_runtime(cfg.ray, verbose=verbose):    # one Ray for monitor, window and pipeline
+        require_shared_store(cfg)
         try:
             report = run_monitor(cfg, since=since, verbose=verbose, progress=progress)
             entry["report"] = report.get("path")

@@ -27,7 +27,7 @@ from mlops_ray.data import features as feat
 from mlops_ray.data import ingest, validate
 from mlops_ray.data.profile import profile_pass
 from mlops_ray.errors import DataValidationError
-from mlops_ray.runtime import ray_runtime
+from mlops_ray.runtime import ray_runtime, require_shared_store
 from mlops_ray.store import Store
 
 Progress = Callable[[str, str], None]   # (step, message)
@@ -124,6 +124,7 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
     store = Store(cfg.store)
     timings: dict[str, float] = {}
     with ray_runtime(cfg.ray, verbose=verbose):
+        require_shared_store(cfg)
         t = time.perf_counter()
         progress("ingest", f"reading {', '.join(cfg.data.sources)}")
         source = ingest.inspect_source(cfg.data)          # metadata only: paths, footers, fingerprint
@@ -302,6 +303,7 @@ def preflight(cfg: Config, opts: RunOptions):
             raise ConfigError(f"{name} {step!r} is not a step; steps: {', '.join(STEPS)}")
     X.check_model_config(cfg.model, cfg.tune)
     ev.check_gate_metrics(cfg.gate, cfg.model.task)
+    Store(cfg.store).check_writable(cfg.name)
     registry = Registry(cfg.registry, cfg.store, cfg.name)
     registry.check_reachable()
     return registry
@@ -316,6 +318,7 @@ def run_pipeline(cfg: Config, opts: RunOptions | None = None, progress: Progress
     registry = preflight(cfg, opts)
     store = Store(cfg.store)
     with ray_runtime(cfg.ray, verbose=opts.verbose):
+        require_shared_store(cfg)
         require_resources(gpus=cfg.tune.gpus_per_trial, cpus=cfg.tune.cpus_per_trial)
         data_forced = any(opts.forced(s) for s in ("ingest", "validate", "featurize"))
         data = prepare_data(cfg, verbose=opts.verbose, progress=progress, force=data_forced)
@@ -349,9 +352,9 @@ def _train_evaluate_register(cfg, opts, registry, store, data, train_key, result
     from mlops_ray.train import xgb as X
 
     run_dir = store.path(cfg.name, "runs", train_key)
-    features_dir = store.uri(cfg.name, "data", data.key, "features")     # a path Ray workers can open
-    splits = X.load_splits(features_dir, data.spec, cfg.model.task,
-                           filesystem=store.fs if "://" in cfg.store else None)
+    splits = X.load_splits(store.path(cfg.name, "data", data.key, "features"), data.spec, cfg.model.task,
+                           filesystem=store.fs)
+    features_dir = store.uri(cfg.name, "data", data.key, "features")     # a URI Ray workers can open
     X.check_labels(splits, cfg.model.task, cfg.data.label)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     node_mem = min((n["Resources"].get("memory", 8e9) for n in nodes), default=8e9)

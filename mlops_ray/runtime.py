@@ -79,17 +79,20 @@ def ray_runtime(cfg: RayConfig, *, verbose: bool = False) -> Iterator[RuntimeInf
 
     _quiet(verbose)
     started = False
+    address = cfg.address or job_address()
     if not ray.is_initialized():
         level = logging.INFO if verbose else logging.ERROR
+        # in a Ray job the job's runtime_env (working_dir, env_vars) applies to the driver and its
+        # tasks; passing the config's again to ray.init conflicts with it (Ray refuses the merge)
         common = dict(namespace=cfg.namespace, log_to_driver=verbose, logging_level=level,
-                      runtime_env=cfg.runtime_env)
-        if cfg.address:
+                      runtime_env=None if job_address() else cfg.runtime_env)
+        if address:
             _token_auth_for_address()
             try:
-                ray.init(address=cfg.address, **common)
+                ray.init(address=address, **common)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise ResourceError(
-                    f"cannot connect to the Ray cluster at ray.address={cfg.address!r}: {e}. "
+                    f"cannot connect to the Ray cluster at ray.address={address!r}: {e}. "
                     "Check the address and that the cluster is up (`ray status`), or remove "
                     "ray.address to run on an embedded local Ray") from None
         else:
@@ -110,7 +113,7 @@ def ray_runtime(cfg: RayConfig, *, verbose: bool = False) -> Iterator[RuntimeInf
         ctx = ray.get_runtime_context()
         yield RuntimeInfo(
             address=getattr(ctx, "gcs_address", "") or "",
-            started_here=started and not cfg.address,
+            started_here=started and not address,
             num_cpus=float(res.get("CPU", 0)),
             num_nodes=len([n for n in ray.nodes() if n.get("Alive")]),
         )
@@ -119,15 +122,61 @@ def ray_runtime(cfg: RayConfig, *, verbose: bool = False) -> Iterator[RuntimeInf
             ray.shutdown()
 
 
+def job_address() -> str | None:
+    """The GCS address of the cluster when this process is a Ray job's entrypoint, else None.
+
+    Ray's job supervisor starts the entrypoint with RAY_ADDRESS (the cluster's GCS address) and
+    RAY_JOB_CONFIG_JSON_ENV_VAR (the job's runtime_env) set: without ray.address, a job's command
+    connects to the cluster it runs on instead of starting an embedded Ray inside the job. A
+    RAY_ADDRESS a user exported elsewhere (often a dashboard URL, for `ray job submit`) is not used."""
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    return None
+
+
+TOKEN_FILE = "~/.ray/auth_token"
+
+
+def token_source() -> str | None:
+    """Where Ray would take its auth token from, in Ray's order: RAY_AUTH_TOKEN, the file named by
+    RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token; None when there is none. Names the source, never the token."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return f"RAY_AUTH_TOKEN_PATH={os.environ['RAY_AUTH_TOKEN_PATH']}"
+    if os.path.isfile(os.path.expanduser(TOKEN_FILE)):
+        return TOKEN_FILE
+    return None
+
+
+def read_auth_token() -> tuple[str, str] | None:
+    """(token, source) from ``token_source()``, or None. Like Ray, an unreadable or empty
+    RAY_AUTH_TOKEN_PATH is an error, not a silent fallback to the next source."""
+    source = token_source()
+    if source is None:
+        return None
+    if source == "RAY_AUTH_TOKEN":
+        return os.environ["RAY_AUTH_TOKEN"].strip(), source
+    path = os.environ["RAY_AUTH_TOKEN_PATH"] if source.startswith("RAY_AUTH_TOKEN_PATH") else TOKEN_FILE
+    try:
+        with open(os.path.expanduser(path)) as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise ResourceError(f"cannot read the Ray auth token from {source}: {e.strerror}; point "
+                            "RAY_AUTH_TOKEN_PATH at the token file or unset it") from None
+    if not token:
+        raise ResourceError(f"the Ray auth token file of {source} is empty; write the token "
+                            "(`ray get-auth-token` on the head prints it) or unset RAY_AUTH_TOKEN_PATH")
+    return token, source
+
+
 def _token_auth_for_address() -> None:
     """Ray 2.59+ turns token authentication on for clusters it starts, but ``ray.init(address=...)``
     with an explicit address only sends the token when RAY_AUTH_MODE=token. When a token exists
     (``~/.ray/auth_token`` or RAY_AUTH_TOKEN[_PATH]) and the mode is unset, turn it on."""
     if os.environ.get("RAY_AUTH_MODE"):
         return
-    has_token = any(os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")) or \
-        os.path.isfile(os.path.expanduser("~/.ray/auth_token"))
-    if not has_token:
+    if token_source() is None:
         return
     try:   # sets the variable and refreshes Ray's cached config of this process
         from ray._private.authentication.authentication_token_setup import _enable_token_auth
@@ -156,7 +205,41 @@ def require_resources(*, cpus: float = 0, gpus: float = 0) -> None:
 # head (`ray start --head --block` in its own session) and records it in the store;
 # later commands connect to it; `mlops-ray serve stop` stops it (and only it).
 def head_file(store: str, name: str) -> str:
-    return os.path.join(store, name, "serving", "head.json")
+    """The local serving head's pid and address: a fact about this machine, so a local file even
+    when the store is an object store (then under ~/.cache/mlops-ray/heads/, keyed by the store)."""
+    if "://" not in store:
+        return os.path.join(store, name, "serving", "head.json")
+    import zlib
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "mlops-ray", "heads", f"{zlib.crc32(store.encode()):08x}", name, "head.json")
+
+
+def node_local_store_problem(store: str, store_shared: bool, nodes: list[dict]) -> str | None:
+    """Why ``store`` cannot serve this cluster, or None. Trials, Train workers and replicas on
+    other machines write to and read from the store: a path on one machine's disk is not what
+    they see. Nodes on one machine (local-cluster.sh) share its disk; NFS is declared with
+    ``store_shared: true``."""
+    if "://" in store and not store.startswith("file://"):
+        return None
+    hosts = sorted({n.get("NodeManagerAddress", "") for n in nodes if n.get("Alive")})
+    if store_shared or len(hosts) <= 1:
+        return None
+    return (f"store {store!r} is a path on one machine's disk, but this Ray cluster spans {len(hosts)} machines "
+            f"({', '.join(hosts[:4])}{', ...' if len(hosts) > 4 else ''}): trials, training workers and replicas "
+            "on the others would write results nobody finds. Set store to an object-store URI every node can "
+            "reach (s3://bucket/prefix, gs://...), or, if this path is on NFS mounted at the same place on every "
+            "node, set store_shared: true")
+
+
+def require_shared_store(cfg) -> None:
+    """Refuse a node-local store on a multi-machine cluster (ConfigError, exit 2). Needs Ray connected."""
+    import ray
+    if not ray.is_initialized():
+        return
+    why = node_local_store_problem(cfg.store, getattr(cfg, "store_shared", False), ray.nodes())
+    if why:
+        from mlops_ray.errors import ConfigError
+        raise ConfigError(why)
 
 
 def read_head(store: str, name: str) -> dict | None:
@@ -274,8 +357,9 @@ def serving_runtime(cfg, *, start: bool = False, verbose: bool = False) -> Itera
     import ray
 
     _quiet(verbose)
-    info = {"address": cfg.ray.address, "local_head": None}
-    if not cfg.ray.address:
+    address = cfg.ray.address or job_address()
+    info = {"address": address, "local_head": None}
+    if not address:
         head = read_head(cfg.store, cfg.name)
         if head is None:
             if not start:
@@ -294,7 +378,8 @@ def serving_runtime(cfg, *, start: bool = False, verbose: bool = False) -> Itera
     _token_auth_for_address()
     try:
         ray.init(address=info["address"], namespace=cfg.ray.namespace, log_to_driver=verbose,
-                 logging_level=level, runtime_env=cfg.ray.runtime_env if cfg.ray.address else None)
+                 logging_level=level, runtime_env=cfg.ray.runtime_env if cfg.ray.address and not job_address()
+                 else None)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ResourceError(f"cannot connect to the Ray cluster at {info['address']!r}: {e}. Check that it is "
                             "up (`ray status`)") from None

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import posixpath
+import uuid
 
+import pyarrow as pa
 from pyarrow import fs as pafs
 
 from mlops_ray.data.ingest import filesystem_for
@@ -17,7 +19,17 @@ from mlops_ray.data.ingest import filesystem_for
 class Store:
     def __init__(self, root: str):
         self.root_uri = root
-        self.fs, self.root = filesystem_for(root)
+        self._fs = None
+        self.root = _root_path(root)
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        """Resolved on first use: naming a path in the store never touches the network (resolving
+        an s3:// URI asks the bucket for its region)."""
+        if self._fs is None:
+            self._fs, root = filesystem_for(self.root_uri)
+            self.root = root
+        return self._fs
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
@@ -25,8 +37,23 @@ class Store:
     def uri(self, *parts: str) -> str:
         """A path that Ray workers can open (URI for object stores, absolute path locally)."""
         if "://" in self.root_uri:
-            return posixpath.join(self.root_uri.rstrip("/"), *parts)
+            base, q, query = self.root_uri.partition("?")      # s3://b/k?endpoint_override=...: parts go before the query
+            return posixpath.join(base.rstrip("/"), *parts) + q + query
         return self.path(*parts)
+
+    def check_writable(self, name: str) -> None:
+        """Write and delete a small object under ``{store}/{name}/`` before any work starts, so a
+        missing bucket, missing credentials or a read-only path fail at once with the fix
+        (ConfigError, exit 2) instead of in the middle of a search."""
+        from mlops_ray.errors import ConfigError
+        probe = self.path(name, f".probe-{uuid.uuid4().hex[:8]}")
+        try:
+            self.fs.create_dir(posixpath.dirname(probe), recursive=True)
+            with self.fs.open_output_stream(probe) as f:
+                f.write(b"ok")
+            self.fs.delete_file(probe)
+        except (OSError, pa.ArrowException) as e:
+            raise ConfigError(f"store {self.root_uri!r} cannot be written: {_why(str(e), self.root_uri)}") from None
 
     def write_json(self, path: str, obj) -> None:
         self.fs.create_dir(posixpath.dirname(path), recursive=True)
@@ -43,3 +70,34 @@ class Store:
     def clear(self, path: str) -> None:
         if self.fs.get_file_info(path).type == pafs.FileType.Directory:
             self.fs.delete_dir(path)
+
+
+def _root_path(uri: str) -> str:
+    """The store root as its filesystem names it (``bucket/prefix`` for object stores), without
+    resolving the filesystem."""
+    if "://" not in uri:
+        return filesystem_for(uri)[1]
+    scheme, rest = uri.split("://", 1)
+    rest = rest.split("?", 1)[0].rstrip("/")
+    return rest if scheme != "file" else "/" + rest.lstrip("/")
+
+
+def _why(err: str, uri: str) -> str:
+    """An object store's error, turned into what to do about it."""
+    low = err.lower()
+    bucket = uri.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0]
+    if "bucket" in low and ("not found" in low or "does not exist" in low or "nosuchbucket" in low):
+        return (f"bucket {bucket!r} does not exist. Create it (`aws s3 mb s3://{bucket}`) or fix the "
+                "store URI; for an S3-compatible server set AWS_ENDPOINT_URL (or ?endpoint_override=host:port)")
+    if any(k in low for k in ("credential", "access denied", "access_denied", "accessdenied", "forbidden",
+                              "invalidaccesskeyid", "signaturedoesnotmatch", "403")):
+        import os
+        none = uri.startswith("s3") and not any(os.environ.get(k) for k in (
+            "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI"))
+        what = "no credentials are set" if none else "the credentials were refused"
+        return (f"access denied: {what} ({err[:160]}). Set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) for s3://, GOOGLE_APPLICATION_CREDENTIALS for gs://, "
+                "in the environment of every process that uses the store")
+    if "permission denied" in low or "read-only" in low:
+        return f"permission denied ({err[:200]}); choose a store path this user can write"
+    return f"{err[:300]}. Check the URI, the credentials and that the server is reachable"

@@ -11,6 +11,7 @@ delimiter does not match, projected columns that do not exist.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import glob as globlib
 import hashlib
 import os
@@ -31,13 +32,20 @@ _OTHER_DELIMITERS = [",", ";", "\t", "|"]
 
 # --------------------------------------------------------------------------- paths
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local path or any URI pyarrow understands (s3://, gs://, file://)."""
+    """(filesystem, path) for a local path or any URI pyarrow understands (s3://, gs://, file://).
+    URIs are resolved once per process: resolving an s3:// URI can ask the bucket for its region,
+    and replicas resolve the serving state's URI every poll."""
     if "://" in uri:
-        try:
-            return pafs.FileSystem.from_uri(uri)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
-            raise DataSourceError(f"cannot open {uri!r}: {e}. Check the URI scheme and credentials") from None
+        return _from_uri(uri)
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+@functools.lru_cache(maxsize=256)
+def _from_uri(uri: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
+        raise DataSourceError(f"cannot open {uri!r}: {e}. Check the URI scheme and credentials") from None
 
 
 @dataclass(frozen=True)

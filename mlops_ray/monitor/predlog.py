@@ -299,10 +299,10 @@ def _hour_dir(root: str, hour: int) -> str:
 
 
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path): ``FileSystem.from_uri`` for URIs (s3://, gs://, file://), local otherwise."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri)).replace(os.sep, "/")
+    """(filesystem, path): the store's resolution (URIs once per process), with POSIX separators."""
+    from mlops_ray.data.ingest import filesystem_for as resolve
+    fs, path = resolve(uri)
+    return fs, path.replace(os.sep, "/")
 
 
 def _write_parquet(fs: pafs.FileSystem, table: pa.Table, path: str) -> None:

@@ -297,16 +297,19 @@ class RequestParser:
             for k in extra:
                 problems.append(("unknown_field", prefix + k, self._unknown_message(prefix, k, d[k])))
         out = {}
+        missing = []
         for name, kind in self._fields:
             path = prefix + name
             if name not in d:
-                problems.append(("missing_field", path, self._missing_message(path, name, extra)))
+                missing.append(name)
                 continue
             v = d[name]
             try:
                 out[name] = None if v is None else _convert(v, kind)
             except _Problem as p:
                 problems.append((p.code, path, f"{path}: {p.text}"))
+        if missing:           # one problem naming every missing field, not the first few of many
+            problems.append(("missing_field", prefix + missing[0], self._missing_message(prefix, missing, extra)))
         for p in self._passthrough:
             if p in d:
                 out[p] = None if d[p] is None else str(d[p])
@@ -321,11 +324,20 @@ class RequestParser:
         return (f"{prefix}{_short(key, 60)}: unknown field{hint}. The model's input fields are: {shown}. "
                 f"Remove it (or set serve.extra_fields: ignore).{nested}")
 
-    def _missing_message(self, path: str, name: str, extra: list[str]) -> str:
-        close = difflib.get_close_matches(name, [k for k in extra if isinstance(k, str)], n=1, cutoff=0.6)
-        hint = f" (the row has {close[0]!r} — a typo?)" if close else ""
-        return (f"{path}: missing field{hint}; every input field must be present in every row — "
-                f"send {name!r}: null if the value is unknown")
+    def _missing_message(self, prefix: str, names: list[str], extra: list[str]) -> str:
+        keys = [k for k in extra if isinstance(k, str)]
+        hints = []
+        for n in names:
+            close = difflib.get_close_matches(n, keys, n=1, cutoff=0.6)
+            if close:
+                hints.append(f"the row has {close[0]!r} — a typo of {n!r}?")
+        hint = f" ({'; '.join(hints[:3])})" if hints else ""
+        if len(names) == 1:
+            return (f"{prefix}{names[0]}: missing field{hint}; every input field must be present in every row — "
+                    f"send {names[0]!r}: null if the value is unknown")
+        return (f"{prefix[:-1] or 'the row'}: {len(names)} of {self._n} input fields missing: {', '.join(names)}{hint}; "
+                f"every input field must be present in every row (null if unknown); GET /schema gives the "
+                "whole request format")
 
 
 class _Problem(Exception):

@@ -21,7 +21,6 @@ import asyncio
 import importlib
 import json
 import logging
-import os
 import random
 import time
 import uuid
@@ -36,7 +35,8 @@ from mlops_ray.monitor import histograms as hist
 from mlops_ray.serve import stats as st
 from mlops_ray.serve.api import RequestError, RequestParser
 from mlops_ray.monitor.predlog import PredictionLog, log_id_column, recover_orphans
-from mlops_ray.serve.state import ServingState, read_state, serving_dir, state_path
+from mlops_ray.serve.state import ServingState, read_state, spool_dir, state_path, state_token, stats_dir
+from mlops_ray.store import Store
 
 log = logging.getLogger("mlops_ray.serve")
 
@@ -184,11 +184,10 @@ class Predictor:
         self.poll_s, self.stats_s = poll_s, stats_s
         ctx = serve.get_replica_context()
         self.replica = f"{ctx.deployment}-{ctx.replica_id.unique_id}"
-        self.dir = serving_dir(self.cfg.store, self.cfg.name)
         self.state_file = state_path(self.cfg.store, self.cfg.name)
-        self.predlog_root = os.path.join(self.cfg.store, self.cfg.name, "predlog")
-        self.spool = os.path.join(self.dir, "spool") if "://" not in self.cfg.store else \
-            os.path.join("/tmp", "mlops-ray-spool", f"{zlib.crc32(self.dir.encode()):08x}")
+        self.predlog_root = Store(self.cfg.store).uri(self.cfg.name, "predlog")
+        self.spool = spool_dir(self.cfg.store, self.cfg.name)
+        self._remote = "://" in self.state_file        # object store: poll in a thread, at most once a second
         self.models: dict[str, ServedModel] = {}
         self._exported: dict[str, list[int]] = {}
         self._metrics()
@@ -251,10 +250,10 @@ class Predictor:
         state = None
         while True:
             try:
-                fst = os.stat(self.state_file)
-                mtime = (fst.st_mtime_ns, fst.st_ino)          # os.replace: a new inode per write
+                mtime = await asyncio.to_thread(state_token, self.state_file) if self._remote \
+                    else state_token(self.state_file)
                 if mtime != self._mtime:
-                    state = read_state(self.state_file) or state
+                    state = await asyncio.to_thread(read_state, self.state_file) or state
                     if state is not None:
                         await self._ensure(state.stable)       # load first, then switch
                         for v in state.versions():
@@ -268,7 +267,7 @@ class Predictor:
                         asyncio.get_running_loop().create_task(self._retire(self.models.pop(v)))
                     for v in [v for v in self.stats.load_errors if v not in keep]:
                         self.stats.load_errors.pop(v)
-                await asyncio.sleep(self.poll_s)
+                await asyncio.sleep(max(self.poll_s, 1.0) if self._remote else self.poll_s)
             except asyncio.CancelledError:
                 raise
             except Exception:                               # keep serving the last good route
@@ -283,7 +282,7 @@ class Predictor:
         await asyncio.to_thread(model.close)
 
     async def _write_stats(self) -> None:
-        d = os.path.join(self.dir, "stats")
+        d = stats_dir(self.cfg.store, self.cfg.name)
         while True:
             await asyncio.sleep(self.stats_s)
             try:
@@ -328,7 +327,8 @@ class Predictor:
                 return _json(_err("method_not_allowed", "use POST for /predict"), 405)
             return await self._predict(request)
         if method == "GET" and path.endswith("/healthz"):
-            return _json({"status": "ok", "stable": self.route.stable.version, "replica": self.replica})
+            return _json({"status": "ok", "stable": self.route.stable.version, "replica": self.replica,
+                          "pipeline": self.cfg.name})
         if method == "GET" and path.endswith("/schema"):
             p = self.route.stable.parser
             return _json({"request": p.request_model.model_json_schema(),
@@ -414,7 +414,7 @@ class Predictor:
         n = 0
         for m in list(self.models.values()):
             n += await asyncio.to_thread(m.log.flush)
-        await asyncio.to_thread(st.write_snapshot, os.path.join(self.dir, "stats"), self.stats.snapshot())
+        await asyncio.to_thread(st.write_snapshot, stats_dir(self.cfg.store, self.cfg.name), self.stats.snapshot())
         return {"replica": self.replica, "flushed": n}
 
     def __del__(self):
@@ -427,7 +427,7 @@ class Predictor:
             except Exception:
                 pass
         try:
-            st.write_snapshot(os.path.join(self.dir, "stats"), self.stats.snapshot())
+            st.write_snapshot(stats_dir(self.cfg.store, self.cfg.name), self.stats.snapshot())
         except Exception:
             pass
 

@@ -11,13 +11,15 @@ import time
 from typing import Callable
 
 from mlops_ray.config import Config
-from mlops_ray.errors import MlopsError, ServingError
+from mlops_ray.errors import ConfigError, MlopsError, ServingError
 from mlops_ray.runtime import read_head, serving_runtime, stop_head
 from mlops_ray.monitor.labels import LiveMetric
 from mlops_ray.serve import rollout as ro
 from mlops_ray.serve import stats as st
 from mlops_ray.serve.app import DEFAULT_LOADER, build_app
-from mlops_ray.serve.state import ServingState, describe, read_state, serving_dir, state_path, write_state
+from mlops_ray.serve.state import (ServingState, describe, read_state, remove_state, spool_dir, state_path, stats_dir,
+                                   write_state)
+from mlops_ray.store import Store
 
 
 def _registry(cfg: Config):
@@ -26,7 +28,18 @@ def _registry(cfg: Config):
 
 
 def _config_dict(cfg: Config) -> dict:
-    return cfg.model_dump(mode="json", by_alias=True)
+    """The config as Serve's app arguments (visible in `serve status` and the dashboard) and in
+    `serve build` YAML: ``${ENV}`` references stay references; credentials written literally are
+    refused rather than published."""
+    from mlops_ray.config import literal_secrets
+    found = literal_secrets(cfg)
+    if found:
+        raise ConfigError(f"{', '.join(found)} hold{'s' if len(found) == 1 else ''} a credential written into the "
+                          "config; Serve publishes its app arguments (`serve status`, the dashboard) and "
+                          "`serve build` writes them to a YAML file. Write it as an environment reference "
+                          "instead, e.g. AWS_SECRET_ACCESS_KEY: ${AWS_SECRET_ACCESS_KEY}, and set the variable "
+                          "where the replicas run")
+    return cfg.portable_dict()
 
 
 def resolve_servable(cfg: Config, registry, ref: str, *, force: bool = False, by_alias: bool = False) -> str:
@@ -47,12 +60,11 @@ def resolve_servable(cfg: Config, registry, ref: str, *, force: bool = False, by
 
 
 def require_shared_store(cfg: Config) -> None:
-    """The serving state, statistics and prediction-log spools are files: the store must be a
-    directory every node sees (local disk on one machine, NFS on a cluster)."""
-    if "://" in cfg.store and not cfg.store.startswith("file://"):
-        raise ServingError(f"store {cfg.store!r} is an object store; serving keeps its state and statistics "
-                           "in files that replicas poll, so it needs a directory every node can read "
-                           "(local disk, or NFS on a cluster). Set store to such a path")
+    """Replicas on every node read the serving state and write statistics and prediction logs to
+    the store: an object store works anywhere; a path only when every node sees it (one machine,
+    or NFS with ``store_shared: true``). Checked against the cluster once Ray is connected."""
+    from mlops_ray.runtime import require_shared_store as check
+    check(cfg)
 
 
 def endpoints(cfg: Config) -> dict:
@@ -61,7 +73,8 @@ def endpoints(cfg: Config) -> dict:
     import json
     import socket
     import urllib.request
-    out = {"url": f"http://{cfg.serve.host}:{cfg.serve.port}/predict", "direct": []}
+    prefix = cfg.serve.route_prefix.rstrip("/")
+    out = {"url": f"http://{cfg.serve.host}:{cfg.serve.port}{prefix}/predict", "direct": []}
     if not cfg.serve.direct_ingress:
         return out
     host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
@@ -70,11 +83,53 @@ def endpoints(cfg: Config) -> dict:
             with socket.create_connection((host, port), timeout=0.2):
                 pass
             with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=1) as r:
-                if "replica" in json.loads(r.read()):
+                health = json.loads(r.read())
+                if "replica" in health and health.get("pipeline") == cfg.name:    # not another pipeline's
                     out["direct"].append(f"http://{host}:{port}/predict")
         except (OSError, ValueError):
             continue
     return out
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """Who listens on ``host:port``: None when nobody does; else what its /healthz says, if anything."""
+    import json
+    import socket
+    import urllib.request
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            pass
+    except OSError:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=2) as r:
+            name = json.loads(r.read()).get("pipeline")
+            return f"the serving app of pipeline {name!r}" if name else "another HTTP server"
+    except Exception:                  # noqa: BLE001 - anything that is not our app
+        return "another process"
+
+
+def app_routes() -> dict[str, str]:
+    """app name -> route prefix of the Serve apps on the connected cluster (Serve's own details;
+    ``serve.status()`` does not carry routes)."""
+    try:
+        from ray.serve.context import _get_global_client
+        details = _get_global_client().get_serve_details()
+    except Exception:                  # noqa: BLE001 - an older/newer Serve: skip the check
+        return {}
+    return {n: a.get("route_prefix") for n, a in (details.get("applications") or {}).items()
+            if a.get("route_prefix") is not None}
+
+
+def check_route(cfg: Config, routes: dict[str, str]) -> None:
+    """Two apps on one cluster must not share a route prefix (Serve would route one's traffic
+    to the other, or refuse the second)."""
+    for name, other in routes.items():
+        if name != cfg.name and other.rstrip("/") == cfg.serve.route_prefix.rstrip("/"):
+            raise ServingError(f"the cluster already serves app {name!r} on route {other!r}; give this "
+                               f"pipeline a route of its own: serve.route_prefix: /{cfg.name} (it then answers "
+                               f"/{cfg.name}/predict)")
 
 
 def deploy(cfg: Config, ref: str = "champion", *, loader: str = DEFAULT_LOADER, faults: dict | None = None,
@@ -82,7 +137,14 @@ def deploy(cfg: Config, ref: str = "champion", *, loader: str = DEFAULT_LOADER, 
     """Serve ``ref`` (version, alias or models:/ URI) as the stable version. Starts a local Ray head
     when there is no ray.address and none is running; reuses the running app (weights switch live)."""
     say = on_progress or (lambda _m: None)
-    require_shared_store(cfg)
+    if not cfg.ray.address and read_head(cfg.store, cfg.name) is None:    # a new local head will bind the port
+        holder = port_holder(cfg.serve.host, cfg.serve.port)
+        if holder:
+            raise ServingError(f"serve.port {cfg.serve.port} on {cfg.serve.host} is already in use by {holder}; "
+                               f"two servers on one port split its connections between them. Give pipeline "
+                               f"{cfg.name!r} a port of its own (--set serve.port=N, or in the config)")
+    app_args = _config_dict(cfg)                 # refuses literal credentials before anything changes
+    Store(cfg.store).check_writable(cfg.name)
     registry = _registry(cfg)
     version = resolve_servable(cfg, registry, ref, force=force, by_alias=not str(ref).isdigit())
     path = state_path(cfg.store, cfg.name)
@@ -99,10 +161,12 @@ def deploy(cfg: Config, ref: str = "champion", *, loader: str = DEFAULT_LOADER, 
     with serving_runtime(cfg, start=True, verbose=verbose) as info:
         from ray import serve
         say(f"Ray at {info['address']}" + (" (local head started for serving)" if info["local_head"] else ""))
+        require_shared_store(cfg)
         serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-        write_state(path, new)
+        check_route(cfg, app_routes())
+        write_state(path, new, expect=new.revision)     # a deploy racing a controller loses, changing nothing
         try:
-            serve.run(build_app(_config_dict(cfg), loader, faults), name=cfg.name, route_prefix="/",
+            serve.run(build_app(app_args, loader, faults), name=cfg.name, route_prefix=cfg.serve.route_prefix,
                       blocking=False)
             if not cfg.ray.address:             # a remote cluster's HTTP address is not ours to probe
                 wait_for_version(cfg, version)
@@ -111,7 +175,7 @@ def deploy(cfg: Config, ref: str = "champion", *, loader: str = DEFAULT_LOADER, 
                 old.event("deploy_failed", version=version)
                 write_state(path, old)
             else:
-                os.remove(path)
+                remove_state(path)
             if info["local_head"] and old is None:
                 serve.shutdown()
             msg = e.message if isinstance(e, MlopsError) else f"{type(e).__name__}: {e}"
@@ -130,7 +194,7 @@ def wait_for_version(cfg: Config, version: str, timeout_s: float = 60.0) -> None
     """Until the app answers /version with ``version`` as stable (replicas follow the state file)."""
     import json
     import urllib.request
-    url = f"http://{cfg.serve.host}:{cfg.serve.port}/version"
+    url = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}/version"
     deadline = time.time() + timeout_s
     last = None
     while time.time() < deadline:
@@ -152,8 +216,7 @@ def status(cfg: Config) -> dict:
     if state is not None:
         out["state"].pop("baseline", None)
         out["state"]["history"] = state.history[-10:]
-    stats_dir = os.path.join(serving_dir(cfg.store, cfg.name), "stats")
-    snaps = st.read_snapshots(stats_dir)
+    snaps = st.read_snapshots(stats_dir(cfg.store, cfg.name))
     totals = st.totals(snaps)
     out["versions"] = {v: s.summary() for v, s in totals.items()}
     if state is not None and state.phase in ("CANARY", "SHADOW") and state.baseline:
@@ -208,12 +271,13 @@ def stop(cfg: Config, *, verbose: bool = False) -> dict:
 def recover_spools(cfg: Config) -> int:
     """Turn prediction-log spools that stopped replicas left behind into Parquet. Replicas flush
     on graceful shutdown and a starting replica recovers its dead neighbours' spools, but after
-    the last replica of a store is gone nobody else would. Local stores only."""
+    the last replica of a store is gone nobody else would. This node's spool: for an object store
+    the other nodes' spools are recovered by their next replica (or are lost with the node)."""
     from mlops_ray.monitor.predlog import recover_orphans
-    spool = os.path.join(serving_dir(cfg.store, cfg.name), "spool")
-    if "://" in cfg.store or not os.path.isdir(spool):
+    spool = spool_dir(cfg.store, cfg.name)
+    if not os.path.isdir(spool):
         return 0
-    return recover_orphans(spool, os.path.join(cfg.store, cfg.name, "predlog"))
+    return recover_orphans(spool, Store(cfg.store).uri(cfg.name, "predlog"))
 
 
 def build(cfg: Config, out_path: str, ref: str = "champion") -> dict:
@@ -232,7 +296,7 @@ def build(cfg: Config, out_path: str, ref: str = "champion") -> dict:
     dep = {k: v for k, v in opts.items() if k != "name"}
     doc = {"proxy_location": "EveryNode",
            "http_options": {"host": cfg.serve.host, "port": cfg.serve.port},
-           "applications": [{"name": cfg.name, "route_prefix": "/", "import_path": "mlops_ray.serve.app:app_builder",
+           "applications": [{"name": cfg.name, "route_prefix": cfg.serve.route_prefix, "import_path": "mlops_ray.serve.app:app_builder",
                              "args": {"config": _config_dict(cfg)},
                              "deployments": [{"name": DEPLOYMENT, **dep}]}]}
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)

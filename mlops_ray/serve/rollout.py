@@ -18,10 +18,11 @@ from mlops_ray.config import Config, RolloutConfig
 from mlops_ray.errors import RolloutAborted, ServingError
 from mlops_ray.monitor import histograms as hist
 from mlops_ray.serve import stats as st
-from mlops_ray.serve.state import ServingState, read_state, serving_dir, state_path, write_state
+from mlops_ray.serve.state import ServingState, StateConflict, read_state, state_path, stats_dir, write_state
 
 MIN_LATENCY_SAMPLES = 50        # p99 of fewer samples is the single slowest request
 MIN_PSI_ROWS = 100
+NO_TRAFFIC_S = 45.0             # a step without a single request by then: say where clients should call
 
 
 @dataclass
@@ -172,7 +173,7 @@ def run_rollout(cfg: Config, registry, version: str, *, shadow: bool = False, po
                 live_metric: Callable[[ServingState], dict | None] | None = None) -> dict:
     """Drive a rollout of ``version`` to the end. Raises RolloutAborted (exit 5) on a breach."""
     path = state_path(cfg.store, cfg.name)
-    stats_dir = os.path.join(serving_dir(cfg.store, cfg.name), "stats")
+    stats = stats_dir(cfg.store, cfg.name)
     policy = cfg.rollout
     state = read_state(path)
     if state is None:
@@ -188,20 +189,23 @@ def run_rollout(cfg: Config, registry, version: str, *, shadow: bool = False, po
                                f"{version}; watch it with `mlops-ray status`")
         state.controller = me
         state.event("resumed", version=version, step=state.step, weight=state.weight)
-        write_state(path, state)
+        write_state(path, state, expect=state.revision)
     else:
         if version == state.stable:
             raise ServingError(f"version {version} is already the stable version; nothing to roll out")
         state.controller = me
-        write_state(path, start(state, version, policy, time.time(), st.read_snapshots(stats_dir), shadow))
+        write_state(path, start(state, version, policy, time.time(), st.read_snapshots(stats), shadow),
+                    expect=state.revision)
     if on_progress:
         on_progress(state, None)
+    told = False
     while True:
         time.sleep(poll_s)
         now = time.time()
-        snaps = st.read_snapshots(stats_dir)           # one read per tick: the window and the next baseline
+        snaps = st.read_snapshots(stats)           # one read per tick: the window and the next baseline
         win = st.window(snaps, state.baseline)
         empty = st.VersionStats()
+        idle = sum(s.requests for s in win.values()) == 0 and now - state.step_started > min(NO_TRAFFIC_S, policy.step_timeout_s / 2)
         broken = st.load_errors(snaps).get(state.canary)
         ref = st.VersionStats.from_dict(state.reference) if state.reference else None
         verdict = judge(win.get(state.stable, empty), win.get(state.canary, empty), policy, now - state.step_started,
@@ -209,6 +213,9 @@ def run_rollout(cfg: Config, registry, version: str, *, shadow: bool = False, po
                         canary_offline=offline if state.canary == version else None)
         if broken:
             verdict.breaches.append(f"version {state.canary} cannot be loaded by the replicas: {broken}")
+        if idle and not told:
+            told = True
+            verdict.metrics["no_traffic"] = no_traffic_message(cfg, now - state.step_started)
         if on_progress:
             on_progress(state, verdict)
         if not verdict.ready and now - state.step_started > policy.step_timeout_s:
@@ -226,7 +233,11 @@ def run_rollout(cfg: Config, registry, version: str, *, shadow: bool = False, po
             continue
         if action != "step":
             state.controller = None
-        write_state(path, state)
+        try:                                     # compare-and-swap: a second writer since our read loses us
+            write_state(path, state, expect=state.revision)
+        except StateConflict as e:
+            raise ServingError(f"the serving state changed while the rollout of version {canary} ran: "
+                               f"{e.message}. This controller stops without touching it") from None
         if action == "rolled_back":
             registry.tag_version(canary, "rollout", "rejected")
             registry.tag_version(canary, "rollout_reason", state.reason)
@@ -241,6 +252,15 @@ def run_rollout(cfg: Config, registry, version: str, *, shadow: bool = False, po
         if action == "shadow_passed":
             registry.tag_version(canary, "shadow", "passed")
             return {"outcome": "shadow_passed", "version": canary, "metrics": verdict.metrics}
+
+
+def no_traffic_message(cfg: Config, idle_s: float) -> str:
+    from mlops_ray.serve.control import endpoints
+    where = endpoints(cfg)
+    urls = [where["url"], *where["direct"]]
+    return (f"no request has reached {cfg.name!r} for {idle_s:.0f} s: the rollout advances only on traffic. "
+            f"Clients should call {' or '.join(urls)}; without traffic this step rolls back after "
+            f"rollout.step_timeout_s={cfg.rollout.step_timeout_s:g} s")
 
 
 def manual(cfg: Config, registry, action: str) -> dict:
@@ -258,7 +278,7 @@ def manual(cfg: Config, registry, action: str) -> dict:
             raise ServingError(f"no canary to promote ({state.phase}, stable version {state.stable})")
         promote(state, cfg.rollout, now, "promoted by hand")
         state.controller = None
-        write_state(path, state)
+        write_state(path, state, expect=state.revision)
         registry.set_alias("champion", state.stable)
         registry.tag_version(state.stable, "rollout", "promoted")
         return {"outcome": "promoted", "version": state.stable, "previous": state.previous}
@@ -267,7 +287,7 @@ def manual(cfg: Config, registry, action: str) -> dict:
             canary = state.canary
             rollback(state, "rolled back by hand", now)
             state.controller = None
-            write_state(path, state)
+            write_state(path, state, expect=state.revision)
             registry.tag_version(canary, "rollout", "rejected")
             registry.tag_version(canary, "rollout_reason", "rolled back by hand")
             return {"outcome": "rolled_back", "version": canary, "stable": state.stable}
@@ -276,7 +296,7 @@ def manual(cfg: Config, registry, action: str) -> dict:
             state.stable, state.previous, state.previous_until = good, bad, now + cfg.rollout.keep_previous_s
             state.phase, state.reason = "ROLLED_BACK", f"version {bad} rolled back by hand to {good}"
             state.event("rolled_back", version=bad, reason=state.reason)
-            write_state(path, state)
+            write_state(path, state, expect=state.revision)
             registry.set_alias("champion", good)
             registry.tag_version(bad, "rollout", "rejected")
             registry.tag_version(bad, "rollout_reason", "rolled back by hand after promotion")

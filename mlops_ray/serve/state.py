@@ -1,6 +1,7 @@
 """Serving state: which versions serve, with what weights, and where a rollout stands.
 
-One JSON document in the store (``{store}/{name}/serving/state.json``), written atomically.
+One JSON document in the store (``{store}/{name}/serving/state.json``, any pyarrow filesystem),
+written atomically, with a revision that writers compare and swap.
 It is the single source of truth: replicas poll it and route by it, ``mlops-ray status``
 prints it, and a restarted rollout controller resumes from it. Nothing here talks to Ray.
 
@@ -11,11 +12,21 @@ Phases (DESIGN.md's state machine)::
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import time
+import tempfile
 import uuid
+import zlib
 from dataclasses import asdict, dataclass, field
+
+from pyarrow import fs as pafs
+
+from mlops_ray.data.ingest import filesystem_for
+from mlops_ray.errors import ServingError
+from mlops_ray.store import Store
 
 PHASES = ("STABLE", "CANARY", "SHADOW", "PROMOTED", "ROLLED_BACK")
 
@@ -67,31 +78,110 @@ class ServingState:
 
 
 def serving_dir(store_root: str, name: str) -> str:
-    return os.path.join(store_root, name, "serving")
+    """The serving directory as the store names it: an absolute path, or a URI for object stores."""
+    return Store(store_root).uri(name, "serving")
 
 
 def state_path(store_root: str, name: str) -> str:
-    return os.path.join(serving_dir(store_root, name), "state.json")
+    return Store(store_root).uri(name, "serving", "state.json")
+
+
+def stats_dir(store_root: str, name: str) -> str:
+    """Per-replica statistics snapshots (one JSON per replica, rewritten every second)."""
+    return Store(store_root).uri(name, "serving", "stats")
+
+
+def spool_dir(store_root: str, name: str) -> str:
+    """Where replicas spool prediction-log records before Parquet: always a local directory. In the
+    store's serving directory when the store is a path; in /tmp on the replica's node for object
+    stores (a lost node loses at most its unflushed interval, see monitor/predlog.py)."""
+    d = serving_dir(store_root, name)
+    if "://" not in d:
+        return os.path.join(d, "spool")
+    return os.path.join(tempfile.gettempdir(), "mlops-ray-spool", f"{zlib.crc32(d.encode()):08x}")
+
+
+class StateConflict(ServingError):
+    """The state changed since it was read: someone else wrote it (compare-and-swap failed)."""
 
 
 def read_state(path: str) -> ServingState | None:
+    fs, p = filesystem_for(path)
     try:
-        with open(path) as f:
-            return ServingState.from_dict(json.load(f))
+        with fs.open_input_stream(p) as f:
+            return ServingState.from_dict(json.loads(f.read()))
     except FileNotFoundError:
         return None
 
 
-def write_state(path: str, state: ServingState) -> ServingState:
-    """Atomic replace (readers never see half a file); bumps the revision."""
-    state.revision += 1
-    state.updated = time.time()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(state.to_dict(), f, indent=1)
-    os.replace(tmp, path)
+def state_token(path: str):
+    """Something that changes whenever the state is written, cheaper than reading it: (mtime, inode)
+    locally (``os.replace`` makes a new inode per write), the object's mtime and size elsewhere."""
+    fs, p = filesystem_for(path)
+    if isinstance(fs, pafs.LocalFileSystem):
+        st = os.stat(p)
+        return st.st_mtime_ns, st.st_ino
+    info = fs.get_file_info(p)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(path)
+    return info.mtime_ns, info.size
+
+
+@contextlib.contextmanager
+def _locked(fs, p: str):
+    """An exclusive lock around read-compare-write. Local disk and NFS: ``lockf`` on a lock file
+    beside the state. Object stores have no lock; see write_state."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        yield
+        return
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    fd = os.open(p + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)                     # closing releases the lock
+
+
+def write_state(path: str, state: ServingState, *, expect: int | None = None) -> ServingState:
+    """Write the state, bumping its revision; readers never see half a document (atomic rename
+    locally, a single PUT on object stores). With ``expect``, a compare-and-swap: the write happens
+    only if the stored revision is still ``expect`` (0 = no state yet), else StateConflict and
+    nothing is written. On local disk and NFS the compare and the write hold a lock, so two
+    controllers cannot both win. On object stores (no conditional PUT through pyarrow) the compare
+    and the write are one round trip apart: a second writer inside that window is not excluded."""
+    fs, p = filesystem_for(path)
+    with _locked(fs, p):
+        if expect is not None:
+            current = read_state(path)
+            have = current.revision if current is not None else 0
+            if have != expect:
+                raise StateConflict(
+                    f"the serving state of {state.name!r} changed (revision {have}, expected {expect}"
+                    + (f": now {describe(current)}" if current else ": it was removed") + "); someone "
+                    "promoted, rolled back or deployed meanwhile. Nothing was written; check "
+                    "`mlops-ray status CONFIG` and retry")
+        state.revision += 1
+        state.updated = time.time()
+        data = json.dumps(state.to_dict(), indent=1).encode()
+        if isinstance(fs, pafs.LocalFileSystem):
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            tmp = f"{p}.{uuid.uuid4().hex}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, p)
+        else:
+            with fs.open_output_stream(p) as f:
+                f.write(data)
     return state
+
+
+def remove_state(path: str) -> None:
+    fs, p = filesystem_for(path)
+    try:
+        fs.delete_file(p)
+    except FileNotFoundError:
+        pass
 
 
 def describe(state: ServingState | None) -> str:

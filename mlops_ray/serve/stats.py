@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import bisect
 import json
+import posixpath
 import os
 import uuid
 from dataclasses import dataclass, field
+
+from pyarrow import fs as pafs
+
+from mlops_ray.data.ingest import filesystem_for
 
 # latency buckets: 0.05 ms .. ~60 s, 8 per doubling (p99 resolution about 9 %)
 LATENCY_EDGES_MS = [0.05 * 2 ** (i / 8) for i in range(162)]
@@ -98,25 +103,34 @@ class ReplicaStats:
 
 
 def write_snapshot(directory: str, snap: dict) -> None:
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f"{_safe(snap['replica'])}.json")
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(snap, f)
-    os.replace(tmp, path)
+    """One small JSON per replica in the store (path or URI): atomic rename locally, one PUT on
+    object stores, so the controller never reads half a snapshot."""
+    fs, d = filesystem_for(directory)
+    path = posixpath.join(d, f"{_safe(snap['replica'])}.json")
+    data = json.dumps(snap).encode()
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.makedirs(d, exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    else:
+        with fs.open_output_stream(path) as f:
+            f.write(data)
 
 
 def read_snapshots(directory: str) -> dict[str, dict]:
-    out = {}
+    fs, d = filesystem_for(directory)
     try:
-        names = os.listdir(directory)
+        infos = fs.get_file_info(pafs.FileSelector(d, allow_not_found=True))
     except FileNotFoundError:
-        return out
-    for n in names:
-        if n.endswith(".json"):
+        return {}
+    out = {}
+    for info in infos:
+        if info.type == pafs.FileType.File and info.path.endswith(".json"):
             try:
-                with open(os.path.join(directory, n)) as f:
-                    snap = json.load(f)
+                with fs.open_input_stream(info.path) as f:
+                    snap = json.loads(f.read())
                 out[snap["replica"]] = snap
             except (OSError, ValueError, KeyError):
                 continue              # a file being replaced; the next read sees it

@@ -7,7 +7,7 @@ from mlops_ray.config import RolloutConfig
 from mlops_ray.serve import rollout as ro
 from mlops_ray.monitor import histograms as hist
 from mlops_ray.serve import stats as st
-from mlops_ray.serve.state import ServingState, read_state, write_state
+from mlops_ray.serve.state import StateConflict, ServingState, read_state, write_state
 
 POLICY = RolloutConfig(steps=[5, 50, 100], min_requests=100, min_seconds=1, keep_previous_s=60)
 
@@ -120,7 +120,44 @@ def test_state_file_round_trip_is_atomic(tmp_path):
     write_state(p, ServingState(name="m", stable="3"))
     s = read_state(p)
     assert (s.stable, s.revision) == ("3", 1)
-    assert [f.name for f in (tmp_path / "s").iterdir()] == ["state.json"]
+    assert sorted(f.name for f in (tmp_path / "s").iterdir()) == ["state.json", "state.json.lock"]  # no temp file left
+
+
+def test_two_controllers_cannot_both_win_a_compare_and_swap(tmp_path):
+    p = str(tmp_path / "s" / "state.json")
+    write_state(p, ServingState(name="m", stable="1"))
+    a, b = read_state(p), read_state(p)                  # both read revision 1
+    a.weight = 10.0
+    write_state(p, a, expect=1)
+    b.weight = 50.0
+    with pytest.raises(StateConflict, match=r"changed \(revision 2, expected 1.*mlops-ray status"):
+        write_state(p, b, expect=1)
+    assert read_state(p).weight == 10.0                  # the loser wrote nothing
+
+
+def test_compare_and_swap_holds_under_concurrent_writers(tmp_path):
+    # 8 processes race read-modify-write with CAS: every increment that claims success is kept
+    import multiprocessing as mp
+    p = str(tmp_path / "s" / "state.json")
+    write_state(p, ServingState(name="m", stable="1"))
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        wins = sum(pool.map(_cas_increments, [p] * 8))
+    s = read_state(p)
+    assert s.step == wins - 1 and s.revision == 1 + wins   # step starts at -1
+
+
+def _cas_increments(path: str, tries: int = 25) -> int:
+    won = 0
+    for _ in range(tries):
+        s = read_state(path)
+        s.step += 1
+        try:
+            write_state(path, s, expect=s.revision)
+            won += 1
+        except StateConflict:
+            pass
+    return won
 
 
 def test_one_slow_request_in_a_small_window_does_not_breach():

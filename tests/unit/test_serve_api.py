@@ -340,3 +340,11 @@ def test_the_id_column_is_accepted_and_kept_but_is_not_an_input():
         p.parse(b'{"amount": 1, "channel": "atm", "transaction_idd": 17}', "application/json")
     with pytest.raises(RequestError, match="missing"):
         p.parse(b'{"amount": 1, "transaction_id": 17}', "application/json")
+
+
+def test_a_partial_row_names_every_missing_field_in_one_problem(parser, row):
+    err = parse_err(parser, dumps({"amount": 12.5}))
+    assert err.code == "missing_field" and len(err.problems) == 1
+    missing = [k for k in row if k != "amount"]
+    assert f"{len(missing)} of {len(row)} input fields missing: {', '.join(missing)}" in err.message
+    assert "GET /schema" in err.message

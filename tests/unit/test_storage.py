@@ -1,0 +1,93 @@
+"""The storage layer and config hygiene that scale-out relies on: store URIs, the node-local
+store rule, ${ENV} references that keep secrets out of Serve's arguments and `serve build` YAML."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from mlops_ray.config import config_from_dict, literal_secrets, load_config
+from mlops_ray.errors import ConfigError
+from mlops_ray.runtime import head_file, node_local_store_problem
+from mlops_ray.serve import control
+from mlops_ray.serve.state import ServingState, read_state, spool_dir, state_path, write_state
+from mlops_ray.store import Store, _why
+
+BASE = {"name": "p", "data": {"source": "x", "label": "y"}}
+
+
+def test_store_uri_keeps_the_query_after_the_key():
+    s = Store("s3://bucket/prefix?endpoint_override=127.0.0.1:9000&scheme=http")
+    assert s.uri("p", "serving", "state.json") == \
+        "s3://bucket/prefix/p/serving/state.json?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert s.path("p", "x") == "bucket/prefix/p/x"
+
+
+def test_a_relative_store_is_made_absolute_when_the_config_is_loaded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**BASE, "store": "rel/store"}))
+    assert load_config("c.yaml").store == str(tmp_path / "rel" / "store")
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(BASE))
+    assert load_config("d.yaml").store == str(tmp_path / ".mlops")
+
+
+def test_serving_state_spool_and_head_follow_the_store(tmp_path):
+    local = str(tmp_path / "st")
+    assert state_path(local, "p") == f"{local}/p/serving/state.json"
+    assert spool_dir(local, "p") == f"{local}/p/serving/spool"
+    remote = "s3://b/k"
+    assert state_path(remote, "p") == "s3://b/k/p/serving/state.json"
+    assert "://" not in spool_dir(remote, "p") and "://" not in head_file(remote, "p")   # node-local
+    write_state(state_path(local, "p"), ServingState(name="m", stable="1"))
+    assert read_state(state_path(local, "p")).stable == "1"
+
+
+def test_a_node_local_store_is_refused_on_a_cluster_of_several_machines():
+    one_host = [{"Alive": True, "NodeManagerAddress": "127.0.0.1"}] * 2
+    two_hosts = [{"Alive": True, "NodeManagerAddress": "10.0.0.1"}, {"Alive": True, "NodeManagerAddress": "10.0.0.2"}]
+    assert node_local_store_problem("/data/store", False, one_host) is None       # local-cluster.sh: one disk
+    why = node_local_store_problem("/data/store", False, two_hosts)
+    assert "store '/data/store' is a path on one machine's disk" in why and "2 machines" in why
+    assert "s3://bucket/prefix" in why and "store_shared: true" in why
+    assert node_local_store_problem("/nfs/store", True, two_hosts) is None
+    assert node_local_store_problem("s3://b/k", False, two_hosts) is None
+
+
+def test_store_errors_say_what_to_do():
+    assert "bucket 'nob' does not exist" in _why("Bucket 'nob' not found.", "s3://nob/x")
+    msg = _why("AWS Error ACCESS_DENIED during PutObject operation", "s3://b/x")
+    assert "access denied" in msg and "AWS_ACCESS_KEY_ID" in msg
+
+
+def test_an_unwritable_store_path_fails_before_any_work(tmp_path):
+    (tmp_path / "store").write_text("a file where the store directory should be")
+    with pytest.raises(ConfigError, match=r"store '.*store' cannot be written: "):
+        Store(str(tmp_path / "store")).check_writable("p")
+
+
+def test_env_references_are_expanded_and_stay_references_for_serve(monkeypatch):
+    monkeypatch.setenv("MLF_PASS", "hunter2")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
+    cfg = config_from_dict({**BASE, "registry": {"tracking_uri": "http://me:${MLF_PASS}@mlflow:5000"},
+                            "ray": {"runtime_env": {"env_vars": {"AWS_SECRET_ACCESS_KEY": "${AWS_SECRET_ACCESS_KEY}",
+                                                                 "REGION": "${REGION:-eu-west-1}"}}}})
+    assert cfg.registry.tracking_uri == "http://me:hunter2@mlflow:5000"
+    assert cfg.ray.runtime_env["env_vars"]["REGION"] == "eu-west-1"
+    args = control._config_dict(cfg)                     # what Serve publishes and `serve build` writes
+    text = yaml.safe_dump(args)
+    assert "hunter2" not in text and "s3cr3t" not in text
+    assert args["registry"]["tracking_uri"] == "http://me:${MLF_PASS}@mlflow:5000"
+    assert config_from_dict(args).registry.tracking_uri == "http://me:hunter2@mlflow:5000"   # the replica's view
+
+
+def test_a_missing_env_variable_names_the_key_and_the_fix(monkeypatch):
+    monkeypatch.delenv("NOPE", raising=False)
+    with pytest.raises(ConfigError, match=r"registry.tracking_uri refers to \$\{NOPE\}, which is not set.*export NOPE="):
+        config_from_dict({**BASE, "registry": {"tracking_uri": "${NOPE}"}})
+
+
+def test_credentials_written_into_the_config_are_refused_for_serve():
+    cfg = config_from_dict({**BASE, "registry": {"tracking_uri": "http://me:pw@mlflow:5000"},
+                            "ray": {"runtime_env": {"env_vars": {"HF_TOKEN": "abc", "LOG_LEVEL": "info"}}}})
+    assert literal_secrets(cfg) == ["ray.runtime_env.env_vars.HF_TOKEN", "registry.tracking_uri"]
+    with pytest.raises(ConfigError, match=r"HF_TOKEN, registry.tracking_uri hold a credential.*\$\{AWS_SECRET"):
+        control._config_dict(cfg)
