@@ -17,8 +17,11 @@ BENCHMARKS: dict[str, str] = {
     "training": "benchmarks.training",
     "search": "benchmarks.search",
     "tune_overhead": "benchmarks.tune_overhead",
+    "cluster_tune": "benchmarks.cluster_tune",
     "serving": "benchmarks.serving",
+    "weight_change": "benchmarks.weight_change",
     "drift": "benchmarks.drift",
     "predict": "benchmarks.predict",
+    "submit": "benchmarks.submit",
     "demo": "benchmarks.demo",
 }

@@ -13,6 +13,7 @@ from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mlops_ray.errors import ConfigError, DataValidationError, ExitCode, MlopsError
@@ -26,6 +27,25 @@ app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 serve_app = typer.Typer(no_args_is_help=True, help="Serving lifecycle: stop, build a Serve config.")
 app.add_typer(serve_app, name="serve")
+cluster_app = typer.Typer(no_args_is_help=True, help="Cluster manifests (KubeRay, cluster launcher): check them.")
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("check")
+def cluster_check(files: List[str] = typer.Argument(..., help="Manifests: KubeRay RayCluster/RayJob/RayService "
+                                                              "YAML or a `ray up` cluster config."),
+                  root: Optional[str] = typer.Option(None, "--root", help="Project root that referenced "
+                                                     "configs are relative to (default: nearest pyproject.toml)."),
+                  crds: Optional[str] = typer.Option(None, "--crds", help="Folder of KubeRay CRDs "
+                                                     "(default: $MLOPS_RAY_KUBERAY_CRDS or tests/fixtures/kuberay)."),
+                  json_out: bool = typer.Option(False, "--json")):
+    """Validate manifests against KubeRay's CRDs / Ray's ray-schema.json and the rules only the
+    controller checks; exit 2 with every problem named."""
+    from mlops_ray.manifests import check_files
+    with _guard(json_out):
+        res = check_files(files, root=root, crd_dir=crds)
+        _emit_json({"ok": True, "files": res}) if json_out else [
+            out.print(f"[green]✓[/] {r['file']}: {', '.join(r['documents'])}") for r in res]
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -77,7 +97,7 @@ def _fail(e: BaseException, json_mode: bool) -> None:
             _emit_json(payload)
         if isinstance(e, DataValidationError) and e.report is not None and not json_mode:
             _print_validation(e.report, to=err)
-        err.print(f"[bold red]{e.headline}:[/] {e.message}", markup=True) if not isinstance(
+        err.print(f"[bold red]{e.headline}:[/] {escape(e.message)}", markup=True) if not isinstance(
             e, DataValidationError) else err.print(f"[bold red]{e.headline}[/] (exit {e.exit_code})")
         if State.debug:
             err.print_exception()
@@ -241,7 +261,10 @@ def _print_run_result(res) -> None:
     if res.search:
         s = res.search
         out.print(f"[green]✓[/] search: {s['n_trials']} trials ({s['strategy']}), best valid {s['metric']} "
-                  f"{s['best_score']:.5f} at {s['best_iteration'] + 1} rounds, {s['seconds']:.1f} s")
+                  f"{s['best_score']:.5f} at {s['best_iteration'] + 1} rounds, {s['seconds']:.1f} s"
+                  + (f", on {len(s['nodes'])} nodes" if len(s.get("nodes") or {}) > 1 else ""))
+        if s.get("retried"):
+            out.print(f"  [yellow]retried after a failure[/]: trial(s) {', '.join(t['trial_id'] for t in s['retried'])}")
     if res.evaluation:
         m = res.evaluation["metrics"]
         shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float) and k != "n")
@@ -392,6 +415,8 @@ def rollout_cmd(args: List[str] = typer.Argument(..., metavar="[promote|rollback
             if verdict is None:
                 err.print(f"  {state.phase} version {state.canary} at {state.weight:g}%")
                 return
+            if verdict.metrics.get("no_traffic"):
+                err.print(f"  [yellow]![/] {verdict.metrics['no_traffic']}")
             c = verdict.metrics.get("canary", {})
             err.print(f"  {state.phase} v{state.canary} {state.weight:g}%: {c.get('requests', 0)}/"
                       f"{cfg.rollout.min_requests} requests, errors {c.get('errors', 0)}, "
@@ -578,6 +603,55 @@ def demo_cmd(config: str = typer.Argument("configs/quickstart.yaml", help="Pipel
         times = ", ".join(f"{k} {v:.0f}s" for k, v in res["timings_s"].items())
         out.print(f"[green]✓[/] demo done in {res['seconds']:.0f} s ({times}); report {html}")
 
+
+# ---------------------------------------------------------------------- jobs
+@app.command("submit")
+def submit_cmd(config: str = typer.Argument(..., help="Pipeline YAML, inside the project."),
+               command: Optional[List[str]] = typer.Argument(None, metavar="-- COMMAND [ARGS]...",
+                                                             help="The mlops-ray command to run on the cluster."),
+               address: Optional[str] = typer.Option(None, "--address", help="The cluster's dashboard URL (default: "
+                                                     "RAY_API_SERVER_ADDRESS, an http RAY_ADDRESS, else "
+                                                     "http://127.0.0.1:8265)."),
+               wait: bool = typer.Option(False, "--wait", help="Stream the job's logs; exit with its outcome."),
+               exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Leave this out of the upload "
+                                                           "(gitignore syntax, from the project root); repeatable."),
+               project_dir: Optional[str] = typer.Option(None, "--project-dir", help="Project root to upload "
+                                                         "(default: where pyproject.toml is, at or above here)."),
+               max_upload_mib: float = typer.Option(100.0, "--max-upload-mib", min=0.001,
+                                                    help="Refuse a bigger upload (the dashboard takes 100 MiB)."),
+               json_out: bool = typer.Option(False, "--json", help="Result as JSON; job logs then go to stderr.")):
+    """Run an mlops-ray command on a Ray cluster through the Jobs API; the project root is its working_dir.
+
+    mlops-ray submit configs/quickstart.yaml --address http://127.0.0.1:8265 --wait -- run
+
+    Exit 0: submitted (with --wait: SUCCEEDED); 11: the job FAILED or was STOPPED; 7: the
+    dashboard is unreachable, is not a Ray dashboard or refuses the token; 2: bad command or upload.
+    """
+    from mlops_ray import jobs
+    with _guard(json_out):
+        cfg = _load(config, jobs.set_args(command or []))
+        logs = err.file if json_out else sys.stdout
+
+        def on_log(chunk: str) -> None:
+            logs.write(chunk)
+            logs.flush()
+
+        def on_submitted(res: dict) -> None:
+            if not json_out:
+                err.print(f"submitted job {res['job_id']} ({res['dashboard_url']}); following its logs "
+                          f"(Ctrl-C stops following, not the job: {res['follow'][2]})", markup=False)
+        res = jobs.submit(cfg, config, command or [], address=address, wait=wait, excludes=exclude or [],
+                          max_upload_bytes=int(max_upload_mib * 1024 ** 2), project_dir=project_dir,
+                          verbose=State.verbose, on_log=on_log, on_submitted=on_submitted)
+        if json_out:
+            _emit_json(res)
+        elif wait:
+            out.print(f"[green]✓[/] job {res['job_id']} SUCCEEDED in {res['seconds']['done']:.1f} s")
+        else:
+            out.print(f"[green]✓[/] submitted job {res['job_id']} ({res['upload_files']:,} files, "
+                      f"{res['upload_bytes'] / 1024 ** 2:.1f} MiB from {res['working_dir']})")
+            out.print(f"  dashboard: {res['dashboard_url']}\n  follow it:\n" +
+                      "\n".join(f"    {c}" for c in res["follow"]), markup=False)
 
 
 def _print_drift(rep: dict, html: str | None) -> None:

@@ -18,6 +18,7 @@ class ExitCode:
     SERVING = 8         # serving cannot do what was asked (nothing deployed, a rollout running, ...)
     DRIFT = 9           # monitor: drift (or a live-metric drop) detected; the report is written
     MONITOR = 10        # monitoring cannot do what was asked (no window, no reference, bad labels, a loop running)
+    JOB = 11            # a job submitted with `mlops-ray submit --wait` failed or was stopped
 
 
 class MlopsError(Exception):
@@ -103,3 +104,15 @@ class MonitorError(MlopsError):
     model, a bundle without a reference profile, labels that cannot be joined, a second loop."""
     headline = "Monitoring error"
     exit_code = ExitCode.MONITOR
+
+
+class JobSubmitError(ResourceError):
+    """A job cannot be submitted: the dashboard is unreachable, is not a Ray dashboard, or refuses
+    the request (a missing or wrong token)."""
+    headline = "Cannot submit the job"
+
+
+class JobFailed(MlopsError):
+    """A submitted job ended FAILED or STOPPED; the message holds its id, status message and last log lines."""
+    headline = "Job failed"
+    exit_code = ExitCode.JOB
