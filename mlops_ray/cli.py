@@ -3,7 +3,8 @@ prints the result (a table, or JSON with --json) and exits with the outcome's co
 
 Exit codes: 0 ok, 1 unexpected (a bug), 2 usage or config error, 3 data missing or
 invalid, 4 gate rejected, 5 rollout aborted, 6 registry error, 7 not enough resources,
-8 serving cannot do what was asked.
+8 serving cannot do what was asked, 9 drift, 10 monitoring cannot
+do what was asked, 11 a submitted job failed.
 """
 from __future__ import annotations
 
