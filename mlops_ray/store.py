@@ -72,6 +72,21 @@ class Store:
             self.fs.delete_dir(path)
 
 
+def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Readers never see half a file: a temp file and a rename on local disk (and NFS), one PUT
+    on object stores (they publish an object when its upload completes)."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        import os
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    else:
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
+
 def _root_path(uri: str) -> str:
     """The store root as its filesystem names it (``bucket/prefix`` for object stores), without
     resolving the filesystem."""

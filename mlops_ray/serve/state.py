@@ -18,7 +18,6 @@ import json
 import os
 import time
 import tempfile
-import uuid
 import zlib
 from dataclasses import asdict, dataclass, field
 
@@ -26,7 +25,7 @@ from pyarrow import fs as pafs
 
 from mlops_ray.data.ingest import filesystem_for
 from mlops_ray.errors import ServingError
-from mlops_ray.store import Store
+from mlops_ray.store import Store, write_atomic
 
 PHASES = ("STABLE", "CANARY", "SHADOW", "PROMOTED", "ROLLED_BACK")
 
@@ -163,16 +162,7 @@ def write_state(path: str, state: ServingState, *, expect: int | None = None) ->
                     "`mlops-ray status CONFIG` and retry")
         state.revision += 1
         state.updated = time.time()
-        data = json.dumps(state.to_dict(), indent=1).encode()
-        if isinstance(fs, pafs.LocalFileSystem):
-            os.makedirs(os.path.dirname(p), exist_ok=True)
-            tmp = f"{p}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, p)
-        else:
-            with fs.open_output_stream(p) as f:
-                f.write(data)
+        write_atomic(fs, p, json.dumps(state.to_dict(), indent=1).encode())
     return state
 
 

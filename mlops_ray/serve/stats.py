@@ -12,13 +12,12 @@ from __future__ import annotations
 import bisect
 import json
 import posixpath
-import os
-import uuid
 from dataclasses import dataclass, field
 
 from pyarrow import fs as pafs
 
 from mlops_ray.data.ingest import filesystem_for
+from mlops_ray.store import write_atomic
 
 # latency buckets: 0.05 ms .. ~60 s, 8 per doubling (p99 resolution about 9 %)
 LATENCY_EDGES_MS = [0.05 * 2 ** (i / 8) for i in range(162)]
@@ -107,16 +106,7 @@ def write_snapshot(directory: str, snap: dict) -> None:
     object stores, so the controller never reads half a snapshot."""
     fs, d = filesystem_for(directory)
     path = posixpath.join(d, f"{_safe(snap['replica'])}.json")
-    data = json.dumps(snap).encode()
-    if isinstance(fs, pafs.LocalFileSystem):
-        os.makedirs(d, exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    else:
-        with fs.open_output_stream(path) as f:
-            f.write(data)
+    write_atomic(fs, path, json.dumps(snap).encode())
 
 
 def read_snapshots(directory: str) -> dict[str, dict]:
