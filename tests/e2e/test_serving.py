@@ -201,6 +201,17 @@ def test_deploy_serves_the_champion(served):
         assert post(info["direct"][0], served["rows"][:5])[1]["predictions"] == body["predictions"]
 
 
+def test_the_readme_first_prediction_works_when_pasted(served):
+    import re
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"curl -s localhost:(\d+)/predict -H 'content-type: application/json' \\\n\s+-d '([^']+)'", text)
+    assert m, "the README's first curl line changed shape"
+    body = json.loads(m.group(2))
+    status, answer = post(served["url"], body)
+    assert status == 200 and len(answer["predictions"]) == 1, answer
+    assert int(m.group(1)) == 8001        # quickstart's serve.port 8000 + 1: the replica's own (fast) port
+
+
 def _without(row, key):
     r = dict(row)
     r.pop(key)
