@@ -250,10 +250,15 @@ class Predictor:
         state = None
         while True:
             try:
-                mtime = await asyncio.to_thread(state_token, self.state_file) if self._remote \
-                    else state_token(self.state_file)
+                if self._remote:
+                    # an object's mtime has 1-second resolution on S3: two writes of the same size
+                    # in one second would look unchanged, so read the (small) document itself
+                    fresh = await asyncio.to_thread(read_state, self.state_file)
+                    mtime = (fresh.revision, fresh.updated) if fresh else None
+                else:
+                    mtime, fresh = state_token(self.state_file), None
                 if mtime != self._mtime:
-                    state = await asyncio.to_thread(read_state, self.state_file) or state
+                    state = fresh or read_state(self.state_file) or state
                     if state is not None:
                         await self._ensure(state.stable)       # load first, then switch
                         for v in state.versions():

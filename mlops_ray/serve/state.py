@@ -115,7 +115,9 @@ def read_state(path: str) -> ServingState | None:
 
 def state_token(path: str):
     """Something that changes whenever the state is written, cheaper than reading it: (mtime, inode)
-    locally (``os.replace`` makes a new inode per write), the object's mtime and size elsewhere."""
+    locally (``os.replace`` makes a new inode per write). Object stores: the object's mtime and size,
+    which can miss a second write within one second (S3's mtime resolution); replicas on an object
+    store read the document instead."""
     fs, p = filesystem_for(path)
     if isinstance(fs, pafs.LocalFileSystem):
         st = os.stat(p)
