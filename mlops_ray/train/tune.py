@@ -52,7 +52,27 @@ class SearchResult:
         return {"metric": self.metric, "mode": self.mode, "best_config": self.best_config,
                 "best_score": self.best_score, "best_iteration": self.best_iteration,
                 "n_trials": len(self.trials), "seconds": round(self.seconds, 2), "strategy": self.strategy,
-                "restored": self.restored, "trials": self.trials}
+                "restored": self.restored, **_placement(self.trials), "trials": self.trials}
+
+
+def _placement(trials: list[dict]) -> dict:
+    """Where the trials ran and which were retried, from the trial rows (for the run's summary):
+    ``nodes`` (Ray node id -> trials whose last attempt ran there), ``worker_nodes`` (node id ->
+    Ray Train workers of distributed trials), ``retried`` (trials that failed at least once:
+    id, failures, and the error if the retries ran out)."""
+    nodes: dict[str, int] = {}
+    workers: dict[str, int] = {}
+    for t in trials:
+        if t.get("node_id"):
+            nodes[t["node_id"]] = nodes.get(t["node_id"], 0) + 1
+        for n in t.get("worker_node_ids") or []:
+            workers[n] = workers.get(n, 0) + 1
+    retried = [{"trial_id": t.get("trial_id"), "failures": t["num_failures"], "error": t.get("error")}
+               for t in trials if t.get("num_failures")]
+    out = {"nodes": nodes, "retried": retried}
+    if workers:
+        out["worker_nodes"] = workers
+    return out
 
 
 # --------------------------------------------------------------------------- search space
@@ -113,10 +133,18 @@ def single_trial(config: dict, *, data: dict, data_key: str, spec: dict, model: 
     params, rounds, esr = X.split_trial_config(config, model_cfg)
     base = X.base_params(model_cfg, tcfg, X.trial_threads(tcfg.cpus_per_trial), int(data.get("n_classes", 2)))
     xgb_metric = X.TRAIN_METRICS[model_cfg.task][tcfg.metric]
-    cb = _report_callback(tcfg.report_every, xgb_metric, tcfg.metric, tcfg.mode, tune.report)
+    # every report names the node, so a trial stopped early still says where it ran
+    where = {"node_id": _node_id()}
+    cb = _report_callback(tcfg.report_every, xgb_metric, tcfg.metric, tcfg.mode,
+                          lambda m: tune.report({**m, **where}))
     res = X.train({**base, **params}, dtrain, rounds, dvalid, esr, [cb])
     tune.report({tcfg.metric: res.best_score, "best_iteration": res.best_iteration,
-                 "rounds": res.booster.num_boosted_rounds(), "final": True})
+                 "rounds": res.booster.num_boosted_rounds(), "final": True, **where})
+
+
+def _node_id() -> str:
+    import ray
+    return ray.get_runtime_context().get_node_id()
 
 
 def distributed_trial(config: dict, *, train_path: str, valid_path: str, spec: dict, model: dict,
@@ -128,13 +156,18 @@ def distributed_trial(config: dict, *, train_path: str, valid_path: str, spec: d
     trial_id = tune.get_context().get_trial_id()
     fit_distributed(config, train_path=train_path, valid_path=valid_path, spec=spec, model=model,
                     tune_cfg=tune_cfg, storage=storage, name=f"trial-{trial_id}-{int(time.time())}",
-                    callbacks=[TuneReportCallback()], num_workers=model_cfg.num_workers)
+                    callbacks=[TuneReportCallback()], num_workers=model_cfg.num_workers,
+                    extra_metrics={"node_id": _node_id()})
 
 
 def fit_distributed(config: dict, *, train_path: str, valid_path: str | None, spec: dict, model: dict,
                     tune_cfg: dict, storage: str, name: str, callbacks=(), num_workers: int = 2,
-                    rounds: int | None = None):
-    """Ray Train XGBoostTrainer over Ray Data shards; returns the booster saved by rank 0."""
+                    rounds: int | None = None, extra_metrics: dict | None = None):
+    """Ray Train XGBoostTrainer over Ray Data shards; returns the booster saved by rank 0.
+
+    Workers are placed with ``SPREAD``: one per node while nodes last (each gets a node's memory
+    and cores; on one node it is the same as the default ``PACK``, the strategy being soft). Every
+    report carries ``worker_node_ids`` (the workers' Ray node ids, by rank) and ``extra_metrics``."""
     import ray
     import ray.train
     from ray.train.xgboost import XGBoostTrainer
@@ -145,8 +178,9 @@ def fit_distributed(config: dict, *, train_path: str, valid_path: str | None, sp
     trainer = XGBoostTrainer(
         _worker_loop,
         train_loop_config={"config": config, "spec": spec, "model": model, "tune": tune_cfg, "rounds": rounds,
-                           "splits": sorted(datasets)},
-        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, resources_per_worker={"CPU": 1}),
+                           "splits": sorted(datasets), "extra": dict(extra_metrics or {})},
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, resources_per_worker={"CPU": 1},
+                                               placement_strategy="SPREAD"),
         run_config=ray.train.RunConfig(name=name, storage_path=storage, callbacks=list(callbacks)),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split="all"),
@@ -176,6 +210,7 @@ def _worker_loop(cfg: dict) -> None:
         df = shard.materialize().to_pandas()
         return df[cols].to_numpy(np.float32), df[spec.label].to_numpy(np.float32)
 
+    extra = {**cfg.get("extra", {}), "worker_node_ids": _worker_node_ids()}
     Xtr, ytr = arrays("train")
     Xva, yva = arrays("valid")
     dtrain = X.dmatrix(Xtr, ytr, spec)
@@ -188,16 +223,28 @@ def _worker_loop(cfg: dict) -> None:
     if dvalid is not None:
         xgb_metric = X.TRAIN_METRICS[model_cfg.task][tcfg.metric]
         callbacks.append(_report_callback(tcfg.report_every, xgb_metric, tcfg.metric, tcfg.mode,
-                                          lambda m: ray.train.report(m)))
+                                          lambda m: ray.train.report({**m, **extra})))
     res = X.train({**base, **params}, dtrain, rounds, dvalid, esr, callbacks)
     final = {tcfg.metric: res.best_score, "best_iteration": res.best_iteration,
-             "rounds": res.booster.num_boosted_rounds(), "final": True}
+             "rounds": res.booster.num_boosted_rounds(), "final": True, **extra}
     with tempfile.TemporaryDirectory() as d:
         checkpoint = None
         if ray.train.get_context().get_world_rank() == 0:
             res.booster.save_model(os.path.join(d, "model.ubj"))
             checkpoint = ray.train.Checkpoint.from_directory(d)
         ray.train.report(final, checkpoint=checkpoint)
+
+
+def _worker_node_ids() -> list[str]:
+    """Every Train worker's Ray node id, by rank. Train V2 keeps rank 0's metrics only, so the ids are
+    gathered first: an allreduce (sum) over XGBoost's communicator, which Ray Train has opened around
+    the loop, of a (world size x id bytes) matrix in which each worker fills its own row."""
+    from xgboost import collective
+    own = np.frombuffer(bytes.fromhex(_node_id()), np.uint8)
+    rows = np.zeros((collective.get_world_size(), own.size), np.int32)
+    rows[collective.get_rank()] = own
+    rows = collective.allreduce(rows.ravel(), collective.Op.SUM).reshape(rows.shape)
+    return [bytes(r.astype(np.uint8)).hex() for r in rows]
 
 
 # --------------------------------------------------------------------------- the search
@@ -230,8 +277,8 @@ def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, st
     trainable = tune.with_resources(trainable, resources)
 
     path = os.path.join(storage, experiment)
-    callbacks = [_ProgressCallback(progress, metric, mode, int(tune_cfg.num_samples * budget_scale))] \
-        if progress else []
+    callbacks = [_ProgressCallback(progress, metric, mode, int(tune_cfg.num_samples * budget_scale),
+                                   tune_cfg.max_failures)] if progress else []
     run_config = tune.RunConfig(name=experiment, storage_path=storage, verbose=0, callbacks=callbacks,
                                 failure_config=tune.FailureConfig(max_failures=tune_cfg.max_failures),
                                 checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False))
@@ -270,13 +317,22 @@ def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, st
 
 def _summarise(grid, metric: str, mode: str, strategy: str, seconds: float, restored: bool) -> SearchResult:
     from mlops_ray.errors import MlopsError
+    # Tune's Trial objects (same order as the grid's results) hold the failure count: public
+    # ResultGrid/Result do not expose it
+    tune_trials = list(getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or [])
+    if len(tune_trials) != len(grid):
+        tune_trials = [None] * len(grid)
     trials = []
-    for r in grid:
+    for r, tt in zip(grid, tune_trials):
         m = r.metrics or {}
-        trials.append({"trial_id": m.get("trial_id"), "config": r.config, metric: m.get(metric),
-                       "best_iteration": m.get("best_iteration"), "rounds": m.get("rounds"),
-                       "iterations": m.get("training_iteration"), "stopped_early": not m.get("final", False),
-                       "error": str(r.error).splitlines()[0][:300] if r.error else None})
+        row = {"trial_id": m.get("trial_id") or getattr(tt, "trial_id", None), "config": r.config,
+               metric: m.get(metric), "best_iteration": m.get("best_iteration"), "rounds": m.get("rounds"),
+               "iterations": m.get("training_iteration"), "stopped_early": not m.get("final", False),
+               "node_id": m.get("node_id"), "num_failures": int(getattr(tt, "num_failures", 0) or 0),
+               "error": str(r.error).splitlines()[0][:300] if r.error else None}
+        if m.get("worker_node_ids"):
+            row["worker_node_ids"] = list(m["worker_node_ids"])
+        trials.append(row)
     scored = [t for t in trials if t[metric] is not None and np.isfinite(t[metric])]
     if not scored:
         errors = [t["error"] for t in trials if t["error"]]
@@ -294,8 +350,9 @@ class _ProgressCallback(Callback):
     function (which may hold a console) is left out of the pickle and comes back as None.
     """
 
-    def __init__(self, progress, metric: str, mode: str, total: int):
+    def __init__(self, progress, metric: str, mode: str, total: int, max_failures: int = 0):
         self.progress, self.metric, self.mode, self.total = progress, metric, mode, total
+        self.max_failures = max_failures
         self.done, self.best = 0, None
 
     def __getstate__(self):
@@ -316,6 +373,11 @@ class _ProgressCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.on_trial_complete(iteration, trials, trial)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        if self.progress:      # Tune has counted this failure already
+            self.progress("tune", f"trial {trial.trial_id} failed; retry {trial.num_failures} of at most "
+                                  f"{self.max_failures} (tune.max_failures)")
 
 
 # --------------------------------------------------------------------------- final model
