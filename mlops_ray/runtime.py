@@ -208,7 +208,8 @@ def head_file(store: str, name: str) -> str:
     """The local serving head's pid and address: a fact about this machine, so a local file even
     when the store is an object store (then under ~/.cache/mlops-ray/heads/, keyed by the store)."""
     if "://" not in store:
-        return os.path.join(store, name, "serving", "head.json")
+        from mlops_ray.store import Store
+        return Store(store).path(name, "serving", "head.json")
     import zlib
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     return os.path.join(base, "mlops-ray", "heads", f"{zlib.crc32(store.encode()):08x}", name, "head.json")

@@ -12,7 +12,7 @@ from typing import Callable
 
 from mlops_ray.config import Config
 from mlops_ray.errors import ConfigError, MlopsError, ServingError
-from mlops_ray.runtime import read_head, serving_runtime, stop_head
+from mlops_ray.runtime import read_head, require_shared_store, serving_runtime, stop_head
 from mlops_ray.monitor.labels import LiveMetric
 from mlops_ray.serve import rollout as ro
 from mlops_ray.serve import stats as st
@@ -57,14 +57,6 @@ def resolve_servable(cfg: Config, registry, ref: str, *, force: bool = False, by
                                f"model that failed its checks in front of traffic — pass --force to do it anyway")
     registry.load_bundle(version)
     return version
-
-
-def require_shared_store(cfg: Config) -> None:
-    """Replicas on every node read the serving state and write statistics and prediction logs to
-    the store: an object store works anywhere; a path only when every node sees it (one machine,
-    or NFS with ``store_shared: true``). Checked against the cluster once Ray is connected."""
-    from mlops_ray.runtime import require_shared_store as check
-    check(cfg)
 
 
 def endpoints(cfg: Config) -> dict:
@@ -285,7 +277,6 @@ def build(cfg: Config, out_path: str, ref: str = "champion") -> dict:
     in the serving state if nothing is deployed yet (replicas route by that state)."""
     import yaml
     from mlops_ray.serve.app import DEPLOYMENT, deployment_options
-    require_shared_store(cfg)
     path = state_path(cfg.store, cfg.name)
     state = read_state(path)
     if state is None:
@@ -309,7 +300,6 @@ def build(cfg: Config, out_path: str, ref: str = "champion") -> dict:
 def rollout(cfg: Config, ref: str, *, shadow: bool = False, verbose: bool = False,
             on_progress=None, poll_s: float = 1.0, force: bool = False) -> dict:
     """Roll ``ref`` out step by step (or mirror it with ``shadow``); see rollout.run_rollout."""
-    require_shared_store(cfg)
     if read_state(state_path(cfg.store, cfg.name)) is None:
         raise ServingError(f"nothing is deployed for {cfg.name!r}; run `mlops-ray deploy CONFIG` first")
     if read_head(cfg.store, cfg.name) is None and not cfg.ray.address:

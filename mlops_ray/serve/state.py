@@ -114,18 +114,11 @@ def read_state(path: str) -> ServingState | None:
 
 
 def state_token(path: str):
-    """Something that changes whenever the state is written, cheaper than reading it: (mtime, inode)
-    locally (``os.replace`` makes a new inode per write). Object stores: the object's mtime and size,
-    which can miss a second write within one second (S3's mtime resolution); replicas on an object
-    store read the document instead."""
-    fs, p = filesystem_for(path)
-    if isinstance(fs, pafs.LocalFileSystem):
-        st = os.stat(p)
-        return st.st_mtime_ns, st.st_ino
-    info = fs.get_file_info(p)
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(path)
-    return info.mtime_ns, info.size
+    """Something that changes whenever a local state file is written, cheaper than reading it:
+    (mtime, inode); ``os.replace`` makes a new inode per write. Local paths only: an object's mtime
+    has one-second resolution on S3, so replicas on an object store read the document instead."""
+    st = os.stat(filesystem_for(path)[1])
+    return st.st_mtime_ns, st.st_ino
 
 
 @contextlib.contextmanager
