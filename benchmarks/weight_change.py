@@ -332,39 +332,12 @@ def make_cfg(tmp: Path, store: str, port: int):
         "serve": {"port": port, "num_replicas": 2, "num_cpus": 0.5}})
 
 
-def start_head(cfg, base: int, timeout_s: float = 120.0) -> dict:
-    """A local serving head like ``runtime.start_head`` (same command, environment and record, so
-    ``control.deploy`` uses it and ``control.stop`` stops it), but with the GCS port and the agents'
-    ports given: left dynamic, the raylet waits a fixed 15 s for the dashboard agent to write its
-    port file and aborts when it is later (seen twice on this loaded machine), and the head then
-    looks up to ``control.deploy`` until ``ray.init`` gives up minutes later. Up = ``ray start``
-    printed "Ray runtime started"."""
-    from mlops_ray.runtime import head_file, read_head, serving_env
+def start_head(cfg, base: int) -> dict:
+    """The local serving head ``control.deploy`` would start, on fixed ports from ``base``."""
+    from mlops_ray.runtime import read_head, start_head as start
     if read_head(cfg.store, cfg.name) is not None:
         raise RuntimeError(f"a serving head for {cfg.store} is already running")
-    path = head_file(cfg.store, cfg.name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    log = os.path.join(os.path.dirname(path), "head.log")
-    cmd = [sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--head",
-           f"--port={base}", f"--num-cpus={cfg.ray.num_cpus}", "--include-dashboard=false",
-           "--disable-usage-stats", "--node-ip-address=127.0.0.1", f"--dashboard-agent-grpc-port={base + 1}",
-           f"--dashboard-agent-listen-port={base + 2}", f"--metrics-export-port={base + 3}",
-           f"--runtime-env-agent-port={base + 4}", f"--ray-client-server-port={base + 5}", "--block"]
-    env = {**os.environ, **serving_env(cfg.serve)}
-    with open(log, "ab") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True, cwd=os.getcwd())
-    head = {"address": f"127.0.0.1:{base}", "pid": proc.pid, "log": log, "started": time.time(),
-            "serve_env": serving_env(cfg.serve)}
-    deadline = time.monotonic() + timeout_s
-    while "Ray runtime started" not in Path(log).read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_proc(proc)
-            raise RuntimeError(f"the local Ray head did not start (exit {proc.poll()}); see {log}")
-        time.sleep(0.5)
-    with open(path, "w") as f:
-        json.dump(head, f, indent=1)
-    return head
+    return start(cfg.store, cfg.name, cfg.ray.num_cpus, cfg.serve, ports=[base + i for i in range(6)])
 
 
 def start_moto(port: int, log: Path) -> subprocess.Popen:

@@ -9,6 +9,7 @@ do what was asked, 11 a submitted job failed.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, List, Optional
 
@@ -86,7 +87,14 @@ def _progress(json_mode: bool):
 
 
 def _emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    data = json.dumps(obj, indent=2, default=str) + "\n"
+    fd = _guard.json_fd
+    if fd is None:
+        sys.stdout.write(data)
+        return
+    view = memoryview(data.encode())
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _fail(e: BaseException, json_mode: bool) -> None:
@@ -112,16 +120,40 @@ def _fail(e: BaseException, json_mode: bool) -> None:
 
 
 class _guard:
+    """Turns expected errors into their message and exit code. With --json, stdout carries the JSON
+    document only: whatever else writes to file descriptor 1 meanwhile (Ray prints its raylets'
+    warnings, "(raylet) WARNING: 8 PYTHON worker processes ...", on the driver's stdout) goes to
+    stderr, and the document is written to the real stdout."""
+    json_fd: int | None = None
+
     def __init__(self, json_mode: bool):
         self.json_mode = json_mode
+        self._saved = None
 
     def __enter__(self):
+        if self.json_mode and _guard.json_fd is None:
+            try:
+                if sys.stdout.fileno() != 1:      # a test runner's captured stdout: nothing to shield
+                    return self
+                sys.stdout.flush()
+                self._saved = os.dup(1)
+                os.dup2(2, 1)
+                _guard.json_fd = self._saved
+            except (OSError, ValueError):     # no real descriptors (an embedding host): leave stdout
+                self._saved = None
         return self
 
     def __exit__(self, et, ev, tb):
-        if ev is None or isinstance(ev, (typer.Exit, SystemExit, KeyboardInterrupt)):
-            return False
-        _fail(ev, self.json_mode)
+        try:
+            if ev is None or isinstance(ev, (typer.Exit, SystemExit, KeyboardInterrupt)):
+                return False
+            _fail(ev, self.json_mode)
+        finally:
+            if self._saved is not None:
+                sys.stdout.flush()
+                os.dup2(self._saved, 1)
+                os.close(self._saved)
+                _guard.json_fd = self._saved = None
 
 
 def _print_validation(report, to: Console = out) -> None:
@@ -357,6 +389,11 @@ def status_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
             for v, m in sorted(res["versions"].items()):
                 t.add_row(v, f"{m['requests']:,}", f"{m['errors']:,}", _short(m["p50_ms"]), _short(m["p99_ms"]))
             out.print(t)
+        if res.get("replicas"):
+            nodes = {r.get("node_id") for r in res["replicas"]}
+            out.print(f"  {len(res['replicas'])} replica(s) on {len(nodes)} node(s): " + ", ".join(
+                f"{r['replica'].rsplit('-', 1)[-1]} on {r.get('node_ip', '?')} "
+                f"(node {str(r.get('node_id', '?'))[:8]}, {r['requests']:,} requests)" for r in res["replicas"]))
         for h in (res["state"] or {}).get("history", [])[-5:]:
             info = ", ".join(f"{k}={v}" for k, v in h.items() if k not in ("t", "event", "metrics"))
             out.print(f"  {h['event']}: {info}")

@@ -291,7 +291,10 @@ class ServeConfig(_Model):
     route_prefix: str = Field("/", pattern=r"^/[A-Za-z0-9_./-]*$", description=(
         "The app's route on the cluster's proxy: / answers /predict. Several pipelines on one cluster "
         "(ray.address) each need their own, e.g. /fraud answers /fraud/predict."))
-    num_replicas: int = Field(1, ge=1)
+    num_replicas: int = Field(1, ge=1, description="Replicas of the app (each holds every version it serves).")
+    max_replicas_per_node: int | None = Field(None, ge=1, description=(
+        "At most this many replicas on one Ray node (Serve's max_replicas_per_node). 1 spreads the "
+        "replicas over the cluster's nodes, so a lost node takes one replica with it, not all."))
     max_ongoing_requests: int = Field(64, ge=1)
     autoscaling: AutoscalingConfig | None = None
     max_batch_rows: int = Field(1000, ge=1)

@@ -103,6 +103,7 @@ def ray_runtime(cfg: RayConfig, *, verbose: bool = False) -> Iterator[RuntimeInf
                           include_dashboard=cfg.include_dashboard)
             if cfg.object_store_memory_mb:
                 kwargs["object_store_memory"] = cfg.object_store_memory_mb * 1024 * 1024
+            ensure_auth_token()
             # address="local": always a new embedded Ray. Without it ray.init() attaches to any
             # `ray start` head on this machine, such as the serving head `deploy` leaves running.
             ray.init(address="local", **kwargs, **common)
@@ -269,13 +270,6 @@ def _alive(pid) -> bool:
         return True
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serving_env(serve_cfg) -> dict[str, str]:
     """Environment of a local serving head: quiet, and throughput-optimized Serve when asked."""
     env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_SERVE_PORT_QUARANTINE_S": "0",
@@ -290,8 +284,52 @@ def serving_env(serve_cfg) -> dict[str, str]:
     return env
 
 
-def start_head(store: str, name: str, num_cpus: int | None, serve_cfg, timeout_s: float = 90.0) -> dict:
-    """Start a detached local Ray head for serving; returns its record (address, pid, log)."""
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on 127.0.0.1 now (held open together so none repeats)."""
+    import socket
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def ensure_auth_token() -> None:
+    """A local head runs in token mode: on a machine without a token (a fresh one, where `deploy` is
+    the first command) generate one the way ``ray.init`` does for a new local cluster
+    (``~/.ray/auth_token``, readable by this user only), instead of `ray start` failing."""
+    if token_source() is not None:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import generate_new_authentication_token
+        token = generate_new_authentication_token()
+    except ImportError:  # pragma: no cover - other Ray versions
+        import secrets
+        token = secrets.token_hex(32)
+    path = os.path.expanduser(TOKEN_FILE)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    try:   # Ray's own generator writes it world-readable (umask 022); a token is a password
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:       # another process made one meanwhile: use it
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+
+
+def start_head(store: str, name: str, num_cpus: int | None, serve_cfg, timeout_s: float = 120.0,
+               ports: list[int] | None = None) -> dict:
+    """Start a detached local Ray head for serving; returns its record (address, pid, log).
+
+    Every port is given (GCS, both dashboard-agent ports, metrics, runtime-env agent, Ray client):
+    left to Ray, another head on this machine may hold the client's default 10001, and the raylet
+    waits a fixed 15 s for the agent's port file and then aborts, so a loaded machine saw a head
+    that accepted GCS connections, died, and left `deploy` in ``ray.init`` for minutes. Up is
+    `ray start` printing "Ray runtime started", not the GCS port accepting a connection."""
     import json
     import subprocess
     import sys
@@ -299,34 +337,51 @@ def start_head(store: str, name: str, num_cpus: int | None, serve_cfg, timeout_s
 
     d = os.path.dirname(head_file(store, name))
     os.makedirs(d, exist_ok=True)
-    port = _free_port()
+    ensure_auth_token()
+    gcs, agent_grpc, agent_http, metrics, env_agent, client = ports or _free_ports(6)
     log_path = os.path.join(d, "head.log")
     cmd = [sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--head",
-           f"--port={port}", f"--num-cpus={num_cpus or default_num_cpus()}", "--include-dashboard=false",
-           "--disable-usage-stats", "--node-ip-address=127.0.0.1", "--block"]
+           f"--port={gcs}", f"--num-cpus={num_cpus or default_num_cpus()}", "--include-dashboard=false",
+           "--disable-usage-stats", "--node-ip-address=127.0.0.1", f"--dashboard-agent-grpc-port={agent_grpc}",
+           f"--dashboard-agent-listen-port={agent_http}", f"--metrics-export-port={metrics}",
+           f"--runtime-env-agent-port={env_agent}", f"--ray-client-server-port={client}", "--block"]
     env = {**os.environ, **serving_env(serve_cfg)}
+    offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True, cwd=os.getcwd())
-    head = {"address": f"127.0.0.1:{port}", "pid": proc.pid, "log": log_path, "started": time.time(),
+    head = {"address": f"127.0.0.1:{gcs}", "pid": proc.pid, "log": log_path, "started": time.time(),
             "serve_env": serving_env(serve_cfg)}
     deadline = time.time() + timeout_s
-    import socket
-    while time.time() < deadline:
+    while not _log_says(log_path, offset, "Ray runtime started"):
         if proc.poll() is not None:
-            raise ResourceError(f"the local Ray head for serving exited at start (code {proc.returncode}); "
-                                f"see {log_path}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        stop_head(head)
-        raise ResourceError(f"the local Ray head for serving did not come up in {timeout_s:.0f} s; see {log_path}")
+            raise ResourceError(f"the local Ray head for serving exited at start (code {proc.returncode}): "
+                                f"{_last_error(log_path, offset)}; the whole log is {log_path}")
+        if time.time() > deadline:
+            stop_head(head)
+            raise ResourceError(f"the local Ray head for serving did not come up in {timeout_s:.0f} s (a machine "
+                                f"this loaded may need ray.num_cpus lowered); see {log_path}")
+        time.sleep(0.3)
     with open(head_file(store, name), "w") as f:
         json.dump(head, f, indent=1)
     return head
+
+
+def _log_says(path: str, offset: int, text: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return text.encode() in f.read()
+
+
+def _last_error(path: str, offset: int) -> str:
+    """The last line of `ray start`'s output that names an error, for the message."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "Error" in ln or "error" in ln:
+            return ln[-400:]
+    return lines[-1][-400:] if lines else "no output"
 
 
 def stop_head(head: dict, timeout_s: float = 5.0) -> bool:

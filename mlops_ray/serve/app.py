@@ -35,7 +35,7 @@ from mlops_ray.monitor import histograms as hist
 from mlops_ray.serve import stats as st
 from mlops_ray.serve.api import RequestError, RequestParser
 from mlops_ray.monitor.predlog import PredictionLog, log_id_column, recover_orphans
-from mlops_ray.serve.state import ServingState, read_state, spool_dir, state_path, state_token, stats_dir
+from mlops_ray.serve.state import ServingState, read_state, spool_dir, state_path, stats_dir
 from mlops_ray.store import Store
 
 log = logging.getLogger("mlops_ray.serve")
@@ -196,7 +196,8 @@ class Predictor:
             raise RuntimeError(f"no serving state at {self.state_file}; deploy with `mlops-ray deploy`")
         await self._ensure(state.stable)        # a replica that cannot load stable must not start
         self.stats = st.ReplicaStats(self.replica, hist.prediction_edges(self.models[state.stable].bundle.task,
-                                                                       self.models[state.stable].bundle.reference))
+                                                                       self.models[state.stable].bundle.reference),
+                                     where=_where())
         for v in state.versions():
             await self._try_ensure(v)
         self.route = self._route(state)
@@ -250,15 +251,13 @@ class Predictor:
         state = None
         while True:
             try:
-                if self._remote:
-                    # an object's mtime has 1-second resolution on S3: two writes of the same size
-                    # in one second would look unchanged, so read the (small) document itself
-                    fresh = await asyncio.to_thread(read_state, self.state_file)
-                    mtime = (fresh.revision, fresh.updated) if fresh else None
-                else:
-                    mtime, fresh = state_token(self.state_file), None
+                # the (small) document itself each poll, not its mtime: an object's mtime has
+                # 1-second resolution on S3, and a local file's can repeat for two quick writes
+                fresh = await asyncio.to_thread(read_state, self.state_file) if self._remote \
+                    else read_state(self.state_file)
+                mtime = (fresh.revision, fresh.updated) if fresh else None
                 if mtime != self._mtime:
-                    state = fresh or read_state(self.state_file) or state
+                    state = fresh or state
                     if state is not None:
                         await self._ensure(state.stable)       # load first, then switch
                         for v in state.versions():
@@ -437,6 +436,14 @@ class Predictor:
             pass
 
 
+def _where() -> dict:
+    """Where this replica runs (its stats snapshot carries it: `status` lists replicas by node)."""
+    import os
+    import ray
+    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+            "pid": os.getpid()}
+
+
 def _err(code: str, message: str, field: str | None = None) -> dict:
     return {"error": {"code": code, "message": message, "field": field}}
 
@@ -446,6 +453,8 @@ def deployment_options(cfg: Config) -> dict:
     opts: dict = {"name": DEPLOYMENT, "max_ongoing_requests": cfg.serve.max_ongoing_requests,
                   "ray_actor_options": {"num_cpus": cfg.serve.num_cpus}, "graceful_shutdown_timeout_s": 20,
                   "logging_config": {"enable_access_log": cfg.serve.access_log}}
+    if cfg.serve.max_replicas_per_node:
+        opts["max_replicas_per_node"] = cfg.serve.max_replicas_per_node
     if cfg.serve.autoscaling:
         a = cfg.serve.autoscaling
         opts["autoscaling_config"] = {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,

@@ -211,6 +211,7 @@ def status(cfg: Config) -> dict:
     snaps = st.read_snapshots(stats_dir(cfg.store, cfg.name))
     totals = st.totals(snaps)
     out["versions"] = {v: s.summary() for v, s in totals.items()}
+    out["replicas"] = st.live_replicas(snaps)
     if state is not None and state.phase in ("CANARY", "SHADOW") and state.baseline:
         win = st.window(snaps, state.baseline)
         out["step_window"] = {v: s.summary() for v, s in win.items()}

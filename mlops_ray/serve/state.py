@@ -113,14 +113,6 @@ def read_state(path: str) -> ServingState | None:
         return None
 
 
-def state_token(path: str):
-    """Something that changes whenever a local state file is written, cheaper than reading it:
-    (mtime, inode); ``os.replace`` makes a new inode per write. Local paths only: an object's mtime
-    has one-second resolution on S3, so replicas on an object store read the document instead."""
-    st = os.stat(filesystem_for(path)[1])
-    return st.st_mtime_ns, st.st_ino
-
-
 @contextlib.contextmanager
 def _locked(fs, p: str):
     """An exclusive lock around read-compare-write. Local disk and NFS: ``lockf`` on a lock file

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import json
 import posixpath
+import time
 from dataclasses import dataclass, field
 
 from pyarrow import fs as pafs
@@ -71,8 +72,9 @@ class VersionStats:
 class ReplicaStats:
     """Cumulative counters of one replica, per version. Called from the replica's event loop."""
 
-    def __init__(self, replica: str, edges: list[float]):
+    def __init__(self, replica: str, edges: list[float], where: dict | None = None):
         self.replica = replica
+        self.where = where or {}                   # node id, node IP, pid (for `status`)
         self.edges = edges
         self.by_version: dict[str, VersionStats] = {}
         self.load_errors: dict[str, str] = {}      # version -> why this replica cannot load it
@@ -98,7 +100,8 @@ class ReplicaStats:
 
     def snapshot(self) -> dict:
         return {"replica": self.replica, "edges": self.edges, "load_errors": dict(self.load_errors),
-                "versions": {v: s.to_dict() for v, s in self.by_version.items()}}
+                "versions": {v: s.to_dict() for v, s in self.by_version.items()}, "where": self.where,
+                "at": time.time()}
 
 
 def write_snapshot(directory: str, snap: dict) -> None:
@@ -124,6 +127,18 @@ def read_snapshots(directory: str) -> dict[str, dict]:
                 out[snap["replica"]] = snap
             except (OSError, ValueError, KeyError):
                 continue              # a file being replaced; the next read sees it
+    return out
+
+
+def live_replicas(snaps: dict[str, dict], within_s: float = 10.0) -> list[dict]:
+    """Replicas whose snapshot is fresh (they write one a second): name, node, pid, requests served.
+    A stopped or lost replica's last snapshot stays (its counts still count) but is not listed."""
+    now = time.time()
+    out = []
+    for name, snap in sorted(snaps.items()):
+        if now - snap.get("at", 0) <= within_s:
+            out.append({"replica": name, **snap.get("where", {}),
+                        "requests": sum(v["requests"] for v in snap["versions"].values())})
     return out
 
 

@@ -8,17 +8,13 @@ extra latency) to stand in for broken candidates.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
@@ -27,27 +23,15 @@ import yaml
 from mlops_ray.config import load_config
 from mlops_ray.serve.state import read_state, state_path, write_state
 from tests.conftest import make_bundle
+from tests.http_load import Load as _Load, free_base as _free_base
 
 ROOT = Path(__file__).resolve().parents[2]
 FAULTS = {"3": {"error_rate": 0.3}, "4": {"latency_ms": 100}, "5": {"load_error": "simulated: no GPU on this node"}}
 ALL_SENT: set[str] = set()          # every request id the Load clients of this module sent
 
 
-def _free_base() -> int:
-    for _ in range(200):
-        base = 20000 + (os.getpid() * 7919 + int(time.time() * 1000)) % 9000
-        ok = True
-        for p in range(base, base + 6):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-        time.sleep(0.01)
-    raise RuntimeError("no free port range")
+def Load(*args, **kw):
+    return _Load(*args, sent_registry=ALL_SENT, **kw)
 
 
 def cli(*args, timeout=240, check=None):
@@ -72,60 +56,6 @@ def post(url, body, ct="application/json", headers=None):
 def get(url):
     with urllib.request.urlopen(url, timeout=10) as r:
         return json.loads(r.read())
-
-
-class Load(threading.Thread):
-    """Closed-loop HTTP clients in a background thread; records every response."""
-
-    def __init__(self, url, rows, clients=6, seconds=None, stop_after=None, key=None):
-        super().__init__(daemon=True)
-        self.url, self.rows, self.clients = url, rows, clients
-        self.seconds, self.stop_after, self.key = seconds, stop_after, key
-        self.results: list[tuple[int, str | None, str]] = []     # (status, version, request id)
-        self.sent: set[str] = set()
-        self._halt = threading.Event()
-
-    def stop(self):
-        self._halt.set()
-        self.join(60)
-        return self
-
-    def run(self):
-        asyncio.run(self._main())
-
-    async def _main(self):
-        import aiohttp
-        deadline = time.time() + (self.seconds or 3600)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.clients)) as s:
-            async def client(c):
-                i = 0
-                while not self._halt.is_set() and time.time() < deadline:
-                    if self.stop_after and len(self.results) >= self.stop_after:
-                        return
-                    rid = f"t{c}-{uuid.uuid4().hex[:12]}"
-                    self.sent.add(rid)
-                    ALL_SENT.add(rid)
-                    body = json.dumps(self.rows[(c * 31 + i) % len(self.rows)]).encode()
-                    i += 1
-                    try:
-                        async with s.post(self.url, data=body, headers={"content-type": "application/json",
-                                                                        "x-request-id": rid}) as r:
-                            payload = await r.read()
-                            version = json.loads(payload).get("model_version") if r.status == 200 else \
-                                payload[:300].decode(errors="replace")
-                            self.results.append((r.status, version, rid))
-                    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
-                        self.results.append((599, None, rid))
-                        await asyncio.sleep(0.05)
-            await asyncio.gather(*[client(c) for c in range(self.clients)])
-
-    @property
-    def errors(self):
-        return [r for r in self.results if r[0] != 200]
-
-    def versions(self):
-        from collections import Counter
-        return Counter(v for s, v, _ in self.results if s == 200)
 
 
 @pytest.fixture(scope="module")

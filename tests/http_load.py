@@ -1,0 +1,86 @@
+"""Test helpers for HTTP serving tests: closed-loop load clients and a free port range."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+
+
+def free_base() -> int:
+    for _ in range(200):
+        base = 20000 + (os.getpid() * 7919 + int(time.time() * 1000)) % 9000
+        ok = True
+        for p in range(base, base + 6):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+        time.sleep(0.01)
+    raise RuntimeError("no free port range")
+
+
+
+class Load(threading.Thread):
+    """Closed-loop HTTP clients in a background thread; records every response."""
+
+    def __init__(self, url, rows, clients=6, seconds=None, stop_after=None, key=None, sent_registry=None):
+        super().__init__(daemon=True)
+        self.url, self.rows, self.clients = url, rows, clients
+        self.seconds, self.stop_after, self.key = seconds, stop_after, key
+        self.results: list[tuple[int, str | None, str]] = []     # (status, version, request id)
+        self.sent: set[str] = set()
+        self.registry = sent_registry if sent_registry is not None else set()   # shared across loads
+        self.answered_at: dict[str, float] = {}     # request id -> when its 200 arrived
+        self._halt = threading.Event()
+
+    def stop(self):
+        self._halt.set()
+        self.join(60)
+        return self
+
+    def run(self):
+        asyncio.run(self._main())
+
+    async def _main(self):
+        import aiohttp
+        deadline = time.time() + (self.seconds or 3600)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.clients)) as s:
+            async def client(c):
+                i = 0
+                while not self._halt.is_set() and time.time() < deadline:
+                    if self.stop_after and len(self.results) >= self.stop_after:
+                        return
+                    rid = f"t{c}-{uuid.uuid4().hex[:12]}"
+                    self.sent.add(rid)
+                    self.registry.add(rid)
+                    body = json.dumps(self.rows[(c * 31 + i) % len(self.rows)]).encode()
+                    i += 1
+                    try:
+                        async with s.post(self.url, data=body, headers={"content-type": "application/json",
+                                                                        "x-request-id": rid}) as r:
+                            payload = await r.read()
+                            version = json.loads(payload).get("model_version") if r.status == 200 else \
+                                payload[:300].decode(errors="replace")
+                            self.results.append((r.status, version, rid))
+                            if r.status == 200:
+                                self.answered_at[rid] = time.time()
+                    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+                        self.results.append((599, None, rid))
+                        await asyncio.sleep(0.05)
+            await asyncio.gather(*[client(c) for c in range(self.clients)])
+
+    @property
+    def errors(self):
+        return [r for r in self.results if r[0] != 200]
+
+    def versions(self):
+        from collections import Counter
+        return Counter(v for s, v, _ in self.results if s == 200)
