@@ -126,6 +126,49 @@ def test_replicas_run_on_both_nodes_and_a_rollout_promotes_under_load(cluster, s
     served["answered"].update(load.answered_at)
 
 
+def test_several_pipelines_share_the_cluster_each_on_its_own_route(cluster, served, small_df, tmp_path):
+    """A second pipeline on the same cluster and port, on route /other: each route answers with its
+    own model; a third pipeline on the route the first holds is refused and changes nothing."""
+    import urllib.request
+    from mlops_ray.config import load_config
+    from mlops_ray.registry import Registry
+    raw = yaml.safe_load(Path(served["cfg_path"]).read_text())
+    raw.update(name="other")
+    raw["serve"] = {**raw["serve"], "route_prefix": "/other", "num_replicas": 1}
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(raw))
+    reg = Registry(load_config(other).registry, raw["store"], "other")
+    with reg.start_run("o1") as run:
+        assert reg.register(run, make_bundle(small_df, tmp_path / "ob", rounds=15)) == "1"
+    reg.set_alias("champion", "1")
+    p = cli(cluster, "deploy", str(other), "--json")
+    try:
+        assert p.returncode == 0, p.stderr[-3000:]
+        url = json.loads(p.stdout)["url"]
+        assert url.endswith("/other/predict"), url
+        base = served["info"]["url"].rsplit("/predict", 1)[0]
+
+        def version_doc(route):
+            with urllib.request.urlopen(f"{base}{route}/healthz", timeout=10) as r:
+                return json.loads(r.read())
+        for _ in range(10):        # both proxies (the kernel picks one per connection) route both apps
+            assert version_doc("")["pipeline"] == "two"
+            assert version_doc("/other")["pipeline"] == "other"
+        third = tmp_path / "third.yaml"
+        third.write_text(yaml.safe_dump({**raw, "name": "third", "serve": {**raw["serve"], "route_prefix": "/"}}))
+        reg3 = Registry(load_config(third).registry, raw["store"], "third")
+        with reg3.start_run("t1") as run:
+            reg3.register(run, make_bundle(small_df, tmp_path / "tb", rounds=15))
+        reg3.set_alias("champion", "1")
+        p = cli(cluster, "deploy", str(third))
+        assert p.returncode != 0 and "already serves app 'two' on route '/'" in p.stderr, p.stderr[-2000:]
+        assert "serve.route_prefix: /third" in p.stderr
+        assert version_doc("")["pipeline"] == "two"
+    finally:
+        assert cli(cluster, "serve", "stop", str(other)).returncode == 0
+    assert version_doc("")["pipeline"] == "two"          # stopping one pipeline leaves the other serving
+
+
 def test_a_lost_serving_node_loses_at_most_its_unflushed_interval(cluster, served):
     from mlops_ray.monitor.predlog import read_log
     from mlops_ray.serve.state import spool_dir
