@@ -106,8 +106,10 @@ def _fail(e: BaseException, json_mode: bool) -> None:
             _emit_json(payload)
         if isinstance(e, DataValidationError) and e.report is not None and not json_mode:
             _print_validation(e.report, to=err)
-        err.print(f"[bold red]{e.headline}:[/] {escape(e.message)}", markup=True) if not isinstance(
-            e, DataValidationError) else err.print(f"[bold red]{e.headline}[/] (exit {e.exit_code})")
+        if isinstance(e, DataValidationError) and e.report is not None:     # the report said it all
+            err.print(f"[bold red]{e.headline}[/] (exit {e.exit_code})")
+        else:
+            err.print(f"[bold red]{e.headline}:[/] {escape(e.message)}", markup=True)
         if State.debug:
             err.print_exception()
         raise typer.Exit(e.exit_code)

@@ -26,7 +26,7 @@ from mlops_ray.config import Config
 from mlops_ray.data import features as feat
 from mlops_ray.data import ingest, validate
 from mlops_ray.data.profile import profile_pass
-from mlops_ray.errors import DataValidationError
+from mlops_ray.errors import DataValidationError, FeatureError
 from mlops_ray.runtime import ray_runtime, require_shared_store
 from mlops_ray.store import Store
 
@@ -149,7 +149,7 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
             try:
                 roles = feat.assign_roles(source.schema, cfg.data, cfg.features)
                 extra["fit"] = _bind(_fit_train, cfg=cfg, roles=roles, cutoffs=None)
-            except Exception:
+            except FeatureError:
                 pass   # reported by the featurize step after validation
         report, pre = step_validate(cfg, source, ds, static, plan, extra)
         timings["validate"] = time.perf_counter() - t
@@ -508,7 +508,7 @@ def _register(cfg, registry, data, splits, search, booster, evaluation, champ_ev
         if decision.passed and _serving(cfg) and not cfg.retrain.promote_directly:
             registry.set_alias("challenger", version)
             progress("register", f"version {version} passed the gate and is the challenger; the champion moves "
-                                 f"when `mlops-ray rollout --version {version}` promotes it")
+                                 f"when `mlops-ray rollout CONFIG --version {version}` promotes it")
         elif decision.passed:
             registry.set_alias("champion", version)
             progress("register", f"version {version} passed the gate and is now champion")

@@ -507,10 +507,19 @@ class Registry:
         if mv is None:
             if self._aliases(name) is None:
                 raise RegistryError(self._no_model(name))
-            raise RegistryError(self._broken(name, version, alias, "does not exist"))
+            raise RegistryError(self._broken(name, version, alias, f"does not exist ({self._versions(name)})"))
         if mv.status != "READY":
             raise RegistryError(self._broken(name, version, alias, f"is not ready (status {mv.status})"))
         return mv
+
+    def _versions(self, name: str) -> str:
+        """The versions that exist, for a message: "versions: 1, 2" (or the first and last few)."""
+        with self._errors(f"listing the versions of model {name!r}"):
+            found = sorted(int(mv.version) for mv in self.client.search_model_versions(f"name = '{name}'"))
+        if not found:
+            return "it has no versions"
+        shown = found if len(found) <= 8 else [*found[:3], "...", *found[-3:]]
+        return (f"{len(found)} versions: " if len(found) > 8 else "versions: ") + ", ".join(map(str, shown))
 
     @staticmethod
     def _broken(name: str, version: str, alias: str | None, problem: str) -> str:

@@ -145,7 +145,21 @@ def _glob(fs: pafs.FileSystem, pattern: str) -> list[pafs.FileInfo]:
 
 
 # --------------------------------------------------------------------------- inspection
-def _parquet_meta(fs: pafs.FileSystem, entry: FileEntry) -> tuple[FileEntry, pa.Schema]:
+def _csv_first_line(fs: pafs.FileSystem, path: str, delimiter: str) -> str | None:
+    """The first line of a file that reads as delimited text (a CSV), not Parquet (whose first
+    bytes are the magic ``PAR1``); None for anything else."""
+    try:
+        with fs.open_input_stream(path) as f:
+            head = f.read(4096)
+        first = head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if head.startswith(b"PAR1") or not all(c.isprintable() or c == "\t" for c in first):
+        return None
+    return first if any(d in first for d in {delimiter, *_OTHER_DELIMITERS}) else None
+
+
+def _parquet_meta(fs: pafs.FileSystem, entry: FileEntry, delimiter: str = ",") -> tuple[FileEntry, pa.Schema]:
     if entry.size == 0:
         raise DataSourceError(f"Parquet file {entry.path!r} is empty (0 bytes); remove it or re-export it")
     try:
@@ -155,6 +169,12 @@ def _parquet_meta(fs: pafs.FileSystem, entry: FileEntry) -> tuple[FileEntry, pa.
             rows = pf.metadata.num_rows
             groups = tuple(pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups))
     except (pa.ArrowInvalid, OSError) as e:
+        first = _csv_first_line(fs, entry.path, delimiter)
+        if first is not None:
+            raise DataSourceError(
+                f"file {entry.path!r} is not Parquet (it does not start with Parquet's PAR1 magic): it looks "
+                f"like CSV, its first line is {first[:100]!r}; set data.format: csv (or name the file .csv)"
+            ) from None
         raise DataSourceError(
             f"Parquet file {entry.path!r} cannot be read; it is truncated or corrupt ({e}). "
             "Re-export it, or remove it from data.source") from None
@@ -194,7 +214,7 @@ def inspect_source(cfg: DataConfig) -> Source:
     fmt = entries[0].format
     if fmt == "parquet":
         with ThreadPoolExecutor(max_workers=min(16, len(entries))) as pool:
-            metas = list(pool.map(lambda e: _parquet_meta(fs, e), entries))
+            metas = list(pool.map(lambda e: _parquet_meta(fs, e, cfg.csv.delimiter), entries))
         entries = [m[0] for m in metas]
         try:
             schema = pa.unify_schemas([m[1] for m in metas], promote_options="permissive")

@@ -510,7 +510,8 @@ class PredictionLog:
                         os.unlink(p)
                     except FileNotFoundError:
                         pass
-            self.stats["pending"] = sum(b.rows for b in self._batches) + self._rows
+            with self._lock:                     # appends (and a torn write's rotation) change both
+                self.stats["pending"] = sum(b.rows for b in self._batches) + self._rows
             return written
 
     def _write_batch(self, b: _Batch) -> int:
@@ -545,17 +546,20 @@ class PredictionLog:
 
     def close(self) -> None:
         """Flush, stop the thread and remove the spool (kept if the final write failed)."""
-        if self._closed:
-            return
+        with self._lock:
+            if self._closed:
+                return
         self._stop.set()
         self._wake.set()
         self._thread.join()
         with self._lock:
             self._closed = True                 # later appends raise; everything before is flushed now
         self.flush()
-        if self._batches:
+        with self._lock:                        # another thread may be flushing too
+            unwritten = sum(b.rows for b in self._batches)
+        if unwritten:
             log.warning("prediction log closed with %d rows unwritten; they stay in %s for recover_orphans",
-                        sum(b.rows for b in self._batches), self.spool_dir)
+                        unwritten, self.spool_dir)
 
     def __enter__(self):
         return self

@@ -204,6 +204,7 @@ class Predictor:
         self._mtime = None
         self._shadow_tasks: set = set()
         self._retiring: set = set()
+        self._retire_tasks: set = set()
         recovered = await asyncio.to_thread(recover_orphans, self.spool, self.predlog_root)
         if recovered:
             log.info("recovered %d prediction-log records from stopped replicas", recovered)
@@ -268,7 +269,9 @@ class Predictor:
                 if state is not None:                      # the previous version retires on time
                     keep = state.versions()
                     for v in [v for v in self.models if v not in keep]:
-                        asyncio.get_running_loop().create_task(self._retire(self.models.pop(v)))
+                        task = asyncio.get_running_loop().create_task(self._retire(self.models.pop(v)))
+                        self._retire_tasks.add(task)           # the loop holds tasks weakly
+                        task.add_done_callback(self._retire_tasks.discard)
                     for v in [v for v in self.stats.load_errors if v not in keep]:
                         self.stats.load_errors.pop(v)
                 await asyncio.sleep(max(self.poll_s, 1.0) if self._remote else self.poll_s)
@@ -304,8 +307,8 @@ class Predictor:
                                            boundaries=[0.5, 1, 2, 3, 5, 8, 13, 20, 30, 50, 80, 130, 200, 500, 1000],
                                            tag_keys=("version",))
 
-    def _record(self, version: str, ok: bool, t0: float, preds=()) -> None:
-        dt = time.perf_counter() - t0
+    def _record(self, version: str, ok: bool, t0: float, preds=(), t1: float | None = None) -> None:
+        dt = (time.perf_counter() if t1 is None else t1) - t0
         self.stats.record(version, ok, dt, preds)
         self.m_latency.observe(dt * 1e3, tags={"version": version})
 
@@ -390,12 +393,14 @@ class Predictor:
                 self._record(model.version, False, t0)
                 return _json(_err("prediction_failed", f"model version {model.version} failed to predict; "
                                                        f"see request id {rid}"), 500, {"x-request-id": rid})
-        self._record(model.version, True, t0, preds)
+        t1 = time.perf_counter()                   # the latency recorded is the prediction's, not the log's
         try:
             model.log.append(rid, model.version, rows, preds)
         except Exception:
             log.exception("prediction log append failed")
+            self._record(model.version, False, t0, t1=t1)       # answered 503: an error
             return _json(_err("log_failed", "the prediction could not be logged; retry"), 503, {"x-request-id": rid})
+        self._record(model.version, True, t0, preds, t1=t1)
         if route.shadow is not None and len(self._shadow_tasks) < MAX_SHADOW_IN_FLIGHT:
             task = asyncio.get_running_loop().create_task(self._shadow(route.shadow, rows, t_parsed - t_start))
             self._shadow_tasks.add(task)

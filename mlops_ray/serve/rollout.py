@@ -183,7 +183,7 @@ def run_rollout(cfg: Config, registry, version: str, *, shadow: bool = False, po
     if state.phase in ("CANARY", "SHADOW"):
         if state.canary != version:
             raise ServingError(f"a rollout of version {state.canary} is in progress ({state.phase} at "
-                               f"{state.weight:g}%); finish it or run `mlops-ray rollout CONFIG rollback`")
+                               f"{state.weight:g}%); finish it or run `mlops-ray rollout rollback CONFIG`")
         if state.controller != me and _controller_alive(state.controller):
             raise ServingError(f"another controller ({state.controller}) is driving the rollout of version "
                                f"{version}; watch it with `mlops-ray status`")

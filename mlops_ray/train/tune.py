@@ -316,7 +316,7 @@ def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, st
 
 
 def _summarise(grid, metric: str, mode: str, strategy: str, seconds: float, restored: bool) -> SearchResult:
-    from mlops_ray.errors import MlopsError
+    from mlops_ray.errors import DataValidationError, ResourceError
     # Tune's Trial objects (same order as the grid's results) hold the failure count: public
     # ResultGrid/Result do not expose it
     tune_trials = list(getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or [])
@@ -336,7 +336,12 @@ def _summarise(grid, metric: str, mode: str, strategy: str, seconds: float, rest
     scored = [t for t in trials if t[metric] is not None and np.isfinite(t[metric])]
     if not scored:
         errors = [t["error"] for t in trials if t["error"]]
-        raise MlopsError(f"no trial produced '{metric}'" + (f"; first error: {errors[0]}" if errors else ""))
+        if len(errors) == len(trials):    # none finished: lost nodes, killed workers, retries spent
+            raise ResourceError(f"no trial produced '{metric}': every trial failed (each after up to "
+                                f"tune.max_failures retries)" + (f"; first error: {errors[0]}" if errors else ""))
+        raise DataValidationError(f"no trial produced a finite '{metric}' on the validation split; check that "
+                                  "data.split leaves it rows (and, for a classifier, more than one class)"
+                                  + (f"; first trial error: {errors[0]}" if errors else ""))
     best = (max if mode == "max" else min)(scored, key=lambda t: t[metric])
     best_it = best["best_iteration"] if best["best_iteration"] is not None else (best["rounds"] or 1) - 1
     return SearchResult(metric, mode, best["config"], float(best[metric]), int(best_it), trials, seconds,

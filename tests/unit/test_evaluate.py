@@ -194,6 +194,22 @@ def test_curves_are_downsampled_and_json_able(cancer):
 GOOD = {"auc": 0.90, "logloss": 0.30, "n": 1000.0}
 
 
+
+@pytest.mark.parametrize("draw", [
+    lambda plots: plots.curve([0.0, 0.5, 1.0], [0.0, 1.0], "false positive rate", "true positive rate", "ROC"),
+    lambda plots: plots.tuning_history([{"auc": 0.8}, {"auc": "bad"}], "auc", "max"),
+], ids=["curve", "tuning_history"])
+def test_a_plot_that_fails_while_drawing_leaves_no_open_figure(draw):
+    # the pipeline tags a failed plot and goes on (and the loop runs for days): a figure
+    # pyplot still holds is never freed
+    import matplotlib.pyplot as plt
+
+    from mlops_ray.train import plots
+    before = plt.get_fignums()
+    with pytest.raises((TypeError, ValueError)):
+        draw(plots)
+    assert plt.get_fignums() == before
+
 def test_gate_passes_first_model_on_absolute_thresholds_only():
     d = decide(report(GOOD), None, GateConfig(min={"auc": 0.85}, max={"logloss": 0.35}), "auc")
     assert d.passed and d.failures == [] and len(d.checks) == 2 and d.champion_version is None

@@ -118,3 +118,38 @@ def test_time_split_puts_newest_rows_in_test(small_df):
     assert times[codes == 0].max() <= times[codes == 1].min()
     assert times[codes == 1].max() <= times[codes == 2].min()
     assert np.mean(codes == 2) == pytest.approx(0.2, abs=0.01)
+
+
+class _Validated(Exception):
+    """Raised by the stubbed validation step: prepare_data got past role assignment."""
+
+
+@pytest.mark.parametrize("error, surfaces", [(FeatureError("no feature columns"), _Validated),
+                                             (TypeError("a bug in assign_roles"), TypeError)])
+def test_prepare_data_leaves_only_feature_errors_to_the_featurize_step(monkeypatch, tmp_path, small_df,
+                                                                         error, surfaces):
+    # the validation pass also fits features when it can; a FeatureError is reported by the
+    # featurize step after validation, anything else is a bug and must not be swallowed
+    import contextlib
+    from types import SimpleNamespace
+
+    from mlops_ray import pipeline
+    schema = pa.Table.from_pandas(small_df.head(5), preserve_index=False).schema
+    source = SimpleNamespace(format="parquet", schema=schema, rows=5, fingerprint="f")
+
+    def validate(cfg, source, ds, static, plan, extra):
+        assert "fit" not in extra
+        raise _Validated()
+
+    def fail(*args):
+        raise error
+
+    monkeypatch.setattr(pipeline, "ray_runtime", lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(pipeline, "require_shared_store", lambda cfg: None)
+    monkeypatch.setattr(pipeline.ingest, "inspect_source", lambda data: source)
+    monkeypatch.setattr(pipeline, "step_check_schema", lambda cfg, s: (None, None))
+    monkeypatch.setattr(pipeline, "step_ingest", lambda cfg, s: None)
+    monkeypatch.setattr(pipeline, "step_validate", validate)
+    monkeypatch.setattr(pipeline.feat, "assign_roles", fail)
+    with pytest.raises(surfaces):
+        pipeline.prepare_data(make_config("x", store=str(tmp_path)))

@@ -77,6 +77,15 @@ def test_corrupt_parquet_in_a_directory(parquet_dir):
     expect(parquet_dir, "part-999.parquet' cannot be read")
 
 
+
+@pytest.mark.parametrize("name, data", [("data.parquet", {}), ("data.csv", {"format": "parquet"}),
+                                        ("semi.parquet", {"csv": {"delimiter": ";"}})])
+def test_a_csv_file_read_as_parquet_says_it_looks_like_csv(small_df, tmp_path, name, data):
+    p = tmp_path / name
+    small_df.head(20).to_csv(p, index=False, sep=data.get("csv", {}).get("delimiter", ","))
+    msg = expect(p, f"{name}' is not Parquet (it does not start with Parquet's PAR1 magic): it looks like CSV", **data)
+    assert "set data.format: csv" in msg and "truncated" not in msg
+
 def test_csv_with_wrong_delimiter(small_df, tmp_path):
     p = tmp_path / "semi.csv"
     small_df.head(50).to_csv(p, sep=";", index=False)

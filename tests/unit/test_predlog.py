@@ -212,6 +212,29 @@ def test_spool_name_carries_host_owner_pid(tmp_path):
     lg.close()
 
 
+
+def _read_under_lock(name: str) -> property:
+    def get(self):
+        assert self._lock.locked(), f"{name} read without the log's lock (the flush thread changes it)"
+        return self.__dict__[name]
+    return property(get, lambda self, v: self.__dict__.__setitem__(name, v))
+
+
+class _LockCheckedLog(PredictionLog):
+    _rows, _batches, _closed = (_read_under_lock(n) for n in ("_rows", "_batches", "_closed"))
+
+
+def test_the_buffer_and_pending_batches_are_read_only_under_the_lock(tmp_path):
+    root = tmp_path / "log"
+    root.write_text("blocked")                                    # a failed batch stays pending
+    lg = _LockCheckedLog(str(root), TYPES, owner="replica-1", spool_dir=str(tmp_path / "spool"),
+                         flush_rows=10**9, flush_s=3600.0)
+    lg.append("r1", "v1", [{"amount": 1.0}], [0.1])
+    assert lg.flush() == 0 and lg.stats["pending"] == 1
+    lg.close()                                                    # warns that 1 row stays spooled
+    lg.close()
+
+
 # ---------------------------------------------------------------- failures and recovery
 
 def test_parquet_write_failure_keeps_records_and_retries(tmp_path):

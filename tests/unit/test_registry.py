@@ -160,7 +160,8 @@ def test_register_move_aliases_and_load(store, trained, rows):
     ("nobody", "3", r"no registered model 'nobody'"),
     ("fraud", "models:/other@champion", r"no registered model 'other'"),
     ("fraud", "staging", r"model 'fraud' has no alias 'staging' \(aliases: .*challenger -> 2.*\); run the pipeline"),
-    ("fraud", "99", r"version 99 of model 'fraud' does not exist; re-run the pipeline or use another version"),
+    ("fraud", "99", r"version 99 of model 'fraud' does not exist \(versions: 1, 2\); re-run the pipeline or use "
+                    r"another version"),
     ("fraud", "models:/fraud/Production", r"not understood; write models:/NAME/VERSION"),
     ("fraud", "my alias!", r"not understood"),
 ])
@@ -247,3 +248,13 @@ def test_lineage_and_git_commit(tmp_path, monkeypatch):
 def test_flatten_and_mask():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": {}}) == {"a.b": 1, "a.c.d": 2, "e": {}}
     assert mask_uri("see https://me:pw@host:5000/x and http://host") == "see https://***@host:5000/x and http://host"
+
+
+def test_a_missing_version_of_a_model_with_many_versions_lists_the_first_and_the_last(store, trained):
+    reg = registry(store, "many")
+    with reg.start_run("pipeline") as run:
+        for _ in range(12):
+            reg.register(run, trained[0])
+    with pytest.raises(RegistryError, match=r"version 13 of model 'many' does not exist "
+                                            r"\(12 versions: 1, 2, 3, \.\.\., 10, 11, 12\)"):
+        reg.load_bundle("13")

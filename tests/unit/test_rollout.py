@@ -181,3 +181,14 @@ def test_prediction_baseline_reference_compares_the_canary_with_its_own_validati
     drifted = traffic(2000, preds=(0.05,)).predictions              # online it behaves unlike offline
     v = ro.judge(stable, canary, ref, 5.0, canary_offline=drifted)
     assert "between canary and the canary's own validation predictions" in v.breaches[0]
+
+
+def test_a_rollout_in_progress_names_the_rollback_command_the_cli_accepts(tmp_path):
+    from mlops_ray.errors import ServingError
+    from mlops_ray.serve.state import state_path
+    from tests.conftest import make_config
+    cfg = make_config("x", store=str(tmp_path), rollout={"prediction_baseline": "stable"})
+    write_state(state_path(cfg.store, cfg.name), ro.start(ServingState(name="m", stable="1"), "2", POLICY,
+                                                         now=0, baseline={}))
+    with pytest.raises(ServingError, match=r"run `mlops-ray rollout rollback CONFIG`"):
+        ro.run_rollout(cfg, None, "3")

@@ -1,8 +1,11 @@
 """The /predict request contract (mlops_ray/serve/api.py): what is accepted, how it is
 normalized, and that every rejection names the field (or limit) and the fix."""
+import asyncio
 import json
 import math
+import time
 from datetime import datetime
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -348,3 +351,80 @@ def test_a_partial_row_names_every_missing_field_in_one_problem(parser, row):
     missing = [k for k in row if k != "amount"]
     assert f"{len(missing)} of {len(row)} input fields missing: {', '.join(missing)}" in err.message
     assert "GET /schema" in err.message
+
+
+# ---------------------------------------------------------------- the replica's /predict (serve/app.py), no Serve
+class _Log:
+    def __init__(self, fail: bool = False, delay_s: float = 0.0):
+        self.fail, self.delay_s = fail, delay_s
+
+    def append(self, *args):
+        time.sleep(self.delay_s)
+        if self.fail:
+            raise OSError("disk full")
+
+
+class _Model:
+    """What the Predictor uses of a ServedModel."""
+
+    def __init__(self, version: str, parser, log: _Log):
+        self.version, self.parser, self.log, self.inline = version, parser, log, False
+
+    async def infer(self, rows):
+        return [0.25] * len(rows)
+
+    def close(self):
+        pass
+
+
+class _Request:
+    def __init__(self, body: bytes):
+        self._body, self.method, self.url = body, "POST", SimpleNamespace(path="/predict")
+        self.headers = {"content-type": JSON, "content-length": str(len(body))}
+
+    async def body(self):
+        return self._body
+
+
+def replica(stable: _Model, *others: _Model):
+    from mlops_ray.serve import stats as st
+    from mlops_ray.serve.app import Predictor, Route
+    from tests.conftest import make_config
+    p = object.__new__(Predictor)             # its __init__ needs a Serve replica context
+    p.cfg, p.stats = make_config("x"), st.ReplicaStats("r", [0.5])
+    p.m_latency = SimpleNamespace(observe=lambda *a, **k: None)
+    p.models = {m.version: m for m in (stable, *others)}
+    p.route, p._shadow_tasks, p._retiring, p._retire_tasks = Route(stable), set(), set(), set()
+    return p
+
+
+def test_a_prediction_that_cannot_be_logged_counts_as_an_error_with_its_prediction_latency(parser, row):
+    p = replica(_Model("1", parser, _Log(fail=True, delay_s=0.1)))
+    assert asyncio.run(p._predict(_Request(dumps(row)))).status_code == 503
+    s = p.stats.by_version["1"]
+    assert (s.requests, s.errors) == (1, 1)
+    assert s.latency_quantile_ms(1.0) < 100          # the log's 100 ms are not the model's latency
+    p = replica(_Model("1", parser, _Log()))
+    assert asyncio.run(p._predict(_Request(dumps(row)))).status_code == 200
+    s = p.stats.by_version["1"]
+    assert (s.requests, s.errors, s.rows) == (1, 0, 1)
+
+
+def test_the_replica_keeps_each_retiring_version_task_until_it_ends(parser, tmp_path):
+    # the event loop holds tasks weakly: one nobody references can be collected mid-run
+    from mlops_ray.serve.state import ServingState, write_state
+    old, new = _Model("1", parser, _Log()), _Model("2", parser, _Log())
+    p = replica(new, old)
+    p.state_file, p._remote, p._mtime, p.poll_s = str(tmp_path / "state.json"), False, None, 0.01
+    write_state(p.state_file, ServingState(name="m", stable="2"))
+
+    async def poll_once():
+        follow = asyncio.get_running_loop().create_task(p._follow_state())
+        await asyncio.sleep(0.05)
+        follow.cancel()
+        assert list(p.models) == ["2"] and p._retiring == {old}
+        (retire,) = p._retire_tasks
+        retire.cancel()
+        await asyncio.wait([retire])
+        assert not p._retire_tasks
+    asyncio.run(poll_once())
