@@ -10,6 +10,14 @@ import time
 import uuid
 
 
+def request_rows(df, n: int, drop=("transaction_id", "is_fraud")) -> list[dict]:
+    """The first ``n`` rows of a synthetic frame as /predict bodies: without the id and label,
+    datetimes as ISO strings, missing values as JSON null."""
+    rows = df.drop(columns=list(drop)).head(n).copy()
+    rows["event_time"] = rows["event_time"].astype(str)
+    return rows.astype(object).where(rows.notna(), None).to_dict("records")
+
+
 def free_base() -> int:
     for _ in range(200):
         base = 20000 + (os.getpid() * 7919 + int(time.time() * 1000)) % 9000

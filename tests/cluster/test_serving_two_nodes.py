@@ -29,7 +29,7 @@ import yaml
 
 from tests.cluster.nodes import LocalCluster
 from tests.conftest import make_bundle
-from tests.http_load import Load, free_base
+from tests.http_load import Load, free_base, request_rows
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,13 +83,11 @@ def served(cluster, small_df, tmp_path_factory):
         with reg.start_run(f"r{i + 1}") as run:
             assert reg.register(run, path) == str(i + 1)
     reg.set_alias("champion", "1")
-    rows = small_df.drop(columns=["transaction_id", "is_fraud"]).head(300).copy()
-    rows["event_time"] = rows["event_time"].astype(str)
-    rows = rows.astype(object).where(rows.notna(), None)
+    rows = request_rows(small_df, 300)
     p = cli(cluster, "deploy", str(cfg_path), "--json")
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     info = json.loads(p.stdout)
-    ctx = {"cfg_path": str(cfg_path), "cfg": cfg, "reg": reg, "rows": rows.to_dict("records"), "info": info,
+    ctx = {"cfg_path": str(cfg_path), "cfg": cfg, "reg": reg, "rows": rows, "info": info,
            "answered": {}}
     yield ctx
     cli(cluster, "serve", "stop", str(cfg_path), timeout=180)

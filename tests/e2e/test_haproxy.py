@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import make_bundle
-from tests.http_load import free_base
+from tests.http_load import free_base, request_rows
 
 pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,9 +77,7 @@ def test_haproxy_ingress_answers_on_serve_port_and_follows_weights(small_df, tmp
         with reg.start_run(f"r{i}") as run:
             reg.register(run, make_bundle(small_df, tmp_path / f"b{i}", rounds=rounds))
     reg.set_alias("champion", "1")
-    row = small_df.drop(columns=["transaction_id", "is_fraud"]).head(1).copy()
-    row["event_time"] = row["event_time"].astype(str)
-    row = row.astype(object).where(row.notna(), None).to_dict("records")[0]
+    row = request_rows(small_df, 1)[0]
     p = cli("deploy", str(cfg_path), "--json")
     assert p.returncode == 0, p.stderr[-3000:]
     info = json.loads(p.stdout)

@@ -23,7 +23,7 @@ import yaml
 from mlops_ray.config import load_config
 from mlops_ray.serve.state import read_state, state_path, write_state
 from tests.conftest import make_bundle
-from tests.http_load import Load as _Load, free_base as _free_base
+from tests.http_load import Load as _Load, free_base as _free_base, request_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 FAULTS = {"3": {"error_rate": 0.3}, "4": {"latency_ms": 100}, "5": {"load_error": "simulated: no GPU on this node"}}
@@ -80,16 +80,14 @@ def served(small_df, tmp_path_factory):
         with reg.start_run(f"r{i + 1}") as run:
             assert reg.register(run, path) == str(i + 1)
     reg.set_alias("champion", "1")
-    rows = small_df.drop(columns=["transaction_id", "is_fraud"]).head(300).copy()
-    rows["event_time"] = rows["event_time"].astype(str)
-    rows = rows.astype(object).where(rows.notna(), None)          # JSON null for missing values
+    rows = request_rows(small_df, 300)
     code = ("import sys, json; from mlops_ray.config import load_config; from mlops_ray.serve import control; "
             f"print(json.dumps(control.deploy(load_config({str(cfg_path)!r}), 'champion', faults={FAULTS!r})))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stderr[-3000:]
     info = json.loads(p.stdout.strip().splitlines()[-1])
-    ctx = {"cfg_path": str(cfg_path), "cfg": cfg, "reg": reg, "rows": rows.to_dict("records"),
+    ctx = {"cfg_path": str(cfg_path), "cfg": cfg, "reg": reg, "rows": rows,
            "url": info["url"], "base": f"http://127.0.0.1:{base}", "info": info}
     yield ctx
     cli("serve", "stop", str(cfg_path), timeout=120)
