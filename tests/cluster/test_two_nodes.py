@@ -76,16 +76,20 @@ def alive(cluster) -> dict[str, str]:
 
 def test_trials_run_on_both_nodes(two_nodes, work):
     ids = alive(two_nodes)
-    # trials long enough (300 rounds, no early stop) that the worker node's trial actors are up
-    # before the head's first trials finish: with short trials the head's reused actors take them all
-    cfg = config(work, two_nodes, "cl-spread", {"num_boost_round": 300, "early_stopping_rounds": 300},
-                 {"num_samples": 6, "scheduler": "none", "report_every": 50})
+    # One wave of 4 trials (4 slots: 2 per node), each long (3000 rounds, no early stop; ~8 s with
+    # 4 one-thread trials on 2 cores). Tune hands a pending trial to a finished trial's cached actor
+    # (reuse_actors) and drops the actor it was starting: with short trials, or more trials than
+    # slots, the head's warm workers take them all while the worker node's first actors still start
+    # (CI once saw 6 of 6 short trials on the head).
+    cfg = config(work, two_nodes, "cl-spread", {"num_boost_round": 3000, "early_stopping_rounds": 3000},
+                 {"num_samples": 4, "max_concurrent": 4, "scheduler": "none", "report_every": 500,
+                  "space": {"max_depth": {"type": "choice", "values": [8]}}})
     # --only tune: the search summary is what this test reads (evaluate and register: the last test)
     r = cli(two_nodes, "run", cfg, "--only", "tune", "--json")
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
     search = json_doc(r.stdout)["search"]
-    assert search["n_trials"] == 6 and search["strategy"] == "single"
-    assert sum(search["nodes"].values()) == 6, search["nodes"]
+    assert search["n_trials"] == 4 and search["strategy"] == "single"
+    assert sum(search["nodes"].values()) == 4, search["nodes"]
     assert set(search["nodes"]) == set(ids.values()), (search["nodes"], ids)
     assert search["retried"] == []
 
