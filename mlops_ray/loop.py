@@ -143,7 +143,8 @@ def retrain_config(cfg: Config, progress: Progress = lambda s, m: None, verbose:
             if rows == 0:
                 raise MonitorError(f"the retrain window is empty: no rows of {', '.join(dcfg.sources)} within "
                                    f"{rc.window} of the newest {tcol}; widen retrain.window")
-            window.write_parquet(store.uri(cfg.name, "retrain", key, "data"))
+            path, fs = ingest.for_ray(store.uri(cfg.name, "retrain", key, "data"))
+            window.write_parquet(path, filesystem=fs)
             store.write_json(f"{out}/_SUCCESS", {"rows": rows, "start": str(start), "sources": dcfg.sources})
         info = store.read_json(f"{out}/_SUCCESS")
     progress("retrain", f"training window: {info['rows']:,} rows from {info['start']} ({', '.join(dcfg.sources)})")

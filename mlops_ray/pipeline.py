@@ -105,7 +105,8 @@ def step_featurize(cfg: Config, source: ingest.Source, ds, out_dir: str, pre: di
     progress("featurize", f"writing {sum(split_rows.values()):,} rows as train/valid/test")
     out = ds.map_batches(_transform_batch, fn_kwargs={"cfg": cfg, "spec": spec, "cutoffs": cutoffs},
                          batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
-    out.write_parquet(out_dir, partition_cols=["split"], mode="overwrite")
+    path, fs = ingest.for_ray(out_dir)
+    out.write_parquet(path, filesystem=fs, partition_cols=["split"], mode="overwrite")
     return spec, split_rows, cutoffs
 
 
@@ -153,7 +154,6 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
                 pass   # reported by the featurize step after validation
         report, pre = step_validate(cfg, source, ds, static, plan, extra)
         timings["validate"] = time.perf_counter() - t
-        base = store.path(cfg.name, "data", key)
         store.write_json(store.path(cfg.name, "data", key, "validation.json"), report.to_dict())
         if not report.passed:
             raise DataValidationError(report.summary(), report=report)
@@ -175,13 +175,12 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
                           "config_hash": cfg.config_hash,
                           "created": dt.datetime.now(dt.timezone.utc).isoformat()})
         store.write_json(store.path(cfg.name, "data", key, "_SUCCESS"), {"key": key})
-        result.spec, result.split_rows, result.out_dir = spec, split_rows, base
+        result.spec, result.split_rows, result.out_dir = spec, split_rows, store.uri(cfg.name, "data", key)
         result.key, result.cutoffs = key, cutoffs
         return result
 
 
 def _load_data_result(store: Store, cfg: Config, key: str) -> DataResult:
-    base = store.path(cfg.name, "data", key)
     src = store.read_json(store.path(cfg.name, "data", key, "source.json"))
     val = store.read_json(store.path(cfg.name, "data", key, "validation.json"))
     report = validate.ValidationReport(rows=val["rows"], checks=[validate.CheckResult(**c) for c in val["checks"]],
@@ -189,7 +188,8 @@ def _load_data_result(store: Store, cfg: Config, key: str) -> DataResult:
     spec = feat.FeatureSpec.from_dict(store.read_json(store.path(cfg.name, "data", key, "feature_spec.json")))
     cut = src.get("time_cutoffs")
     cutoffs = tuple(int(np.datetime64(c, "ns").astype(np.int64)) for c in cut) if cut else None
-    return DataResult(source=src, validation=report, spec=spec, split_rows=src["split_rows"], out_dir=base,
+    return DataResult(source=src, validation=report, spec=spec, split_rows=src["split_rows"],
+                      out_dir=store.uri(cfg.name, "data", key),
                       timings={}, key=key, cutoffs=cutoffs, cached=True)
 
 

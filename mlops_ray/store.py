@@ -13,7 +13,7 @@ import uuid
 import pyarrow as pa
 from pyarrow import fs as pafs
 
-from mlops_ray.data.ingest import filesystem_for
+from mlops_ray.data.ingest import filesystem_for, gcs_credentials_missing
 
 
 class Store:
@@ -46,8 +46,18 @@ class Store:
         missing bucket, missing credentials or a read-only path fail at once with the fix
         (ConfigError, exit 2) instead of in the middle of a search."""
         from mlops_ray.errors import ConfigError
+        if self.root_uri.split("://", 1)[0] in ("gs", "gcs") and gcs_credentials_missing():
+            raise ConfigError(f"store {self.root_uri!r} cannot be used: no Google Cloud credentials are set. Set "
+                              "GOOGLE_APPLICATION_CREDENTIALS to a service account key file (or run `gcloud auth "
+                              "application-default login`) in the environment of every process that uses the "
+                              "store; for a storage emulator set STORAGE_EMULATOR_HOST=host:port")
         probe = self.path(name, f".probe-{uuid.uuid4().hex[:8]}")
         try:
+            if self.root_uri.split("://", 1)[0] in ("gs", "gcs"):
+                # pyarrow's create_dir would try to create a missing bucket ("missing project id")
+                bucket = self.root.split("/", 1)[0]
+                if self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                    raise OSError(f"bucket {bucket} does not exist")
             self.fs.create_dir(posixpath.dirname(probe), recursive=True)
             with self.fs.open_output_stream(probe) as f:
                 f.write(b"ok")
@@ -102,13 +112,17 @@ def _why(err: str, uri: str) -> str:
     low = err.lower()
     bucket = uri.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0]
     if "bucket" in low and ("not found" in low or "does not exist" in low or "nosuchbucket" in low):
+        if uri.startswith("gs"):
+            return (f"bucket {bucket!r} does not exist. Create it (`gcloud storage buckets create gs://{bucket}`) "
+                    "or fix the store URI; for a storage emulator set STORAGE_EMULATOR_HOST=host:port")
         return (f"bucket {bucket!r} does not exist. Create it (`aws s3 mb s3://{bucket}`) or fix the "
                 "store URI; for an S3-compatible server set AWS_ENDPOINT_URL (or ?endpoint_override=host:port)")
-    if any(k in low for k in ("credential", "access denied", "access_denied", "accessdenied", "forbidden",
+    if any(k in low for k in ("credential", "access token", "access denied", "access_denied", "accessdenied", "forbidden",
                               "invalidaccesskeyid", "signaturedoesnotmatch", "403")):
         import os
-        none = uri.startswith("s3") and not any(os.environ.get(k) for k in (
+        none = (uri.startswith("s3") and not any(os.environ.get(k) for k in (
             "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI"))
+                or uri.startswith("gs") and gcs_credentials_missing())
         what = "no credentials are set" if none else "the credentials were refused"
         return (f"access denied: {what} ({err[:160]}). Set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) for s3://, GOOGLE_APPLICATION_CREDENTIALS for gs://, "

@@ -172,16 +172,24 @@ def fit_distributed(config: dict, *, train_path: str, valid_path: str | None, sp
     import ray.train
     from ray.train.xgboost import XGBoostTrainer
 
-    datasets = {"train": ray.data.read_parquet(train_path)}
+    from mlops_ray.data.ingest import for_ray
+
+    def read(p):
+        paths = [for_ray(x) for x in ([p] if isinstance(p, str) else p)]
+        return ray.data.read_parquet([x for x, _ in paths], filesystem=paths[0][1])
+
+    datasets = {"train": read(train_path)}
     if valid_path:
-        datasets["valid"] = ray.data.read_parquet(valid_path)
+        datasets["valid"] = read(valid_path)
+    storage_path, storage_fs = for_ray(storage)
     trainer = XGBoostTrainer(
         _worker_loop,
         train_loop_config={"config": config, "spec": spec, "model": model, "tune": tune_cfg, "rounds": rounds,
                            "splits": sorted(datasets), "extra": dict(extra_metrics or {})},
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, resources_per_worker={"CPU": 1},
                                                placement_strategy="SPREAD"),
-        run_config=ray.train.RunConfig(name=name, storage_path=storage, callbacks=list(callbacks)),
+        run_config=ray.train.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
+                                       callbacks=list(callbacks)),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split="all"),
     )
@@ -276,15 +284,19 @@ def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, st
         resources = {"CPU": tune_cfg.cpus_per_trial, "GPU": tune_cfg.gpus_per_trial}
     trainable = tune.with_resources(trainable, resources)
 
-    path = os.path.join(storage, experiment)
+    from mlops_ray.data.ingest import for_ray
+    storage_path, storage_fs = for_ray(storage)
+    fs_path = os.path.join(storage_path, experiment)
     callbacks = [_ProgressCallback(progress, metric, mode, int(tune_cfg.num_samples * budget_scale),
                                    tune_cfg.max_failures)] if progress else []
-    run_config = tune.RunConfig(name=experiment, storage_path=storage, verbose=0, callbacks=callbacks,
+    run_config = tune.RunConfig(name=experiment, storage_path=storage_path, storage_filesystem=storage_fs,
+                                verbose=0, callbacks=callbacks,
                                 failure_config=tune.FailureConfig(max_failures=tune_cfg.max_failures),
                                 checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False))
     restored = False
-    if resume and tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+    if resume and tune.Tuner.can_restore(fs_path, storage_filesystem=storage_fs):
+        tuner = tune.Tuner.restore(fs_path, trainable=trainable, storage_filesystem=storage_fs,
+                                   resume_unfinished=True, resume_errored=True,
                                    param_space=build_space(tune_cfg))
         restored = True
     else:

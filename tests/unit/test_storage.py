@@ -147,3 +147,58 @@ def test_json_output_keeps_stdout_for_the_document(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == '{\n  "ok": true\n}' and "(raylet) WARNING" in p.stderr and "noise" in p.stderr
+
+
+def _gcs_options(fs) -> dict:
+    return fs.__reduce__()[1][0]          # GcsFileSystem's options, as pickling sends them to Ray workers
+
+
+def test_a_gs_uri_gets_a_bounded_retry_and_its_parameters(monkeypatch):
+    from mlops_ray.data import ingest
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    ingest._from_uri.cache_clear()
+    fs, path = ingest.filesystem_for("gs://b/pre/fix/?project_id=proj&retry_limit_seconds=7")
+    assert path == "b/pre/fix"
+    o = _gcs_options(fs)
+    assert o["project_id"] == "proj" and o["retry_time_limit"].total_seconds() == 7 and not o["anonymous"]
+    fs, _ = ingest.filesystem_for("gs://b/x")
+    assert _gcs_options(fs)["retry_time_limit"].total_seconds() == ingest.GCS_RETRY_S     # not pyarrow's 15 min
+
+
+def test_storage_emulator_host_points_gs_at_an_emulator_unauthenticated(monkeypatch):
+    from mlops_ray.data import ingest
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:4443")
+    ingest._from_uri.cache_clear()
+    try:
+        fs, path = ingest.filesystem_for("gs://bucket/store")
+        o = _gcs_options(fs)
+        assert (o["anonymous"], o["endpoint_override"], o["scheme"]) == (True, "127.0.0.1:4443", "http")
+        assert ingest.for_ray("gs://bucket/store/p") == ("bucket/store/p", ingest.filesystem_for("gs://bucket/store/p")[0])
+        assert ingest.for_ray("/abs/local") == ("/abs/local", None)       # Ray's own handling of local paths
+    finally:
+        ingest._from_uri.cache_clear()
+
+
+def test_an_unknown_gs_parameter_is_named_with_the_known_ones():
+    from mlops_ray.data import ingest
+    from mlops_ray.errors import DataSourceError
+    with pytest.raises(DataSourceError, match=r"unknown gs:// parameter 'anonymous'; the known ones are .*"
+                                              r"endpoint_override.*STORAGE_EMULATOR_HOST"):
+        ingest.filesystem_for("gs://b/x?anonymous=true")
+    with pytest.raises(DataSourceError, match=r"retry_limit_seconds='soon' is not a number"):
+        ingest.filesystem_for("gs://b/x?retry_limit_seconds=soon")
+
+
+def test_gs_store_errors_say_what_to_do(monkeypatch, tmp_path):
+    assert "gcloud storage buckets create gs://nob" in _why("bucket nob does not exist", "gs://nob/x")
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))
+    monkeypatch.setenv("GCE_METADATA_HOST", "metadata.invalid")
+    msg = _why("UNAVAILABLE: Could not create a OAuth2 access token to authenticate the request", "gs://b/x")
+    assert "no credentials are set" in msg and "GOOGLE_APPLICATION_CREDENTIALS" in msg
+    with pytest.raises(ConfigError, match="no Google Cloud credentials are set.*STORAGE_EMULATOR_HOST"):
+        Store("gs://b/x").check_writable("p")
+    (tmp_path / "application_default_credentials.json").write_text("{}")      # `gcloud auth application-default login`
+    from mlops_ray.data.ingest import gcs_credentials_missing
+    assert not gcs_credentials_missing()
