@@ -220,7 +220,7 @@ def run(opts: Options) -> list[dict]:
                 model = with_model(p, num_boost_round=rounds, strategy="single")
                 tcfg = with_tune(p, num_samples=trials)
                 print(f"   data: {p.describe()} (prepare_data {p.prepare_s:.1f} s); {trials} trials, "
-                      f"{rounds} rounds, early stopping {model.early_stopping_rounds}, scheduler "
+                      f"{rounds} rounds, early stopping {model.patience()}, scheduler "
                       f"{tcfg.scheduler}, cpus_per_trial {tcfg.cpus_per_trial:g}, report_every {tcfg.report_every}",
                       flush=True)
                 fns = {"ray": lambda: ray_search(p, model, tcfg, trials, storage),

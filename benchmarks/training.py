@@ -161,7 +161,7 @@ def _same_predictions(a, b, Xs: np.ndarray, spec) -> float:
 
 def single_rows(p, opts: Options, storage: str, extra_default_cpus: bool) -> list[dict]:
     s, nt, rows = p.splits, _threads(), []
-    esr = p.model.early_stopping_rounds
+    esr = p.model.patience()
     print(f"   single strategy on {p.describe()}, nthread {nt}, {ROUNDS} rounds", flush=True)
 
     # refit: train_final vs native on the concatenated arrays
@@ -199,7 +199,7 @@ def single_rows(p, opts: Options, storage: str, extra_default_cpus: bool) -> lis
 
 def distributed_rows(p, opts: Options, storage: str) -> list[dict]:
     s, rows = p.splits, []
-    esr = p.model.early_stopping_rounds
+    esr = p.model.patience()
     print(f"   distributed strategy (1 worker) on {p.describe()}, {ROUNDS} rounds", flush=True)
     params1 = _params(p, 1)
 
@@ -272,7 +272,7 @@ def run(opts: Options) -> list[dict]:
 
 def single_rows_default_cpus(p, opts: Options, storage: str) -> list[dict]:
     """At the small size: the 1-trial search with the default cpus_per_trial (1) and with all cores."""
-    nt, esr = _threads(), p.model.early_stopping_rounds
+    nt, esr = _threads(), p.model.patience()
     params = _params(p, nt)
     tn = Timing()
     tp = Timing()

@@ -298,6 +298,9 @@ def _print_run_result(res) -> None:
         out.print(f"[green]✓[/] search: {s['n_trials']} trials ({s['strategy']}), best valid {s['metric']} "
                   f"{s['best_score']:.5f} at {s['best_iteration'] + 1} rounds, {s['seconds']:.1f} s"
                   + (f", on {len(s['nodes'])} nodes" if len(s.get("nodes") or {}) > 1 else ""))
+        base = {k: v for k, v in (s.get("baselines") or {}).items() if v is not None}
+        if base:
+            out.print("  baselines (first trials): " + ", ".join(f"{k} {v:.5f}" for k, v in base.items()))
         if s.get("retried"):
             out.print(f"  [yellow]retried after a failure[/]: trial(s) {', '.join(t['trial_id'] for t in s['retried'])}")
     if res.evaluation:

@@ -197,11 +197,21 @@ class ModelConfig(_Model):
     num_workers: int = Field(2, ge=1, description="Data-parallel workers of the distributed strategy.")
     device: Literal["cpu", "cuda"] = "cpu"
     params: dict[str, Union[int, float, str]] = Field(default_factory=dict, description="Fixed XGBoost params.")
-    num_boost_round: int = Field(300, ge=1)
-    early_stopping_rounds: int = Field(20, ge=1)
+    num_boost_round: int = Field(300, ge=1, description="Boosting rounds a trial may run (early stopping "
+                                 "ends it sooner).")
+    early_stopping_rounds: int | None = Field(
+        None, ge=1, description="Rounds without a better validation score before a trial stops. Default: "
+        "a fifth of the trial's rounds, at least 20 (60 of 300): a validation period that drifts from the "
+        "training one scores unevenly over rounds, and a fixed 20 stopped trials at their first dip.")
     refit: Literal["train_valid", "best_trial"] = "train_valid"
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     slice_column: str | None = None
+
+    def patience(self, rounds: int | None = None) -> int:
+        """Early-stopping rounds for a trial of ``rounds`` (default ``num_boost_round``)."""
+        if self.early_stopping_rounds is not None:
+            return self.early_stopping_rounds
+        return max(20, int(rounds or self.num_boost_round) // 5)
 
 
 class SearchParam(_Model):
@@ -253,6 +263,12 @@ class TuneConfig(_Model):
         "node or a killed worker process. The run's tuning summary lists retried trials (`retried`); a "
         "trial whose retries run out is reported with its error and the search goes on without it.")
     space: dict[str, SearchParam] = Field(default_factory=_default_space)
+    baselines: int = Field(
+        3, ge=0, le=3, description="Well-known configurations evaluated as the search's first trials "
+        "(counted in num_samples): XGBoost's defaults (eta 0.3, depth 6), then depth 8 with eta 0.1, "
+        "then depth 6, eta 0.1, subsample and colsample_bytree 0.8, each fitted into the space. The "
+        "winner is at least as good on validation as each of them; the run's summary shows the defaults' "
+        "score beside the winner's. 0: none.")
 
 
 # --------------------------------------------------------------------------- gate / registry

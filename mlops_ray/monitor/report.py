@@ -189,7 +189,9 @@ def _validation(v: dict) -> str:
 def _tuning(t: dict) -> str:
     metric, trials = t.get("metric", "score"), t.get("trials") or []
     errors = sum(1 for tr in trials if tr.get("error"))
+    base = t.get("baselines") or {}
     info = _kv([("metric", f"{metric} ({t.get('mode', '?')})"), ("best score", t.get("best_score")),
+                *[(f"baseline: {k}", v if v is not None else "failed") for k, v in base.items()],
                 ("best iteration", t.get("best_iteration")), ("trials", t.get("n_trials", len(trials))),
                 ("failed trials", errors), ("strategy", t.get("strategy")), ("seconds", t.get("seconds"))])
     cfg = t.get("best_config") or {}

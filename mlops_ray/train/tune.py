@@ -52,7 +52,12 @@ class SearchResult:
         return {"metric": self.metric, "mode": self.mode, "best_config": self.best_config,
                 "best_score": self.best_score, "best_iteration": self.best_iteration,
                 "n_trials": len(self.trials), "seconds": round(self.seconds, 2), "strategy": self.strategy,
-                "restored": self.restored, **_placement(self.trials), "trials": self.trials}
+                "restored": self.restored, "baselines": self.baselines(), **_placement(self.trials),
+                "trials": self.trials}
+
+    def baselines(self) -> dict[str, float | None]:
+        """Baseline name -> its validation score (None: it failed), in the order they ran."""
+        return {t["baseline"]: t.get(self.metric) for t in self.trials if t.get("baseline")}
 
 
 def _placement(trials: list[dict]) -> dict:
@@ -89,6 +94,48 @@ def build_space(cfg: TuneConfig) -> dict:
         else:
             space[name] = tune.choice(list(p.values))
     return space
+
+
+# XGBoost's own defaults for the parameters a search space usually holds (its documentation's values)
+XGB_DEFAULTS = {"eta": 0.3, "learning_rate": 0.3, "max_depth": 6, "min_child_weight": 1.0, "subsample": 1.0,
+                "colsample_bytree": 1.0, "colsample_bylevel": 1.0, "colsample_bynode": 1.0, "lambda": 1.0,
+                "reg_lambda": 1.0, "alpha": 0.0, "reg_alpha": 0.0, "gamma": 0.0, "min_split_loss": 0.0,
+                "max_delta_step": 0.0, "scale_pos_weight": 1.0, "max_bin": 256, "max_leaves": 0}
+BASELINES = [
+    ("xgboost defaults", {}),
+    ("depth 8, eta 0.1", {"max_depth": 8, "eta": 0.1, "learning_rate": 0.1}),
+    ("depth 6, eta 0.1, subsample 0.8", {"eta": 0.1, "learning_rate": 0.1, "subsample": 0.8,
+                                         "colsample_bytree": 0.8}),
+]
+
+
+def baseline_points(cfg: TuneConfig, model: ModelConfig) -> list[tuple[str, dict]]:
+    """The search's first trials: ``BASELINES`` over ``XGB_DEFAULTS``, each value fitted into the
+    space (clipped to a range, kept only if a choice offers it); the rounds are the model's
+    (``num_boost_round``, with its early stopping). A parameter with no known default is left to
+    the searcher. Points that come out equal after fitting are evaluated once."""
+    fixed = {"num_boost_round": model.num_boost_round, "early_stopping_rounds": model.patience()}
+    out: list[tuple[str, dict]] = []
+    for name, over in BASELINES[:min(cfg.baselines, cfg.num_samples)]:
+        point = {}
+        for key, p in cfg.space.items():
+            v = over.get(key, XGB_DEFAULTS.get(key, fixed.get(key)))
+            if v is None:
+                continue
+            if p.type == "choice":
+                if v in p.values:
+                    point[key] = v
+                continue
+            v = min(max(v, p.low), p.high)
+            point[key] = int(round(v)) if p.type == "int" else float(v)
+        if point and all(point != q for _, q in out):
+            out.append((name, point))
+    return out
+
+
+def _is_point(config: dict, point: dict) -> bool:
+    return all(k in config and np.isclose(float(config[k]), float(v)) if not isinstance(v, str)
+               else config.get(k) == v for k, v in point.items())
 
 
 # --------------------------------------------------------------------------- trials (run on workers)
@@ -305,13 +352,17 @@ def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, st
         max_conc = tune_cfg.max_concurrent or max(1, int(cluster_cpus // max(per_trial, 1e-9)))
         if strategy == "distributed":
             max_conc = max(1, int(cluster_cpus // (model.num_workers + 0.5)))
-        searcher = ConcurrencyLimiter(OptunaSearch(metric=metric, mode=mode, seed=tune_cfg.seed),
+        points = [p for _, p in baseline_points(tune_cfg, model)]
+        searcher = ConcurrencyLimiter(OptunaSearch(metric=metric, mode=mode, seed=tune_cfg.seed,
+                                                   points_to_evaluate=points or None),
                                       max_concurrent=max_conc)
         # +1: a trial that runs every round still gets to send its final report (best iteration)
         max_t = max(1, model.num_boost_round // tune_cfg.report_every) + 1
         scheduler = {
+            # grace: a quarter of the round budget (70 of 300 rounds at report_every 10), where 2
+            # reports (20 rounds) stopped slow learners on a drifting validation period before they showed
             "asha": lambda: ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                                          grace_period=min(max_t, 2), reduction_factor=3),
+                                          grace_period=min(max_t, max(2, max_t // 4)), reduction_factor=3),
             "median": lambda: MedianStoppingRule(time_attr="training_iteration", grace_period=2,
                                                  min_samples_required=3),
             "none": lambda: FIFOScheduler(),
@@ -324,10 +375,12 @@ def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, st
                                         reuse_actors=strategy == "single",
                                         trial_dirname_creator=lambda t: t.trial_id))
     grid = tuner.fit()
-    return _summarise(grid, metric, mode, strategy, time.perf_counter() - t0, restored)
+    return _summarise(grid, metric, mode, strategy, time.perf_counter() - t0, restored,
+                      baseline_points(tune_cfg, model))
 
 
-def _summarise(grid, metric: str, mode: str, strategy: str, seconds: float, restored: bool) -> SearchResult:
+def _summarise(grid, metric: str, mode: str, strategy: str, seconds: float, restored: bool,
+               baselines: list[tuple[str, dict]] = ()) -> SearchResult:
     from mlops_ray.errors import DataValidationError, ResourceError
     # Tune's Trial objects (same order as the grid's results) hold the failure count: public
     # ResultGrid/Result do not expose it
@@ -344,6 +397,10 @@ def _summarise(grid, metric: str, mode: str, strategy: str, seconds: float, rest
                "error": str(r.error).splitlines()[0][:300] if r.error else None}
         if m.get("worker_node_ids"):
             row["worker_node_ids"] = list(m["worker_node_ids"])
+        named = [n for n, pt in baselines if _is_point(r.config or {}, pt)
+                 and n not in (t.get("baseline") for t in trials)]
+        if named:
+            row["baseline"] = named[0]
         trials.append(row)
     scored = [t for t in trials if t[metric] is not None and np.isfinite(t[metric])]
     if not scored:

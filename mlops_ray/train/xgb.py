@@ -136,7 +136,7 @@ def split_trial_config(config: dict, model: ModelConfig) -> tuple[dict, int, int
     params = {k: (int(v) if k in ("max_depth", "max_leaves", "max_bin") else v)
               for k, v in config.items() if k in XGB_PARAMS}
     rounds = int(config.get("num_boost_round", model.num_boost_round))
-    esr = int(config.get("early_stopping_rounds", model.early_stopping_rounds))
+    esr = int(config.get("early_stopping_rounds") or model.patience(rounds))
     return params, rounds, esr
 
 

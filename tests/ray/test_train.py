@@ -51,6 +51,13 @@ def test_first_model_becomes_champion(first_run):
     assert bundle.metadata["gate"]["passed"] is True and bundle.reference["features"]
 
 
+def test_the_search_starts_with_the_baselines_and_the_winner_is_no_worse(first_run):
+    _, _, res = first_run
+    base = res.search["baselines"]     # num_samples 3: the three baselines are the whole search
+    assert list(base) == ["xgboost defaults", "depth 8, eta 0.1", "depth 6, eta 0.1, subsample 0.8"]
+    assert all(v is not None for v in base.values()) and res.search["best_score"] >= max(base.values())
+
+
 def test_rerun_skips_finished_steps(first_run):
     cfg, store, _ = first_run
     res = run_pipeline(cfg)

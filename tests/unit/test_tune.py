@@ -45,3 +45,46 @@ def test_the_cli_prints_the_message_of_a_data_validation_error_without_a_report(
         cli._fail(DataValidationError("no trial produced a finite 'auc' on the validation split"), False)
     assert e.value.exit_code == DataValidationError("x").exit_code
     assert "no trial produced a finite 'auc'" in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_baselines_are_xgboost_defaults_and_known_configs_fitted_into_the_space():
+    from mlops_ray.config import ModelConfig, TuneConfig
+    from mlops_ray.train.tune import baseline_points
+    model = ModelConfig(num_boost_round=200, early_stopping_rounds=30)
+    pts = dict(baseline_points(TuneConfig(), model))
+    assert list(pts) == ["xgboost defaults", "depth 8, eta 0.1", "depth 6, eta 0.1, subsample 0.8"]
+    assert pts["xgboost defaults"] == {"eta": 0.3, "max_depth": 6, "min_child_weight": 1.0, "subsample": 1.0,
+                                       "colsample_bytree": 1.0, "lambda": 1.0}
+    assert pts["depth 8, eta 0.1"]["max_depth"] == 8 and pts["depth 8, eta 0.1"]["eta"] == 0.1
+    space = {"eta": {"type": "log_float", "low": 0.01, "high": 0.2},            # 0.3 is outside: clipped
+             "max_depth": {"type": "choice", "values": [4, 8]},                 # 6 is not offered: left to Optuna
+             "num_boost_round": {"type": "int", "low": 50, "high": 500}}        # the model's rounds
+    pts = baseline_points(TuneConfig(space=space, num_samples=2), model)        # counted in num_samples
+    assert pts == [("xgboost defaults", {"eta": 0.2, "num_boost_round": 200}),
+                   ("depth 8, eta 0.1", {"eta": 0.1, "max_depth": 8, "num_boost_round": 200})]
+    assert baseline_points(TuneConfig(baselines=0), model) == []
+    # points equal after fitting run once
+    same = baseline_points(TuneConfig(space={"gamma": {"type": "float", "low": 0, "high": 5}}), model)
+    assert same == [("xgboost defaults", {"gamma": 0.0})]
+
+
+def test_the_summary_names_the_baseline_trials_and_their_scores():
+    from mlops_ray.train.tune import _summarise
+    pts = [("xgboost defaults", {"eta": 0.3, "max_depth": 6}), ("depth 8, eta 0.1", {"eta": 0.1, "max_depth": 8})]
+    rs = [SimpleNamespace(metrics={"auc": a, "rounds": 10, "final": True}, config=c, error=None)
+          for a, c in [(0.70, {"eta": 0.3, "max_depth": 6}), (0.72, {"eta": 0.1, "max_depth": 8}),
+                       (0.75, {"eta": 0.05, "max_depth": 5})]]
+    s = _summarise(rs, "auc", "max", "single", 1.0, False, pts)
+    assert s.baselines() == {"xgboost defaults": 0.70, "depth 8, eta 0.1": 0.72}
+    assert s.to_dict()["baselines"] == s.baselines() and s.best_score == 0.75
+
+
+def test_early_stopping_patience_follows_the_round_budget():
+    from mlops_ray.config import ModelConfig
+    from mlops_ray.train.xgb import split_trial_config
+    assert ModelConfig().patience() == 60 and ModelConfig(num_boost_round=50).patience() == 20
+    assert ModelConfig(early_stopping_rounds=7).patience() == 7               # set: kept as it is
+    # a searched round count gets patience of its own size
+    _, rounds, esr = split_trial_config({"num_boost_round": 1000, "eta": 0.1}, ModelConfig())
+    assert (rounds, esr) == (1000, 200)
+    assert split_trial_config({"early_stopping_rounds": 5}, ModelConfig())[2] == 5
