@@ -159,7 +159,9 @@ class SchemaConfig(_Model):
 
 
 # --------------------------------------------------------------------------- features
-DatetimePart = Literal["hour", "minute", "dayofweek", "day", "month", "year", "dayofyear", "is_weekend", "epoch_days"]
+DatetimePart = Literal["hour", "minute", "time_of_day", "minute_of_day", "dayofweek", "day", "month", "year",
+                       "dayofyear", "weekofyear", "is_weekend", "epoch_days", "hour_sin", "hour_cos",
+                       "dayofweek_sin", "dayofweek_cos", "dayofyear_sin", "dayofyear_cos"]
 
 
 class FeaturesConfig(_Model):
@@ -171,7 +173,12 @@ class FeaturesConfig(_Model):
         "none", description="'none' keeps NaN: XGBoost learns a default direction for missing values.")
     min_frequency: int = Field(5, ge=1, description="Categories rarer than this in training go to the OOV bucket.")
     max_categories: int = Field(1000, ge=1, description="Keep at most this many categories per column.")
-    datetime_parts: list[DatetimePart] = Field(default_factory=lambda: ["hour", "dayofweek", "month"])
+    datetime_parts: list[DatetimePart] = Field(
+        default_factory=lambda: ["hour", "dayofweek", "month"],
+        description="Features made of each datetime column: hour, minute, time_of_day (hour + minute/60 + "
+        "second/3600), minute_of_day, dayofweek (Monday 0), day, month, year, dayofyear, weekofyear (ISO), "
+        "is_weekend, epoch_days (days since 1970), and cyclical pairs hour_sin/hour_cos (of the time of day), "
+        "dayofweek_sin/dayofweek_cos, dayofyear_sin/dayofyear_cos (23:59 is next to 00:00, December to January).")
     derived: dict[str, str] = Field(default_factory=dict, description="name: expression, e.g. "
                                     "'log1p(amount)'. A safe arithmetic language; never eval.")
 

@@ -306,9 +306,27 @@ def _derive(df: pd.DataFrame, derived: dict[str, str]) -> pd.DataFrame:
     return df
 
 
+def _time_of_day(s: pd.Series) -> pd.Series:
+    """Hours since midnight as a fraction (14:30 -> 14.5)."""
+    return s.dt.hour + s.dt.minute / 60.0 + s.dt.second / 3600.0
+
+
+def _cyclic(value, period: float, fn):
+    return lambda s: fn(2 * np.pi * value(s).astype("float64") / period)
+
+
 _DT_PARTS = {
     "hour": lambda s: s.dt.hour,
     "minute": lambda s: s.dt.minute,
+    "time_of_day": _time_of_day,
+    "minute_of_day": lambda s: s.dt.hour * 60 + s.dt.minute,
+    "weekofyear": lambda s: s.dt.isocalendar().week.astype("float64").where(s.notna()),
+    "hour_sin": _cyclic(_time_of_day, 24.0, np.sin),
+    "hour_cos": _cyclic(_time_of_day, 24.0, np.cos),
+    "dayofweek_sin": _cyclic(lambda s: s.dt.dayofweek, 7.0, np.sin),
+    "dayofweek_cos": _cyclic(lambda s: s.dt.dayofweek, 7.0, np.cos),
+    "dayofyear_sin": _cyclic(lambda s: s.dt.dayofyear - 1, 365.25, np.sin),
+    "dayofyear_cos": _cyclic(lambda s: s.dt.dayofyear - 1, 365.25, np.cos),
     "dayofweek": lambda s: s.dt.dayofweek,
     "day": lambda s: s.dt.day,
     "month": lambda s: s.dt.month,

@@ -143,8 +143,22 @@ def _dt_parts(ns: int | None, parts: tuple[str, ...]) -> list[float]:
             out.append(float(d.toordinal() - _dt.date(d.year, 1, 1).toordinal() + 1))
         elif p == "is_weekend":
             out.append(1.0 if d.weekday() >= 5 else 0.0)
-        else:   # epoch_days: int64 ns / 86400e9 in float64, as transform does
+        elif p == "epoch_days":     # int64 ns / 86400e9 in float64, as transform does
             out.append(ns / 86400e9)
+        elif p == "weekofyear":
+            out.append(float(d.isocalendar()[1]))
+        else:                       # the time of day and the cyclical parts, in transform's float64 steps
+            hour, minute, second = rem // _NS_HOUR, rem // _NS_MIN % 60, rem // 10 ** 9 % 60
+            tod = hour + minute / 60.0 + second / 3600.0
+            if p == "time_of_day":
+                out.append(tod)
+            elif p == "minute_of_day":
+                out.append(float(hour * 60 + minute))
+            else:
+                base, _, fn = p.rpartition("_")
+                value, period = {"hour": (tod, 24.0), "dayofweek": (float(d.weekday()), 7.0),
+                                 "dayofyear": (float(d.toordinal() - _dt.date(d.year, 1, 1).toordinal()), 365.25)}[base]
+                out.append(float((np.sin if fn == "sin" else np.cos)(np.array([2 * np.pi * value / period]))[0]))
     return out
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from mlops_ray.data import features as feat
 from mlops_ray.data.profile import profile_local
-from mlops_ray.errors import FeatureError
+from mlops_ray.errors import ConfigError, FeatureError
 from tests.conftest import make_config
 
 FEATURES = {"min_frequency": 3, "max_categories": 100, "numeric_fill": "median",
@@ -153,3 +153,27 @@ def test_prepare_data_leaves_only_feature_errors_to_the_featurize_step(monkeypat
     monkeypatch.setattr(pipeline.feat, "assign_roles", fail)
     with pytest.raises(surfaces):
         pipeline.prepare_data(make_config("x", store=str(tmp_path)))
+
+
+def test_time_of_day_and_cyclical_parts():
+    import numpy as np
+    import pandas as pd
+
+    from mlops_ray.data.features import _DT_PARTS
+    s = pd.Series(pd.to_datetime(["2024-03-04 14:30:00", "2024-03-04 23:59:00", "2024-03-05 00:00:00", None]))
+    part = {k: _DT_PARTS[k](s).to_numpy(dtype=np.float64, na_value=np.nan) for k in _DT_PARTS}
+    assert part["time_of_day"][0] == 14.5 and part["minute_of_day"][0] == 870
+    assert np.isnan(part["time_of_day"][3]) and np.isnan(part["hour_sin"][3])
+    # 23:59 and 00:00 are a minute apart on the circle, 23 hours apart as "hour"
+    a = np.array([part["hour_sin"][1], part["hour_cos"][1]])
+    b = np.array([part["hour_sin"][2], part["hour_cos"][2]])
+    assert np.linalg.norm(a - b) < 0.01 and part["hour"][1] - part["hour"][2] == 23
+    assert part["weekofyear"][0] == 10 and part["dayofweek"][0] == 0
+
+
+def test_an_unknown_datetime_part_names_the_key_and_the_parts_there_are():
+    from mlops_ray.config import config_from_dict
+    with pytest.raises(ConfigError, match=r"features\.datetime_parts\.1: Input should be 'hour', .*'time_of_day'"
+                                          r".*'hour_sin'.* \(got 'hour_of_day'\)"):
+        config_from_dict({"name": "p", "data": {"source": "x", "label": "y"},
+                          "features": {"datetime_parts": ["hour", "hour_of_day"]}})
