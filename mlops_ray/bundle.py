@@ -54,6 +54,12 @@ class Bundle:
     def task(self) -> str:
         return self.metadata.get("task", "binary")
 
+    @property
+    def threshold(self) -> float:
+        """The binary decision threshold chosen at training (``model.threshold``); 0.5 for bundles
+        written before it was stored."""
+        return float((self.metadata.get("threshold") or {}).get("value", 0.5))
+
     def features(self, df: pd.DataFrame) -> pd.DataFrame:
         return transform(df, self.spec)
 

@@ -307,6 +307,12 @@ def _print_run_result(res) -> None:
         m = res.evaluation["metrics"]
         shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float) and k != "n")
         out.print(f"  test: {shown}")
+        ch = res.evaluation.get("threshold_choice")
+        if ch:
+            v = ch.get("valid") or {}
+            out.print(f"  threshold {ch['value']:.4f} ({ch['rule']}" + (
+                f"; on validation precision {v['precision']:.3f}, recall {v['recall']:.3f}, f1 {v['f1']:.3f}"
+                if v else "") + ")")
     if res.version:
         role = "champion" if "champion" in res.aliases else "challenger" if "challenger" in res.aliases else None
         verdict = f"[green]{role or 'passed the gate'}[/]" if res.promoted else "[red]rejected[/]"

@@ -196,6 +196,21 @@ class FeaturesConfig(_Model):
 
 
 # --------------------------------------------------------------------------- model / tune
+class ThresholdSpec(_Model):
+    """A decision threshold chosen on the validation split to meet one target."""
+
+    min_precision: float | None = Field(None, gt=0, le=1, description="The threshold with the most recall "
+                                        "whose precision is at least this.")
+    min_recall: float | None = Field(None, gt=0, le=1, description="The threshold with the most precision "
+                                     "whose recall is at least this.")
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.min_precision is None) == (self.min_recall is None):
+            raise ValueError("give exactly one of min_precision or min_recall, e.g. {min_precision: 0.9}")
+        return self
+
+
 class ModelConfig(_Model):
     task: Literal["binary", "regression", "multiclass"] = "binary"
     strategy: Literal["auto", "single", "distributed"] = Field(
@@ -211,8 +226,35 @@ class ModelConfig(_Model):
         "a fifth of the trial's rounds, at least 20 (60 of 300): a validation period that drifts from the "
         "training one scores unevenly over rounds, and a fixed 20 stopped trials at their first dip.")
     refit: Literal["train_valid", "best_trial"] = "train_valid"
-    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    threshold: Union[Literal["auto", "max_f1"], float, ThresholdSpec] = Field(
+        "auto", description="Decision threshold of a binary model, chosen on the validation split (by a model "
+        "fitted on the training split only) and stored in the bundle: 'max_f1' (the best F1), "
+        "{min_precision: P} or {min_recall: R}, or a fixed probability such as 0.5; 'auto' is max_f1. "
+        "Accuracy, precision, recall and F1 on test (and the gate) use it; /predict returns labels with it.")
     slice_column: str | None = None
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold(cls, v):
+        fix = "use auto, max_f1, a probability such as 0.5, {min_precision: 0.9} or {min_recall: 0.8}"
+        if isinstance(v, str):
+            if v not in ("auto", "max_f1"):
+                raise ValueError(f"{v!r} is not a threshold rule; {fix}")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            if not 0 < v < 1:
+                raise ValueError(f"a fixed threshold is a probability between 0 and 1 (exclusive), got {v}; {fix}")
+        elif isinstance(v, dict):
+            v = {k: x for k, x in v.items() if x is not None}      # a dumped ThresholdSpec holds both keys
+            unknown = sorted(set(v) - {"min_precision", "min_recall"})
+            if unknown or len(v) != 1:
+                raise ValueError(f"{'unknown key ' + repr(unknown[0]) if unknown else 'give exactly one target'}"
+                                 f" in {v}; {fix}")
+            (k, x), = v.items()
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x <= 1:
+                raise ValueError(f"{k} is a share in (0, 1], got {x!r}")
+        elif not isinstance(v, ThresholdSpec):
+            raise ValueError(f"{v!r} is not a threshold; {fix}")
+        return v
 
     def patience(self, rounds: int | None = None) -> int:
         """Early-stopping rounds for a trial of ``rounds`` (default ``num_boost_round``)."""

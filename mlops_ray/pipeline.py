@@ -390,7 +390,8 @@ def _train_evaluate_register(cfg, opts, registry, store, data, train_key, result
                  + (f" against champion v{champion[0]}" if champion else ""))
         booster = T.train_final(splits=splits, model=cfg.model, tune_cfg=cfg.tune, search=search,
                                 strategy=strategy, features_dir=features_dir, storage=storage)
-        evaluation, champ_eval = _evaluate(cfg, data, booster, champion)
+        choice = _choose_threshold(cfg, splits, search, booster, strategy)
+        evaluation, champ_eval = _evaluate(cfg, data, booster, champion, choice)
         decision = ev.decide(evaluation, champ_eval, cfg.gate, cfg.tune.metric,
                              champion_version=champion[0] if champion else None)
         result.timings[f"evaluate{attempt or ''}"] = time.perf_counter() - t
@@ -420,8 +421,37 @@ def _train_evaluate_register(cfg, opts, registry, store, data, train_key, result
     return result
 
 
-def _evaluate(cfg: Config, data: DataResult, booster, champion):
-    """Score challenger (and champion) on the raw test rows; each model applies its own features."""
+def _choose_threshold(cfg: Config, splits, search, booster, strategy: str) -> dict | None:
+    """A binary model's decision threshold (``model.threshold``), chosen on the validation split's
+    predictions by a model that has not seen it: the final model when it was refitted on the training
+    split alone, otherwise the same configuration fitted on it (one more fit, of the final one's size).
+    A distributed refit on train+valid is not repeated: its own (in-sample) predictions are used and
+    the choice says so."""
+    from mlops_ray import bundle
+    from mlops_ray.train import evaluate as ev
+    from mlops_ray.train import tune as T
+    rule = cfg.model.threshold
+    if cfg.model.task != "binary":
+        return None
+    if isinstance(rule, (int, float)):
+        return ev.choose_threshold(None, None, rule)
+    if not splits.rows["valid"]:
+        return ev.choose_threshold(np.empty(0), np.empty(0), rule)        # 0.5, saying why
+    in_sample = cfg.model.refit == "train_valid" and strategy == "distributed"
+    model = booster
+    if cfg.model.refit == "train_valid" and not in_sample:
+        model = T.train_final(splits=splits, model=cfg.model.model_copy(update={"refit": "best_trial"}),
+                              tune_cfg=cfg.tune, search=search, strategy=strategy)
+    p = bundle.predict_features(model, splits.X["valid"], splits.spec)
+    choice = ev.choose_threshold(splits.y["valid"], p, rule)
+    if in_sample:
+        choice["note"] = "chosen on predictions of the final model, which was refitted on the validation rows too"
+    return choice
+
+
+def _evaluate(cfg: Config, data: DataResult, booster, champion, choice: dict | None = None):
+    """Score challenger (and champion) on the raw test rows; each model applies its own features
+    and its own decision threshold (the champion's from its bundle)."""
     from mlops_ray.train import evaluate as ev
     from mlops_ray.train.score import score_test
 
@@ -435,8 +465,9 @@ def _evaluate(cfg: Config, data: DataResult, booster, champion):
     if cfg.model.slice_column and "slice" in scored:
         import pandas as pd
         slices = pd.Series(scored["slice"], name=cfg.model.slice_column)
-    cand = ev.evaluate(cfg.model.task, scored["y"], scored["p_candidate"], cfg.model.threshold, slices)
-    champ = ev.evaluate(cfg.model.task, scored["y"], scored["p_champion"], cfg.model.threshold, slices) \
+    cand = ev.evaluate(cfg.model.task, scored["y"], scored["p_candidate"], choice["value"] if choice else 0.5, slices)
+    cand.threshold_choice = choice
+    champ = ev.evaluate(cfg.model.task, scored["y"], scored["p_champion"], champion[1].threshold, slices) \
         if champion else None
     cand.curves = {"p": scored["p_candidate"], "y": scored["y"]}   # for plots only, not serialised
     return cand, champ
@@ -465,6 +496,7 @@ def _register(cfg, registry, data, splits, search, booster, evaluation, champ_ev
         "seeds": {"split": cfg.data.split.seed, "tune": cfg.tune.seed}, "strategy": strategy,
         "tuning": {k: v for k, v in search.to_dict().items() if k != "trials"},
         "evaluation": evaluation.to_dict(), "gate": decision.to_dict(), "lineage": lineage(),
+        "threshold": evaluation.threshold_choice,
     }
     if cfg.model.task == "binary":      # for the HTML report (200 points each)
         metadata["curves"] = {"roc": ev.roc_points(evaluation.curves["y"], evaluation.curves["p"]),

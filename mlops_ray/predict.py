@@ -11,6 +11,7 @@ on the id column):
 - the id column (``data.id_column``), when the input has it;
 - ``prediction`` (float64): probability of the positive class (binary) or the value
   (regression); for multiclass the argmax class (int64), plus ``p_<k>`` (float64) per class;
+- ``label`` (bool, binary only): the prediction at the bundle's decision threshold;
 - ``model_version`` (string).
 
 With ``log=True`` the scored rows are also appended to the prediction log
@@ -304,6 +305,8 @@ class Scorer:
         self.spec = FeatureSpec.from_dict(payload["spec"])
         self.version = str(payload["version"])
         self.multiclass = payload["metadata"].get("task", "binary") == "multiclass"
+        self.binary = payload["metadata"].get("task", "binary") == "binary"
+        self.threshold = float((payload["metadata"].get("threshold") or {}).get("value", 0.5))
         self.classes = int(payload.get("classes") or 0)
         self.id_column = id_column
         self.log = None
@@ -326,6 +329,8 @@ class Scorer:
                 cols[f"p_{k}"] = pa.array(p[:, k], pa.float64())
         else:
             cols["prediction"] = pa.array(np.asarray(p, dtype=np.float64).reshape(-1), pa.float64())
+            if self.binary:          # the bundle's decision threshold (model.threshold)
+                cols["label"] = pa.array(np.asarray(p, dtype=np.float64).reshape(-1) >= self.threshold, pa.bool_())
         cols["model_version"] = pa.array([self.version] * n, pa.string())
         if self.log is not None and n:
             self.log.write(df, p, self.version, self.id_column)

@@ -30,7 +30,7 @@ def report_context(cfg: Config, *, version: str | None = None, run_id: str | Non
         "pipeline": cfg.name, "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {"name": registry.model_name, "version": v, "aliases": registry.aliases_of(v), "run_id": run_id,
                   "task": bundle.task, "metrics": (meta.get("evaluation") or {}).get("metrics", {}),
-                  "gate": meta.get("gate")},
+                  "gate": meta.get("gate"), "threshold": meta.get("threshold")},
         "validation": validation, "tuning": tuning or meta.get("tuning"),
         "importance": bundle.booster.get_score(importance_type="gain"),
         "curves": meta.get("curves"),

@@ -147,7 +147,9 @@ def _na(what: str) -> str:
 def _model(m: dict) -> str:
     aliases = ", ".join(str(a) for a in m.get("aliases") or []) or "–"
     info = _kv([("model", m.get("name")), ("version", m.get("version")), ("aliases", aliases),
-                ("run id", m.get("run_id")), ("task", m.get("task"))])
+                ("run id", m.get("run_id")), ("task", m.get("task")),
+                *([("decision threshold", f"{m['threshold']['value']:.4f} ({m['threshold'].get('rule')})")]
+                  if (m.get("threshold") or {}).get("value") is not None else [])])
     metrics = m.get("metrics") or {}
     table = _table(["test metric", "value"], [[k, v] for k, v in metrics.items()]) if metrics else ""
     out = _row(info, table)

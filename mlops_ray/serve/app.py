@@ -71,6 +71,7 @@ class ServedModel:
 
         self.version = str(version)
         self.bundle = bundle
+        self.binary, self.threshold = bundle.task == "binary", bundle.threshold
         self.log = log
         # replicas are single-CPU: XGBoost's default (all cores, busy-waiting threads) measured
         # about 3x the CPU per single-row prediction on 2 cores
@@ -405,8 +406,10 @@ class Predictor:
             task = asyncio.get_running_loop().create_task(self._shadow(route.shadow, rows, t_parsed - t_start))
             self._shadow_tasks.add(task)
             task.add_done_callback(self._shadow_tasks.discard)
-        return _json({"predictions": preds, "model_version": model.version, "request_id": rid}, 200,
-                     {"x-request-id": rid, "x-model-version": model.version})
+        body = {"predictions": preds, "model_version": model.version, "request_id": rid}
+        if model.binary:               # the version's own decision threshold (model.threshold, in its bundle)
+            body["labels"] = [int(p >= model.threshold) for p in preds]
+        return _json(body, 200, {"x-request-id": rid, "x-model-version": model.version})
 
     async def _shadow(self, model: ServedModel, rows: list[dict], parse_s: float) -> None:
         # timed like stable: the request's parsing plus this version's prediction

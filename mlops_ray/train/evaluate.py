@@ -199,6 +199,7 @@ class EvaluationReport:
     threshold: float = 0.5
     n_test: int = 0
     slice_column: str | None = None
+    threshold_choice: dict | None = None     # how the threshold was chosen (choose_threshold's answer)
 
     def to_dict(self) -> dict:
         """JSON-able: NaN metrics become None."""
@@ -210,7 +211,7 @@ class EvaluationReport:
         slices = {k: (dict(v) if k == SKIPPED else _nan_back(v)) for k, v in d.get("slices", {}).items()}
         return cls(task=d["task"], metrics=_nan_back(d["metrics"]), slices=slices,
                    threshold=d.get("threshold", 0.5), n_test=d.get("n_test", 0),
-                   slice_column=d.get("slice_column"))
+                   slice_column=d.get("slice_column"), threshold_choice=d.get("threshold_choice"))
 
 
 def evaluate(task: str, y_true, y_pred, threshold: float = 0.5, slices=None,
@@ -221,6 +222,49 @@ def evaluate(task: str, y_true, y_pred, threshold: float = 0.5, slices=None,
     name = getattr(slices, "name", None)
     return EvaluationReport(task=task, metrics=metrics, slices=by_slice, threshold=float(threshold),
                             n_test=int(metrics["n"]), slice_column=None if name is None else str(name))
+
+
+# --------------------------------------------------------------------------- decision threshold
+MIN_PREDICTED = 10
+def choose_threshold(y_valid, p_valid, rule) -> dict:
+    """The decision threshold ``rule`` (``model.threshold``) picks on validation predictions:
+    ``{"value", "rule", "valid": {precision, recall, f1}}``. A fixed number is kept as it is.
+    A target no threshold meets is a ConfigError naming the best reachable."""
+    from mlops_ray.errors import ConfigError
+    if isinstance(rule, (int, float)):
+        return {"value": float(rule), "rule": "fixed"}
+    target = getattr(rule, "min_precision", None), getattr(rule, "min_recall", None)
+    name = ("max_f1" if rule in ("auto", "max_f1") else
+            f"min_precision {target[0]:g}" if target[0] is not None else f"min_recall {target[1]:g}")
+    y = np.asarray(y_valid if y_valid is not None else [], dtype=float).astype(int)
+    p = np.asarray(p_valid if p_valid is not None else [], dtype=float)
+    if len(y) == 0 or len(np.unique(y)) < 2:
+        return {"value": 0.5, "rule": f"{name}: validation has {'no rows' if len(y) == 0 else 'one class'}, "
+                                      "0.5 kept"}
+    prec, rec, thr = skm.precision_recall_curve(y, p)
+    prec, rec = prec[:-1], rec[:-1]          # the last point (recall 0) has no threshold
+    f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-300), 0.0)
+    if target == (None, None):
+        i = int(np.argmax(f1))
+    elif target[0] is not None:
+        # a precision counts only over at least MIN_PREDICTED positive predictions: the top row or
+        # two alone reach any precision by chance
+        predicted = len(p) - np.searchsorted(np.sort(p), thr, side="left")       # rows with p >= t
+        support = predicted >= min(MIN_PREDICTED, int(y.sum()))
+        ok = np.flatnonzero((prec >= target[0]) & support)
+        if not len(ok):
+            cand = np.flatnonzero(support)
+            b = int(cand[np.argmax(prec[cand])]) if len(cand) else int(np.argmax(prec))
+            raise ConfigError(f"model.threshold: no threshold reaches precision {target[0]:g} on the validation "
+                              f"split (over at least {MIN_PREDICTED} rows predicted positive); the best "
+                              f"reachable is {prec[b]:.3f} (threshold {thr[b]:.4f}, recall {rec[b]:.3f}). "
+                              "Lower min_precision or use max_f1")
+        i = int(ok[np.argmax(rec[ok])])
+    else:
+        ok = np.flatnonzero(rec >= target[1])
+        i = int(ok[np.argmax(prec[ok])])      # recall 1 at the lowest threshold: always reachable
+    return {"value": float(thr[i]), "rule": name,
+            "valid": {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "n": int(len(y))}}
 
 
 # --------------------------------------------------------------------------- curves

@@ -78,6 +78,29 @@ def test_unreachable_threshold_rejects_and_keeps_champion(first_run):
     assert rejected != "1" and "auc" in reg.version_tags(rejected)["rejected"]
 
 
+def test_the_decision_threshold_is_chosen_on_validation_and_kept_in_the_bundle(first_run):
+    cfg, store, res = first_run
+    choice = res.evaluation["threshold_choice"]
+    assert choice["rule"] == "max_f1" and 0 < choice["value"] < 1 and choice["valid"]["n"] > 0
+    assert res.evaluation["threshold"] == choice["value"]            # test metrics at the chosen threshold
+    bundle = Registry(cfg.registry, cfg.store, cfg.name).load_bundle("1")
+    assert bundle.threshold == choice["value"] and bundle.metadata["threshold"]["rule"] == "max_f1"
+
+
+def test_a_precision_target_the_model_cannot_reach_registers_nothing(first_run):
+    cfg, store, _ = first_run
+    reg = Registry(cfg.registry, cfg.store, cfg.name)
+    versions = lambda: len(reg.client.search_model_versions(f"name='{reg.model_name}'"))    # noqa: E731
+    before = versions()
+    strict = cfg_for(cfg.data.source, store, model={**MODEL, "threshold": {"min_precision": 0.999}})
+    with pytest.raises(ConfigError) as e:
+        run_pipeline(strict)
+    assert e.value.exit_code == 2
+    assert "no threshold reaches precision 0.999 on the validation split" in str(e.value)
+    assert "the best reachable is" in str(e.value) and "Lower min_precision" in str(e.value)
+    assert versions() == before and reg.get_alias("champion") == "1"
+
+
 def test_challenger_must_beat_champion_on_same_test_rows(first_run):
     cfg, store, _ = first_run
     other = cfg_for(cfg.data.source, store, gate={"min": {"auc": 0.55}, "min_delta": 0.2},

@@ -352,3 +352,56 @@ def test_check_metric_names_the_key_and_the_fix(metric, mode, task, match):
                                                 ("logloss", "min", "multiclass")])
 def test_check_metric_accepts_consistent_settings(metric, mode, task):
     check_metric(metric, mode, task)
+
+
+def _skewed(n=4000, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.05).astype(int)
+    p = np.clip(0.02 + 0.5 * y * rng.random(n) + 0.1 * rng.random(n), 0, 1)
+    return y, p
+
+
+def test_the_threshold_is_chosen_on_validation_for_its_rule():
+    from mlops_ray.config import ThresholdSpec
+    from mlops_ray.train.evaluate import choose_threshold
+    y, p = _skewed()
+    best = choose_threshold(y, p, "auto")
+    assert best["rule"] == "max_f1" and best["value"] != 0.5
+    f1_at = {t: metrics_for("binary", y, p, t)["f1"] for t in (0.5, best["value"])}
+    assert f1_at[best["value"]] >= f1_at[0.5] and f1_at[best["value"]] == pytest.approx(best["valid"]["f1"])
+    prec = choose_threshold(y, p, ThresholdSpec(min_precision=0.9))
+    m = metrics_for("binary", y, p, prec["value"])
+    assert m["precision"] >= 0.9 and prec["rule"] == "min_precision 0.9"
+    rec = choose_threshold(y, p, ThresholdSpec(min_recall=0.95))
+    assert metrics_for("binary", y, p, rec["value"])["recall"] >= 0.95
+    assert choose_threshold(y, p, 0.3) == {"value": 0.3, "rule": "fixed"}
+    assert choose_threshold(np.zeros(10), np.full(10, 0.1), "max_f1")["value"] == 0.5     # one class: kept
+
+
+def test_a_precision_no_threshold_reaches_names_the_best_reachable():
+    from mlops_ray.config import ThresholdSpec
+    from mlops_ray.errors import ConfigError
+    from mlops_ray.train.evaluate import choose_threshold
+    rng = np.random.default_rng(1)
+    y = (rng.random(2000) < 0.3).astype(int)
+    p = rng.random(2000)                                   # no skill: precision stays near 0.3
+    with pytest.raises(ConfigError, match=r"model\.threshold: no threshold reaches precision 0\.99 on the "
+                                          r"validation split \(over at least 10 rows predicted positive\); "
+                                          r"the best reachable is 0\.\d+ \(threshold .*recall"
+                                          r".*Lower min_precision or use max_f1"):
+        choose_threshold(y, p, ThresholdSpec(min_precision=0.99))
+
+
+@pytest.mark.parametrize("value, message", [
+    ("max_f2", "'max_f2' is not a threshold rule; use auto, max_f1"),
+    (1.5, "a fixed threshold is a probability between 0 and 1"),
+    ({"min_precison": 0.9}, "unknown key 'min_precison'"),
+    ({"min_precision": 0.9, "min_recall": 0.5}, "give exactly one target"),
+    ({"min_recall": 2}, "min_recall is a share in (0, 1], got 2"),
+])
+def test_a_bad_threshold_spec_names_the_key_and_the_forms(value, message):
+    from mlops_ray.config import config_from_dict
+    from mlops_ray.errors import ConfigError
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"name": "p", "data": {"source": "x", "label": "y"}, "model": {"threshold": value}})
+    assert "model.threshold: " in str(e.value) and message in str(e.value)

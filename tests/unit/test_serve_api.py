@@ -367,8 +367,9 @@ class _Log:
 class _Model:
     """What the Predictor uses of a ServedModel."""
 
-    def __init__(self, version: str, parser, log: _Log):
+    def __init__(self, version: str, parser, log: _Log, threshold: float = 0.5):
         self.version, self.parser, self.log, self.inline = version, parser, log, False
+        self.binary, self.threshold = True, threshold
 
     async def infer(self, rows):
         return [0.25] * len(rows)
@@ -408,6 +409,14 @@ def test_a_prediction_that_cannot_be_logged_counts_as_an_error_with_its_predicti
     assert asyncio.run(p._predict(_Request(dumps(row)))).status_code == 200
     s = p.stats.by_version["1"]
     assert (s.requests, s.errors, s.rows) == (1, 0, 1)
+
+
+def test_a_binary_answer_has_labels_at_the_versions_threshold(parser, row):
+    import json
+    for threshold, label in ((0.2, 1), (0.3, 0)):           # the fake model predicts 0.25
+        resp = asyncio.run(replica(_Model("1", parser, _Log(), threshold))._predict(_Request(dumps([row, row]))))
+        body = json.loads(resp.body)
+        assert body["predictions"] == [0.25, 0.25] and body["labels"] == [label, label]
 
 
 def test_the_replica_keeps_each_retiring_version_task_until_it_ends(parser, tmp_path):
