@@ -307,6 +307,10 @@ def _print_run_result(res) -> None:
         m = res.evaluation["metrics"]
         shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float) and k != "n")
         out.print(f"  test: {shown}")
+        for lk in res.evaluation.get("leaks") or []:
+            score = ", ".join(f"{k} {v}" for k, v in lk.items() if k not in ("feature", "rows"))
+            out.print(f"  [yellow]probable leak[/]: feature {lk['feature']} alone scores {score} on validation; "
+                      "check that it is known before the label (features.exclude drops it)")
         ch = res.evaluation.get("threshold_choice")
         if ch:
             v = ch.get("valid") or {}

@@ -76,13 +76,53 @@ class DataConfig(_Model):
     format: Literal["auto", "parquet", "csv"] = Field("auto", description="'auto' picks by file extension.")
     columns: list[str] | None = Field(None, description="Read only these columns (projection).")
     csv: CsvOptions = CsvOptions()
-    label: str = Field(description="Target column.")
+    label: str = Field(description="Target column; or {name: NAME, expr: EXPRESSION} to compute it from "
+                       "other columns with the features' safe expression language, e.g. {name: late, expr: "
+                       "\"arr_delay > 15\"} (true is 1). The columns an expression reads are kept out of the "
+                       "features (they would leak the label); a row where one of them is missing has no label.")
+    label_expr: str | None = Field(None, description="The label's expression (what data.label's expr sets).")
+    unlabelled: Literal["fail", "drop"] = Field(
+        "fail", description="Rows without a label (null, or a label expression over a missing value): 'fail' "
+        "stops at validation naming them; 'drop' leaves them out of training and evaluation.")
     time_column: str | None = Field(None, description="Event time: used by time splits and freshness.")
     id_column: str | None = Field(None, description="Row identifier, excluded from features.")
     split: SplitConfig = SplitConfig()
     content_hash_max_mb: float = Field(
         64.0, ge=0, description="Fingerprint data up to this size by content hash; larger data by "
         "schema, file sizes, mtimes and row counts.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _label_expression(cls, v):
+        lab = v.get("label") if isinstance(v, dict) else None
+        if isinstance(lab, dict):
+            unknown = sorted(set(lab) - {"name", "expr"})
+            if unknown or not isinstance(lab.get("name"), str) or not isinstance(lab.get("expr"), str):
+                raise ValueError(f"data.label as a mapping is {{name: NAME, expr: EXPRESSION}}"
+                                 + (f"; unknown key {unknown[0]!r}" if unknown else "")
+                                 + f", got {lab}; e.g. {{name: late, expr: \"arr_delay > 15\"}}")
+            if v.get("label_expr") not in (None, lab["expr"]):
+                raise ValueError("give the label's expression once: data.label.expr or data.label_expr")
+            v = {**v, "label": lab["name"], "label_expr": lab["expr"]}
+        return v
+
+    @field_validator("label_expr")
+    @classmethod
+    def _label_expr_parses(cls, v):
+        if v is not None:
+            from mlops_ray import expr
+            try:
+                expr.parse(v)
+            except expr.ExpressionError as e:
+                raise ValueError(f"data.label expr {v!r}: {e}") from None
+        return v
+
+    def label_columns(self) -> tuple[str, ...]:
+        """The columns the label is read from: the label itself, or what its expression uses."""
+        if self.label_expr is None:
+            return (self.label,)
+        from mlops_ray import expr
+        return expr.parse(self.label_expr).columns
 
     @field_validator("source")
     @classmethod
@@ -101,8 +141,8 @@ class DataConfig(_Model):
             raise ValueError("split.method is 'time' but data.time_column is not set; "
                              "set data.time_column or use split.method: random")
         if self.columns is not None:
-            for key, col in (("label", self.label), ("time_column", self.time_column),
-                             ("id_column", self.id_column)):
+            label = [("label", c) for c in self.label_columns()] if self.label_expr else [("label", self.label)]
+            for key, col in (*label, ("time_column", self.time_column), ("id_column", self.id_column)):
                 if col and col not in self.columns:
                     raise ValueError(f"data.{key} {col!r} is not in data.columns {self.columns}; "
                                      "add it to data.columns")

@@ -143,6 +143,8 @@ def retrain_config(cfg: Config, progress: Progress = lambda s, m: None, verbose:
             if rows == 0:
                 raise MonitorError(f"the retrain window is empty: no rows of {', '.join(dcfg.sources)} within "
                                    f"{rc.window} of the newest {tcol}; widen retrain.window")
+            if cfg.data.label_expr is not None:       # raw columns only: the retrain run computes it again
+                window = window.drop_columns([cfg.data.label])
             path, fs = ingest.for_ray(store.uri(cfg.name, "retrain", key, "data"))
             window.write_parquet(path, filesystem=fs)
             store.write_json(f"{out}/_SUCCESS", {"rows": rows, "start": str(start), "sources": dcfg.sources})

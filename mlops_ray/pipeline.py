@@ -392,6 +392,9 @@ def _train_evaluate_register(cfg, opts, registry, store, data, train_key, result
                                 strategy=strategy, features_dir=features_dir, storage=storage)
         choice = _choose_threshold(cfg, splits, search, booster, strategy)
         evaluation, champ_eval = _evaluate(cfg, data, booster, champion, choice)
+        evaluation.leaks = ev.leak_suspects(cfg.model.task, splits.X["valid"], splits.y["valid"],
+                                            splits.spec.output_columns, splits.spec.feature_types)
+        # (printed with the run's result: a feature that alone predicts the label is reported, not refused)
         decision = ev.decide(evaluation, champ_eval, cfg.gate, cfg.tune.metric,
                              champion_version=champion[0] if champion else None)
         result.timings[f"evaluate{attempt or ''}"] = time.perf_counter() - t

@@ -272,7 +272,7 @@ def _add_row_index(table: pa.Table, offset: int) -> pa.Table:
 
 
 def _read_parquet_indexed(path: str, row_groups: list[int], columns, filesystem, offset: int) -> pa.Table:
-    return _add_row_index(ingest._read_unit(path, row_groups, columns, filesystem), offset)
+    return _add_row_index(ingest.read_row_groups(path, row_groups, columns, filesystem), offset)
 
 
 def _read_csv_file(path: str, cfg, filesystem) -> tuple[pa.Table, int]:

@@ -147,8 +147,25 @@ class Roles:
 
 def assign_roles(schema: pa.Schema, data: DataConfig, cfg: FeaturesConfig) -> Roles:
     """Which raw columns are numeric, categorical or datetime features."""
-    reserved = {data.label, data.id_column, *cfg.exclude} - {None}
+    label_inputs = set(data.label_columns()) - {data.label} if data.label_expr else set()
+    reserved = {data.label, data.id_column, *cfg.exclude, *label_inputs} - {None}
     kinds = {f.name: _kind(f.type) for f in schema}
+    for key in ("numeric", "categorical", "datetime"):
+        listed = getattr(cfg, key)
+        leak = sorted(set(listed) & label_inputs) if listed != "auto" else []
+        if leak:
+            raise FeatureError(f"features.{key} lists {leak[0]!r}, which data.label's expression "
+                               f"({data.label_expr!r}) reads: as a feature it would give the label away; "
+                               "remove it from the features")
+    for name, source in (cfg.derived or {}).items() if label_inputs else ():
+        try:
+            leak = sorted(set(expr.parse(source).columns) & label_inputs)
+        except expr.ExpressionError:
+            continue                      # reported with the derived features' own checks
+        if leak:
+            raise FeatureError(f"features.derived.{name} ({source!r}) reads {leak[0]!r}, which data.label's "
+                               f"expression ({data.label_expr!r}) reads: it would give the label away; remove "
+                               f"features.derived.{name}")
 
     def pick(spec, wanted: set[str]) -> tuple[str, ...]:
         if spec == "auto":

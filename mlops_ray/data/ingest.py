@@ -307,6 +307,8 @@ def inspect_source(cfg: DataConfig) -> Source:
             raise DataSourceError(f"data.columns lists {missing}, not in the data; available columns: "
                                   f"{schema.names}")
         schema = pa.schema([schema.field(c) for c in cfg.columns])
+    if cfg.label_expr is not None:
+        schema = _with_label_field(schema, cfg)
     fp, kind = fingerprint(fs, entries, schema, cfg.content_hash_max_mb)
     return Source(files=entries, filesystem=fs, format=fmt, schema=schema, rows=rows,
                   fingerprint=fp, fingerprint_kind=kind, bytes=total_bytes, uris=cfg.sources)
@@ -343,10 +345,14 @@ def read_dataset(source: Source, cfg: DataConfig):
 
     paths = [e.path for e in source.files]
     if source.format == "parquet":
-        return ray.data.read_parquet(paths, filesystem=source.filesystem, columns=cfg.columns)
-    parse, convert = _csv_options(cfg)
-    return ray.data.read_csv(paths, filesystem=source.filesystem, parse_options=parse,
-                             convert_options=convert)
+        ds = ray.data.read_parquet(paths, filesystem=source.filesystem, columns=cfg.columns)
+    else:
+        parse, convert = _csv_options(cfg)
+        ds = ray.data.read_csv(paths, filesystem=source.filesystem, parse_options=parse, convert_options=convert)
+    if cfg.label_expr is not None or cfg.unlabelled == "drop":
+        ds = ds.map_batches(add_label, fn_kwargs={"cfg": cfg}, batch_format="pyarrow", batch_size=None,
+                            zero_copy_batch=True)
+    return ds
 
 
 def read_units(source: Source, target_rows: int) -> list[tuple[str, list[int]]]:
@@ -365,9 +371,64 @@ def read_units(source: Source, target_rows: int) -> list[tuple[str, list[int]]]:
     return units
 
 
-def _read_unit(path: str, row_groups: list[int], columns: list[str] | None, filesystem) -> pa.Table:
+def read_row_groups(path: str, row_groups: list[int], columns: list[str] | None, filesystem) -> pa.Table:
     with filesystem.open_input_file(path) as f:
         return pq.ParquetFile(f).read_row_groups(row_groups, columns=columns)
+
+
+def _read_unit(path: str, row_groups: list[int], cfg: DataConfig, filesystem) -> pa.Table:
+    return add_label(read_row_groups(path, row_groups, cfg.columns, filesystem), cfg)
+
+
+# --------------------------------------------------------------------------- computed labels
+def _with_label_field(schema: pa.Schema, cfg: DataConfig) -> pa.Schema:
+    """The source schema with the label an expression computes (float64), after checking the
+    columns it reads exist and its name is new."""
+    from mlops_ray.errors import ConfigError
+    missing = [c for c in cfg.label_columns() if c not in schema.names]
+    if missing:
+        raise ConfigError(f"data.label expr {cfg.label_expr!r} reads column {missing[0]!r}, which is not in the "
+                          f"data{_did_you_mean(missing[0], schema.names)}; columns: {', '.join(schema.names[:30])}")
+    if cfg.label in schema.names:
+        raise ConfigError(f"data.label name {cfg.label!r} is already a column of the data; give the computed "
+                          f"label a new name, or use `label: {cfg.label}` to train on that column")
+    return schema.append(pa.field(cfg.label, pa.float64()))
+
+
+def add_label(table: pa.Table, cfg: DataConfig) -> pa.Table:
+    """``table`` plus the label ``data.label``'s expression computes (1.0 true, 0.0 false, or the
+    value); null where a column it reads is missing (unless the expression handles missing values
+    with fillna/isnull/where), so such a row has no label rather than a wrong one. With
+    ``data.unlabelled: drop``, rows without a label are left out."""
+    if cfg.label_expr is not None and cfg.label not in table.column_names:
+        table = _computed_label(table, cfg)
+    if cfg.unlabelled == "drop" and cfg.label in table.column_names and table.column(cfg.label).null_count:
+        import pyarrow.compute as pc
+        table = table.filter(pc.is_valid(table.column(cfg.label)))
+    return table
+
+
+def _computed_label(table: pa.Table, cfg: DataConfig) -> pa.Table:
+    import numpy as np
+
+    from mlops_ray import expr
+    e = expr.parse(cfg.label_expr)
+    df = table.select(list(e.columns)).to_pandas()
+    try:
+        v = e.evaluate(df)
+    except expr.ExpressionError as err:
+        raise DataSourceError(f"data.label expr: {err}") from None
+    import ast
+    if not any(isinstance(n, ast.Call) and getattr(n.func, "id", None) in ("fillna", "isnull", "where")
+               for n in ast.walk(e.tree)):        # an expression that handles missing values decides itself
+        v[df.isna().any(axis=1).to_numpy()] = np.nan
+    return table.append_column(cfg.label, pa.array(v, pa.float64(), from_pandas=True))
+
+
+def _did_you_mean(name: str, names) -> str:
+    import difflib
+    close = difflib.get_close_matches(name, list(names), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def read_into_object_store(source: Source, cfg: DataConfig, num_cpus: float):
@@ -382,7 +443,7 @@ def read_into_object_store(source: Source, cfg: DataConfig, num_cpus: float):
 
     target = int(min(max(source.rows / max(2 * num_cpus, 1), 128_000), 1_000_000))
     read = ray.remote(num_cpus=1)(_read_unit)
-    refs = [read.remote(p, rgs, cfg.columns, source.filesystem) for p, rgs in read_units(source, target)]
+    refs = [read.remote(p, rgs, cfg, source.filesystem) for p, rgs in read_units(source, target)]
     return ray.data.from_arrow_refs(refs)
 
 
@@ -397,4 +458,4 @@ def read_table_local(source: Source, cfg: DataConfig) -> pa.Table:
         for p in paths:
             with source.filesystem.open_input_stream(p) as f:
                 tables.append(pacsv.read_csv(f, parse_options=parse, convert_options=convert))
-    return pa.concat_tables(tables, promote_options="permissive")
+    return add_label(pa.concat_tables(tables, promote_options="permissive"), cfg)

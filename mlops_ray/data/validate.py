@@ -415,13 +415,19 @@ def evaluate(merged: dict, plan: Plan, data: DataConfig, rules: SchemaConfig,
         checks.append(CheckResult(data.label, "label_not_null", lab["null"] == 0, lab["null"], 0,
                                   "" if lab["null"] == 0 else
                                   f"label column '{data.label}' is null in {lab['null']:,} row(s); drop or "
-                                  "fill those rows before training", lab["null_samples"]))
+                                  "fill those rows before training" + (
+                                      f" (data.label expr {data.label_expr!r} has no value where a column "
+                                      "it reads is missing; fillna(column, value) in the expression gives one)"
+                                      if data.label_expr else ""), lab["null_samples"]))
         if plan.label_values is not None:
             checks.append(CheckResult(data.label, "label_values", lab["bad"] == 0, lab["bad"],
                                       list(plan.label_values), "" if lab["bad"] == 0 else
                                       f"label column '{data.label}' has {lab['bad']:,} value(s) that are not "
-                                      f"0/1 for a binary task; encode it as 0/1, or set model.task, or declare "
-                                      f"schema.columns.{data.label}.allowed", lab["bad_samples"]))
+                                      + (f"0/1 for a binary task: data.label expr {data.label_expr!r} must be a "
+                                         "comparison or condition (e.g. \"arr_delay > 15\"), or set model.task"
+                                         if data.label_expr else
+                                         f"0/1 for a binary task; encode it as 0/1, or set model.task, or declare "
+                                         f"schema.columns.{data.label}.allowed"), lab["bad_samples"]))
     if rules.freshness is not None:
         col = rules.freshness.column or data.time_column
         max_age = parse_duration(rules.freshness.max_age)

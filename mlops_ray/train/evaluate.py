@@ -200,6 +200,7 @@ class EvaluationReport:
     n_test: int = 0
     slice_column: str | None = None
     threshold_choice: dict | None = None     # how the threshold was chosen (choose_threshold's answer)
+    leaks: list = field(default_factory=list)  # leak_suspects on the validation split
 
     def to_dict(self) -> dict:
         """JSON-able: NaN metrics become None."""
@@ -211,7 +212,8 @@ class EvaluationReport:
         slices = {k: (dict(v) if k == SKIPPED else _nan_back(v)) for k, v in d.get("slices", {}).items()}
         return cls(task=d["task"], metrics=_nan_back(d["metrics"]), slices=slices,
                    threshold=d.get("threshold", 0.5), n_test=d.get("n_test", 0),
-                   slice_column=d.get("slice_column"), threshold_choice=d.get("threshold_choice"))
+                   slice_column=d.get("slice_column"), threshold_choice=d.get("threshold_choice"),
+                   leaks=d.get("leaks") or [])
 
 
 def evaluate(task: str, y_true, y_pred, threshold: float = 0.5, slices=None,
@@ -265,6 +267,45 @@ def choose_threshold(y_valid, p_valid, rule) -> dict:
         i = int(ok[np.argmax(prec[ok])])      # recall 1 at the lowest threshold: always reachable
     return {"value": float(thr[i]), "rule": name,
             "valid": {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "n": int(len(y))}}
+
+
+# --------------------------------------------------------------------------- leaks
+LEAK_SCORE = 0.99
+
+
+def leak_suspects(task: str, X, y, names: list[str], types: list[str], limit: float = LEAK_SCORE) -> list[dict]:
+    """Features that alone predict the label almost perfectly on these rows (validation): for a
+    binary label the AUC of the value (either direction; a categorical of at most 50 codes by its
+    codes' label means), for regression the rank correlation's size. Above ``limit`` a feature is
+    more likely a copy of the label (or computed after it) than a signal."""
+    if task not in ("binary", "regression") or X is None or len(y) < 20:
+        return []
+    y = np.asarray(y, dtype=float)
+    out = []
+    for j, (name, kind) in enumerate(zip(names, types)):
+        x = np.asarray(X[:, j], dtype=float)
+        ok = ~np.isnan(x)
+        if ok.sum() < 20 or len(np.unique(x[ok])) < 2:
+            continue
+        xs, ys = x[ok], y[ok]
+        if kind == "c":
+            codes = np.unique(xs)
+            if len(codes) > 50:
+                continue
+            means = {c: ys[xs == c].mean() for c in codes}
+            xs = np.vectorize(means.get)(xs)
+        if task == "binary":
+            if len(np.unique(ys)) < 2:
+                continue
+            score = float(skm.roc_auc_score(ys, xs))
+            score = max(score, 1 - score)
+            metric = "auc"
+        else:
+            score = abs(float(pd.Series(xs).corr(pd.Series(ys), method="spearman")))
+            metric = "spearman"
+        if score >= limit:
+            out.append({"feature": name, metric: round(score, 4), "rows": int(ok.sum())})
+    return sorted(out, key=lambda d: -d.get("auc", d.get("spearman", 0)))
 
 
 # --------------------------------------------------------------------------- curves

@@ -233,3 +233,37 @@ def test_only_evaluate_registers_nothing(first_run):
     res = run_pipeline(cfg, RunOptions(only="evaluate"))
     assert res.evaluation and res.version is None and "tune" in res.cached_steps
     assert Registry(cfg.registry, cfg.store, cfg.name).get_alias("challenger") == before
+
+
+def test_a_label_expression_trains_without_the_columns_it_reads(data_dir, tmp_path):
+    label = {"label": {"name": "big", "expr": "amount > 150"}}
+    cfg = cfg_for(data_dir, tmp_path / "store", data=label, model={**MODEL, "slice_column": None},
+                  gate={"min": {"auc": 0.5}})
+    assert cfg.data.label == "big" and cfg.data.label_expr == "amount > 150"
+    # amount is missing in some rows: they have no label, and validation says why and what to do
+    with pytest.raises(DataValidationError) as e:
+        run_pipeline(cfg)
+    assert "label column 'big' is null in" in str(e.value) and "fillna(column, value)" in str(e.value)
+    cfg = cfg_for(data_dir, tmp_path / "store", data={**label, "unlabelled": "drop"},
+                  model={**MODEL, "slice_column": None}, gate={"min": {"auc": 0.5}})
+    res = run_pipeline(cfg)
+    assert res.version == "1"
+    spec = Registry(cfg.registry, cfg.store, cfg.name).load_bundle("1").spec
+    assert spec.label == "big" and "amount" not in spec.input_types          # the leak guard
+    assert "is_fraud" in spec.input_types           # the data's own label column is just a column here
+
+
+def test_a_label_expression_on_a_missing_column_is_named(data_dir, tmp_path):
+    cfg = cfg_for(data_dir, tmp_path / "store", data={"label": {"name": "big", "expr": "amonut > 150"}})
+    with pytest.raises(ConfigError) as e:
+        run_pipeline(cfg)
+    assert "data.label expr 'amonut > 150' reads column 'amonut', which is not in the data" in str(e.value)
+    assert "did you mean 'amount'" in str(e.value)
+
+
+def test_a_label_expression_that_is_not_binary_fails_validation(data_dir, tmp_path):
+    cfg = cfg_for(data_dir, tmp_path / "store", data={"label": {"name": "big", "expr": "amount * 2"}})
+    with pytest.raises(DataValidationError) as e:
+        run_pipeline(cfg)
+    assert "label column 'big' has" in str(e.value) and "data.label expr 'amount * 2' must be a comparison" \
+        in str(e.value)

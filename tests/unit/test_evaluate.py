@@ -405,3 +405,17 @@ def test_a_bad_threshold_spec_names_the_key_and_the_forms(value, message):
     with pytest.raises(ConfigError) as e:
         config_from_dict({"name": "p", "data": {"source": "x", "label": "y"}, "model": {"threshold": value}})
     assert "model.threshold: " in str(e.value) and message in str(e.value)
+
+
+def test_a_feature_that_alone_predicts_the_label_is_a_probable_leak():
+    from mlops_ray.train.evaluate import leak_suspects
+    rng = np.random.default_rng(3)
+    y = (rng.random(3000) < 0.2).astype(float)
+    X = np.column_stack([rng.normal(size=3000) + y * 0.5,                      # a signal
+                         y * 10 + rng.random(3000) * 0.1,                      # the label, copied
+                         np.where(y == 1, 3, rng.integers(0, 3, 3000)).astype(float)])   # a category that is it
+    out = leak_suspects("binary", X, y, ["signal", "copy", "status"], ["q", "q", "c"])
+    assert [d["feature"] for d in out] == ["copy", "status"] and out[0]["auc"] == 1.0
+    yr = rng.normal(size=3000)
+    assert [d["feature"] for d in leak_suspects("regression", np.column_stack([yr * 2 + 1, rng.normal(size=3000)]),
+                                                 yr, ["twice", "noise"], ["q", "q"])] == ["twice"]
