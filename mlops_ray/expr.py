@@ -80,7 +80,7 @@ class Expression:
             )
         with np.errstate(all="ignore"):
             out = _Evaluator(df).visit(self.tree.body)
-        arr = np.asarray(out, dtype=np.float64)
+        arr = np.array(out, dtype=np.float64)     # a copy: a bare column name is the input's (read-only) buffer
         if arr.ndim == 0:
             arr = np.full(len(df), float(arr))
         arr[~np.isfinite(arr)] = np.nan

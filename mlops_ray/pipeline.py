@@ -217,7 +217,7 @@ def _on_train(table: pa.Table, cfg: Config, cutoffs, partial_fn):
 
 def _transform_batch(table: pa.Table, cfg: Config, spec: feat.FeatureSpec, cutoffs):
     codes = feat.split_codes(table, cfg.data, cutoffs)
-    df = table.select([c for c in spec.input_columns if c in table.column_names]).to_pandas()
+    df = feat.frame(table.select([c for c in spec.input_columns if c in table.column_names]))
     out = feat.transform(df, spec)
     label = table.column(cfg.data.label)
     out[cfg.data.label] = np.asarray(label.to_numpy(zero_copy_only=False), dtype=np.float32) \

@@ -140,7 +140,7 @@ def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, lo
         scored = ds.map_batches(
             Scorer, fn_constructor_kwargs={"model": [payload], "id_column": id_col, "log_root": log_root,
                                            "log_types": log_types, "run_token": run_token},
-            concurrency=actors, batch_size=rows_per_batch, batch_format="pandas", num_cpus=1)
+            concurrency=actors, batch_size=rows_per_batch, batch_format="pyarrow", num_cpus=1)
         scored.write_parquet(out_path, filesystem=out_fs)
         t_end = time.time()
         del payload
@@ -313,9 +313,11 @@ class Scorer:
         if log_root:
             self.log = _BatchLog(log_root, log_types or self.spec.input_types, self.multiclass, run_token)
 
-    def __call__(self, df: pd.DataFrame) -> pa.Table:
+    def __call__(self, batch) -> pa.Table:
         from mlops_ray.bundle import predict_features
-        from mlops_ray.data.features import transform
+        from mlops_ray.data.features import frame, transform
+
+        df = frame(batch) if isinstance(batch, pa.Table) else batch
 
         n = len(df)
         p = predict_features(self.booster, transform(df, self.spec), self.spec) if n else np.empty(0)

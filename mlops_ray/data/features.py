@@ -267,17 +267,27 @@ def fit_merge(parts: list[dict], roles: Roles, data: DataConfig, cfg: FeaturesCo
 
 
 # --------------------------------------------------------------------------- transform
+_EXACT_INTS = {pa.int64(): pd.Int64Dtype(), pa.uint64(): pd.UInt64Dtype()}.get
+
+
+def frame(table: pa.Table) -> pd.DataFrame:
+    """Arrow rows as the pandas frame ``transform`` takes: 64-bit integers stay exact integers
+    (nullable Int64), where a plain ``to_pandas`` turns a column with a null into float64 and an
+    id-like categorical above 2**53 into a different value depending on the batch."""
+    return table.to_pandas(types_mapper=_EXACT_INTS)
+
+
 def _to_pandas(table: pa.Table, roles: Roles) -> pd.DataFrame:
     cols = [c for c in roles.input_types if c in table.column_names]
-    return table.select(cols).to_pandas()
+    return frame(table.select(cols))
 
 
 def _numeric_array(col) -> np.ndarray:
     if isinstance(col, (pa.ChunkedArray, pa.Array)):
         if pa.types.is_boolean(col.type):
-            col = pc.cast(col, pa.float64())
+            col = pc.cast(col, pa.float64(), safe=False)
         if pa.types.is_decimal(col.type) or pa.types.is_integer(col.type):
-            col = pc.cast(col, pa.float64())
+            col = pc.cast(col, pa.float64(), safe=False)   # a value above 2**53 rounds, as in float64
         return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
     return np.asarray(col, dtype=np.float64)
 
@@ -307,10 +317,23 @@ def _coerce_inputs(df: pd.DataFrame, input_types: dict) -> pd.DataFrame:
                 s = pd.to_datetime(s, errors="coerce", utc=True, format="ISO8601")
             if getattr(s.dt, "tz", None) is not None:
                 s = s.dt.tz_convert("UTC").dt.tz_localize(None)
-            out[c] = s
+            out[c] = _as_ns(s)
         else:
             out[c] = s
     return pd.DataFrame(out, index=df.index)
+
+
+_NS_MIN, _NS_MAX = pd.Timestamp.min, pd.Timestamp.max
+
+
+def _as_ns(s: pd.Series) -> pd.Series:
+    """A datetime column in nanoseconds, as the datetime parts compute them; a value outside what
+    nanoseconds can hold (before 1677 or after 2262: a sentinel such as 3000-01-01, a typo) is
+    missing, like any other date that cannot be read, not an error."""
+    if s.dtype == "datetime64[ns]":
+        return s
+    s = s.where((s >= _NS_MIN) & (s <= _NS_MAX))
+    return s.astype("datetime64[ns]")
 
 
 def _derive(df: pd.DataFrame, derived: dict[str, str]) -> pd.DataFrame:
@@ -375,7 +398,7 @@ def transform(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
             v = np.where(np.isnan(v), f.fill, v)
         out[f.name] = v
     for f in spec.categorical:
-        s = raw[f.name]
+        s = _category_input(df, raw, f.name, spec.input_types.get(f.name))
         missing = s.isna().to_numpy()
         if not isinstance(s.dtype, pd.CategoricalDtype) and pd.api.types.infer_dtype(s, skipna=True) not in (
                 "string", "empty"):
@@ -390,8 +413,24 @@ def transform(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     return pd.DataFrame({c: out[c].astype(np.float32) for c in spec.output_columns}, index=df.index)
 
 
+def _category_input(df: pd.DataFrame, raw: pd.DataFrame, name: str, kind: str | None) -> pd.Series:
+    """A categorical's values as the vocabulary spells them (Arrow's cast to string, at fit time).
+    Over an integer column, the integers as given (their float64 coercion would turn one above
+    2**53 into its neighbour); over a bool column "true"/"false" (its coercion is 1.0/0.0, which
+    the vocabulary does not hold); otherwise the coerced column."""
+    if kind == "int" and name in df.columns and pd.api.types.is_integer_dtype(df[name].dtype):
+        return df[name]
+    if kind == "bool":
+        return raw[name].map({1.0: "true", 0.0: "false"})
+    return raw[name]
+
+
 def _as_str(v) -> str:
-    if isinstance(v, float) and v.is_integer():
+    """A category value as the vocabulary spells it (Arrow's cast to string): 1.0 -> "1",
+    True -> "true"."""
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
         return str(int(v))
     return str(v)
 

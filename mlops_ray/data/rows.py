@@ -331,11 +331,16 @@ class RowEncoder:
             cols[name] = v if fill is None else np.where(np.isnan(v), fill, v)
 
         for name, kind, lut, vocab in self._cats:
+            if kind == "bool":         # as transform: the coerced 1.0/0.0 spelled "true"/"false"
+                cols[name] = [_NAN if x != x else lut.get("true" if x == 1.0 else "false" if x == 0.0 else "",
+                                                          0.0) for x in nums[name]]
+                continue
             if kind != "string":
-                # NOTE: a categorical over a numeric input sees transform's coerced float64 column,
-                # so 3 -> "3" and True -> 1.0 -> "1" (the vocabulary was fitted on "true"/"false":
-                # bool categoricals are always OOV in transform too)
-                cols[name] = [_NAN if x != x else lut.get(_as_str(x), 0.0) for x in nums[name]]
+                # a categorical over a numeric input sees transform's coerced float64 column (3 -> "3"),
+                # except an int column's integers, which transform keeps exact: so here a JSON integer
+                # is its own str (exact above 2**53 too)
+                cols[name] = [lut.get(str(r[name]), 0.0) if kind == "int" and type(r.get(name)) is int
+                              else _NAN if x != x else lut.get(_as_str(x), 0.0) for r, x in zip(rows, nums[name])]
                 continue
             try:
                 codes = []
@@ -354,7 +359,7 @@ class RowEncoder:
                     elif t is int and -_EXACT_INT <= v <= _EXACT_INT:
                         codes.append(lut.get(str(v), 0.0))
                     elif t is bool:
-                        codes.append(lut.get("True" if v else "False", 0.0))
+                        codes.append(lut.get("true" if v else "false", 0.0))
                     else:
                         raise _Slow
             except _Slow:

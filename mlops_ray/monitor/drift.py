@@ -408,7 +408,7 @@ def _domain(cfg: Config, store, bundle, ds, is_log: bool, since_t, until_t) -> d
     """Model-input rows: a sample of the training split vs a sample of the window (transformed)."""
     import pyarrow.dataset as pads
 
-    from mlops_ray.data.features import transform
+    from mlops_ray.data.features import frame, transform
     n = cfg.monitor.domain_classifier.sample_rows
     key = bundle.metadata.get("data_key")
     train_dir = store.path(cfg.name, "data", key, "features", "split=train") if key else None
@@ -431,7 +431,7 @@ def _domain(cfg: Config, store, bundle, ds, is_log: bool, since_t, until_t) -> d
         table = _InWindow(lambda t: t, since_t, until_t)(table)
         cols = R.input_columns(table)
         table = pa.table({c: cols[c] for c in bundle.spec.input_columns if c in cols})
-    df = table.to_pandas()
+    df = frame(table)
     if len(df) > n:
         df = df.sample(n, random_state=cfg.tune.seed)
     win_X = transform(df, bundle.spec)[names].to_numpy(np.float32)

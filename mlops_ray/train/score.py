@@ -21,7 +21,7 @@ def _score_batch(table: pa.Table, *, data: DataConfig, cutoffs, models: dict, sl
     codes = feat.split_codes(table, data, cutoffs)
     test = table.filter(pa.array(codes == 2))
     out = {"y": np.asarray(test.column(data.label).to_numpy(zero_copy_only=False), dtype=np.float64)}
-    df = test.to_pandas()
+    df = feat.frame(test)
     for name, (raw, spec_dict) in models.items():
         spec = feat.FeatureSpec.from_dict(spec_dict)
         bst = xgb.Booster()

@@ -72,8 +72,10 @@ def test_predictions_equal_bundle_predict(env, tmp_path):
     assert res["rows"] == 4000 and res["version"] == "1" and res["logged"] == 0 and res["task"] == "binary"
     assert res["actors"] == 2 and res["rows_per_s"] > 0 and res["input"]["files"] == 3
     got = read_out(out)
-    assert list(got.columns) == [ID, "prediction", "model_version"]
+    assert list(got.columns) == [ID, "prediction", "label", "model_version"]
     assert set(got["model_version"]) == {"1"} and got[ID].is_unique
+    threshold = env["reg"].load_bundle("1").threshold            # the bundle's decision threshold
+    assert (got["label"] == (got["prediction"] >= threshold)).all()
     df = env["df"]
     expected = pd.Series(env["reg"].load_bundle("1").predict(df), index=df[ID])
     np.testing.assert_allclose(got.set_index(ID)["prediction"].loc[df[ID]].to_numpy(), expected.to_numpy(),
@@ -133,7 +135,7 @@ def test_log_without_id_uses_the_global_row_index(env, tmp_path):
     data = write_parquet(df.drop(columns=["is_fraud", ID]), tmp_path / "noid", parts=3)
     res = batch_predict(cfg, str(data), str(tmp_path / "out"), log=True, **FAST)
     assert res["logged"] == 4000
-    assert list(read_out(tmp_path / "out").columns) == ["prediction", "model_version"]
+    assert list(read_out(tmp_path / "out").columns) == ["prediction", "label", "model_version"]
     prefix = f"batch-{res['run_token']}-"
     log = read_log(predlog_root(cfg)).to_pandas()
     log = log[log["request_id"].str.startswith(prefix)]

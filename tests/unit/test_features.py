@@ -177,3 +177,49 @@ def test_an_unknown_datetime_part_names_the_key_and_the_parts_there_are():
                                           r".*'hour_sin'.* \(got 'hour_of_day'\)"):
         config_from_dict({"name": "p", "data": {"source": "x", "label": "y"},
                           "features": {"datetime_parts": ["hour", "hour_of_day"]}})
+
+
+def _frame_fit(df, features, batch_rows=1000):
+    cfg = make_config("x", features=features, data={"label": "y", "id_column": None, "time_column": None})
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    roles = feat.assign_roles(table.schema, cfg.data, cfg.features)
+    parts = profile_local(table, {"fit": lambda t: feat.fit_partial(t, roles, cfg.features)}, batch_rows)["fit"]
+    return feat.fit_merge(parts, roles, cfg.data, cfg.features), table
+
+
+def _odd_frame(n=100):
+    return pd.DataFrame({"y": [0, 1] * (n // 2), "a": np.arange(n, dtype=float),
+                         "big": pd.array([2**53 + 1 + i % 3 for i in range(n)], dtype="Int64"),
+                         "flag": [True, False] * (n // 2), "ts": pd.to_datetime(["2024-01-01"] * n)})
+
+
+def test_a_derived_feature_that_is_just_a_column_name():
+    spec, table = _frame_fit(_odd_frame(), {"derived": {"a2": "a"}, "min_frequency": 1})
+    out = feat.transform(feat.frame(table), spec)          # was: "assignment destination is read-only"
+    assert out["a2"].tolist() == out["a"].tolist()
+
+
+def test_integer_categories_above_2_53_are_exact_whatever_the_batch():
+    spec, table = _frame_fit(_odd_frame(), {"categorical": ["big"], "numeric": ["a"], "min_frequency": 1})
+    assert [c.vocab for c in spec.categorical] == [["9007199254740993", "9007199254740994", "9007199254740995"]]
+    full = feat.transform(feat.frame(table), spec)["big"].tolist()
+    assert full[:3] == [1.0, 2.0, 3.0]                       # was 0 (out of vocabulary) for the odd values
+    with_null = table.set_column(2, "big", pa.array([None] + table.column("big").to_pylist()[1:], pa.int64()))
+    assert feat.transform(feat.frame(with_null), spec)["big"].tolist()[1:] == full[1:]
+
+
+def test_bool_categories_are_in_the_vocabulary():
+    spec, table = _frame_fit(_odd_frame(), {"categorical": ["flag"], "numeric": ["a"], "min_frequency": 1})
+    assert spec.categorical[0].vocab == ["false", "true"]
+    assert feat.transform(feat.frame(table), spec)["flag"].tolist()[:2] == [2.0, 1.0]      # was always 0
+
+
+def test_a_date_nanoseconds_cannot_hold_is_missing_not_an_error():
+    import datetime as dt
+    spec, _ = _frame_fit(_odd_frame(), {"numeric": ["a"], "datetime": ["ts"], "min_frequency": 1,
+                                        "datetime_parts": ["hour", "epoch_days", "year"]})
+    t = pa.table({"a": [1.0, 2.0], "ts": pa.array([dt.datetime(3000, 1, 1), dt.datetime(2024, 1, 1)], pa.timestamp("us"))})
+    out = feat.transform(feat.frame(t), spec)                # was: OutOfBoundsDatetime
+    assert np.isnan(out["ts__year"][0]) and out["ts__year"][1] == 2024
+    out = feat.transform(pd.DataFrame({"a": [1.0], "ts": ["3000-01-01T00:00:00"]}), spec)
+    assert np.isnan(out["ts__epoch_days"][0])
