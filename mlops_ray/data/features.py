@@ -494,9 +494,55 @@ def time_partial(table: pa.Table, time_column: str):
     return sketch(t[t != np.iinfo(np.int64).min].astype(np.float64))
 
 
-def time_cutoffs(parts, data: DataConfig) -> tuple[int, int]:
+def _split_quantiles(data: DataConfig) -> list[float]:
     s = data.split
-    q = merged_quantiles(parts, [1 - s.valid_fraction - s.test_fraction, 1 - s.test_fraction])
+    return [1 - s.valid_fraction - s.test_fraction, 1 - s.test_fraction]
+
+
+def time_cutoffs(parts, data: DataConfig) -> tuple[int, int]:
+    """Approximate cut-offs from the mergeable sketches (``time_partial``); ``exact_time_cutoffs``
+    refines them to the exact order statistics with one more pass."""
+    q = merged_quantiles(parts, _split_quantiles(data))
     if q[0] is None:
         raise FeatureError(f"data.time_column '{data.time_column}' has no values; it cannot split by time")
     return int(q[0]), int(q[1])
+
+
+def time_brackets(parts, data: DataConfig, margin: float) -> list[tuple[int, int]]:
+    """For each cut-off, an interval of times [lo, hi) that holds its exact order statistic when
+    the sketch's rank error is below ``margin`` (a share of the rows); margin >= 1: every time."""
+    out = []
+    for q in _split_quantiles(data):
+        if margin >= 1:
+            out.append((np.iinfo(np.int64).min + 1, np.iinfo(np.int64).max))
+            continue
+        lo, hi = merged_quantiles(parts, [max(0.0, q - margin), min(1.0, q + margin)])
+        out.append((int(np.floor(lo)), int(np.ceil(hi)) + 1))
+    return out
+
+
+def time_rank_partial(table: pa.Table, time_column: str, brackets: list[tuple[int, int]]) -> dict:
+    """One block's share of the exact cut-offs: its rows with a time, and for each bracket how many
+    times lie below it and the (sorted) times inside it."""
+    t = _time_ns(table.column(time_column))
+    t = t[t != np.iinfo(np.int64).min]
+    return {"n": int(t.size), "below": [int((t < lo).sum()) for lo, _ in brackets],
+            "inside": [np.sort(t[(t >= lo) & (t < hi)]) for lo, hi in brackets]}
+
+
+def exact_time_cutoffs(parts: list[dict], data: DataConfig) -> tuple[int, int] | None:
+    """The exact order statistics at the split's quantiles (the k-th smallest time, k = floor(q *
+    rows with a time)), the same whatever the block layout or CPU count; None when a bracket
+    missed its rank (the caller widens the brackets)."""
+    n = sum(p["n"] for p in parts)
+    if n == 0:
+        raise FeatureError(f"data.time_column '{data.time_column}' has no values; it cannot split by time")
+    cuts = []
+    for i, q in enumerate(_split_quantiles(data)):
+        k = min(n - 1, int(np.floor(q * n)))
+        below = sum(p["below"][i] for p in parts)
+        inside = np.sort(np.concatenate([p["inside"][i] for p in parts]))
+        if not below <= k < below + inside.size:
+            return None
+        cuts.append(int(inside[k - below]))
+    return cuts[0], cuts[1]

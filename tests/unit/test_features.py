@@ -223,3 +223,22 @@ def test_a_date_nanoseconds_cannot_hold_is_missing_not_an_error():
     assert np.isnan(out["ts__year"][0]) and out["ts__year"][1] == 2024
     out = feat.transform(pd.DataFrame({"a": [1.0], "ts": ["3000-01-01T00:00:00"]}), spec)
     assert np.isnan(out["ts__epoch_days"][0])
+
+
+def test_time_cutoffs_are_exact_whatever_the_blocks(small_df):
+    cfg = make_config("x", data={"split": {"method": "time"}})
+    table = pa.Table.from_pandas(small_df, preserve_index=False)
+    t = np.sort(feat._time_ns(table.column("event_time")))
+    t = t[t != np.iinfo(np.int64).min]
+    want = (int(t[int(np.floor(0.7 * t.size))]), int(t[int(np.floor(0.8 * t.size))]))   # default 0.1/0.2
+    got = set()
+    for rows in (250, 999, 4000):                  # three block layouts
+        sketches = profile_local(table, {"t": lambda b: feat.time_partial(b, "event_time")}, rows)["t"]
+        for margin in (0.01, 1.0):
+            brackets = feat.time_brackets(sketches, cfg.data, margin)
+            parts = profile_local(table, {"r": lambda b: feat.time_rank_partial(b, "event_time", brackets)}, rows)["r"]
+            got.add(feat.exact_time_cutoffs(parts, cfg.data))
+    assert got == {want}
+    # a bracket that misses its rank says so (the pipeline then widens it)
+    parts = profile_local(table, {"r": lambda b: feat.time_rank_partial(b, "event_time", [(0, 1), (0, 1)])}, 999)["r"]
+    assert feat.exact_time_cutoffs(parts, cfg.data) is None
