@@ -95,12 +95,15 @@ def step_validate(cfg: Config, source: ingest.Source, ds, static, plan, extra: d
 
 def step_featurize(cfg: Config, source: ingest.Source, ds, out_dir: str, pre: dict, progress: Progress):
     roles = feat.assign_roles(source.schema, cfg.data, cfg.features)
+    # multiclass: the label's values over every split, from the validation pass
+    classes = feat.label_classes(pre["classes"], cfg.data.label) if "classes" in pre else None
     cutoffs = None
     if cfg.data.split.method == "time":
         cutoffs = _exact_cutoffs(ds, cfg, pre["time"])
         progress("featurize", "fitting features on the training split")
         pre = profile_pass(ds, {"fit": _bind(_fit_train, cfg=cfg, roles=roles, cutoffs=cutoffs)})
     spec = feat.fit_merge([p["fit"] for p in pre["fit"]], roles, cfg.data, cfg.features)
+    spec.classes = classes
     split_rows = {name: int(sum(p["splits"][i] for p in pre["fit"])) for i, name in enumerate(feat.SPLITS)}
     progress("featurize", f"writing {sum(split_rows.values()):,} rows as train/valid/test")
     out = ds.map_batches(_transform_batch, fn_kwargs={"cfg": cfg, "spec": spec, "cutoffs": cutoffs},
@@ -160,6 +163,8 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
         t = time.perf_counter()
         progress("validate", f"checking {source.rows:,} rows" if source.rows >= 0 else "checking rows")
         extra = {}
+        if cfg.model.task == "multiclass" and write:
+            extra["classes"] = _bind(feat.class_partial, label=cfg.data.label)
         if cfg.data.split.method == "time" and cfg.data.time_column in source.schema.names:
             extra["time"] = _bind(feat.time_partial, time_column=cfg.data.time_column)
         elif write:
@@ -235,9 +240,7 @@ def _transform_batch(table: pa.Table, cfg: Config, spec: feat.FeatureSpec, cutof
     codes = feat.split_codes(table, cfg.data, cutoffs)
     df = feat.frame(table.select([c for c in spec.input_columns if c in table.column_names]))
     out = feat.transform(df, spec)
-    label = table.column(cfg.data.label)
-    out[cfg.data.label] = np.asarray(label.to_numpy(zero_copy_only=False), dtype=np.float32) \
-        if not pa.types.is_dictionary(label.type) else label.to_pandas().astype("float32").to_numpy()
+    out[cfg.data.label] = feat.label_codes(table.column(cfg.data.label), spec.classes)
     out["split"] = np.asarray(feat.SPLITS)[codes]
     return out
 

@@ -308,6 +308,7 @@ class Scorer:
         self.binary = payload["metadata"].get("task", "binary") == "binary"
         self.threshold = float((payload["metadata"].get("threshold") or {}).get("value", 0.5))
         self.classes = int(payload.get("classes") or 0)
+        self.class_names = self.spec.classes
         self.id_column = id_column
         self.log = None
         if log_root:
@@ -329,6 +330,9 @@ class Scorer:
             cols["prediction"] = pa.array(p.argmax(axis=1) if n else np.empty(0, np.int64), pa.int64())
             for k in range(p.shape[1]):
                 cols[f"p_{k}"] = pa.array(p[:, k], pa.float64())
+            if self.class_names:          # the class each prediction names (p_<k> is classes[k])
+                cols["label"] = pa.array(np.asarray(self.class_names, dtype=object)[p.argmax(axis=1)] if n else [],
+                                         pa.string())
         else:
             cols["prediction"] = pa.array(np.asarray(p, dtype=np.float64).reshape(-1), pa.float64())
             if self.binary:          # the bundle's decision threshold (model.threshold)

@@ -72,6 +72,7 @@ class FeatureSpec:
     time_column: str | None = None
     train_rows: int = 0
     version: int = SPEC_VERSION
+    classes: list[str] | None = None      # multiclass: the label's values, code k = classes[k]
 
     # ---- derived views
     @property
@@ -113,7 +114,7 @@ class FeatureSpec:
                    datetime=[DatetimeFeature(**x) for x in d["datetime"]],
                    derived=[DerivedFeature(**x) for x in d["derived"]],
                    input_types=dict(d["input_types"]), train_rows=d.get("train_rows", 0),
-                   version=d["version"])
+                   version=d["version"], classes=d.get("classes"))
 
     @classmethod
     def from_json(cls, text: str) -> "FeatureSpec":
@@ -492,6 +493,58 @@ def _time_ns(col) -> np.ndarray:
 def time_partial(table: pa.Table, time_column: str):
     t = _time_ns(table.column(time_column))
     return sketch(t[t != np.iinfo(np.int64).min].astype(np.float64))
+
+
+# --------------------------------------------------------------------------- multiclass labels
+MAX_CLASSES = 1000
+
+
+def class_partial(table: pa.Table, label: str) -> dict[str, int]:
+    """A block's label values (as Arrow spells them in text) and their counts."""
+    if label not in table.column_names:
+        return {}
+    col = table.column(label).drop_null()
+    if pa.types.is_floating(col.type):
+        col = pc.drop_null(pc.if_else(pc.is_nan(col), None, col))
+    col = pc.cast(col, pa.string()) if not pa.types.is_dictionary(col.type) else pc.cast(col, pa.string())
+    return {str(v["values"]): int(v["counts"]) for v in pc.value_counts(col).to_pylist()}
+
+
+def label_classes(parts: list[dict], label: str) -> list[str]:
+    """The classes of a multiclass label, in code order: numerically when every value is a number
+    (so 0, 1, 2 keep their codes), else as text."""
+    counts: Counter = Counter()
+    for p in parts:
+        counts.update(p)
+    if len(counts) < 2:
+        raise FeatureError(f"label '{label}' has {len(counts)} distinct value(s); a multiclass model needs at "
+                           "least two (or set model.task: binary / regression)")
+    if len(counts) > MAX_CLASSES:
+        raise FeatureError(f"label '{label}' has {len(counts):,} distinct values; a multiclass label has at most "
+                           f"{MAX_CLASSES:,}: is it an id or a number (model.task: regression)?")
+    names = list(counts)
+    try:
+        return sorted(names, key=float)
+    except ValueError:
+        return sorted(names)
+
+
+def label_codes(col, classes: list[str] | None) -> np.ndarray:
+    """A label column as model codes: the value itself (float32), or for a multiclass spec its
+    class's index (a value not in ``classes`` is -1, missing is NaN)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if classes is None:
+        if pa.types.is_dictionary(col.type):
+            return col.to_pandas().astype("float32").to_numpy()
+        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float32)
+    if pa.types.is_floating(col.type):
+        col = pc.if_else(pc.is_nan(col), None, col)
+    text = pc.cast(col, pa.string())
+    idx = pc.index_in(text, value_set=pa.array(classes, pa.string()))
+    codes = np.asarray(pc.fill_null(idx, -1).to_numpy(zero_copy_only=False), dtype=np.float32)
+    codes[np.asarray(pc.is_null(text).to_numpy(zero_copy_only=False), dtype=bool)] = np.nan
+    return codes
 
 
 def _split_quantiles(data: DataConfig) -> list[float]:

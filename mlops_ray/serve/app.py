@@ -72,6 +72,7 @@ class ServedModel:
         self.version = str(version)
         self.bundle = bundle
         self.binary, self.threshold = bundle.task == "binary", bundle.threshold
+        self.classes = bundle.spec.classes if bundle.task == "multiclass" else None
         self.log = log
         # replicas are single-CPU: XGBoost's default (all cores, busy-waiting threads) measured
         # about 3x the CPU per single-row prediction on 2 cores
@@ -409,6 +410,8 @@ class Predictor:
         body = {"predictions": preds, "model_version": model.version, "request_id": rid}
         if model.binary:               # the version's own decision threshold (model.threshold, in its bundle)
             body["labels"] = [int(p >= model.threshold) for p in preds]
+        elif getattr(model, "classes", None):      # multiclass: the most probable class, by its name
+            body["labels"] = [model.classes[max(range(len(p)), key=p.__getitem__)] for p in preds]
         return _json(body, 200, {"x-request-id": rid, "x-model-version": model.version})
 
     async def _shadow(self, model: ServedModel, rows: list[dict], parse_s: float) -> None:

@@ -20,7 +20,8 @@ def _score_batch(table: pa.Table, *, data: DataConfig, cutoffs, models: dict, sl
     from mlops_ray.bundle import predict_features
     codes = feat.split_codes(table, data, cutoffs)
     test = table.filter(pa.array(codes == 2))
-    out = {"y": np.asarray(test.column(data.label).to_numpy(zero_copy_only=False), dtype=np.float64)}
+    classes = feat.FeatureSpec.from_dict(models["candidate"][1]).classes if "candidate" in models else None
+    out = {"y": feat.label_codes(test.column(data.label), classes).astype(np.float64)}
     df = feat.frame(test)
     for name, (raw, spec_dict) in models.items():
         spec = feat.FeatureSpec.from_dict(spec_dict)
@@ -45,5 +46,8 @@ def score_test(ds, data: DataConfig, cutoffs, models: dict, slice_column: str | 
     acc: dict[str, list] = {}
     for b in parts:
         for k, v in b.items():
-            acc.setdefault(k, []).append(np.asarray(v))
+            v = np.asarray(v)
+            if v.dtype == object and v.size and isinstance(v[0], (list, np.ndarray)):
+                v = np.stack([np.asarray(r, dtype=np.float64) for r in v])    # multiclass: rows of class probabilities
+            acc.setdefault(k, []).append(v)
     return {k: np.concatenate(v) for k, v in acc.items()} if acc else {"y": np.empty(0)}

@@ -100,7 +100,7 @@ def load_splits(features_dir: str, spec: FeatureSpec, task: str, filesystem=None
         y[split] = table.column(spec.label).to_numpy().astype(np.float32)
     n_classes = 2
     if task == "multiclass":
-        n_classes = int(max(np.nanmax(v) for v in y.values() if v.size)) + 1
+        n_classes = len(spec.classes) if spec.classes else int(max(np.nanmax(v) for v in y.values() if v.size)) + 1
     return Splits(X, y, spec, n_classes)
 
 
@@ -111,6 +111,16 @@ def check_labels(splits: Splits, task: str, label: str) -> None:
         return
     y = splits.y["train"]
     classes = np.unique(y[~np.isnan(y)])
+    names = splits.spec.classes
+    if task == "multiclass" and names:
+        for split in ("valid", "test"):
+            later = np.unique(splits.y[split][~np.isnan(splits.y[split])]).astype(int)
+            unseen = [names[k] for k in later if k >= 0 and k not in set(classes.astype(int))]
+            if unseen:
+                raise DataValidationError(
+                    f"label '{label}' has class(es) {unseen[:5]} in the {split} split but never in the training "
+                    f"split: a model cannot learn a class it never sees. Give the training period rows of it, use "
+                    f"data.split.method: random, or drop those rows")
     if classes.size < 2:
         raise DataValidationError(
             f"label '{label}' has only one class ({[float(c) for c in classes]}) in the training split; "

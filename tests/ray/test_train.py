@@ -267,3 +267,30 @@ def test_a_label_expression_that_is_not_binary_fails_validation(data_dir, tmp_pa
         run_pipeline(cfg)
     assert "label column 'big' has" in str(e.value) and "data.label expr 'amount * 2' must be a comparison" \
         in str(e.value)
+
+
+def test_a_text_multiclass_label_is_encoded_and_answers_by_class_name(data_dir, tmp_path):
+    import pandas as pd
+    cfg = cfg_for(data_dir, tmp_path / "store", data={"label": "device"},
+                  model={**MODEL, "task": "multiclass", "slice_column": None}, gate={"min": {}})
+    res = run_pipeline(cfg)
+    reg = Registry(cfg.registry, cfg.store, cfg.name)
+    bundle = reg.load_bundle(res.version)
+    df = pd.read_parquet(data_dir)
+    assert bundle.spec.classes == sorted(df["device"].dropna().unique().tolist())      # text: codes by name
+    assert res.evaluation["metrics"]["logloss"] > 0 and res.evaluation["metrics"]["accuracy"] > 0
+    p = bundle.predict(df.head(50))
+    assert p.shape == (50, len(bundle.spec.classes))
+
+
+def test_a_class_seen_only_after_the_training_period_is_named(tmp_path):
+    from mlops_ray.data.synth import SynthSpec, generate_chunk
+    df = generate_chunk(SynthSpec(rows=3000, seed=9), 0, 3000).sort_values("event_time").reset_index(drop=True)
+    df["kind"] = np.where(np.arange(len(df)) % 2 == 0, "a", "b")
+    df.loc[df.index[-100:], "kind"] = "late"                         # only in the newest rows: the test split
+    data = write_parquet(df, tmp_path / "data", parts=2)
+    cfg = cfg_for(data, tmp_path / "store", data={"label": "kind", "split": {"method": "time"}},
+                  model={**MODEL, "task": "multiclass", "slice_column": None}, gate={"min": {}})
+    with pytest.raises(DataValidationError) as e:
+        run_pipeline(cfg)
+    assert "label 'kind' has class(es) ['late'] in the test split but never in the training split" in str(e.value)

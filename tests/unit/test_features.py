@@ -242,3 +242,16 @@ def test_time_cutoffs_are_exact_whatever_the_blocks(small_df):
     # a bracket that misses its rank says so (the pipeline then widens it)
     parts = profile_local(table, {"r": lambda b: feat.time_rank_partial(b, "event_time", [(0, 1), (0, 1)])}, 999)["r"]
     assert feat.exact_time_cutoffs(parts, cfg.data) is None
+
+
+def test_multiclass_labels_get_codes_by_class():
+    parts = [feat.class_partial(pa.table({"y": pa.array([2, 10, None, 2])}), "y"),
+             feat.class_partial(pa.table({"y": pa.array([1, 10])}), "y")]
+    assert feat.label_classes(parts, "y") == ["1", "2", "10"]           # numbers in numeric order
+    assert feat.label_codes(pa.chunked_array([pa.array([10, 1, None, 7])]), ["1", "2", "10"]).tolist()[:2] == [2.0, 0.0]
+    codes = feat.label_codes(pa.array([10, 1, None, 7]), ["1", "2", "10"])
+    assert np.isnan(codes[2]) and codes[3] == -1                        # missing; a value not a class
+    text = [feat.class_partial(pa.table({"y": ["dog", "cat", "dog"]}), "y")]
+    assert feat.label_classes(text, "y") == ["cat", "dog"]
+    with pytest.raises(FeatureError, match="has 1 distinct value"):
+        feat.label_classes([{"a": 3}], "y")

@@ -437,3 +437,16 @@ def test_the_replica_keeps_each_retiring_version_task_until_it_ends(parser, tmp_
         await asyncio.wait([retire])
         assert not p._retire_tasks
     asyncio.run(poll_once())
+
+
+def test_a_multiclass_answer_names_the_most_probable_class(parser, row):
+    import json
+
+    class _Multi(_Model):
+        async def infer(self, rows):
+            return [[0.1, 0.7, 0.2]] * len(rows)
+
+    m = _Multi("1", parser, _Log())
+    m.binary, m.classes = False, ["cat", "dog", "eel"]
+    body = json.loads(asyncio.run(replica(m)._predict(_Request(dumps([row, row])))).body)
+    assert body["predictions"] == [[0.1, 0.7, 0.2]] * 2 and body["labels"] == ["dog", "dog"]
