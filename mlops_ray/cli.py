@@ -73,7 +73,12 @@ def _load(path: str, sets: list[str] | None):
             raise ConfigError(f"--set {item!r} must look like key.path=value")
         key, value = item.split("=", 1)
         import yaml
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e}); "
+                              "write it as in the config file (4, true, [5, 25, 100], {key: value}), or quote "
+                              f"text: --set '{key.strip()}=\"...\"'") from None
     return load_config(path, overrides)
 
 

@@ -2,7 +2,7 @@
 
 Every model forbids unknown keys and is immutable. ``load_config(path)`` is the only
 place YAML is read; everything downstream receives a ``Config``. Errors name the key
-path, the bad value and the fix.
+path (or the ``--set`` override the problem comes from), the bad value and the fix.
 """
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ import hashlib
 import json
 import os
 import re
+import shlex
+import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, NamedTuple, Union
 
 import yaml
 from pydantic import PrivateAttr, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticUndefined
 
 from mlops_ray import expr
 from mlops_ray.errors import ConfigError
@@ -41,7 +44,7 @@ class RayConfig(_Model):
         "each other on small machines.")
     object_store_memory_mb: int | None = Field(None, ge=75, description="Object store size (MB) of the embedded Ray.")
     include_dashboard: bool = Field(False, description="Start the Ray dashboard (embedded Ray only).")
-    namespace: str = "mlops-ray"
+    namespace: str = Field("mlops-ray", description="Ray namespace the driver joins (ray.init).")
     runtime_env: dict[str, Any] | None = Field(
         None, description="Ray runtime_env for jobs on a cluster (working_dir, pip, env_vars).")
 
@@ -49,17 +52,20 @@ class RayConfig(_Model):
 # --------------------------------------------------------------------------- data
 class CsvOptions(_Model):
     delimiter: str = Field(",", min_length=1, max_length=1, description="Field delimiter of CSV files.")
-    quote_char: str = Field('"', min_length=1, max_length=1)
-    null_values: list[str] = Field(default_factory=lambda: ["", "NA", "NaN", "null", "NULL", "None"])
+    quote_char: str = Field('"', min_length=1, max_length=1, description="Quote character of CSV fields.")
+    null_values: list[str] = Field(default_factory=lambda: ["", "NA", "NaN", "null", "NULL", "None"],
+                                   description="CSV field values read as missing (null).")
 
 
 class SplitConfig(_Model):
     method: Literal["random", "time"] = Field(
         "random", description="'random': seeded hash of each row (reproducible, order-independent); "
         "'time': the latest rows by data.time_column become test, the ones before valid.")
-    valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    seed: int = 42
+    valid_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of rows in the validation split "
+                                  "(tuning, early stopping, the decision threshold).")
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Share of rows in the test split (the "
+                                 "evaluation and the gate).")
+    seed: int = Field(42, description="Seed of the random split's row hash; another seed gives another split.")
 
     @model_validator(mode="after")
     def _fractions(self):
@@ -75,7 +81,7 @@ class DataConfig(_Model):
         description="Parquet/CSV file, directory, glob, or URI (s3://, gs://, file://); or a list of them.")
     format: Literal["auto", "parquet", "csv"] = Field("auto", description="'auto' picks by file extension.")
     columns: list[str] | None = Field(None, description="Read only these columns (projection).")
-    csv: CsvOptions = CsvOptions()
+    csv: CsvOptions = Field(CsvOptions(), description="How CSV files are parsed.")
     label: str = Field(description="Target column; or {name: NAME, expr: EXPRESSION} to compute it from "
                        "other columns with the features' safe expression language, e.g. {name: late, expr: "
                        "\"arr_delay > 15\"} (true is 1). The columns an expression reads are kept out of the "
@@ -86,7 +92,7 @@ class DataConfig(_Model):
         "stops at validation naming them; 'drop' leaves them out of training and evaluation.")
     time_column: str | None = Field(None, description="Event time: used by time splits and freshness.")
     id_column: str | None = Field(None, description="Row identifier, excluded from features.")
-    split: SplitConfig = SplitConfig()
+    split: SplitConfig = Field(SplitConfig(), description="How rows are split into train, valid and test.")
     content_hash_max_mb: float = Field(
         64.0, ge=0, description="Fingerprint data up to this size by content hash; larger data by "
         "schema, file sizes, mtimes and row counts.")
@@ -156,16 +162,18 @@ DType = Literal["int", "float", "numeric", "string", "bool", "datetime", "catego
 class ColumnRule(_Model):
     dtype: DType | None = Field(None, description="Expected type: int, float, numeric (int or float), "
                                 "string, bool, datetime, categorical (string or dictionary).")
-    required: bool = True
+    required: bool = Field(True, description="The column must be present in the data.")
     max_null_fraction: float | None = Field(None, ge=0.0, le=1.0,
                                             description="Overrides schema.max_null_fraction.")
-    min: float | None = None
-    max: float | None = None
+    min: float | None = Field(None, description="Smallest allowed value of a numeric column (nulls are not "
+                              "checked).")
+    max: float | None = Field(None, description="Largest allowed value of a numeric column (nulls are not "
+                              "checked).")
     allowed: list[Union[str, int, float, bool]] | None = Field(
         None, description="Allowed values; see max_unseen_share.")
     max_unseen_share: float = Field(0.0, ge=0.0, le=1.0,
                                     description="Share of non-null values outside 'allowed' tolerated.")
-    unique: bool = False
+    unique: bool = Field(False, description="No non-null value may occur twice (e.g. an id column).")
 
     @model_validator(mode="after")
     def _range(self):
@@ -189,12 +197,14 @@ class FreshnessRule(_Model):
 
 
 class SchemaConfig(_Model):
-    min_rows: int = Field(1, ge=0)
+    min_rows: int = Field(1, ge=0, description="The data must have at least this many rows.")
     max_null_fraction: float = Field(
         0.99, ge=0.0, le=1.0, description="Default for every column; an entirely null column always fails "
         "unless its own max_null_fraction is 1.")
-    columns: dict[str, ColumnRule] = Field(default_factory=dict)
-    freshness: FreshnessRule | None = None
+    columns: dict[str, ColumnRule] = Field(default_factory=dict, description="Rules per column, keyed by "
+                                           "column name: dtype, required, nulls, range, allowed values, unique.")
+    freshness: FreshnessRule | None = Field(None, description="The newest row must be recent; absent: not "
+                                            "checked.")
     sample_rows: int = Field(5, ge=0, le=100, description="Offending rows shown per failed check.")
 
 
@@ -252,12 +262,15 @@ class ThresholdSpec(_Model):
 
 
 class ModelConfig(_Model):
-    task: Literal["binary", "regression", "multiclass"] = "binary"
+    task: Literal["binary", "regression", "multiclass"] = Field(
+        "binary", description="'binary': a 0/1 label (binary:logistic); 'regression': a number "
+        "(reg:squarederror); 'multiclass': labels 0..k-1 (multi:softprob).")
     strategy: Literal["auto", "single", "distributed"] = Field(
         "auto", description="'single': one xgboost process per trial; 'distributed': Ray Train "
         "XGBoostTrainer, data-parallel; 'auto': by data size and cluster shape.")
     num_workers: int = Field(2, ge=1, description="Data-parallel workers of the distributed strategy.")
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Literal["cpu", "cuda"] = Field("cpu", description="XGBoost's device; 'cuda' needs "
+                                           "tune.gpus_per_trial above 0.")
     params: dict[str, Union[int, float, str]] = Field(default_factory=dict, description="Fixed XGBoost params.")
     num_boost_round: int = Field(300, ge=1, description="Boosting rounds a trial may run (early stopping "
                                  "ends it sooner).")
@@ -265,13 +278,17 @@ class ModelConfig(_Model):
         None, ge=1, description="Rounds without a better validation score before a trial stops. Default: "
         "a fifth of the trial's rounds, at least 20 (60 of 300): a validation period that drifts from the "
         "training one scores unevenly over rounds, and a fixed 20 stopped trials at their first dip.")
-    refit: Literal["train_valid", "best_trial"] = "train_valid"
+    refit: Literal["train_valid", "best_trial"] = Field(
+        "train_valid", description="The final model: the best trial's configuration and rounds refitted on "
+        "train+valid ('train_valid') or on train alone ('best_trial').")
     threshold: Union[Literal["auto", "max_f1"], float, ThresholdSpec] = Field(
         "auto", description="Decision threshold of a binary model, chosen on the validation split (by a model "
         "fitted on the training split only) and stored in the bundle: 'max_f1' (the best F1), "
         "{min_precision: P} or {min_recall: R}, or a fixed probability such as 0.5; 'auto' is max_f1. "
         "Accuracy, precision, recall and F1 on test (and the gate) use it; /predict returns labels with it.")
-    slice_column: str | None = None
+    slice_column: str | None = Field(None, description="Test metrics per value of this column (values with "
+                                     "at least 50 test rows); the gate checks that no slice regresses against "
+                                     "the champion (gate.max_slice_regression).")
 
     @field_validator("threshold", mode="before")
     @classmethod
@@ -304,10 +321,12 @@ class ModelConfig(_Model):
 
 
 class SearchParam(_Model):
-    type: Literal["int", "float", "log_float", "choice"]
-    low: float | None = None
-    high: float | None = None
-    values: list[Union[int, float, str]] | None = None
+    type: Literal["int", "float", "log_float", "choice"] = Field(
+        description="'int': integers low..high (both included); 'float': uniform in [low, high); 'log_float': "
+        "log-uniform (low > 0); 'choice': one of values.")
+    low: float | None = Field(None, description="Lower bound (int, float, log_float).")
+    high: float | None = Field(None, description="Upper bound (int, float, log_float).")
+    values: list[Union[int, float, str]] | None = Field(None, description="The candidates of a 'choice'.")
 
     @model_validator(mode="after")
     def _check(self):
@@ -336,22 +355,31 @@ def _default_space() -> dict[str, SearchParam]:
 
 
 class TuneConfig(_Model):
-    num_samples: int = Field(16, ge=1)
+    num_samples: int = Field(16, ge=1, description="Trials of the search (Optuna TPE), baselines included.")
     max_concurrent: int | None = Field(None, ge=1, description="Default: what the CPUs allow at cpus_per_trial.")
-    cpus_per_trial: float = Field(1.0, gt=0)
-    gpus_per_trial: float = Field(0.0, ge=0)
-    time_budget_s: float | None = Field(None, gt=0)
+    cpus_per_trial: float = Field(1.0, gt=0, description="Logical CPUs reserved per trial of the single "
+                                  "strategy; XGBoost runs its whole part as threads (at least 1).")
+    gpus_per_trial: float = Field(0.0, ge=0, description="GPUs reserved per trial of the single strategy "
+                                  "(for model.device: cuda).")
+    time_budget_s: float | None = Field(None, gt=0, description="Stop the search after this many seconds; "
+                                        "absent: no limit.")
     metric: str = Field("auto", description="Validation metric trials optimise; 'auto': auc (binary), "
                         "rmse (regression), logloss (multiclass).")
     mode: Literal["auto", "max", "min"] = Field("auto", description="'auto': the metric's direction.")
-    scheduler: Literal["asha", "median", "none"] = "asha"
-    seed: int = 42
+    scheduler: Literal["asha", "median", "none"] = Field(
+        "asha", description="Stops unpromising trials early: 'asha' (ASHA, grace a quarter of the rounds), "
+        "'median' (median stopping rule); 'none' runs every trial to its end or early stop.")
+    seed: int = Field(42, description="Seed of the search (Optuna), of XGBoost and of the reference profile's "
+                      "samples.")
     report_every: int = Field(10, ge=1, description="Boosting rounds between reports to Tune.")
     max_failures: int = Field(
         2, ge=0, description="Times a failed trial is retried (Tune's FailureConfig), from scratch: a lost "
         "node or a killed worker process. The run's tuning summary lists retried trials (`retried`); a "
         "trial whose retries run out is reported with its error and the search goes on without it.")
-    space: dict[str, SearchParam] = Field(default_factory=_default_space)
+    space: dict[str, SearchParam] = Field(
+        default_factory=_default_space, description="XGBoost parameter -> its range, e.g. {max_depth: {type: "
+        "int, low: 3, high: 10}}; num_boost_round and early_stopping_rounds may be searched too. Given, it "
+        "replaces the default space (eta, max_depth, min_child_weight, subsample, colsample_bytree, lambda).")
     baselines: int = Field(
         3, ge=0, le=3, description="Well-known configurations evaluated as the search's first trials "
         "(counted in num_samples): XGBoost's defaults (eta 0.3, depth 6), then depth 8 with eta 0.1, "
@@ -365,21 +393,26 @@ class GateConfig(_Model):
     min: dict[str, float] = Field(default_factory=dict, description="Absolute floors, e.g. {auc: 0.85}.")
     max: dict[str, float] = Field(default_factory=dict, description="Absolute ceilings, e.g. {logloss: 0.3}.")
     min_delta: float = Field(0.0, description="Challenger must beat the champion by this much on the metric.")
-    max_slice_regression: float = Field(0.02, ge=0)
-    retries: int = Field(0, ge=0)
+    max_slice_regression: float = Field(0.02, ge=0, description="With a champion: no slice of "
+                                        "model.slice_column may be worse than the champion's on tune.metric by "
+                                        "more than this.")
+    retries: int = Field(0, ge=0, description="Searches rerun after a rejection, each with twice the previous "
+                         "trial budget, before the candidate is registered as rejected.")
 
 
 class RegistryConfig(_Model):
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default SQLite under the store.")
     model_name: str | None = Field(None, description="Registered model name; default: the pipeline name.")
-    experiment: str | None = None
+    experiment: str | None = Field(None, description="MLflow experiment of the runs; default: the pipeline "
+                                   "name.")
 
 
 # --------------------------------------------------------------------------- serve / rollout
 class AutoscalingConfig(_Model):
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(2, ge=1)
-    target_ongoing_requests: float = Field(16, gt=0)
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas Serve scales down to.")
+    max_replicas: int = Field(2, ge=1, description="Most replicas Serve scales up to.")
+    target_ongoing_requests: float = Field(16, gt=0, description="Ongoing requests per replica Serve scales "
+                                           "to keep.")
 
     @model_validator(mode="after")
     def _range(self):
@@ -400,17 +433,24 @@ class ServeConfig(_Model):
     max_replicas_per_node: int | None = Field(None, ge=1, description=(
         "At most this many replicas on one Ray node (Serve's max_replicas_per_node). 1 spreads the "
         "replicas over the cluster's nodes, so a lost node takes one replica with it, not all."))
-    max_ongoing_requests: int = Field(64, ge=1)
-    autoscaling: AutoscalingConfig | None = None
-    max_batch_rows: int = Field(1000, ge=1)
-    max_body_bytes: int = Field(1_000_000, ge=1024)
-    batch_max_size: int = Field(64, ge=1)
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica handles at once (Serve's "
+                                      "max_ongoing_requests); more wait for it.")
+    autoscaling: AutoscalingConfig | None = Field(None, description="Scale the replicas with the load "
+                                                  "(instead of num_replicas); absent: a fixed num_replicas.")
+    max_batch_rows: int = Field(1000, ge=1, description="Most rows in one POST /predict; more is refused "
+                                "(422 too_many_rows).")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body; a bigger one is refused "
+                                "(413 body_too_large).")
+    batch_max_size: int = Field(64, ge=1, description="Most requests a replica predicts in one batch (Serve's "
+                                "@serve.batch max_batch_size).")
     batch_wait_timeout_s: float = Field(0.0, ge=0, description=(
         "How long a request waits for others to batch with. 0: batch only what is already queued "
         "(measured: 0.002 cost a lone client 2.6 ms and gave nothing at 8 clients)."))
     access_log: bool = Field(False, description="Serve's per-request access log lines (the prediction log "
                                                 "records every answer either way).")
-    extra_fields: Literal["reject", "ignore"] = "reject"
+    extra_fields: Literal["reject", "ignore"] = Field(
+        "reject", description="Request fields that are not model inputs: 'reject' answers 422 naming them; "
+        "'ignore' drops them.")
     num_cpus: float = Field(1.0, ge=0, description="Logical CPUs reserved per replica.")
     model_threads: int = Field(1, ge=1, description="XGBoost threads per prediction in a replica.")
     ingress: Literal["proxy", "haproxy"] = Field("proxy", description=(
@@ -425,22 +465,31 @@ class ServeConfig(_Model):
 
 
 class RolloutConfig(_Model):
-    steps: list[int] = Field(default_factory=lambda: [5, 25, 50, 100])
-    min_requests: int = Field(200, ge=1)
-    min_seconds: float = Field(30.0, ge=0)
-    max_error_rate_delta: float = Field(0.01, ge=0)
-    max_p99_latency_ratio: float = Field(1.5, gt=0)
-    max_prediction_psi: float = Field(0.2, gt=0)
+    steps: list[int] = Field(default_factory=lambda: [5, 25, 50, 100], description="The canary's share of "
+                             "traffic at each step, in percent: increasing, ending at 100 (then it is promoted).")
+    min_requests: int = Field(200, ge=1, description="Canary requests a step needs before it is judged (an error "
+                              "rate breach is judged as soon as it has them).")
+    min_seconds: float = Field(30.0, ge=0, description="Seconds a step lasts at least before it is judged.")
+    max_error_rate_delta: float = Field(0.01, ge=0, description="The canary's error rate may exceed stable's by "
+                                        "at most this (0.01: one point).")
+    max_p99_latency_ratio: float = Field(1.5, gt=0, description="The canary's p99 latency may be at most this "
+                                         "times stable's, over the same window.")
+    max_prediction_psi: float = Field(0.2, gt=0, description="Largest PSI (beyond sampling noise) between the "
+                                      "canary's predictions and prediction_baseline's.")
     prediction_baseline: Literal["stable", "reference"] = Field(
         "stable", description="What the canary's prediction distribution is compared with: 'stable' (the "
         "serving version, same traffic) or 'reference' (the canary's own validation predictions in its bundle: "
         "it must behave online as it did offline). `mlops-ray loop` uses 'reference': a model retrained "
         "because the data moved is expected to predict differently from the one it replaces.")
-    max_metric_drop: float = Field(0.02, ge=0)
-    keep_previous_s: float = Field(600, ge=0)
+    max_metric_drop: float = Field(0.02, ge=0, description="Once labels arrived (`mlops-ray feedback`): the "
+                                   "canary's live metric may be at most this worse than stable's.")
+    keep_previous_s: float = Field(600, ge=0, description="After a promotion, the previous version stays loaded "
+                                   "this long, for `mlops-ray rollout rollback CONFIG`.")
     p99_floor_ms: float = Field(2.0, ge=0, description="p99 differences smaller than this never breach.")
     step_timeout_s: float = Field(3600, gt=0, description="A step without enough canary traffic by then rolls back.")
-    sticky_key: str | None = None
+    sticky_key: str | None = Field(None, description="A request field whose value picks the version (a hash), "
+                                   "so one key always meets the same one; an X-Routing-Key header does the same. "
+                                   "Absent: requests are split at random.")
 
     @field_validator("steps")
     @classmethod
@@ -459,8 +508,9 @@ class DomainClassifierConfig(_Model):
 
 
 class MonitorConfig(_Model):
-    predlog_flush_rows: int = Field(1000, ge=1)
-    predlog_flush_s: float = Field(30, gt=0)
+    predlog_flush_rows: int = Field(1000, ge=1, description="A replica writes its prediction log to Parquet in "
+                                    "the store once this many rows are pending ...")
+    predlog_flush_s: float = Field(30, gt=0, description="... or after this many seconds.")
     window: str = Field("1d", description="Default window of `mlops-ray monitor`: the last this-long of the "
                         "prediction log.")
     bins: int = Field(20, ge=2, le=100, description="Quantile bins per numeric column in the reference profile.")
@@ -471,7 +521,9 @@ class MonitorConfig(_Model):
         "distribution at the window's size (alpha, corrected over features) and its effect size exceeds "
         "min_effect; 'fixed': psi_threshold (numeric) and chi2_pvalue (categorical).")
     alpha: float = Field(0.01, gt=0, lt=1, description="False-alarm rate per window (over all features).")
-    correction: Literal["bonferroni", "none"] = "bonferroni"
+    correction: Literal["bonferroni", "none"] = Field(
+        "bonferroni", description="'bonferroni': alpha is divided by the number of columns tested, so it is the "
+        "rate per window; 'none': alpha per column.")
     null_draws: int | None = Field(None, ge=100, le=100000,
                                    description="Draws of the null distribution; default: enough to resolve alpha.")
     min_effect: dict[str, float] = Field(
@@ -486,7 +538,9 @@ class MonitorConfig(_Model):
     chi2_pvalue: float = Field(0.01, gt=0, lt=1, description="Categorical threshold of method 'fixed'.")
     max_null_rate_increase: float = Field(0.1, ge=0, le=1, description="Data quality: a column whose null rate "
                                           "exceeds the reference's by this much is flagged.")
-    domain_classifier: DomainClassifierConfig = DomainClassifierConfig()
+    domain_classifier: DomainClassifierConfig = Field(DomainClassifierConfig(), description="Multivariate "
+                                                      "drift: a classifier told to separate reference from window "
+                                                      "rows.")
 
     @field_validator("window")
     @classmethod
@@ -557,18 +611,23 @@ class Config(_Model):
                        "(s3://bucket/prefix, gs://...). Every node of a cluster must reach it.")
     store_shared: bool = Field(False, description="The store path is on storage every node mounts at the same "
                                "place (NFS); without it a path is refused on a cluster of several machines.")
-    ray: RayConfig = RayConfig()
-    data: DataConfig
-    schema_: SchemaConfig = Field(SchemaConfig(), alias="schema")
-    features: FeaturesConfig = FeaturesConfig()
-    model: ModelConfig = ModelConfig()
-    tune: TuneConfig = TuneConfig()
-    gate: GateConfig = GateConfig()
-    registry: RegistryConfig = RegistryConfig()
-    serve: ServeConfig = ServeConfig()
-    rollout: RolloutConfig = RolloutConfig()
-    monitor: MonitorConfig = MonitorConfig()
-    retrain: RetrainConfig = RetrainConfig()
+    ray: RayConfig = Field(RayConfig(), description="Where Ray runs: a cluster, or an embedded local Ray.")
+    data: DataConfig = Field(description="Where the data is, its label, id and time columns, and the split.")
+    schema_: SchemaConfig = Field(SchemaConfig(), alias="schema", description="Expectations checked on every "
+                                  "row before training: rows, nulls, types, ranges, allowed values, freshness.")
+    features: FeaturesConfig = Field(FeaturesConfig(), description="Which columns become features and how.")
+    model: ModelConfig = Field(ModelConfig(), description="The XGBoost model: task, strategy, rounds, threshold.")
+    tune: TuneConfig = Field(TuneConfig(), description="The hyperparameter search (Ray Tune + Optuna).")
+    gate: GateConfig = Field(GateConfig(), description="What a candidate must meet on the test split to be "
+                             "registered as passed.")
+    registry: RegistryConfig = Field(RegistryConfig(), description="MLflow tracking and model registry.")
+    serve: ServeConfig = Field(ServeConfig(), description="Ray Serve: where and how the model answers "
+                               "/predict.")
+    rollout: RolloutConfig = Field(RolloutConfig(), description="Canary rollout: traffic steps and what the "
+                                   "canary must meet against stable at each.")
+    monitor: MonitorConfig = Field(MonitorConfig(), description="Prediction log and drift monitoring.")
+    retrain: RetrainConfig = Field(RetrainConfig(), description="When `mlops-ray loop` retrains, and on what "
+                                   "data.")
 
     @model_validator(mode="before")
     @classmethod
@@ -619,31 +678,214 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _UNIT_S[m.group(2)]
 
 
-def _format_errors(err: ValidationError, raw: dict, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
-        path = ".".join(loc) or "(top level)"
-        kind = e["type"]
-        if kind == "extra_forbidden":
-            parent = _model_at(loc[:-1])
-            known = sorted(_aliases(parent)) if parent else []
-            guess = difflib.get_close_matches(loc[-1], known, n=1)
+class _Override(NamedTuple):
+    """One ``--set key=value``: its key path, the value, and ``root``: the shallowest part of the
+    path the file did not have (the override created everything from there down)."""
+    path: tuple[str, ...]
+    value: Any
+    root: tuple[str, ...]
+
+    @property
+    def flag(self) -> str:
+        return _set_flag(self.path, self.value)
+
+
+def _set_flag(path, value) -> str:
+    return "--set " + shlex.quote(f"{'.'.join(path)}={_yaml_value(value)}")
+
+
+def _yaml_value(v: Any) -> str:
+    """``v`` as it is written in YAML (and in a --set value): 16, 0.1, false, [5, 25], {a: 1}, auto."""
+    if isinstance(v, str):
+        try:
+            if v and v.strip() == v and yaml.safe_load(v) == v:
+                return v
+        except yaml.YAMLError:
+            pass
+    if isinstance(v, (dict, list)):
+        try:
+            return yaml.safe_dump(v, default_flow_style=True, sort_keys=False, width=1 << 20).strip()
+        except yaml.YAMLError:
+            pass
+    return json.dumps(v, default=str)
+
+
+# pydantic error types -> what the key takes; constraint errors already say what they take
+_EXPECTED = {"int_parsing": "an integer", "int_type": "an integer", "int_from_float": "a whole number",
+             "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
+             "bool_type": "true or false", "string_type": "text", "list_type": "a list",
+             "dict_type": "a mapping of keys", "model_type": "a mapping of keys",
+             "model_attributes_type": "a mapping of keys"}
+_CONSTRAINED = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of",
+                "literal_error", "enum", "string_too_short", "string_too_long", "string_pattern_mismatch",
+                "too_short", "too_long"}
+_NONE = object()
+
+
+def _format_errors(err: ValidationError, raw: dict, source: str, overrides: tuple = ()) -> str:
+    """One line per problem naming the key path (or the ``--set`` override that caused it), the
+    bad value and the fix; the headline blames the file only for the file's own problems."""
+    errors = _merge_union_branches(err.errors(), raw)
+    in_file, in_sets, used = [], [], set()
+    for loc, kind, msg, value in errors:
+        o = _override_for(loc, overrides)
+        line = _problem(loc, kind, msg, value, o)
+        if o:
+            in_sets.append(line)
+            used.add(o.path)
+            continue
+        # a check of a whole section (valid_fraction + test_fraction) that an override took part in
+        at = () if kind in ("missing", "extra_forbidden") else _present(raw, loc)
+        within = [x for x in overrides if at and x.path[:len(at)] == at]
+        in_file.append(line + (f" (with {', '.join(x.flag for x in within)})" if within else ""))
+        used.update(x.path for x in within)
+    n = len(in_file) + len(in_sets)
+    problems = f"{n} problem{'s' if n != 1 else ''}"
+    sets = f"--set override{'s' if len(used) != 1 else ''}"
+    head = (f"{source}: {problems}" if not used else f"{problems} in the {sets}" if not in_file
+            else f"{source} and its {sets}: {problems}")
+    return head + "\n" + "\n".join(in_file + in_sets)
+
+
+def _present(raw: Any, loc: list[str]) -> tuple[str, ...]:
+    """The longest start of ``loc`` that is in the input (a validator may report a key it derived)."""
+    node, out = raw, []
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            break
+        out.append(part)
+    return tuple(out)
+
+
+def _problem(loc: list[str], kind: str, msg: str, value: Any, o: _Override | None) -> str:
+    path = ".".join(loc) or "(top level)"
+    at_override = o is not None and tuple(loc) == o.path
+    lead = f"  {o.flag}: " if o else "  "
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        known = sorted(_aliases(parent)) if parent else []
+        guess = difflib.get_close_matches(loc[-1], known, n=1)
+        if o is None:
             hint = f"did you mean '{guess[0]}'?" if guess else (
                 f"known keys here: {', '.join(known)}" if known else "remove it")
-            lines.append(f"  {path}: unknown key; {hint}")
+            return f"  {path}: unknown key; {hint}"
+        where = f"in {'.'.join(loc[:-1])}" if loc[:-1] else "at the top level"
+        if guess and len(loc) <= len(o.path):        # the typo is in the --set key itself
+            fixed = o.path[:len(loc) - 1] + (guess[0],) + o.path[len(loc):]
+            hint = f"did you mean '{guess[0]}'? ({_set_flag(fixed, o.value)})"
+        elif guess:
+            hint = f"did you mean '{guess[0]}'?"
+        else:
+            hint = f"known keys here: {', '.join(known)}" if known else "remove it"
+        return f"{lead}unknown key {loc[-1]!r} {where}; {hint}"
+    if kind == "missing":
+        return f"{lead}{path}: required key is missing; add it"
+    if kind in ("value_error", "assertion_error") and msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    shown = "" if at_override or isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
+    return f"{lead}{'' if at_override else path + ': '}{msg}{shown}{_expected(loc, kind, o if at_override else None)}"
+
+
+def _expected(loc: list[str], kind: str, o: _Override | None) -> str:
+    """'; expected an integer, e.g. num_samples: 16' from the error type and the key's field: its
+    default, else a value its bounds allow. The example is a --set when the value came from one."""
+    if kind not in _EXPECTED and kind not in _CONSTRAINED and kind != "union":
+        return ""
+    what = "" if kind not in _EXPECTED else f"expected {_EXPECTED[kind]}"
+    found = _field_at(loc)
+    example = _NONE if found is None else _example(found[1])
+    if example is _NONE:
+        return f"; {what}" if what else ""
+    shown = _set_flag(found[0], example) if o else f"{found[0][-1]}: {_yaml_value(example)}"
+    return f"; {what + ', ' if what else ''}e.g. {shown}"
+
+
+def _field_at(loc: list[str]):
+    """(key path, FieldInfo) of the deepest config field on ``loc`` (below it: list items, dict values)."""
+    for k in range(len(loc), 0, -1):
+        parent = _model_at(loc[:k - 1])
+        fields = {(f.alias or name): f for name, f in parent.model_fields.items()} if parent else {}
+        if loc[k - 1] in fields:
+            return tuple(loc[:k]), fields[loc[k - 1]]
+    return None
+
+
+def _example(field) -> Any:
+    """A valid value of ``field`` to show: its default, else one its numeric bounds allow; _NONE if neither."""
+    default = field.get_default(call_default_factory=True)
+    if default not in (None, PydanticUndefined, {}, []) and not isinstance(default, BaseModel) and not (
+            isinstance(default, dict) and any(isinstance(v, BaseModel) for v in default.values())):
+        return default
+    bounds = {k: getattr(m, k) for m in field.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)}
+    kinds = {a for a in typing.get_args(field.annotation) or (field.annotation,) if a is not type(None)}
+    lo = bounds.get("ge", bounds.get("gt"))
+    hi = bounds.get("le", bounds.get("lt"))
+    if lo is None and hi is None:
+        return _NONE
+    if kinds == {int}:
+        if lo is not None:
+            return int(lo) + ("gt" in bounds)
+        return int(hi) - ("lt" in bounds)
+    if kinds == {float}:
+        if lo is not None and hi is not None:
+            return (lo + hi) / 2
+        return lo + 1 if lo is not None else hi - 1
+    return _NONE
+
+
+def _override_for(loc: list[str], overrides) -> _Override | None:
+    """The override a problem at ``loc`` comes from: its value or what it created holds ``loc``;
+    the most specific one when several wrote there."""
+    key = tuple(loc)
+    best, score = None, -1
+    for o in overrides:
+        if key[:len(o.root)] != o.root:
             continue
-        msg = e["msg"]
-        if kind in ("value_error", "assertion_error") and msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        if kind == "missing":
-            lines.append(f"  {path}: required key is missing; add it")
-            continue
-        value = e.get("input")
-        shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
-        lines.append(f"  {path}: {msg}{shown}")
-    n = len(lines)
-    return f"{source}: {n} problem{'s' if n != 1 else ''}\n" + "\n".join(lines)
+        common = next((i for i, (a, b) in enumerate(zip(key, o.path)) if a != b), min(len(key), len(o.path)))
+        if common > score:
+            best, score = o, common
+    return best
+
+
+def _merge_union_branches(errors: list[dict], raw: Any) -> list[tuple]:
+    """(loc, type, msg, input) per problem. A value that fits no member of a Union comes back as one
+    error per member, each under a tag (data.source.str, data.source.list[str]); they become one
+    problem at the key: 'Input should be a valid string or a valid list'."""
+    keyed = []
+    for e in errors:
+        clean, node = [], raw
+        for i, part in enumerate(e["loc"]):
+            if isinstance(node, dict) and str(part) in node:
+                node = node[str(part)]
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            elif e["type"] not in ("missing", "extra_forbidden") and isinstance(part, str) and i > 0:
+                continue                  # not in the input: a union member's tag (or a key a validator made)
+            else:
+                node = None
+            clean.append(str(part))
+        keyed.append((tuple(clean), e))
+    branches = {}
+    for key, e in keyed:
+        if len(key) < len(e["loc"]):
+            branches[key] = branches.get(key, 0) + 1
+    out: list[list] = []
+    index: dict[tuple, int] = {}
+    for key, e in keyed:
+        if branches.get(key, 0) < 2 or len(key) == len(e["loc"]):
+            out.append([[str(p) for p in e["loc"]], e["type"], e["msg"], e.get("input")])
+        elif key in index:
+            merged = out[index[key]]
+            more = e["msg"][len("Input should be "):] if e["msg"].startswith("Input should be ") else e["msg"]
+            merged[1], merged[2] = "union", f"{merged[2]} or {more}"
+        else:
+            index[key] = len(out)
+            out.append([list(key), e["type"], e["msg"], e.get("input")])
+    return [tuple(x) for x in out]
 
 
 def _model_at(loc: list[str]):
@@ -732,6 +974,10 @@ def literal_secrets(cfg: "Config") -> list[str]:
 
 
 def config_from_dict(raw: Any, source: str = "config") -> Config:
+    return _validate(raw, source, ())
+
+
+def _validate(raw: Any, source: str, overrides: tuple[_Override, ...]) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys (name:, data:, ...), "
                           f"got {type(raw).__name__}")
@@ -740,7 +986,7 @@ def config_from_dict(raw: Any, source: str = "config") -> Config:
     try:
         cfg = Config.model_validate(expanded)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, expanded, source)) from None
+        raise ConfigError(_format_errors(e, expanded, source, overrides)) from None
     object.__setattr__(cfg, "_env_refs", refs)
     return cfg
 
@@ -749,7 +995,8 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Confi
     """Read a YAML pipeline spec and return a validated, frozen ``Config``.
 
     ``overrides`` maps dotted key paths to values (``{"tune.num_samples": 4}``) applied
-    before validation, so they are checked like the file itself.
+    before validation, so they are checked like the file itself; their problems are reported
+    as the ``--set key=value`` they came from, not as the file's.
     """
     p = Path(path)
     if not p.is_file():
@@ -763,18 +1010,34 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Confi
         raise ConfigError(f"{p}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     if raw is None:
         raise ConfigError(f"{p}: the file is empty; start from configs/quickstart.yaml")
-    for key, value in (overrides or {}).items():
-        _set_path(raw, key.split("."), value)
+    applied = []
+    for key, value in (overrides or {}).items() if isinstance(raw, dict) else ():
+        applied.append(_set_path(raw, tuple(key.split(".")), value))
     if isinstance(raw, dict) and isinstance(raw.get("store", ".mlops"), str) and "://" not in raw.get("store", ""):
         # absolute now: a serving head, a Ray job or a replica does not share this process's cwd
         raw["store"] = os.path.abspath(os.path.expanduser(raw.get("store", ".mlops")))
-    return config_from_dict(raw, str(p))
+    return _validate(raw, str(p), tuple(applied))
 
 
-def _set_path(d: dict, parts: list[str], value: Any) -> None:
-    for part in parts[:-1]:
-        d = d.setdefault(part, {})
-    d[parts[-1]] = value
+def _set_path(d: dict, path: tuple[str, ...], value: Any) -> _Override:
+    """Set ``value`` at ``path`` (an empty section of the file counts as {}); the override, for messages."""
+    root = None
+    for i, part in enumerate(path[:-1]):
+        if d.get(part) is None:
+            root = root or path[:i + 1]
+            d[part] = {}
+        elif not isinstance(d[part], dict):
+            here = path[:i + 1]
+            found = _field_at(list(here))
+            example = _NONE if found is None else _example(found[1])
+            fix = f", e.g. {_set_flag(here, example)}" if example is not _NONE else ""
+            raise ConfigError(f"{_set_flag(path, value)}: {'.'.join(here)} is {_yaml_value(d[part])}, not a "
+                              f"section with keys; set {'.'.join(here)} itself{fix}")
+        d = d[part]
+    if path[-1] not in d:
+        root = root or path
+    d[path[-1]] = value
+    return _Override(path, value, root or path)
 
 
 def json_schema() -> dict:

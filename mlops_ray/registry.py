@@ -220,8 +220,7 @@ class Registry:
             raise ConfigError(f"store {store!r} is not a local directory, so the default SQLite tracking store "
                               "cannot live in it; set registry.tracking_uri to an MLflow server "
                               "(http://host:5000) or use a local store")
-        else:
-            os.makedirs(local, exist_ok=True)
+        else:                                   # created by the first run (see ``client``), not here
             self.tracking_uri = f"sqlite:///{local}/mlflow.db"
             self._artifact_location = os.path.join(local, "mlartifacts")
         self.cache_dir = (os.path.join(local, "registry_cache") if local
@@ -241,12 +240,32 @@ class Registry:
     # ---- plumbing
     @property
     def client(self):
-        """The MlflowClient (built on first use: a new SQLite store runs its migrations here, ~2-3 s)."""
+        """The MlflowClient of an existing tracking store, built on first use. A SQLite store that does
+        not exist yet holds no model: a read is the "no registered model" RegistryError and creates no
+        mlflow.db (a failed deploy, status or report changes nothing); only ``start_run`` creates it."""
         if self._client is None:
-            mlflow = _mlflow()
-            with self._errors("opening the tracking store"):
-                self._client = mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            if not self._store_exists():
+                raise RegistryError(self._no_model(self.model_name))
+            self._open()
         return self._client
+
+    def _open(self) -> None:
+        """Build the client, creating a missing SQLite store (its migrations take ~2-3 s)."""
+        path = self._sqlite_file()
+        if path:
+            with self._errors("creating the directory of the tracking store"):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+        mlflow = _mlflow()
+        with self._errors("opening the tracking store"):
+            self._client = mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def _sqlite_file(self) -> str | None:
+        return _sqlite_path(self.tracking_uri) if self.tracking_uri.startswith("sqlite:") else None
+
+    def _store_exists(self) -> bool:
+        """False for a SQLite store whose file is missing or empty (nothing was ever logged to it)."""
+        path = self._sqlite_file()
+        return path is None or (os.path.isfile(path) and os.path.getsize(path) > 0)
 
     def _fix(self) -> str:
         if self.tracking_uri.startswith(("http://", "https://")):
@@ -274,8 +293,15 @@ class Registry:
             path = _sqlite_path(uri)
             if path is None:
                 return
+            if not os.path.exists(path):        # the first run creates it: check that it can, create nothing
+                parent = os.path.dirname(path)
+                while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+                    parent = os.path.dirname(parent)
+                if not (os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)):
+                    raise RegistryError(f"the MLflow database {path} cannot be created ({parent} is not a "
+                                        "writable directory); fix the permissions or set registry.tracking_uri")
+                return
             try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
                 con = sqlite3.connect(path, timeout=timeout_s)
                 try:
                     con.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -292,6 +318,8 @@ class Registry:
 
     def _experiment(self) -> str:
         if self._experiment_id is None:
+            if self._client is None:
+                self._open()                    # the one place a new SQLite store is created
             client = self.client
             with self._errors(f"looking up experiment {self.experiment_name!r}"):
                 exp = client.get_experiment_by_name(self.experiment_name)
@@ -376,12 +404,15 @@ class Registry:
         return version
 
     def set_alias(self, alias: str, version: str) -> None:
+        client = self.client                    # an empty store: "no registered model", not a new database
         with self._errors(f"setting alias {alias!r} of model {self.model_name!r} to version {version}",
                           fix=f"check that version {version} exists, or {self._fix()}"):
-            self.client.set_registered_model_alias(self.model_name, alias, str(version))
+            client.set_registered_model_alias(self.model_name, alias, str(version))
 
     def _aliases(self, name: str) -> dict[str, str] | None:
         """alias -> version of a registered model; None if there is no such model."""
+        if not self._store_exists():           # nothing registered yet; reading must not create the store
+            return None
         from mlflow.exceptions import MlflowException
         client = self.client
         with self._errors(f"reading registered model {name!r}"):
@@ -436,6 +467,8 @@ class Registry:
 
     def run_json(self, run_id: str, name: str):
         """A JSON artifact of a run (e.g. tuning.json, validation.json); None if it has none."""
+        if not self._store_exists():
+            return None
         from mlflow.exceptions import MlflowException
         with tempfile.TemporaryDirectory() as d:
             try:
@@ -495,6 +528,8 @@ class Registry:
                 "and register one, or fix registry.model_name / registry.tracking_uri")
 
     def _version(self, name: str, version: str, alias: str | None):
+        if not self._store_exists():
+            raise RegistryError(self._no_model(name))
         from mlflow.exceptions import MlflowException
         client = self.client
         with self._errors(f"reading version {version} of model {name!r}"):
