@@ -396,6 +396,11 @@ class GateConfig(_Model):
     max_slice_regression: float = Field(0.02, ge=0, description="With a champion: no slice of "
                                         "model.slice_column may be worse than the champion's on tune.metric by "
                                         "more than this.")
+    min_slice_rows: int = Field(200, ge=1, description="Slices with fewer test rows are reported (from 50 rows) "
+                                "but not gated: on a few dozen rows a metric's sampling error alone exceeds any "
+                                "sensible max_slice_regression. Larger slices reject only when the regression "
+                                "exceeds max_slice_regression by more than its sampling noise (a paired bootstrap "
+                                "of both models on the slice's rows, one-sided 95 %).")
     retries: int = Field(0, ge=0, description="Searches rerun after a rejection, each with twice the previous "
                          "trial budget, before the candidate is registered as rejected.")
 

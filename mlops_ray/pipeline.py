@@ -491,6 +491,12 @@ def _evaluate(cfg: Config, data: DataResult, booster, champion, choice: dict | N
     cand.threshold_choice = choice
     champ = ev.evaluate(cfg.model.task, scored["y"], scored["p_champion"], champion[1].threshold, slices) \
         if champion else None
+    if champ is not None and slices is not None:
+        gated = [k for k in set(cand.slices) & set(champ.slices) - {ev.SKIPPED}
+                 if (cand.slices[k].get("n") or 0) >= cfg.gate.min_slice_rows]
+        cand.slice_noise = ev.slice_noise(cfg.model.task, cfg.tune.metric, scored["y"], scored["p_candidate"],
+                                          scored["p_champion"], slices, (cand.threshold, champ.threshold), gated,
+                                          seed=cfg.tune.seed)
     cand.curves = {"p": scored["p_candidate"], "y": scored["y"]}   # for plots only, not serialised
     return cand, champ
 

@@ -201,6 +201,7 @@ class EvaluationReport:
     slice_column: str | None = None
     threshold_choice: dict | None = None     # how the threshold was chosen (choose_threshold's answer)
     leaks: list = field(default_factory=list)  # leak_suspects on the validation split
+    slice_noise: dict = field(default_factory=dict)   # slice -> bootstrap sd of (champion - candidate)
 
     def to_dict(self) -> dict:
         """JSON-able: NaN metrics become None."""
@@ -213,7 +214,7 @@ class EvaluationReport:
         return cls(task=d["task"], metrics=_nan_back(d["metrics"]), slices=slices,
                    threshold=d.get("threshold", 0.5), n_test=d.get("n_test", 0),
                    slice_column=d.get("slice_column"), threshold_choice=d.get("threshold_choice"),
-                   leaks=d.get("leaks") or [])
+                   leaks=d.get("leaks") or [], slice_noise=d.get("slice_noise") or {})
 
 
 def evaluate(task: str, y_true, y_pred, threshold: float = 0.5, slices=None,
@@ -267,6 +268,54 @@ def choose_threshold(y_valid, p_valid, rule) -> dict:
         i = int(ok[np.argmax(prec[ok])])      # recall 1 at the lowest threshold: always reachable
     return {"value": float(thr[i]), "rule": name,
             "valid": {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "n": int(len(y))}}
+
+
+# --------------------------------------------------------------------------- slice noise
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC by ranks (ties averaged), NaN with one class: sklearn's answer, fast on small arrays."""
+    pos = y == 1
+    n1 = int(pos.sum())
+    n0 = y.size - n1
+    if n1 == 0 or n0 == 0:
+        return math.nan
+    order = np.argsort(p, kind="mergesort")
+    ranks = np.empty(p.size)
+    sp = p[order]
+    # average ranks over ties
+    edges = np.flatnonzero(np.diff(sp)) + 1
+    starts = np.concatenate([[0], edges])
+    ends = np.concatenate([edges, [sp.size]])
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def slice_noise(task: str, metric: str, y, p_candidate, p_champion, slices, thresholds: tuple[float, float],
+                keys: list[str], draws: int = 200, seed: int = 0) -> dict[str, float]:
+    """Per slice, the sampling noise of the champion-minus-candidate difference on ``metric``: the
+    standard deviation over a paired bootstrap (both models scored on the same resampled rows)."""
+    y = np.asarray(y, dtype=float)
+    pc_, ph = np.asarray(p_candidate), np.asarray(p_champion)
+    s = pd.Series(np.asarray(slices, dtype=object))
+    names = s.where(s.notna(), "<null>").map(str).to_numpy()
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key in keys:
+        rows = np.flatnonzero(names == key)
+        if rows.size < 2:
+            continue
+        diffs = []
+        for _ in range(draws if metric == "auc" else min(draws, 100)):
+            i = rows[rng.integers(0, rows.size, rows.size)]
+            if metric == "auc" and task == "binary":
+                a, b = _auc(y[i], ph[i]), _auc(y[i], pc_[i])
+            else:
+                a = metrics_for(task, y[i], ph[i], thresholds[1]).get(metric, math.nan)
+                b = metrics_for(task, y[i], pc_[i], thresholds[0]).get(metric, math.nan)
+            if np.isfinite(a) and np.isfinite(b):
+                diffs.append(a - b)
+        if len(diffs) >= 20:
+            out[key] = float(np.std(diffs, ddof=1))
+    return out
 
 
 # --------------------------------------------------------------------------- leaks
@@ -366,7 +415,8 @@ def decide(candidate: EvaluationReport, champion: EvaluationReport | None, gate:
             raise ConfigError(f"cannot compare with the champion on {metric!r}: {e}") from None
         who = _champion_name(champion_version)
         checks.append(_champion_check(metric, direction, candidate, champion, gate.min_delta, who))
-        checks += _slice_checks(metric, direction, candidate, champion, gate.max_slice_regression, who)
+        checks += _slice_checks(metric, direction, candidate, champion, gate.max_slice_regression, who,
+                                gate.min_slice_rows)
     failures = [c["message"] for c in checks if not c["passed"]]
     return GateDecision(passed=not failures, failures=failures, checks=checks,
                         champion_version=champion_version)
@@ -418,28 +468,42 @@ def _champion_check(metric: str, direction: str, candidate: EvaluationReport, ch
     return {**check, "passed": ok, "gain": gain, "message": message}
 
 
+Z_ONE_SIDED_95 = 1.645
+
+
 def _slice_checks(metric: str, direction: str, candidate: EvaluationReport, champion: EvaluationReport,
-                  max_regression: float, who: str) -> list[dict]:
+                  max_regression: float, who: str, min_rows: int = 1) -> list[dict]:
+    """A slice rejects when its regression exceeds ``max_regression`` by more than its noise
+    (1.645 bootstrap sd of the paired difference, ``candidate.slice_noise``); a slice under
+    ``min_rows`` test rows is reported, not gated."""
     checks = []
     column = candidate.slice_column or champion.slice_column
     for key in sorted((set(candidate.slices) & set(champion.slices)) - {SKIPPED}):
         label = f"{column}={key}" if column else repr(key)
         cand, champ = candidate.slices[key].get(metric), champion.slices[key].get(metric)
+        n = int(candidate.slices[key].get("n") or 0)
         check = {"check": "slice", "slice": key, "metric": metric, "observed": cand, "champion": champ,
-                 "threshold": float(max_regression)}
+                 "threshold": float(max_regression), "rows": n}
         if cand is None or champ is None or math.isnan(cand) or math.isnan(champ):
             # e.g. a slice with one class only: auc is undefined for both models alike
             checks.append({**check, "passed": True, "skipped": True,
                            "message": f"slice {label}: {metric} not comparable (missing or NaN), skipped"})
             continue
         drop = champ - cand if direction == "max" else cand - champ
-        ok = drop <= max_regression + _TOL
         c, ch = _fmt(cand, champ), _fmt(champ, cand)
-        message = (f"slice {label}: {metric} {c} vs {who} {ch}, regression {max(drop, 0):.4g} "
-                   f"within max_slice_regression {max_regression:g}" if ok
-                   else f"slice {label}: {metric} {c} vs {who} {ch} regresses by {drop:.4g}, "
-                        f"more than max_slice_regression {max_regression:g}")
-        checks.append({**check, "passed": ok, "regression": drop, "message": message})
+        if n < min_rows:
+            checks.append({**check, "passed": True, "skipped": True, "regression": drop,
+                           "message": f"slice {label}: {metric} {c} vs {who} {ch} on {n} test rows, fewer than "
+                                      f"gate.min_slice_rows {min_rows}: reported, not gated"})
+            continue
+        noise = candidate.slice_noise.get(key)
+        margin = Z_ONE_SIDED_95 * noise if noise is not None else 0.0
+        ok = drop <= max_regression + margin + _TOL
+        within = f"max_slice_regression {max_regression:g}" + (f" + noise {margin:.3g}" if noise is not None else "")
+        message = (f"slice {label}: {metric} {c} vs {who} {ch}, regression {max(drop, 0):.4g} within {within}"
+                   if ok else f"slice {label}: {metric} {c} vs {who} {ch} regresses by {drop:.4g}, more than "
+                              f"{within} (on {n} test rows)")
+        checks.append({**check, "passed": ok, "regression": drop, "noise": noise, "message": message})
     return checks
 
 

@@ -275,19 +275,19 @@ def test_champion_comparison_on_a_metric_without_direction_is_a_config_error():
 
 
 def test_slice_regression_fails_the_gate():
-    cand = report(GOOD, {"DE": {"auc": 0.79}, "FR": {"auc": 0.95}, "IT": {"auc": math.nan},
+    cand = report(GOOD, {"DE": {"auc": 0.79, "n": 500}, "FR": {"auc": 0.95, "n": 500}, "IT": {"auc": math.nan},
                          SKIPPED: {"LU": 12}}, slice_column="country")
     champ = report({**GOOD, "auc": 0.88}, {"DE": {"auc": 0.83}, "FR": {"auc": 0.96}, "IT": {"auc": math.nan}})
     d = decide(cand, champ, GateConfig(max_slice_regression=0.02), "auc", "3")
     assert d.failures == ["slice country=DE: auc 0.79 vs champion v3 0.83 regresses by 0.04, "
-                          "more than max_slice_regression 0.02"]
+                          "more than max_slice_regression 0.02 (on 500 test rows)"]
     slice_checks = {c["slice"]: c for c in d.checks if c["check"] == "slice"}
     assert set(slice_checks) == {"DE", "FR", "IT"}      # not the _skipped counts
     assert slice_checks["FR"]["passed"] and slice_checks["IT"].get("skipped")
 
 
 def test_every_failure_is_collected_and_raised_once():
-    cand = report({"auc": 0.80, "logloss": 0.50, "n": 1000.0}, {"DE": {"auc": 0.70}}, slice_column="country")
+    cand = report({"auc": 0.80, "logloss": 0.50, "n": 1000.0}, {"DE": {"auc": 0.70, "n": 400}}, slice_column="country")
     champ = report({"auc": 0.84, "logloss": 0.35, "n": 1000.0}, {"DE": {"auc": 0.82}})
     gate = GateConfig(min={"auc": 0.85}, max={"logloss": 0.4}, min_delta=0.0, max_slice_regression=0.02)
     d = decide(cand, champ, gate, "auc", "3")
@@ -419,3 +419,30 @@ def test_a_feature_that_alone_predicts_the_label_is_a_probable_leak():
     yr = rng.normal(size=3000)
     assert [d["feature"] for d in leak_suspects("regression", np.column_stack([yr * 2 + 1, rng.normal(size=3000)]),
                                                  yr, ["twice", "noise"], ["q", "q"])] == ["twice"]
+
+
+def test_a_small_slice_is_reported_not_gated_and_noise_widens_the_allowance():
+    cand = report(GOOD, {"S1": {"auc": 0.70, "n": 60}, "S2": {"auc": 0.75, "n": 900}, "S3": {"auc": 0.75, "n": 900}},
+                  slice_column="store")
+    champ = report(GOOD, {"S1": {"auc": 0.90}, "S2": {"auc": 0.80}, "S3": {"auc": 0.80}})
+    cand.slice_noise = {"S2": 0.03, "S3": 0.005}         # S2's 0.05 drop is within 0.02 + 1.645 * 0.03
+    d = decide(cand, champ, GateConfig(max_slice_regression=0.02, min_slice_rows=200), "auc", "3")
+    checks = {c["slice"]: c for c in d.checks if c["check"] == "slice"}
+    assert checks["S1"]["passed"] and "fewer than gate.min_slice_rows 200: reported, not gated" in checks["S1"]["message"]
+    assert checks["S2"]["passed"] and "+ noise 0.0493" in checks["S2"]["message"]
+    assert not checks["S3"]["passed"] and d.failures == [checks["S3"]["message"]]
+
+
+def test_slice_noise_is_the_paired_bootstrap_spread_and_shrinks_with_rows():
+    from mlops_ray.train.evaluate import _auc, slice_noise
+    rng = np.random.default_rng(5)
+    n = 4000
+    y = (rng.random(n) < 0.3).astype(float)
+    a = np.clip(0.3 + 0.3 * y + 0.3 * rng.random(n), 0, 1)
+    b = np.clip(a + 0.05 * rng.normal(size=n), 0, 1)
+    assert _auc(y, a) == pytest.approx(skm.roc_auc_score(y, a))
+    sl = np.where(np.arange(n) < 200, "small", "big")
+    noise = slice_noise("binary", "auc", y, a, b, sl, (0.5, 0.5), ["small", "big"])
+    assert 0 < noise["big"] < noise["small"]
+    assert noise["small"] == pytest.approx(noise["small"], rel=0)           # deterministic (seeded)
+    assert slice_noise("binary", "logloss", y, a, b, sl, (0.5, 0.5), ["small"])["small"] > 0
