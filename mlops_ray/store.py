@@ -58,10 +58,16 @@ class Store:
                 bucket = self.root.split("/", 1)[0]
                 if self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
                     raise OSError(f"bucket {bucket} does not exist")
+            local = isinstance(self.fs, pafs.LocalFileSystem)     # object stores have no directories to leave
+            made = [d for d in (self.root, self.path(name))
+                    if local and self.fs.get_file_info(d).type == pafs.FileType.NotFound]
             self.fs.create_dir(posixpath.dirname(probe), recursive=True)
             with self.fs.open_output_stream(probe) as f:
                 f.write(b"ok")
             self.fs.delete_file(probe)
+            for d in reversed(made):          # a probe leaves nothing behind (a failed step changes nothing)
+                if self.fs.get_file_info(pafs.FileSelector(d)) == []:
+                    self.fs.delete_dir(d)
         except (OSError, pa.ArrowException) as e:
             raise ConfigError(f"store {self.root_uri!r} cannot be written: {_why(str(e), self.root_uri)}") from None
 

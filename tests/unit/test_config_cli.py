@@ -153,6 +153,7 @@ def test_deploy_on_an_empty_store_fails_clearly_and_creates_no_tracking_database
     assert "run the pipeline to train and register one" in text
     assert not (store / "mlflow.db").exists()
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    assert not store.exists()                          # not even the empty folders of the write probe
 
 
 def test_reads_and_the_reachability_probe_leave_an_empty_store_without_a_database(tmp_path):
