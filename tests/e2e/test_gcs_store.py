@@ -20,7 +20,7 @@ import yaml
 
 from tests.conftest import write_parquet
 from tests.e2e.test_mlflow_server import free_port, healthy
-from tests.e2e.test_s3_store import _listening, _stop, _wait
+from tests.e2e.test_s3_store import _listening, _stop, _wait, cli, lifecycle_config
 from tests.http_load import request_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,33 +58,13 @@ def gcs(tmp_path_factory):
             _stop(p)
 
 
-def cli(gcs, *args, timeout=420, check=None, env=None):
-    p = subprocess.run([sys.executable, "-m", "mlops_ray.cli", *args], capture_output=True, text=True,
-                       timeout=timeout, cwd=ROOT, env=env or gcs["env"])
-    if check is not None:
-        assert p.returncode == check, f"exit {p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}"
-    return p
-
-
 @pytest.fixture(scope="module")
 def pipeline(gcs, small_df, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gcspipe")
     data = write_parquet(small_df, tmp / "data", parts=2)
     port = free_port()
     cfg = tmp / "gcs.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "name": "gcspipe", "store": f"gs://{BUCKET}/store",
-        "registry": {"tracking_uri": gcs["tracking"]},
-        "ray": {"num_cpus": 2},
-        "data": {"source": str(data), "label": "is_fraud", "id_column": "transaction_id",
-                 "time_column": "event_time"},
-        "schema": {"min_rows": 100},
-        "tune": {"num_samples": 2},
-        "model": {"num_boost_round": 20},
-        "gate": {"min": {"auc": 0.5}},
-        "serve": {"port": port, "num_replicas": 1, "num_cpus": 0.5},
-        "monitor": {"predlog_flush_rows": 200, "predlog_flush_s": 1},
-    }))
+    cfg.write_text(yaml.safe_dump(lifecycle_config("gcspipe", f"gs://{BUCKET}/store", gcs["tracking"], data, port)))
     return {"cfg": str(cfg), "port": port, "rows": request_rows(small_df, 60)}
 
 

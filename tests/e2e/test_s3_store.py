@@ -99,27 +99,26 @@ def cli(s3, *args, timeout=420, check=None, env=None):
     return p
 
 
+def lifecycle_config(name: str, store: str, tracking: str, data, port: int, num_cpus: int = 2, **extra) -> dict:
+    """A small pipeline on an object store: quick search, one replica, fast log flushes."""
+    return {"name": name, "store": store, "registry": {"tracking_uri": tracking}, "ray": {"num_cpus": num_cpus},
+            "data": {"source": str(data), "label": "is_fraud", "id_column": "transaction_id",
+                     "time_column": "event_time"},
+            "schema": {"min_rows": 100}, "tune": {"num_samples": 2}, "model": {"num_boost_round": 20},
+            "gate": {"min": {"auc": 0.5}}, "serve": {"port": port, "num_replicas": 1, "num_cpus": 0.5},
+            "monitor": {"predlog_flush_rows": 200, "predlog_flush_s": 1}, **extra}
+
+
 @pytest.fixture(scope="module")
 def pipeline(s3, small_df, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("s3pipe")
     data = write_parquet(small_df, tmp / "data", parts=2)
     port = free_port()
     cfg = tmp / "s3.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "name": "s3pipe", "store": f"s3://{BUCKET}/store",
-        "registry": {"tracking_uri": s3["tracking"]},
-        "ray": {"num_cpus": 4},
-        "data": {"source": str(data), "label": "is_fraud", "id_column": "transaction_id",
-                 "time_column": "event_time"},
-        "schema": {"min_rows": 100},
-        "tune": {"num_samples": 2},
-        "model": {"num_boost_round": 20},
-        "gate": {"min": {"auc": 0.5}},
-        "serve": {"port": port, "num_replicas": 1, "num_cpus": 0.5},
-        "monitor": {"predlog_flush_rows": 200, "predlog_flush_s": 1},
-        "rollout": {"steps": [50, 100], "min_requests": 40, "min_seconds": 1, "keep_previous_s": 60,
-                    "p99_floor_ms": 200},
-    }))
+    cfg.write_text(yaml.safe_dump(lifecycle_config(
+        "s3pipe", f"s3://{BUCKET}/store", s3["tracking"], data, port, num_cpus=4,
+        rollout={"steps": [50, 100], "min_requests": 40, "min_seconds": 1, "keep_previous_s": 60,
+                 "p99_floor_ms": 200})))
     rows = small_df.drop(columns=["is_fraud"]).head(100).copy()
     rows["event_time"] = rows["event_time"].astype(str)
     rows = rows.astype(object).where(rows.notna(), None).to_dict("records")
