@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "data_plane": "benchmarks.data_plane",
     "training": "benchmarks.training",
     "search": "benchmarks.search",
+    "quality": "benchmarks.quality",
     "tune_overhead": "benchmarks.tune_overhead",
     "cluster_tune": "benchmarks.cluster_tune",
     "serving": "benchmarks.serving",
