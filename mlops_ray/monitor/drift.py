@@ -312,7 +312,7 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
                       prediction_edges=pred_edges)
         if data:
             from mlops_ray.data import ingest
-            dcfg = cfg.data.model_copy(update={"source": data})
+            dcfg = window_data_config(cfg, data)
             source = ingest.inspect_source(dcfg)
             missing = [c for c in spec.input_columns if c not in source.schema.names]
             if missing:
@@ -386,11 +386,17 @@ def _check_log_schema(fs, files: list[str], spec, root: str) -> None:
                            f"model or pipeline — monitor a window served by this version (--since/--window)")
 
 
+def window_data_config(cfg: Config, source):
+    """``data`` for reading a window's inputs: ``source`` instead of the training data, and no label
+    (traffic has none yet; a label expression's columns, e.g. an arrival delay, come later)."""
+    return cfg.data.model_copy(update={"source": source, "label_expr": None, "unlabelled": "fail"})
+
+
 def build_reference_from(cfg: Config, spec, path: str) -> dict:
     """The raw-input profile of every row of a dataset (for a bundle that predates profiles)."""
     from mlops_ray.data import ingest
     from mlops_ray.data.profile import profile_pass
-    dcfg = cfg.data.model_copy(update={"source": path})
+    dcfg = window_data_config(cfg, path)
     source = ingest.inspect_source(dcfg)
     ds = ingest.read_dataset(source, dcfg)
     return profile_inputs(ds, spec.input_types, cfg.monitor, profile_pass)

@@ -255,3 +255,17 @@ def test_multiclass_labels_get_codes_by_class():
     assert feat.label_classes(text, "y") == ["cat", "dog"]
     with pytest.raises(FeatureError, match="has 1 distinct value"):
         feat.label_classes([{"a": 3}], "y")
+
+
+def test_a_monitoring_window_is_read_without_the_label_expression(tmp_path):
+    """Traffic has no label yet, nor the columns a label expression reads: a window is inspected
+    and read without them (training data must have them: the ingest check names the column)."""
+    from mlops_ray.data import ingest
+    from mlops_ray.monitor.drift import window_data_config
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"amount": [1.0, 2.0]}), str(tmp_path / "w.parquet"))
+    cfg = make_config(str(tmp_path / "w.parquet"), data={"label": {"name": "late", "expr": "delay > 15"}})
+    with pytest.raises(ConfigError, match="reads column 'delay', which is not in the data"):
+        ingest.inspect_source(cfg.data)
+    src = ingest.inspect_source(window_data_config(cfg, str(tmp_path / "w.parquet")))
+    assert src.schema.names == ["amount"]
