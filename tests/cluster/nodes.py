@@ -65,6 +65,7 @@ class LocalCluster:
     nodes: dict[str, Node] = field(default_factory=dict)
     ids: dict[str, str] = field(default_factory=dict)     # node name -> Ray node id, once started
     start_s: dict[str, float] = field(default_factory=dict)   # seconds each node took to start (+ retries)
+    node_env: dict[str, str] = field(default_factory=dict)    # extra environment of every node's processes
 
     # ------------------------------------------------------------------ public
     @property
@@ -81,7 +82,7 @@ class LocalCluster:
         # the GCS declares a silent node dead after 3 missed 1 s health checks (default: 5 x 3 s,
         # after a 5 s delay), so a killed node's trials fail and are retried within seconds
         return {**self.env, "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
-                "RAY_health_check_failure_threshold": "3"}
+                "RAY_health_check_failure_threshold": "3", **self.node_env}
 
     def ports_in_use(self) -> list[int]:
         """This cluster's fixed ports that something on 127.0.0.1 already listens on."""

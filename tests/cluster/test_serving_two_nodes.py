@@ -39,7 +39,11 @@ FLUSH_S = 2.0
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = LocalCluster(names=("head", "w1"), num_cpus=2, base=HEAD_PORT, worker_base=WORKER_PORTS)
+    # Serve's proxy prefers replicas on its own node (RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING, on by
+    # default) and with direct ingress it runs on the head only: the head's replica took every request
+    # of a CI run (5030 to 0). Off, the proxy balances over both nodes' replicas.
+    c = LocalCluster(names=("head", "w1"), num_cpus=2, base=HEAD_PORT, worker_base=WORKER_PORTS,
+                     node_env={"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"})
     taken = c.ports_in_use()
     if taken:
         pytest.skip(f"ports {taken} on 127.0.0.1 are in use; this module needs {HEAD_PORT}-{HEAD_PORT + 19}")
