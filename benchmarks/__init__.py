@@ -15,6 +15,7 @@ from __future__ import annotations
 BENCHMARKS: dict[str, str] = {
     "data_plane": "benchmarks.data_plane",
     "training": "benchmarks.training",
+    "extmem": "benchmarks.extmem",
     "search": "benchmarks.search",
     "quality": "benchmarks.quality",
     "tune_overhead": "benchmarks.tune_overhead",

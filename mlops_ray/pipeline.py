@@ -371,13 +371,16 @@ def _train_evaluate_register(cfg, opts, registry, store, data, train_key, result
     from mlops_ray.train import xgb as X
 
     run_dir = store.path(cfg.name, "runs", train_key)
-    splits = X.load_splits(store.path(cfg.name, "data", data.key, "features"), data.spec, cfg.model.task,
-                           filesystem=store.fs)
-    features_dir = store.uri(cfg.name, "data", data.key, "features")     # a URI Ray workers can open
-    X.check_labels(splits, cfg.model.task, cfg.data.label)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     node_mem = min((n["Resources"].get("memory", 8e9) for n in nodes), default=8e9)
-    strategy = X.choose_strategy(cfg.model, splits.rows["train"], len(data.spec.output_columns), len(nodes), node_mem)
+    n_features = len(data.spec.output_columns)
+    strategy = X.choose_strategy(cfg.model, int(data.split_rows.get("train", 0)), n_features, len(nodes), node_mem)
+    if strategy == "external":      # before reading anything: the cache directory must take the pages
+        X.check_cache_dir(cfg.model, sum(int(data.split_rows.get(k, 0)) for k in ("train", "valid")), n_features)
+    splits = X.load_splits(store.path(cfg.name, "data", data.key, "features"), data.spec, cfg.model.task,
+                           filesystem=store.fs, external=strategy == "external")
+    features_dir = store.uri(cfg.name, "data", data.key, "features")     # a URI Ray workers can open
+    X.check_labels(splits, cfg.model.task, cfg.data.label)
     storage = store.uri(cfg.name, "runs", train_key, "tune")
 
     champion = registry.champion()
@@ -505,15 +508,15 @@ def _register(cfg, registry, data, splits, search, booster, evaluation, champ_ev
     import tempfile
 
     from mlops_ray import __version__, bundle
-    from mlops_ray.monitor.reference import build_reference
+    from mlops_ray.monitor.reference import SAMPLE, build_reference
     from mlops_ray.registry import lineage
     from mlops_ray.train import evaluate as ev
     from mlops_ray.train import plots
 
     valid_pred = bundle.predict_features(booster, splits.X["valid"], data.spec) if splits.rows["valid"] \
         else evaluation.curves["p"]
-    reference = build_reference(splits.X["train"], data.spec, valid_pred, cfg.model.task, bins=cfg.monitor.bins,
-                                seed=cfg.tune.seed)
+    reference = build_reference(splits.train_sample(SAMPLE, cfg.tune.seed), data.spec, valid_pred,
+                                cfg.model.task, bins=cfg.monitor.bins, seed=cfg.tune.seed)
     store = Store(cfg.store)
     reference["inputs"] = store.read_json(store.path(cfg.name, "data", data.key, "reference_inputs.json"))
     metadata = {

@@ -49,8 +49,11 @@ def categorical_profile(codes: np.ndarray, vocab: list[str], max_categories: int
             "missing": round(float(1 - ok.mean()) if c.size else 0.0, 6), "n": int(c.size)}
 
 
+SAMPLE = 200_000      # training rows a reference profiles at most
+
+
 def build_reference(X: np.ndarray, spec: FeatureSpec, predictions: np.ndarray, task: str,
-                    bins: int = 10, sample: int = 200_000, seed: int = 0) -> dict:
+                    bins: int = 10, sample: int = SAMPLE, seed: int = 0) -> dict:
     """Profile of the training features (a seeded sample of at most ``sample`` rows) and predictions."""
     if X.shape[0] > sample:
         X = X[np.random.default_rng(seed).choice(X.shape[0], sample, replace=False)]

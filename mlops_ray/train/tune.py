@@ -16,6 +16,8 @@ at 5.8x plain Optuna):
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -143,10 +145,16 @@ _DMATRIX_CACHE: dict[str, tuple] = {}
 
 
 def _dmatrices(key: str, data: dict, spec: FeatureSpec):
-    """Build the train/valid QuantileDMatrix once per worker process; reused actors keep it."""
+    """Build the train/valid QuantileDMatrix once per worker process; reused actors keep it. The
+    external strategy streams the training split from its Parquet files into an external-memory
+    matrix instead (its page cache under the search's cache directory)."""
     if key not in _DMATRIX_CACHE:
         _DMATRIX_CACHE.clear()
-        dtrain = X.dmatrix(data["X_train"], data["y_train"], spec)
+        if data.get("external"):
+            dtrain = X.external_dmatrix(data["train_paths"], spec, data["cache_dir"],
+                                        filesystem=data.get("filesystem"))
+        else:
+            dtrain = X.dmatrix(data["X_train"], data["y_train"], spec)
         dvalid = X.dmatrix(data["X_valid"], data["y_valid"], spec, ref=dtrain)
         _DMATRIX_CACHE[key] = (dtrain, dvalid)
     return _DMATRIX_CACHE[key]
@@ -178,7 +186,8 @@ def single_trial(config: dict, *, data: dict, data_key: str, spec: dict, model: 
     fspec = FeatureSpec.from_dict(spec)
     dtrain, dvalid = _dmatrices(data_key, data, fspec)
     params, rounds, esr = X.split_trial_config(config, model_cfg)
-    base = X.base_params(model_cfg, tcfg, X.trial_threads(tcfg.cpus_per_trial), int(data.get("n_classes", 2)))
+    threads = X.default_threads() if data.get("external") else X.trial_threads(tcfg.cpus_per_trial)
+    base = X.base_params(model_cfg, tcfg, threads, int(data.get("n_classes", 2)))
     xgb_metric = X.TRAIN_METRICS[model_cfg.task][tcfg.metric]
     # every report names the node, so a trial stopped early still says where it ran
     where = {"node_id": _node_id()}
@@ -325,6 +334,12 @@ def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, st
     else:
         data = {"X_train": splits.X["train"], "y_train": splits.y["train"], "X_valid": splits.X["valid"],
                 "y_valid": splits.y["valid"], "n_classes": splits.n_classes}
+        if strategy == "external":
+            # one trial at a time on all cores, one page cache: the point is memory, not parallelism
+            cache = tempfile.mkdtemp(prefix="search-", dir=X.check_cache_dir(
+                model, splits.rows["train"], len(splits.spec.output_columns)))
+            data.update(external=True, cache_dir=cache, filesystem=splits.filesystem, X_train=None, y_train=None,
+                        train_paths=[X.split_path(splits.features_dir, "train")])
         # the cache key names the pipeline, data and config (storage) and the attempt: a long-lived
         # worker never reuses another search's matrices
         trainable = tune.with_parameters(single_trial, data=data, data_key=f"{storage}/{experiment}", **common)
@@ -352,6 +367,8 @@ def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, st
         max_conc = tune_cfg.max_concurrent or max(1, int(cluster_cpus // max(per_trial, 1e-9)))
         if strategy == "distributed":
             max_conc = max(1, int(cluster_cpus // (model.num_workers + 0.5)))
+        if strategy == "external":
+            max_conc = 1
         points = [p for _, p in baseline_points(tune_cfg, model)]
         searcher = ConcurrencyLimiter(OptunaSearch(metric=metric, mode=mode, seed=tune_cfg.seed,
                                                    points_to_evaluate=points or None),
@@ -372,9 +389,13 @@ def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, st
             tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler,
                                         num_samples=max(1, int(tune_cfg.num_samples * budget_scale)),
                                         time_budget_s=tune_cfg.time_budget_s,
-                                        reuse_actors=strategy == "single",
+                                        reuse_actors=strategy in ("single", "external"),
                                         trial_dirname_creator=lambda t: t.trial_id))
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    finally:
+        if strategy == "external":     # the trial actors are gone with the search; so is their cache
+            shutil.rmtree(data["cache_dir"], ignore_errors=True)
     return _summarise(grid, metric, mode, strategy, time.perf_counter() - t0, restored,
                       baseline_points(tune_cfg, model))
 
@@ -468,11 +489,23 @@ def train_final(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, s
                                valid_path=None, spec=splits.spec.to_dict(), model=model.model_dump(),
                                tune_cfg=tune_cfg.model_dump(), storage=storage, name=f"final-{int(time.time())}",
                                num_workers=model.num_workers, rounds=rounds)
+    base = X.base_params(model, tune_cfg, X.default_threads(), splits.n_classes)
+    if strategy == "external":
+        paths = [X.split_path(splits.features_dir, "train")] + (
+            [X.split_path(splits.features_dir, "valid")] if model.refit == "train_valid" else [])
+        rows = splits.rows["train"] + (splits.rows["valid"] if model.refit == "train_valid" else 0)
+        cache = tempfile.mkdtemp(prefix="final-", dir=X.check_cache_dir(model, rows, len(splits.spec.output_columns)))
+        try:
+            dtrain = X.external_dmatrix(paths, splits.spec, cache, filesystem=splits.filesystem)
+            booster = X.train({**base, **params}, dtrain, rounds).booster
+            del dtrain
+            return booster
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
     if model.refit == "train_valid":
         Xf = np.concatenate([splits.X["train"], splits.X["valid"]])
         yf = np.concatenate([splits.y["train"], splits.y["valid"]])
     else:
         Xf, yf = splits.X["train"], splits.y["train"]
-    base = X.base_params(model, tune_cfg, X.default_threads(), splits.n_classes)
     dtrain = X.dmatrix(Xf, yf, splits.spec)
     return X.train({**base, **params}, dtrain, rounds).booster

@@ -74,34 +74,85 @@ def check_model_config(model: ModelConfig, tune: TuneConfig) -> None:
 # --------------------------------------------------------------------------- data
 @dataclass
 class Splits:
-    X: dict[str, np.ndarray]
+    """The featurized splits as float32 arrays. With ``external`` (the external strategy) the training
+    split's features stay in their Parquet files (``X["train"]`` is None): fits stream them from
+    ``features_dir`` and ``train_sample`` reads a seeded sample of them."""
+    X: dict[str, np.ndarray | None]
     y: dict[str, np.ndarray]
     spec: FeatureSpec
     n_classes: int = 2
+    features_dir: str | None = None
+    filesystem: object = None
+    external: bool = False
 
     @property
     def rows(self) -> dict[str, int]:
-        return {k: int(v.shape[0]) for k, v in self.X.items()}
+        return {k: int(v.shape[0]) for k, v in self.y.items()}
+
+    def train_sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """At most ``n`` training rows' features, a seeded uniform sample (all of them if fewer)."""
+        X = self.X["train"]
+        if X is None:
+            return sample_rows(split_path(self.features_dir, "train"), self.spec, n, seed, self.filesystem)
+        if X.shape[0] > n:
+            X = X[np.random.default_rng(seed).choice(X.shape[0], n, replace=False)]
+        return X
 
 
-def load_splits(features_dir: str, spec: FeatureSpec, task: str, filesystem=None) -> Splits:
-    """Read the featurized splits into float32 arrays (once, on the driver)."""
+def split_path(features_dir: str, split: str) -> str:
+    return f"{features_dir.rstrip('/')}/split={split}"
+
+
+def _matrix(table, cols: list[str]) -> np.ndarray:
+    if not cols:
+        return np.empty((table.num_rows, 0), np.float32)
+    out = np.empty((table.num_rows, len(cols)), np.float32)
+    for j, c in enumerate(cols):        # column by column: no float64 or 2-D temporary of the whole table
+        out[:, j] = table.column(c).to_numpy(zero_copy_only=False)
+    return out
+
+
+def load_splits(features_dir: str, spec: FeatureSpec, task: str, filesystem=None, external: bool = False) -> Splits:
+    """Read the featurized splits into float32 arrays (once, on the driver); with ``external`` the
+    training split's labels only (its features are streamed by each fit)."""
     X, y = {}, {}
     cols = list(spec.output_columns)
     for split in ("train", "valid", "test"):
-        path = f"{features_dir.rstrip('/')}/split={split}"
+        path = split_path(features_dir, split)
+        stream = external and split == "train"
         try:
-            table = pads.dataset(path, format="parquet", filesystem=filesystem).to_table(columns=cols + [spec.label])
+            table = pads.dataset(path, format="parquet", filesystem=filesystem).to_table(
+                columns=[spec.label] if stream else cols + [spec.label])
         except (FileNotFoundError, OSError):
             X[split], y[split] = np.empty((0, len(cols)), np.float32), np.empty(0, np.float32)
             continue
-        X[split] = np.column_stack([table.column(c).to_numpy() for c in cols]).astype(np.float32, copy=False) \
-            if cols else np.empty((table.num_rows, 0), np.float32)
+        X[split] = None if stream else _matrix(table, cols)
         y[split] = table.column(spec.label).to_numpy().astype(np.float32)
+        del table
     n_classes = 2
     if task == "multiclass":
         n_classes = len(spec.classes) if spec.classes else int(max(np.nanmax(v) for v in y.values() if v.size)) + 1
-    return Splits(X, y, spec, n_classes)
+    return Splits(X, y, spec, n_classes, features_dir=features_dir, filesystem=filesystem,
+                  external=external and X["train"] is None)
+
+
+def sample_rows(path: str, spec: FeatureSpec, n: int, seed: int = 0, filesystem=None) -> np.ndarray:
+    """A seeded uniform sample of at most ``n`` rows' features from a split's Parquet files, read
+    batch by batch (the split itself is never whole in memory)."""
+    cols = list(spec.output_columns)
+    ds = pads.dataset(path, format="parquet", filesystem=filesystem)
+    total = ds.count_rows()
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.choice(total, n, replace=False)) if total > n else None
+    parts, start = [], 0
+    for batch in ds.to_batches(columns=cols, batch_size=1 << 20):
+        m = _matrix(batch, cols)
+        if keep is not None:
+            lo, hi = np.searchsorted(keep, [start, start + batch.num_rows])
+            m = m[keep[lo:hi] - start]
+        parts.append(m)
+        start += batch.num_rows
+    return np.concatenate(parts) if parts else np.empty((0, len(cols)), np.float32)
 
 
 def check_labels(splits: Splits, task: str, label: str) -> None:
@@ -157,6 +208,132 @@ def dmatrix(X: np.ndarray, y: np.ndarray | None, spec: FeatureSpec, ref=None, qu
     return xgb.QuantileDMatrix(X, ref=ref, **kw) if quantile else xgb.DMatrix(X, **kw)
 
 
+# --------------------------------------------------------------------------- external memory
+EXTMEM_BATCH_BYTES = 256 << 20      # features handed to XGBoost per iterator step (its page size on disk)
+
+
+def extmem_cache_bytes(rows: int, n_features: int) -> int:
+    """What XGBoost's CPU page cache of a split takes, with a fifth of slack: measured with xgboost
+    3.2, 50.5 bytes a row for 20 dense float features at 256 bins (2 bytes a bin index, 8 a row pointer)."""
+    return int(rows * (2 * max(n_features, 1) + 11) * 1.2)
+
+
+def cache_root(model: ModelConfig) -> str:
+    import tempfile
+    return os.path.abspath(os.path.expanduser(model.cache_dir or os.path.join(tempfile.gettempdir(),
+                                                                           "mlops-ray-extmem")))
+
+
+def check_cache_dir(model: ModelConfig, rows: int, n_features: int) -> str:
+    """Refuse a cache directory that cannot be created, is not writable or has too little room for the
+    page cache of ``rows`` x ``n_features``, before anything is trained (ConfigError / ResourceError)."""
+    import shutil
+    import tempfile
+
+    from mlops_ray.errors import ResourceError
+    root = cache_root(model)
+    fix = "point model.cache_dir at a writable local directory"
+    try:
+        os.makedirs(root, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".probe-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"model.cache_dir '{root}' cannot be used for external-memory training's page "
+                          f"cache ({e.strerror or e}); {fix}") from None
+    need, free = extmem_cache_bytes(rows, n_features), shutil.disk_usage(root).free
+    if free < need:
+        raise ResourceError(f"model.cache_dir '{root}' has {_size(free)} free, but external-memory training of "
+                            f"{rows:,} rows x {n_features} features needs about {_size(need)} for its page "
+                            f"cache; free space there or {fix} on a larger disk")
+    return root
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def parquet_files(paths: list[str], filesystem=None) -> list[str]:
+    files = []
+    for p in paths:
+        try:
+            files += pads.dataset(p, format="parquet", filesystem=filesystem).files
+        except (FileNotFoundError, OSError):
+            continue            # an empty split writes no directory
+    return files
+
+
+def external_dmatrix(paths: list[str], spec: FeatureSpec, cache_dir: str, *, filesystem=None, nthread: int = -1,
+                     ref=None, with_label: bool = True):
+    """XGBoost's external-memory quantile matrix over the Parquet files under ``paths``: an iterator
+    hands XGBoost one batch of about EXTMEM_BATCH_BYTES at a time (two passes: sketch, then bin
+    indices into pages under ``cache_dir``), so the split is never whole in memory. The cache files
+    go when the matrix is freed."""
+    import tempfile
+
+    import xgboost as xgb
+    cols = list(spec.output_columns)
+    files = parquet_files(paths, filesystem)
+    batch_rows = max(1024, EXTMEM_BATCH_BYTES // (4 * max(len(cols), 1)))
+    prefix = os.path.join(tempfile.mkdtemp(prefix="fit-", dir=cache_dir), "cache")
+
+    class Batches(xgb.DataIter):
+        def __init__(self):
+            self._it = None
+            super().__init__(cache_prefix=prefix, release_data=True, on_host=False)
+
+        def _batches(self):
+            ds = pads.dataset(files, format="parquet", filesystem=filesystem)
+            pending, n = [], 0
+            for b in ds.to_batches(columns=cols + ([spec.label] if with_label else []), batch_size=batch_rows):
+                pending.append(b)
+                n += b.num_rows
+                if n >= batch_rows:
+                    yield pending
+                    pending, n = [], 0
+            if n:
+                yield pending
+
+        def next(self, input_data) -> bool:
+            if self._it is None:
+                self._it = self._batches()
+            chunk = next(self._it, None)
+            if chunk is None:
+                return False
+            import pyarrow as pa
+            table = pa.Table.from_batches(chunk)
+            input_data(data=_matrix(table, cols), feature_names=cols, feature_types=list(spec.feature_types),
+                       label=table.column(spec.label).to_numpy(zero_copy_only=False).astype(np.float32)
+                       if with_label else None)
+            return True
+
+        def reset(self) -> None:
+            self._it = None
+
+    if not files:
+        raise ConfigError(f"no Parquet files under {', '.join(paths)} to train on")
+    try:
+        return xgb.ExtMemQuantileDMatrix(Batches(), missing=np.nan, nthread=nthread, ref=ref,
+                                         enable_categorical=True)
+    except xgb.core.XGBoostError as e:
+        raise _cache_error(e, cache_dir) from None
+
+
+def _cache_error(e: Exception, cache_dir: str) -> Exception:
+    """XGBoost's failure to write its page cache, as the error a user can act on."""
+    from mlops_ray.errors import ResourceError
+    text = str(e)
+    if any(s in text.lower() for s in ("no space", "disk full", "enospc", "write", "open file", "mmap")):
+        first = text.strip().splitlines()[0][:300]
+        return ResourceError(f"external-memory training could not write its page cache in model.cache_dir "
+                             f"'{cache_dir}' ({first}); free space there or point model.cache_dir at a larger "
+                             f"local disk")
+    return e
+
+
 @dataclass
 class TrainResult:
     booster: object
@@ -185,13 +362,16 @@ def train(params: dict, dtrain, rounds: int, dvalid=None, esr: int | None = None
 # --------------------------------------------------------------------------- strategy
 def choose_strategy(model: ModelConfig, rows: int, n_features: int, num_nodes: int,
                     node_memory_bytes: float) -> str:
-    """'auto': data-parallel only when one process cannot hold the data comfortably or the cluster has
-    several nodes and the data is large. Ray Train's fixed cost (~20 s a fit, DESIGN.md) dwarfs small data."""
+    """'auto': out of memory ('external' on one node, data-parallel 'distributed' on several) only
+    when one process cannot hold the data comfortably, or data-parallel when the cluster has several
+    nodes and the data is large. Ray Train's fixed cost (~20 s a fit, DESIGN.md) dwarfs small data."""
     if model.strategy != "auto":
         return model.strategy
-    matrix_bytes = rows * max(n_features, 1) * 4 * 3      # float32 + xgboost's quantised copy + slack
+    # in memory the driver holds the arrays, the object store a copy for the trials, each trial its
+    # quantised matrix: about 3x the float32 values
+    matrix_bytes = rows * max(n_features, 1) * 4 * 3
     if matrix_bytes > 0.3 * node_memory_bytes:
-        return "distributed"
+        return "distributed" if num_nodes > 1 else "external"
     if num_nodes > 1 and rows >= 20_000_000:
         return "distributed"
     return "single"
