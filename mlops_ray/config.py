@@ -104,7 +104,7 @@ class DataConfig(_Model):
         if isinstance(lab, dict):
             unknown = sorted(set(lab) - {"name", "expr"})
             if unknown or not isinstance(lab.get("name"), str) or not isinstance(lab.get("expr"), str):
-                raise ValueError(f"data.label as a mapping is {{name: NAME, expr: EXPRESSION}}"
+                raise ValueError("data.label as a mapping is {name: NAME, expr: EXPRESSION}"
                                  + (f"; unknown key {unknown[0]!r}" if unknown else "")
                                  + f", got {lab}; e.g. {{name: late, expr: \"arr_delay > 15\"}}")
             if v.get("label_expr") not in (None, lab["expr"]):
