@@ -98,9 +98,12 @@ pgid_of() { stat_field "$1" 3; }
 # (RAY_AUTH_TOKEN would take precedence over the file, so it is removed); no drain on SIGTERM:
 # by default a node waits up to 30 s for its work to drain before it stops, which only delays
 # `down` of a throwaway cluster. The head's autoscaler and dashboard export Prometheus metrics on
-# fixed ports (44217, 44227) unless told otherwise: move them into the block.
+# fixed ports (44217, 44227) unless told otherwise: move them into the block. Serve's proxy sends
+# every request to a replica on its own node while there is one (and with direct ingress it runs
+# on the head only): RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING=0 spreads it over all nodes' replicas.
 ray_env=(env -u RAY_AUTH_TOKEN -u RAY_ADDRESS RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$token_file"
          RAY_USAGE_STATS_ENABLED=0 RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0
+         RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING=0
          AUTOSCALER_METRIC_PORT=$((BASE_PORT + 3)) DASHBOARD_METRIC_PORT=$((BASE_PORT + 4)))
 
 print_client_info() {

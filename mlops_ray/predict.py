@@ -304,8 +304,8 @@ class Scorer:
         self.booster.set_param({"nthread": self.nthread})
         self.spec = FeatureSpec.from_dict(payload["spec"])
         self.version = str(payload["version"])
-        self.multiclass = payload["metadata"].get("task", "binary") == "multiclass"
-        self.binary = payload["metadata"].get("task", "binary") == "binary"
+        task = payload["metadata"].get("task", "binary")
+        self.multiclass, self.binary = task == "multiclass", task == "binary"
         self.threshold = float((payload["metadata"].get("threshold") or {}).get("value", 0.5))
         self.classes = int(payload.get("classes") or 0)
         self.class_names = self.spec.classes

@@ -8,6 +8,7 @@ log directory; the user sees them with ``--verbose``.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import warnings
@@ -480,7 +481,7 @@ def serving_runtime(cfg, *, start: bool = False, verbose: bool = False) -> Itera
         raise ResourceError(f"cannot connect to the Ray cluster at {info['address']!r}: {e}. Check that it is "
                             "up (`ray status`)") from None
     if not verbose:   # Serve configures its logger on import; keep its INFO lines in the log files
-        from ray import serve  # noqa: F401
+        importlib.import_module("ray.serve")
         logging.getLogger("ray.serve").setLevel(logging.ERROR)
     try:
         yield info

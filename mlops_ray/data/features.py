@@ -506,7 +506,7 @@ def class_partial(table: pa.Table, label: str) -> dict[str, int]:
     col = table.column(label).drop_null()
     if pa.types.is_floating(col.type):
         col = pc.drop_null(pc.if_else(pc.is_nan(col), None, col))
-    col = pc.cast(col, pa.string()) if not pa.types.is_dictionary(col.type) else pc.cast(col, pa.string())
+    col = pc.cast(col, pa.string())    # a dictionary column casts to its values
     return {str(v["values"]): int(v["counts"]) for v in pc.value_counts(col).to_pylist()}
 
 

@@ -408,19 +408,31 @@ def add_label(table: pa.Table, cfg: DataConfig) -> pa.Table:
     return table
 
 
+@functools.lru_cache(maxsize=32)
+def _label_expression(source: str):
+    """The label expression parsed, and whether it handles missing values itself (calls fillna,
+    isnull or where): once per process rather than once per batch. Keyed by the expression's
+    text, so Ray still ships only the (picklable) DataConfig and each worker fills its own cache."""
+    import ast
+
+    from mlops_ray import expr
+    e = expr.parse(source)
+    handles_missing = any(isinstance(n, ast.Call) and getattr(n.func, "id", None) in ("fillna", "isnull", "where")
+                          for n in ast.walk(e.tree))
+    return e, handles_missing
+
+
 def _computed_label(table: pa.Table, cfg: DataConfig) -> pa.Table:
     import numpy as np
 
     from mlops_ray import expr
-    e = expr.parse(cfg.label_expr)
+    e, handles_missing = _label_expression(cfg.label_expr)
     df = table.select(list(e.columns)).to_pandas()
     try:
         v = e.evaluate(df)
     except expr.ExpressionError as err:
         raise DataSourceError(f"data.label expr: {err}") from None
-    import ast
-    if not any(isinstance(n, ast.Call) and getattr(n.func, "id", None) in ("fillna", "isnull", "where")
-               for n in ast.walk(e.tree)):        # an expression that handles missing values decides itself
+    if not handles_missing:        # an expression that handles missing values decides itself
         v[df.isna().any(axis=1).to_numpy()] = np.nan
     return table.append_column(cfg.label, pa.array(v, pa.float64(), from_pandas=True))
 

@@ -166,6 +166,12 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = ECE_BIN
     return float(np.abs(observed - predicted).sum() / len(p))
 
 
+def _slice_keys(slices) -> np.ndarray:
+    """A slice column as the keys of per-slice reports: ``str(value)``, missing values ``"<null>"``."""
+    s = pd.Series(np.asarray(slices, dtype=object))
+    return s.where(s.notna(), "<null>").map(str).to_numpy()
+
+
 def slice_metrics(task: str, y_true, y_pred, slices, threshold: float = 0.5,
                   min_rows: int = 50) -> dict[str, dict]:
     """Metrics per slice value (keys are ``str(value)``, missing values ``"<null>"``).
@@ -173,8 +179,7 @@ def slice_metrics(task: str, y_true, y_pred, slices, threshold: float = 0.5,
     them to their row counts."""
     y = _vector(y_true, "y_true")
     p = np.asarray(y_pred.to_numpy() if hasattr(y_pred, "to_numpy") else y_pred)
-    s = pd.Series(np.asarray(slices, dtype=object))
-    keys = s.where(s.notna(), "<null>").map(str).to_numpy()
+    keys = _slice_keys(slices)
     _same_length(y, p)
     if len(keys) != len(y):
         raise ValueError(f"slices has {len(keys)} rows but y_true has {len(y)}; pass the slice column of the test rows")
@@ -295,8 +300,7 @@ def slice_noise(task: str, metric: str, y, p_candidate, p_champion, slices, thre
     standard deviation over a paired bootstrap (both models scored on the same resampled rows)."""
     y = np.asarray(y, dtype=float)
     pc_, ph = np.asarray(p_candidate), np.asarray(p_champion)
-    s = pd.Series(np.asarray(slices, dtype=object))
-    names = s.where(s.notna(), "<null>").map(str).to_numpy()
+    names = _slice_keys(slices)
     rng = np.random.default_rng(seed)
     out = {}
     for key in keys:

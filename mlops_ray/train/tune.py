@@ -27,6 +27,7 @@ from ray.tune import Callback
 
 from mlops_ray.config import ModelConfig, TuneConfig
 from mlops_ray.data.features import FeatureSpec
+from mlops_ray.data.ingest import for_ray
 from mlops_ray.train import xgb as X
 
 Progress = Callable[[str, str], None]
@@ -228,8 +229,6 @@ def fit_distributed(config: dict, *, train_path: str, valid_path: str | None, sp
     import ray.train
     from ray.train.xgboost import XGBoostTrainer
 
-    from mlops_ray.data.ingest import for_ray
-
     def read(p):
         paths = [for_ray(x) for x in ([p] if isinstance(p, str) else p)]
         return ray.data.read_parquet([x for x, _ in paths], filesystem=paths[0][1])
@@ -346,7 +345,6 @@ def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, st
         resources = {"CPU": tune_cfg.cpus_per_trial, "GPU": tune_cfg.gpus_per_trial}
     trainable = tune.with_resources(trainable, resources)
 
-    from mlops_ray.data.ingest import for_ray
     storage_path, storage_fs = for_ray(storage)
     fs_path = os.path.join(storage_path, experiment)
     callbacks = [_ProgressCallback(progress, metric, mode, int(tune_cfg.num_samples * budget_scale),

@@ -88,6 +88,26 @@ def test_rayjob_runs_the_pipeline_and_rayservice_has_serve_builds_shape():
             assert g["template"]["spec"]["containers"][0]["image"] == "rayproject/ray:2.60.0-py311"
 
 
+PROXY_ROUTING = "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"
+
+
+@pytest.mark.parametrize("name", ["kuberay/raycluster.yaml", "kuberay/rayjob.yaml", "kuberay/rayservice.yaml"])
+def test_kuberay_ray_containers_let_serves_proxy_use_every_nodes_replicas(name):
+    # on by default, Serve's proxy sends every request to a replica on its own node (README, "Several nodes")
+    found = list(m.groups(doc_of(name)))
+    assert [g for _, g, _ in found][0] == "headgroup" and len(found) >= 2
+    for path, _, g in found:
+        for c in g["template"]["spec"]["containers"]:
+            assert {"name": PROXY_ROUTING, "value": "0"} in (c.get("env") or []), f"{name}: {path} {c['name']}"
+
+
+def test_launcher_and_local_cluster_nodes_let_serves_proxy_use_every_nodes_replicas():
+    assert f"--env {PROXY_ROUTING}=0" in doc_of("ray-cluster.yaml")["docker"]["run_options"]
+    script = (CLUSTER / "local-cluster.sh").read_text()
+    ray_env = script.split("\nray_env=(", 1)[1].split("\n\n", 1)[0]     # every node starts with it
+    assert f"{PROXY_ROUTING}=0" in ray_env.split()
+
+
 def test_shipped_manifests_hold_no_secret():
     for path in SHIPPED:
         for doc in m.load_documents(path):
