@@ -161,7 +161,9 @@ def score(v: float | None) -> str:
 
 def time_left(state: SearchState) -> str:
     left = state.seconds_left()
-    return "estimating time left…" if left is None else f"~{duration(left)} left"
+    if left is None:
+        return "estimating time left…"
+    return "finishing…" if state.done >= state.total else f"~{duration(left)} left"
 
 
 def trial_line(state: SearchState, f: Finished) -> str:
@@ -188,14 +190,17 @@ def counts(state: SearchState) -> str:
 
 
 def summary(state: SearchState, error: BaseException | None = None) -> str:
-    """The line left when a search ends: how it ended, the counts and the best score."""
+    """The line left when a search ends: how it ended, the counts and the best score. A search that
+    returned with trials left was stopped: by ``tune.time_budget_s``, or by Tune itself on a first
+    Ctrl-C (it then ends the experiment and returns what it has)."""
     took = duration(state.elapsed())
     ended = (f"{state.stopped_early} stopped early, {state.failed} failed); "
              f"best {state.metric} {score(state.best)}")
-    if error is None:
+    if error is None and state.done >= state.total:
         return f"{state.done}/{state.total} trials done in {took} ({ended}"
-    how = "interrupted" if isinstance(error, KeyboardInterrupt) else f"stopped by {type(error).__name__}"
-    return f"{how} after {took}: {state.done}/{state.total} trials done ({len(state.running)} running, {ended}"
+    how = ("stopped" if error is None else "interrupted" if isinstance(error, KeyboardInterrupt)
+           else f"stopped by {type(error).__name__}")
+    return f"{how} after {took}: {state.done}/{state.total} trials done ({len(state.running)} unfinished, {ended}"
 
 
 # --------------------------------------------------------------------------- the Tune callback

@@ -175,9 +175,18 @@ def test_in_a_terminal_the_search_is_one_live_display_that_ends_as_one_line():
         assert "trial 1/16 done" not in text(buf)            # no line per trial in a terminal
         s.clock.t = 20
     out = text(buf)
-    assert out.endswith("      tune 1/16 trials done in 20 s (1 stopped early, 0 failed); best auc 0.7012\n")
+    # fit() returned with trials left: the time budget, or Tune's own stop on a first Ctrl-C
+    assert out.endswith("      tune stopped after 20 s: 1/16 trials done (2 unfinished, 1 stopped early, "
+                        "0 failed); best auc 0.7012\n")
     with Live(console=console):                              # the display is gone: another may start
         pass
+    s = Search(_LiveProgress(console), total=1)
+    with s.watch:
+        s.start("a")
+        s.clock.t = 3
+        s.complete("a", auc=0.6, rounds=30, final=True)
+        assert "1/1 trials done" in text(buf) and "finishing…" in text(buf)
+    assert text(buf).endswith("      tune 1/1 trials done in 3 s (0 stopped early, 0 failed); best auc 0.6000\n")
 
 
 def test_the_live_display_is_finished_when_the_search_raises():
@@ -190,7 +199,7 @@ def test_the_live_display_is_finished_when_the_search_raises():
         s.clock.t = 30
         s.complete("a", auc=0.65, rounds=100, final=True)
         raise KeyboardInterrupt
-    assert text(buf).endswith("      tune interrupted after 30 s: 1/8 trials done (1 running, 0 stopped early, "
+    assert text(buf).endswith("      tune interrupted after 30 s: 1/8 trials done (1 unfinished, 0 stopped early, "
                               "0 failed); best auc 0.6500\n")
     assert buf.getvalue().count("\x1b[?25h") == 1            # the cursor, hidden while live, is back
     with Live(console=console):
@@ -200,7 +209,7 @@ def test_the_live_display_is_finished_when_the_search_raises():
     with pytest.raises(RuntimeError), s2.watch:
         s2.start("x")
         raise RuntimeError("lost the head node")
-    assert text(buf).endswith("stopped by RuntimeError after 0 s: 0/8 trials done (1 running, 0 stopped early, "
+    assert text(buf).endswith("stopped by RuntimeError after 0 s: 0/8 trials done (1 unfinished, 0 stopped early, "
                               "0 failed); best auc -\n")
 
 
