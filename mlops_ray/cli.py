@@ -83,12 +83,68 @@ def _load(path: str, sets: list[str] | None):
 
 
 def _progress(json_mode: bool):
+    """The progress function commands pass to the API: None with --json (stdout holds the JSON, stderr
+    stays quiet as before); in a terminal a ``_LiveProgress`` (a search is one live display); else one
+    line per step message, which for a search is one line per finished trial."""
     if json_mode:
         return None
+    if err.is_terminal and not err.is_dumb_terminal:
+        return _LiveProgress(err)
 
     def show(step: str, message: str) -> None:
         err.print(f"[bold cyan]{step:>10}[/] {message}")
     return show
+
+
+class _LiveProgress:
+    """Progress in a terminal: a line per step message, and a Tune search drawn as one live display
+    (a bar of trials done, counts, best score, time left) that is replaced, when the search ends or
+    raises, by one summary line. Implements ``train.progress.SearchView``."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self._live = None
+        self._state = None
+
+    def __call__(self, step: str, message: str) -> None:
+        self.console.print(f"[bold cyan]{step:>10}[/] {message}")     # above the live display, if one runs
+
+    def trials(self, state) -> None:
+        from rich.live import Live
+        self._state = state
+        if self._live is None:
+            # stdout on the same terminal goes through the console, so that a stray print cannot tear the display
+            self._live = Live(self, console=self.console, transient=True, refresh_per_second=2,
+                              redirect_stdout=sys.stdout.isatty(), redirect_stderr=True)
+            self._live.start()
+        self._live.refresh()
+
+    def trials_ended(self, state, error: BaseException | None) -> None:
+        from mlops_ray.train.progress import summary
+        if self._live is None:
+            return
+        self._state = state
+        try:
+            self._live.stop()
+        finally:
+            self._live = None
+            self("tune", escape(summary(state, error)))
+
+    def __rich__(self):
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table as Grid
+        from mlops_ray.train.progress import counts, duration, score, time_left
+        s = self._state
+        grid = Grid.grid(padding=(0, 1))
+        grid.add_column(justify="right", width=10, style="bold cyan")
+        grid.add_column(width=30)
+        grid.add_column()
+        grid.add_row("tune", ProgressBar(total=max(s.total, 1), completed=s.done, width=30), escape(counts(s)))
+        rounds = sorted(s.rounds.values())
+        grid.add_row("", "", escape(f"best {s.metric} {score(s.best)} · elapsed {duration(s.elapsed())} · "
+                                    f"{time_left(s)}" + (f" · running at {', '.join(map(str, rounds))} rounds"
+                                                        if rounds else "")))
+        return grid
 
 
 def _emit_json(obj: Any) -> None:

@@ -15,6 +15,7 @@ at 5.8x plain Optuna):
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -23,14 +24,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from ray.tune import Callback
-
 from mlops_ray.config import ModelConfig, TuneConfig
 from mlops_ray.data.features import FeatureSpec
 from mlops_ray.data.ingest import for_ray
 from mlops_ray.train import xgb as X
-
-Progress = Callable[[str, str], None]
+from mlops_ray.train.progress import Progress, SearchWatch
 
 
 @dataclass
@@ -347,8 +345,9 @@ def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, st
 
     storage_path, storage_fs = for_ray(storage)
     fs_path = os.path.join(storage_path, experiment)
-    callbacks = [_ProgressCallback(progress, metric, mode, int(tune_cfg.num_samples * budget_scale),
-                                   tune_cfg.max_failures)] if progress else []
+    watch = SearchWatch(progress, metric, mode, max(1, int(tune_cfg.num_samples * budget_scale)),
+                        tune_cfg.max_failures, tune_cfg.time_budget_s) if progress else None
+    callbacks = [watch] if watch else []
     run_config = tune.RunConfig(name=experiment, storage_path=storage_path, storage_filesystem=storage_fs,
                                 verbose=0, callbacks=callbacks,
                                 failure_config=tune.FailureConfig(max_failures=tune_cfg.max_failures),
@@ -390,7 +389,8 @@ def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, st
                                         reuse_actors=strategy in ("single", "external"),
                                         trial_dirname_creator=lambda t: t.trial_id))
     try:
-        grid = tuner.fit()
+        with watch or contextlib.nullcontext():      # a live display ends even when fit() raises
+            grid = tuner.fit()
     finally:
         if strategy == "external":     # the trial actors are gone with the search; so is their cache
             shutil.rmtree(data["cache_dir"], ignore_errors=True)
@@ -434,43 +434,6 @@ def _summarise(grid, metric: str, mode: str, strategy: str, seconds: float, rest
     best_it = best["best_iteration"] if best["best_iteration"] is not None else (best["rounds"] or 1) - 1
     return SearchResult(metric, mode, best["config"], float(best[metric]), int(best_it), trials, seconds,
                         strategy, restored)
-
-
-class _ProgressCallback(Callback):
-    """A Tune callback: one line per finished trial with the best score so far.
-
-    Tune pickles its run config (callbacks included) into the experiment state; the progress
-    function (which may hold a console) is left out of the pickle and comes back as None.
-    """
-
-    def __init__(self, progress, metric: str, mode: str, total: int, max_failures: int = 0):
-        self.progress, self.metric, self.mode, self.total = progress, metric, mode, total
-        self.max_failures = max_failures
-        self.done, self.best = 0, None
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "progress"}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.progress = None
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.done += 1
-        v = (trial.last_result or {}).get(self.metric)
-        if v is not None and (self.best is None or (v > self.best if self.mode == "max" else v < self.best)):
-            self.best = v
-        if self.progress:
-            best = f"{self.best:.5f}" if self.best is not None else "-"
-            self.progress("tune", f"{self.done}/{self.total} trials done, best {self.metric} {best}")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.on_trial_complete(iteration, trials, trial)
-
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        if self.progress:      # Tune has counted this failure already
-            self.progress("tune", f"trial {trial.trial_id} failed; retry {trial.num_failures} of at most "
-                                  f"{self.max_failures} (tune.max_failures)")
 
 
 # --------------------------------------------------------------------------- final model
