@@ -362,7 +362,7 @@ def run(opts: Options) -> list[dict]:
             s = p.splits
             dtr = native_dmatrix(s.X["train"], s.y["train"], s.spec)
             dva = native_dmatrix(s.X["valid"], s.y["valid"], s.spec, ref=dtr)
-            full = {**X.base_params(p.model, p.tune, 1), **FIXED}
+            full = {**X.base_params(p.model, p.tune, 1, all_metrics=True), **FIXED}
             times = {}
             for label, metrics in (("three metrics", full["eval_metric"]), ("tuned metric only", ["auc"])):
                 ts = []

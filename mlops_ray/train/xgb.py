@@ -179,10 +179,15 @@ def check_labels(splits: Splits, task: str, label: str) -> None:
 
 
 # --------------------------------------------------------------------------- params
-def base_params(model: ModelConfig, tune: TuneConfig, nthread: int, n_classes: int = 2) -> dict:
+def base_params(model: ModelConfig, tune: TuneConfig, nthread: int, n_classes: int = 2,
+                all_metrics: bool = False) -> dict:
+    """XGBoost params of a fit. ``eval_metric`` is the tuned metric alone (what trials report and
+    early stopping watches; every extra metric is one more pass over the validation rows each
+    round) unless ``all_metrics``: then every metric of the task, the tuned one last."""
     metrics = TRAIN_METRICS[model.task]
     # the tuned metric last: early stopping watches the last eval metric
-    order = [m for m in metrics.values() if m != metrics[tune.metric]] + [metrics[tune.metric]]
+    order = ([m for m in metrics.values() if m != metrics[tune.metric]] if all_metrics else []) \
+        + [metrics[tune.metric]]
     p = {"objective": OBJECTIVE[model.task], "eval_metric": order, "tree_method": "hist",
          "nthread": max(1, int(nthread)), "seed": tune.seed, "device": model.device,
          "max_cat_to_onehot": 8, "verbosity": 0}

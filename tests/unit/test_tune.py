@@ -88,3 +88,15 @@ def test_early_stopping_patience_follows_the_round_budget():
     _, rounds, esr = split_trial_config({"num_boost_round": 1000, "eta": 0.1}, ModelConfig())
     assert (rounds, esr) == (1000, 200)
     assert split_trial_config({"early_stopping_rounds": 5}, ModelConfig())[2] == 5
+
+
+def test_trials_evaluate_only_the_tuned_metric():
+    from mlops_ray.config import ModelConfig, TuneConfig
+    from mlops_ray.train.xgb import base_params, resolve_metric
+    model = ModelConfig(task="binary")
+    tune = resolve_metric(model, TuneConfig(metric="pr_auc", mode="max"))
+    # one pass over the validation rows per round, not three: what trials report and early stopping watch
+    assert base_params(model, tune, 1)["eval_metric"] == ["aucpr"]
+    every = base_params(model, tune, 1, all_metrics=True)["eval_metric"]
+    assert sorted(every) == ["auc", "aucpr", "logloss"] and every[-1] == "aucpr"
+
