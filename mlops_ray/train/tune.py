@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+import pyarrow.dataset as pads
+
 from mlops_ray.config import ModelConfig, TuneConfig
 from mlops_ray.data.features import FeatureSpec
 from mlops_ray.data.ingest import for_ray
@@ -215,36 +217,39 @@ def distributed_trial(config: dict, *, train_path: str, valid_path: str, spec: d
                     extra_metrics={"node_id": _node_id()})
 
 
+# Ray Train V2's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s):
+# each state change (workers started, training finished) waits for the next poll
+TRAIN_POLL_S = "0.5"
+
+
 def fit_distributed(config: dict, *, train_path: str, valid_path: str | None, spec: dict, model: dict,
                     tune_cfg: dict, storage: str, name: str, callbacks=(), num_workers: int = 2,
                     rounds: int | None = None, extra_metrics: dict | None = None):
-    """Ray Train XGBoostTrainer over Ray Data shards; returns the booster saved by rank 0.
+    """Ray Train XGBoostTrainer over the splits' Parquet files; returns the booster saved by rank 0.
 
-    Workers are placed with ``SPREAD``: one per node while nodes last (each gets a node's memory
-    and cores; on one node it is the same as the default ``PACK``, the strategy being soft). Every
-    report carries ``worker_node_ids`` (the workers' Ray node ids, by rank) and ``extra_metrics``."""
-    import ray
+    Each worker reads its own share of the files (``_shards``: balanced by bytes; every row once)
+    with pyarrow, as xgboost-ray did: a Ray Data streaming split would start a split coordinator,
+    read tasks and footer readers per dataset and fit (about half of a small fit's fixed cost,
+    measured in benchmarks/training.py) to deliver the same rows. Workers are placed with
+    ``SPREAD``: one per node while nodes last (each gets a node's memory and cores; on one node it
+    is the same as the default ``PACK``, the strategy being soft). Every report carries
+    ``worker_node_ids`` (the workers' Ray node ids, by rank) and ``extra_metrics``."""
     import ray.train
     from ray.train.xgboost import XGBoostTrainer
 
-    def read(p):
-        paths = [for_ray(x) for x in ([p] if isinstance(p, str) else p)]
-        return ray.data.read_parquet([x for x, _ in paths], filesystem=paths[0][1])
-
-    datasets = {"train": read(train_path)}
+    shards = {"train": _shards(train_path, num_workers)}
     if valid_path:
-        datasets["valid"] = read(valid_path)
+        shards["valid"] = _shards(valid_path, num_workers)
     storage_path, storage_fs = for_ray(storage)
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S)   # read when fit() starts
     trainer = XGBoostTrainer(
         _worker_loop,
         train_loop_config={"config": config, "spec": spec, "model": model, "tune": tune_cfg, "rounds": rounds,
-                           "splits": sorted(datasets), "extra": dict(extra_metrics or {})},
+                           "shards": shards, "extra": dict(extra_metrics or {})},
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, resources_per_worker={"CPU": 1},
                                                placement_strategy="SPREAD"),
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
                                        callbacks=list(callbacks)),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -256,26 +261,53 @@ def fit_distributed(config: dict, *, train_path: str, valid_path: str | None, sp
     return bst
 
 
+def _shards(path: str | list[str], num_workers: int) -> dict:
+    """One split's Parquet files (``path``: a folder or several) -> what each Train worker reads:
+    ``files`` (one list per rank, largest files first to the rank with the fewest bytes) and the
+    ``filesystem``; with fewer files than workers every rank gets every file and ``slice`` is set
+    (each rank keeps its contiguous share of the rows)."""
+    paths = [for_ray(x) for x in ([path] if isinstance(path, str) else path)]
+    fs = paths[0][1]
+    files: list[tuple[int, str]] = []
+    for p, _ in paths:
+        ds = pads.dataset(p, format="parquet", filesystem=fs)
+        files += [(int(i.size or 0), i.path) for i in ds.filesystem.get_file_info(ds.files)]
+    if len(files) < num_workers:
+        return {"files": [[f for _, f in files]] * num_workers, "filesystem": fs, "slice": True}
+    ranks: list[list[str]] = [[] for _ in range(num_workers)]
+    load = [0] * num_workers
+    for size, f in sorted(files, reverse=True):
+        r = load.index(min(load))
+        ranks[r].append(f)
+        load[r] += size
+    return {"files": ranks, "filesystem": fs, "slice": False}
+
+
+def _read_shard(shard: dict, rank: int, world: int, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+    table = pads.dataset(shard["files"][rank], format="parquet", filesystem=shard["filesystem"]) \
+        .to_table(columns=list(spec.output_columns) + [spec.label])
+    if shard["slice"]:
+        n = table.num_rows
+        table = table.slice(rank * n // world, (rank + 1) * n // world - rank * n // world)
+    return X.table_arrays(table, spec)
+
+
 def _worker_loop(cfg: dict) -> None:
     import tempfile
 
     import ray.train
     model_cfg, tcfg = ModelConfig(**cfg["model"]), TuneConfig(**cfg["tune"])
     spec = FeatureSpec.from_dict(cfg["spec"])
-    cols = list(spec.output_columns)
-
-    def arrays(name):
-        if name not in cfg["splits"]:      # get_dataset_shard raises for a dataset not passed in
-            return None, None
-        shard = ray.train.get_dataset_shard(name)
-        df = shard.materialize().to_pandas()
-        return df[cols].to_numpy(np.float32), df[spec.label].to_numpy(np.float32)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
 
     extra = {**cfg.get("extra", {}), "worker_node_ids": _worker_node_ids()}
-    Xtr, ytr = arrays("train")
-    Xva, yva = arrays("valid")
+    Xtr, ytr = _read_shard(cfg["shards"]["train"], rank, world, spec)
     dtrain = X.dmatrix(Xtr, ytr, spec)
-    dvalid = X.dmatrix(Xva, yva, spec, ref=dtrain) if Xva is not None else None
+    dvalid = None
+    if "valid" in cfg["shards"]:
+        Xva, yva = _read_shard(cfg["shards"]["valid"], rank, world, spec)
+        dvalid = X.dmatrix(Xva, yva, spec, ref=dtrain)
     params, rounds, esr = X.split_trial_config(cfg["config"], model_cfg)
     if cfg.get("rounds"):
         rounds, esr = int(cfg["rounds"]), None
@@ -290,7 +322,7 @@ def _worker_loop(cfg: dict) -> None:
              "rounds": res.booster.num_boosted_rounds(), "final": True, **extra}
     with tempfile.TemporaryDirectory() as d:
         checkpoint = None
-        if ray.train.get_context().get_world_rank() == 0:
+        if rank == 0:
             res.booster.save_model(os.path.join(d, "model.ubj"))
             checkpoint = ray.train.Checkpoint.from_directory(d)
         ray.train.report(final, checkpoint=checkpoint)

@@ -5,7 +5,7 @@ and the FeatureSpec. Out: an ``xgboost.Booster`` and its evaluation history.
 
 ``single``: one xgboost process, ``nthread`` = its CPUs, a (Quantile)DMatrix built once.
 ``distributed``: Ray Train's ``XGBoostTrainer`` (the maintained successor of xgboost-ray),
-data-parallel over ``model.num_workers`` workers reading Ray Data shards.
+data-parallel over ``model.num_workers`` workers, each reading its share of the Parquet files.
 """
 from __future__ import annotations
 
@@ -153,6 +153,12 @@ def sample_rows(path: str, spec: FeatureSpec, n: int, seed: int = 0, filesystem=
         parts.append(m)
         start += batch.num_rows
     return np.concatenate(parts) if parts else np.empty((0, len(cols)), np.float32)
+
+
+def table_arrays(table, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+    """A featurized Arrow table -> (float32 feature matrix in spec order, float32 labels)."""
+    return (_matrix(table, list(spec.output_columns)),
+            table.column(spec.label).to_numpy(zero_copy_only=False).astype(np.float32))
 
 
 def check_labels(splits: Splits, task: str, label: str) -> None:
@@ -371,7 +377,8 @@ def choose_strategy(model: ModelConfig, rows: int, n_features: int, num_nodes: i
                     node_memory_bytes: float) -> str:
     """'auto': out of memory ('external' on one node, data-parallel 'distributed' on several) only
     when one process cannot hold the data comfortably, or data-parallel when the cluster has several
-    nodes and the data is large. Ray Train's fixed cost (~20 s a fit, DESIGN.md) dwarfs small data."""
+    nodes and the data is large. Ray Train's fixed cost (seconds per fit: processes to start,
+    benchmarks/training.py) dwarfs small data."""
     if model.strategy != "auto":
         return model.strategy
     # in memory the driver holds the arrays, the object store a copy for the trials, each trial its

@@ -40,6 +40,9 @@ def test_distributed_matches_single_quality(prepared, tmp_path):
     auc_d = metrics_for("binary", yh, dist.predict(held))["auc"]
     auc_s = metrics_for("binary", yh, single.predict(held))["auc"]
     assert abs(auc_d - auc_s) < 0.005, (auc_d, auc_s)
+    # Train V2's controller (and, propagated by Ray Train, its workers) polls every 0.5 s, not 2 s
+    import os
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == T.TRAIN_POLL_S
 
 
 def test_distributed_search_runs_train_inside_tune(prepared, tmp_path):

@@ -100,3 +100,32 @@ def test_trials_evaluate_only_the_tuned_metric():
     every = base_params(model, tune, 1, all_metrics=True)["eval_metric"]
     assert sorted(every) == ["auc", "aucpr", "logloss"] and every[-1] == "aucpr"
 
+
+def _parquet_parts(tmp_path, sizes):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    start = 0
+    for i, n in enumerate(sizes):
+        pq.write_table(pa.table({"f": np.arange(start, start + n, dtype=np.float32),
+                                 "y": np.zeros(n, np.float32)}), tmp_path / f"part-{i}.parquet")
+        start += n
+    return sum(sizes)
+
+
+@pytest.mark.parametrize("sizes,workers,sliced", [([5000, 100, 4000, 200, 3000], 2, False),
+                                                  ([300], 3, True), ([50, 70], 3, True)])
+def test_each_train_worker_reads_its_own_share_of_the_parquet_files(tmp_path, sizes, workers, sliced):
+    """Distributed fits read their rows with pyarrow, not a Ray Data streaming split: every row once."""
+    import numpy as np
+
+    from mlops_ray.train.tune import _read_shard, _shards
+    total = _parquet_parts(tmp_path, sizes)
+    shard = _shards(str(tmp_path), workers)
+    assert shard["slice"] is sliced and len(shard["files"]) == workers
+    spec = SimpleNamespace(label="y", output_columns=["f"])     # what a worker reads of the FeatureSpec
+    parts = [_read_shard(shard, r, workers, spec)[0][:, 0] for r in range(workers)]
+    assert all(p.size for p in parts)
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(total, dtype=np.float32))
+    if not sliced:     # balanced by bytes, largest first: {5000, 200, 100} and {4000, 3000}
+        assert sorted(p.size for p in parts) == [5300, 7000]
