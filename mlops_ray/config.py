@@ -274,8 +274,8 @@ class ModelConfig(_Model):
     num_workers: int = Field(2, ge=1, description="Data-parallel workers of the distributed strategy.")
     cache_dir: str | None = Field(
         None, description="Local directory for the external strategy's page cache (2 bytes per "
-        "training value when no feature has missing values, up to 18 when some do: 100M rows x 20 "
-        "features ~ 4-34 GB); each fit's cache is removed when it ends. "
+        "training value when no feature has missing values, about 5.5 when some do: 100M rows x 20 "
+        "features ~ 5-11 GB); each fit's cache is removed when it ends. "
         "Default: the system temp directory (mlops-ray-extmem).")
     device: Literal["cpu", "cuda"] = Field("cpu", description="XGBoost's device; 'cuda' needs "
                                            "tune.gpus_per_trial above 0.")

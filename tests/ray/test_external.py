@@ -149,5 +149,5 @@ def test_a_full_cache_dir_is_refused_from_its_free_space(monkeypatch, tmp_path):
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 << 30, (10 << 30) - (5 << 20), 5 << 20))
     with pytest.raises(ResourceError, match=r"has 5.0 MB free, but external-memory training of 100,000,000 rows "
-                                            r"x 20 features needs about 41.\d GB"):
+                                            r"x 20 features needs about 13.\d GB"):
         X.check_cache_dir(ModelConfig(cache_dir=str(tmp_path)), 100_000_000, 20)
