@@ -56,12 +56,12 @@ def test_resume_after_the_driver_is_killed(demo):
     try:
         for line in p.stderr:
             seen.append(line)
-            if "2/6 trials done" in line or time.time() > deadline:
+            if "trial 2/6 done" in line or time.time() > deadline:
                 break
     finally:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait(30)
-    assert any("2/6 trials done" in line for line in seen), "".join(seen)
+    assert any("trial 2/6 done" in line for line in seen), "".join(seen)
     time.sleep(2)
     r = cli("run", *args[1:], "--resume", "--json")
     assert r.returncode == 0, r.stderr
