@@ -16,6 +16,7 @@ at 5.8x plain Optuna):
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import tempfile
@@ -114,26 +115,35 @@ BASELINES = [
 
 def baseline_points(cfg: TuneConfig, model: ModelConfig) -> list[tuple[str, dict]]:
     """The search's first trials: ``BASELINES`` over ``XGB_DEFAULTS``, each value fitted into the
-    space (clipped to a range, kept only if a choice offers it); the rounds are the model's
-    (``num_boost_round``, with its early stopping). A parameter with no known default is left to
-    the searcher. Points that come out equal after fitting are evaluated once."""
+    space (clipped to a range; a choice that does not offer it takes its nearest value, or its first
+    when the values are not numbers); the rounds are the model's (``num_boost_round``, with its early
+    stopping). Ray's Optuna searcher needs a value for every key of the space, so a parameter with no
+    known default takes the middle of its range (geometric for ``log_float``) or its first choice.
+    Points that come out equal after fitting are evaluated once."""
     fixed = {"num_boost_round": model.num_boost_round, "early_stopping_rounds": model.patience()}
     out: list[tuple[str, dict]] = []
     for name, over in BASELINES[:min(cfg.baselines, cfg.num_samples)]:
-        point = {}
-        for key, p in cfg.space.items():
-            v = over.get(key, XGB_DEFAULTS.get(key, fixed.get(key)))
-            if v is None:
-                continue
-            if p.type == "choice":
-                if v in p.values:
-                    point[key] = v
-                continue
-            v = min(max(v, p.low), p.high)
-            point[key] = int(round(v)) if p.type == "int" else float(v)
+        point = {key: _fit_into(p, over.get(key, XGB_DEFAULTS.get(key, fixed.get(key))))
+                 for key, p in cfg.space.items()}
         if point and all(point != q for _, q in out):
             out.append((name, point))
     return out
+
+
+def _fit_into(p, v):
+    """``v`` (None: unknown) as a value the search-space entry ``p`` can produce."""
+    if p.type == "choice":
+        values = list(p.values)
+        if v in values:
+            return v
+        numeric = [x for x in values if isinstance(x, (int, float)) and not isinstance(x, bool)]
+        if v is None or isinstance(v, (str, bool)) or not numeric:
+            return values[0]
+        return min(numeric, key=lambda x: abs(x - v))
+    if v is None:
+        v = math.sqrt(p.low * p.high) if p.type == "log_float" else (p.low + p.high) / 2
+    v = min(max(v, p.low), p.high)
+    return int(round(v)) if p.type == "int" else float(v)
 
 
 def _is_point(config: dict, point: dict) -> bool:

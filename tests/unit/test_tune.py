@@ -57,11 +57,19 @@ def test_baselines_are_xgboost_defaults_and_known_configs_fitted_into_the_space(
                                        "colsample_bytree": 1.0, "lambda": 1.0}
     assert pts["depth 8, eta 0.1"]["max_depth"] == 8 and pts["depth 8, eta 0.1"]["eta"] == 0.1
     space = {"eta": {"type": "log_float", "low": 0.01, "high": 0.2},            # 0.3 is outside: clipped
-             "max_depth": {"type": "choice", "values": [4, 8]},                 # 6 is not offered: left to Optuna
+             "max_depth": {"type": "choice", "values": [4, 8]},                 # 6 is not offered: nearest
              "num_boost_round": {"type": "int", "low": 50, "high": 500}}        # the model's rounds
     pts = baseline_points(TuneConfig(space=space, num_samples=2), model)        # counted in num_samples
-    assert pts == [("xgboost defaults", {"eta": 0.2, "num_boost_round": 200}),
+    assert pts == [("xgboost defaults", {"eta": 0.2, "max_depth": 4, "num_boost_round": 200}),
                    ("depth 8, eta 0.1", {"eta": 0.1, "max_depth": 8, "num_boost_round": 200})]
+    # Ray's Optuna searcher refuses a point that lacks a key of the space (the training benchmark's
+    # one-choice space crashed on it): no known default -> the middle of the range, or the first choice
+    space = {"grow_policy": {"type": "choice", "values": ["lossguide", "depthwise"]},
+             "max_cat_to_onehot": {"type": "int", "low": 1, "high": 9},
+             "eta": {"type": "choice", "values": [0.05]},
+             "sketch_eps": {"type": "log_float", "low": 0.01, "high": 1.0}}
+    (_, point), = baseline_points(TuneConfig(space=space, baselines=1), model)
+    assert point == {"grow_policy": "lossguide", "max_cat_to_onehot": 5, "eta": 0.05, "sketch_eps": 0.1}
     assert baseline_points(TuneConfig(baselines=0), model) == []
     # points equal after fitting run once
     same = baseline_points(TuneConfig(space={"gamma": {"type": "float", "low": 0, "high": 5}}), model)
