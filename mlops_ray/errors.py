@@ -19,6 +19,7 @@ class ExitCode:
     DRIFT = 9           # monitor: drift (or a live-metric drop) detected; the report is written
     MONITOR = 10        # monitoring cannot do what was asked (no window, no reference, bad labels, a loop running)
     JOB = 11            # a job submitted with `mlops-ray submit --wait` failed or was stopped
+    INTERRUPTED = 130   # stopped by Ctrl-C (SIGINT); what can be resumed was saved
 
 
 class MlopsError(Exception):
@@ -104,6 +105,12 @@ class MonitorError(MlopsError):
     model, a bundle without a reference profile, labels that cannot be joined, a second loop."""
     headline = "Monitoring error"
     exit_code = ExitCode.MONITOR
+
+
+class Interrupted(MlopsError):
+    """Ctrl-C stopped a step; the message says what was saved and how to continue."""
+    headline = "Interrupted"
+    exit_code = ExitCode.INTERRUPTED
 
 
 class JobSubmitError(ResourceError):

@@ -17,7 +17,7 @@ import time
 from typing import Callable
 
 from mlops_ray.config import Config, parse_duration
-from mlops_ray.errors import GateRejected, MlopsError, MonitorError
+from mlops_ray.errors import GateRejected, Interrupted, MlopsError, MonitorError
 from mlops_ray.monitor.retrain import LoopLock, read_decisions, record, should_retrain
 from mlops_ray.runtime import ray_runtime, require_shared_store
 
@@ -217,6 +217,10 @@ def run_loop(cfg: Config, *, once: bool = False, interval: str = "10m", since: s
             while True:
                 try:
                     entry = iterate(cfg, since=since, progress=progress, verbose=verbose)
+                except Interrupted as e:        # Ctrl-C mid-step: recorded, and the loop ends
+                    record(cfg, {"t": time.time(), "time": dt.datetime.now(dt.timezone.utc).isoformat(),
+                                 "action": "interrupted", "outcome": type(e).__name__, "error": e.message})
+                    raise
                 except MlopsError as e:
                     entry = {"t": time.time(), "time": dt.datetime.now(dt.timezone.utc).isoformat(),
                              "action": "failed", "outcome": type(e).__name__, "error": e.message}

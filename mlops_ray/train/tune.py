@@ -400,6 +400,8 @@ def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, st
                                    resume_unfinished=True, resume_errored=True,
                                    param_space=build_space(tune_cfg))
         restored = True
+        if watch:
+            _watch_restored(tuner, watch)
     else:
         per_trial = resources["CPU"] * (model.num_workers if strategy == "distributed" else 1)
         cluster_cpus = ray.cluster_resources().get("CPU", 1)
@@ -431,13 +433,76 @@ def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, st
                                         reuse_actors=strategy in ("single", "external"),
                                         trial_dirname_creator=lambda t: t.trial_id))
     try:
-        with watch or contextlib.nullcontext():      # a live display ends even when fit() raises
-            grid = tuner.fit()
+        with watch or contextlib.nullcontext(), _interruptible() as interrupted:  # a live display ends
+            grid = tuner.fit()                                                   # even when fit() raises
     finally:
         if strategy == "external":     # the trial actors are gone with the search; so is their cache
             shutil.rmtree(data["cache_dir"], ignore_errors=True)
+    if interrupted():
+        from mlops_ray.errors import Interrupted
+        done = grid.num_terminated + grid.num_errors
+        raise Interrupted(f"the search was stopped after {done} of {max(1, int(tune_cfg.num_samples * budget_scale))} "
+                          f"trials; its state is saved in {storage}/{experiment}: rerun the same command with "
+                          f"--resume to continue it (without --resume the search starts again)")
     return _summarise(grid, metric, mode, strategy, time.perf_counter() - t0, restored,
                       baseline_points(tune_cfg, model))
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """Ctrl-C ends the search as Tune's own handler does (trials stopped, the experiment state
+    written one last time, so ``--resume`` continues it), but the caller learns of it: Tune's handler
+    returns from ``fit()`` as if the search were complete, and the pipeline went on to register a
+    model from the partial search and cache it. Ours asks Tune to stop with SIGUSR1 (the same graceful
+    handler) with Tune's SIGINT handler turned off (TUNE_DISABLE_SIGINT_HANDLER); a second Ctrl-C
+    raises KeyboardInterrupt at once. Yields a function that says whether Ctrl-C was pressed."""
+    import signal
+    import threading
+    hit: list[float] = []
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+        yield lambda: False          # signals are the main thread's: leave Tune to its own handling
+        return
+
+    def on_sigint(signum, frame):
+        if hit:
+            raise KeyboardInterrupt
+        hit.append(time.monotonic())
+        if not callable(signal.getsignal(signal.SIGUSR1)):   # Tune installed no handler: SIGUSR1 would kill
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    old_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    old_int, old_usr1 = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield lambda: bool(hit)
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGUSR1, old_usr1)       # Tune leaves its handler installed
+        if old_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = old_env
+
+
+def _watch_restored(tuner, watch) -> None:
+    """A restored Tuner runs with the run config pickled when the search began; its SearchWatch came
+    back without a progress function (``Tuner.restore`` takes no run config). Put this run's watch in
+    its place, counting the trials that had already ended."""
+    from mlops_ray.train.progress import SearchWatch
+    try:
+        config = tuner._local_tuner.get_run_config()
+    except AttributeError:           # a Ray whose Tuner is laid out otherwise: no display, still resumes
+        return
+    config.callbacks = [cb for cb in config.callbacks or [] if not isinstance(cb, SearchWatch)] + [watch]
+    grid = tuner.get_results()
+    state = watch.state
+    state.done, state.failed = grid.num_terminated + grid.num_errors, grid.num_errors
+    for r in grid:
+        score = (r.metrics or {}).get(state.metric) if r.error is None else None
+        if state.better(score):
+            state.best = float(score)
 
 
 def _summarise(grid, metric: str, mode: str, strategy: str, seconds: float, restored: bool,

@@ -215,6 +215,60 @@ def test_killed_trial_worker_is_retried(first_run, tmp_path):
     assert all(t["error"] is None for t in result.trials)
 
 
+def _when_a_trial_runs(action, timeout: float = 60):
+    """Run ``action()`` from a thread once a trial's worker process exists."""
+    import subprocess
+    done = []
+
+    def wait():
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            out = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc.train"], capture_output=True, text=True)
+            if out.stdout.split():
+                time.sleep(1.0)
+                done.append(action())
+                return
+            time.sleep(0.2)
+
+    th = threading.Thread(target=wait, daemon=True)
+    th.start()
+    return th, done
+
+
+def test_ctrl_c_stops_the_search_and_resume_continues_it(first_run, tmp_path):
+    """Tune's own SIGINT handler made fit() return as if the search were complete; the pipeline then
+    registered and cached the partial search. Now Ctrl-C raises Interrupted (exit 130), and
+    --resume finishes the same experiment."""
+    from mlops_ray.config import TuneConfig
+    from mlops_ray.errors import ExitCode, Interrupted
+    from mlops_ray.train import tune as T
+    from mlops_ray.train import xgb as X
+    cfg, store, res = first_run
+    splits = X.load_splits(f"{res.data.out_dir}/features", res.data.spec, "binary")
+    slow = cfg.model.model_copy(update={"num_boost_round": 400, "early_stopping_rounds": 400})
+    # a choice without XGBoost's default depth 6: the baseline point takes the nearest (Ray's Optuna
+    # searcher refused the point that left the key out)
+    tcfg = TuneConfig(num_samples=3, report_every=20, scheduler="none", seed=3, max_concurrent=1,
+                      space={"max_depth": {"type": "choice", "values": [8, 10]}})
+    kw = dict(splits=splits, model=slow, tune_cfg=tcfg, storage=str(tmp_path / "tune"), experiment="ctrl-c",
+              strategy="single")
+    lines = []
+    th, sent = _when_a_trial_runs(lambda: os.kill(os.getpid(), signal.SIGINT))
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(Interrupted) as e:
+        T.run_search(**kw)
+    th.join(5)
+    assert sent, "no trial started to interrupt"
+    assert e.value.exit_code == ExitCode.INTERRUPTED == 130
+    assert "--resume to continue" in e.value.message and "ctrl-c" in e.value.message
+    assert signal.getsignal(signal.SIGINT) is before and not os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    again = T.run_search(**kw, resume=True, progress=lambda stage, msg: lines.append(msg))
+    assert again.restored and len(again.trials) == 3 and all(t["error"] is None for t in again.trials)
+    assert np.isfinite(again.best_score)
+    # the resumed search shows its progress, counting the trials that ended before the Ctrl-C
+    assert any("trial 3/3 done" in m for m in lines), lines
+
+
 def test_gate_retries_widen_the_search_then_reject(first_run):
     cfg, store, _ = first_run
     retry = cfg_for(cfg.data.source, store, gate={"min": {"auc": 0.999}, "retries": 1},
