@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import logging
 import math
@@ -769,6 +770,8 @@ def _check_http(uri: str, timeout_s: float) -> None:
             return e.code
         except urllib.error.URLError as e:
             raise ConnectionError(str(e.reason)) from None
+        except http.client.HTTPException:
+            return -1                           # something listens there, but does not answer HTTP
 
     status = _bounded(probe, timeout_s, lambda reason: RegistryError(
         f"the MLflow tracking server {shown} is not reachable ({reason}); "
@@ -776,6 +779,9 @@ def _check_http(uri: str, timeout_s: float) -> None:
     if status in (401, 403):
         raise RegistryError(f"the MLflow tracking server {shown} rejected the credentials (HTTP {status}); "
                             "set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or fix registry.tracking_uri")
+    if status == -1:
+        raise RegistryError(f"{shown} does not answer HTTP (another kind of server listens on that port), so it "
+                            "is not an MLflow tracking server; start the server or fix registry.tracking_uri")
     if status != 200:
         raise RegistryError(f"{shown} answered HTTP {status} on /health, so it does not look like an MLflow "
                             "tracking server; start the server or fix registry.tracking_uri")

@@ -91,3 +91,31 @@ def make_bundle(df: pd.DataFrame, path: Path, rounds: int = 20, metadata: dict |
 def bundle_dir(small_df, tmp_path_factory) -> str:
     """One real bundle per test session (read-only: copy it before changing it)."""
     return make_bundle(small_df, tmp_path_factory.mktemp("bundle") / "b")
+
+
+@pytest.fixture
+def not_http_port():
+    """A loopback port whose listener answers every connection with bytes that are not HTTP (as
+    a Ray gRPC port does when an HTTP client knocks), then hangs up."""
+    import socket
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(b"\x00\x00\x12\x04\x00\x00\x00\x00\x00\x00\x04\x00\x40\x00\x00\xfe\x01\n\n")
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join(2)
+    srv.close()

@@ -62,6 +62,7 @@ def resolve_servable(cfg: Config, registry, ref: str, *, force: bool = False, by
 def endpoints(cfg: Config) -> dict:
     """Where to send requests: the Serve proxy on serve.port, and the replicas' own ports (direct
     ingress, allocated from serve.port + 1), found by asking each candidate port for /healthz."""
+    import http.client
     import json
     import socket
     import urllib.request
@@ -78,7 +79,7 @@ def endpoints(cfg: Config) -> dict:
                 health = json.loads(r.read())
                 if "replica" in health and health.get("pipeline") == cfg.name:    # not another pipeline's
                     out["direct"].append(f"http://{host}:{port}/predict")
-        except (OSError, ValueError):
+        except (OSError, ValueError, http.client.HTTPException):   # not HTTP: e.g. a Ray gRPC port in the range
             continue
     return out
 

@@ -206,6 +206,13 @@ def test_unreachable_server_fails_fast_and_hides_credentials(tmp_path, uri):
         assert "http://***@127.0.0.1:9" in msg
 
 
+def test_a_server_that_does_not_speak_http_is_not_taken_for_mlflow(tmp_path, not_http_port):
+    reg = Registry(RegistryConfig(tracking_uri=f"http://127.0.0.1:{not_http_port}"), str(tmp_path), "p")
+    with pytest.raises(RegistryError, match=rf"127.0.0.1:{not_http_port} does not answer HTTP .* fix "
+                                             r"registry.tracking_uri"):
+        reg.check_reachable(timeout_s=2)
+
+
 def test_corrupt_sqlite_database_is_a_registry_error(tmp_path):
     (tmp_path / "mlflow.db").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(RegistryError, match=r"mlflow.db cannot be opened .*fix or move it"):
