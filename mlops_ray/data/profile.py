@@ -3,7 +3,10 @@
 Stages express what they need from the data as pure functions ``partial(table) -> obj``
 (validation counts, feature vocabularies, quantile sketches) and ``merge(list) -> obj``.
 ``profile_pass`` runs all of them in a single ``map_batches`` over a Ray Dataset and hands
-back the per-batch partials; only these small summaries reach the driver, never rows.
+back the per-batch partials; only these small summaries reach the driver, never rows. A
+partial function that may return something larger (a bounded row sample) also carries a
+``compact(list) -> partial``, and the driver folds its partials as they arrive, so it holds a
+few of them at a time, however many blocks the dataset has.
 
 Also here: a mergeable quantile summary (evenly spaced order statistics per batch,
 weighted by batch size) used for medians and time-split cut-offs.
@@ -18,6 +21,7 @@ import pyarrow as pa
 
 PartialFn = Callable[[pa.Table], Any]
 SKETCH_POINTS = 1025
+COMPACT_EVERY = 16          # partials of a compactable function held before they are folded into one
 
 
 def _run_partials(table: pa.Table, fns: dict[str, PartialFn]) -> pa.Table:
@@ -34,7 +38,11 @@ def profile_pass(ds, fns: dict[str, PartialFn]) -> dict[str, list[Any]]:
                          batch_size=None, zero_copy_batch=True)
     result: dict[str, list[Any]] = {k: [] for k in fns}
     for row in out.iter_rows():
-        result[row["key"]].append(pickle.loads(row["blob"]))
+        parts = result[row["key"]]
+        parts.append(pickle.loads(row["blob"]))
+        compact = getattr(fns[row["key"]], "compact", None)
+        if compact is not None and len(parts) >= COMPACT_EVERY:
+            parts[:] = [compact(parts)]
     return result
 
 

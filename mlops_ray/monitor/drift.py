@@ -199,6 +199,8 @@ class _InWindow:
 
     def __init__(self, fn, since, until):
         self.fn, self.since, self.until = fn, since, until
+        if hasattr(fn, "compact"):           # profile_pass folds such partials as they arrive
+            self.compact = fn.compact
 
     def __call__(self, table: pa.Table):
         import pyarrow.compute as pc
@@ -333,8 +335,13 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
             ds = ray.data.read_parquet(files, filesystem=fs)
             count = _InWindow(count, since_t, until_t)
         progress("monitor", f"binning the window against version {version}'s reference in one Ray Data pass")
-        parts = profile_pass(ds, {"counts": count})["counts"]
-        counts = R.merge_counts(parts)
+        fns = {"counts": count}
+        n_sample = cfg.monitor.domain_classifier.sample_rows
+        if cfg.monitor.domain_classifier.enabled:     # the window's sample comes from the same pass
+            sample = WindowSample(n_sample, cfg.tune.seed, list(spec.input_columns), is_log=data is None)
+            fns["sample"] = sample if data else _InWindow(sample, since_t, until_t)
+        parts = profile_pass(ds, fns)
+        counts = R.merge_counts(parts["counts"])
         rows = max((c.get("n", 0) for c in counts.values()), default=0)
         if rows == 0:
             raise MonitorError(f"the window {_span(since_t, until_t)} of {desc['path']} holds no rows; widen it "
@@ -344,7 +351,7 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
         report["multivariate"] = None
         if cfg.monitor.domain_classifier.enabled:
             progress("monitor", "domain classifier: reference rows vs window rows")
-            report["multivariate"] = _domain(cfg, store, bundle, ds, data is None, since_t, until_t)
+            report["multivariate"] = _domain(cfg, store, bundle, merge_sample(parts["sample"], n_sample))
     if report["multivariate"] and report["multivariate"].get("drifted"):
         report["drift"] = True
     report.update({"pipeline": cfg.name, "version": str(version), "window": desc,
@@ -410,37 +417,73 @@ def profile_inputs(ds, input_types: dict, mon: MonitorConfig, pass_fn, wrap=lamb
     return R.input_profile(layout, counts)
 
 
-def _domain(cfg: Config, store, bundle, ds, is_log: bool, since_t, until_t) -> dict:
-    """Model-input rows: a sample of the training split vs a sample of the window (transformed)."""
-    import pyarrow.dataset as pads
-
+def _domain(cfg: Config, store, bundle, window: pa.Table | None) -> dict:
+    """Model-input rows: a sample of the training split (read batch by batch) vs the window's sample
+    (transformed as the model's inputs are)."""
     from mlops_ray.data.features import frame, transform
+    from mlops_ray.train import xgb as X
     n = cfg.monitor.domain_classifier.sample_rows
     key = bundle.metadata.get("data_key")
     train_dir = store.path(cfg.name, "data", key, "features", "split=train") if key else None
     if not train_dir or not store.exists(train_dir):
         return {"auc": None, "drifted": False, "top_features": [],
                 "note": "the training split of this version is no longer in the store"}
-    names = list(bundle.spec.output_columns)
-    tr = pads.dataset(train_dir, filesystem=store.fs, format="parquet").to_table(columns=names)
-    rng = np.random.default_rng(cfg.tune.seed)
-    if tr.num_rows > n:
-        tr = tr.take(np.sort(rng.choice(tr.num_rows, n, replace=False)))
-    total = ds.count()
-    frac = min(1.0, 1.5 * n / max(total, 1))
-    sample = ds.random_sample(frac, seed=cfg.tune.seed) if frac < 1 else ds
-    blocks = [b for b in sample.iter_batches(batch_format="pyarrow", batch_size=None)]
-    table = pa.concat_tables(blocks, promote_options="permissive") if blocks else None
-    if table is None or not table.num_rows:
+    if window is None or not window.num_rows:
         return {"auc": None, "drifted": False, "top_features": [], "note": "no window rows sampled"}
-    if is_log:
-        table = _InWindow(lambda t: t, since_t, until_t)(table)
-        cols = R.input_columns(table)
-        table = pa.table({c: cols[c] for c in bundle.spec.input_columns if c in cols})
-    df = frame(table)
-    if len(df) > n:
-        df = df.sample(n, random_state=cfg.tune.seed)
-    win_X = transform(df, bundle.spec)[names].to_numpy(np.float32)
-    ref_X = tr.to_pandas()[names].to_numpy(np.float32)
+    names = list(bundle.spec.output_columns)
+    win_X = transform(frame(window), bundle.spec)[names].to_numpy(np.float32)
+    ref_X = X.sample_rows(train_dir, bundle.spec, n, seed=cfg.tune.seed, filesystem=store.fs)
     return domain_classifier(ref_X, win_X, names, list(bundle.spec.feature_types),
                              cfg.monitor.domain_classifier.min_auc, seed=cfg.tune.seed)
+
+
+class WindowSample:
+    """A seeded uniform sample of at most ``k`` rows of one block, as a partial of the binning pass
+    (bottom-k: every row draws a key, a block keeps its k smallest, and ``merge_sample`` keeps the k
+    smallest of all, which is a uniform sample of the whole window without a second read of it; the
+    count, random_sample and iteration it replaces were three more Ray Data executions). A block's
+    keys are seeded by the seed and the block's content, so the same window gives the same sample."""
+
+    def __init__(self, k: int, seed: int, columns: list[str], is_log: bool = False):
+        self.k, self.seed, self.columns, self.is_log = k, seed, columns, is_log
+
+    def __call__(self, table: pa.Table) -> tuple[np.ndarray, pa.Table]:
+        if self.is_log:          # the log holds the request's raw inputs as columns of their own
+            cols = R.input_columns(table)
+            table = pa.table({c: cols[c] for c in self.columns if c in cols})
+        else:
+            table = table.select([c for c in self.columns if c in table.column_names])
+        n = table.num_rows
+        keys = np.random.default_rng(_block_seed(self.seed, table)).random(n)
+        if n > self.k:
+            keep = np.sort(np.argpartition(keys, self.k)[:self.k])
+            keys, table = keys[keep], table.take(keep)
+        return keys, table
+
+    def compact(self, parts: list[tuple[np.ndarray, pa.Table]]) -> tuple[np.ndarray, pa.Table]:
+        return _bottom_k(parts, self.k)
+
+
+def _block_seed(seed: int, table: pa.Table) -> int:
+    import hashlib
+    n = table.num_rows
+    edge = f"{seed}|{n}|{table.slice(0, 4).to_pylist()}|{table.slice(max(0, n - 4)).to_pylist()}"
+    return int.from_bytes(hashlib.blake2b(edge.encode(), digest_size=8).digest(), "little")
+
+
+def merge_sample(parts: list[tuple[np.ndarray, pa.Table]], k: int) -> pa.Table | None:
+    keys, table = _bottom_k(parts, k)
+    return table if table.num_rows else None
+
+
+def _bottom_k(parts: list[tuple[np.ndarray, pa.Table]], k: int) -> tuple[np.ndarray, pa.Table]:
+    """The k rows with the smallest keys over all partials (itself a partial: merging is associative)."""
+    parts = [(keys, t) for keys, t in parts if t.num_rows]
+    if not parts:
+        return np.empty(0), pa.table({})
+    keys = np.concatenate([keys for keys, _ in parts])
+    table = pa.concat_tables([t for _, t in parts], promote_options="permissive")
+    if table.num_rows > k:
+        keep = np.sort(np.argpartition(keys, k)[:k])
+        keys, table = keys[keep], table.take(keep)
+    return keys, table

@@ -68,6 +68,9 @@ def test_the_drift_report_names_the_moved_columns_and_the_report_is_self_contain
     latest = json.loads((story["store"] / "monitor" / "latest.json").read_text())
     assert latest["drift"] and "amount" in latest["drifted"]
     assert latest["window"]["source"] == "predlog" and latest["window"]["rows"] > 1000
+    mv = latest["multivariate"]       # window rows sampled in the binning pass, reference from the split
+    assert mv["auc"] is not None and mv["rows"][1] == min(latest["window"]["rows"], 20000), mv
+    assert mv["rows"][0] > 1000 and mv["top_features"], mv
     html = (story["work"] / "r.html").read_text()
     assert html.count("data:image/png;base64,") >= 5 and "https://" not in html.split("<body")[1][:200000]
 

@@ -160,3 +160,44 @@ def test_merged_spread_keeps_precision_for_a_large_mean():
     lay = R.merge_layout([R.sketch_partial(t, {"v": "float"})], {"v": "float"}, 10, 10)
     parts = [R.count_partial(t.slice(i, 50_000), lay) for i in range(0, 200_000, 50_000)]
     assert R.merge_counts(parts)["v"]["std"] == pytest.approx(x.std(), rel=1e-3)
+
+
+def test_the_window_sample_is_uniform_bounded_and_the_same_for_the_same_window():
+    """The domain classifier's window rows come from the binning pass (bottom-k per block, merged):
+    at most k rows, every row as likely as any other whatever the block sizes, and the same
+    window gives the same sample."""
+    n, k = 6000, 600
+    t = pa.table({"amount": np.arange(n, dtype=np.float64), "channel": ["a", "b", "c"] * (n // 3),
+                  "label": np.zeros(n)})
+    sampler = D.WindowSample(k, seed=3, columns=["amount", "channel"])
+
+    def sample(batch_rows):
+        return D.merge_sample(profile_local(t, {"s": sampler}, batch_rows=batch_rows)["s"], k)
+
+    s = sample(1000)
+    assert s.num_rows == k and s.column_names == ["amount", "channel"]       # the label is not taken
+    assert s.equals(sample(1000))
+    assert len(set(s.column("amount").to_pylist())) == k                     # without replacement
+    hits = np.zeros(n)
+    for seed in range(40):
+        parts = profile_local(t, {"s": D.WindowSample(k, seed, ["amount"])}, batch_rows=[700, 2500][seed % 2])
+        hits[np.asarray(D.merge_sample(parts["s"], k).column("amount"), int)] += 1
+    # each row in about 40 * k / n = 4 samples; by sixths of the data (blocks of unequal size) within 10 %
+    sixths = hits.reshape(6, -1).sum(axis=1)
+    assert np.all(np.abs(sixths / sixths.mean() - 1) < 0.1), sixths
+    # profile_pass folds a long list of partials as they arrive: folding changes nothing
+    parts = profile_local(t, {"s": sampler}, batch_rows=200)["s"]
+    folded = [sampler.compact(parts[:16])] + parts[16:]
+    assert folded[0][1].num_rows == k and D.merge_sample(folded, k).equals(D.merge_sample(parts, k))
+    assert D.merge_sample([], k) is None
+    small = D.merge_sample(profile_local(t.slice(0, 50), {"s": sampler})["s"], k)
+    assert small.num_rows == 50
+
+
+def test_the_window_sample_reads_a_prediction_logs_inputs():
+    inputs = pa.StructArray.from_arrays([pa.array([1.0, 2.0, 3.0]), pa.array(["x", "y", "z"])],
+                                        names=["amount", "channel"])
+    log = pa.table({"ts": pa.array([1, 2, 3], pa.timestamp("us")), "inputs": inputs,
+                    "prediction": [0.1, 0.2, 0.3]})
+    keys, t = D.WindowSample(10, 0, ["amount", "channel"], is_log=True)(log)
+    assert t.column_names == ["amount", "channel"] and t.num_rows == 3 and len(keys) == 3
