@@ -658,6 +658,9 @@ def feedback_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
             return
         out.print(f"[green]✓[/] {res['labels']:,} labels stored (key {res['key']}); {res['unknown_ids']:,} with ids "
                   f"never predicted (ignored), {res['duplicates']:,} duplicates (the last one counts)")
+        if res.get("unknown_classes"):
+            out.print(f"  [yellow]![/] classes no logged version knows: {', '.join(res['unknown_classes'])} "
+                      "(scored as wrong answers)")
         for v, m in res["versions"].items():
             val = "-" if m["value"] is None else f"{m['value']:.4f}"
             out.print(f"  version {v}: {m['labelled']:,} of {m['predictions']:,} predictions labelled "

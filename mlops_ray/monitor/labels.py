@@ -8,7 +8,10 @@ In: the prediction log (``predlog.py``: one record per predicted row, keyed by
 ``{store}/{name}/labels/`` — any layout below it, hidden (``.``) and underscore (``_``)
 files and directories ignored. A label file holds at least ``request_id`` and the label
 column (``data.label``), optionally ``row`` (the row's index in its request, default 0);
-other columns are ignored (never read).
+other columns are ignored (never read). A multiclass label is the class as the training data
+spelled it (``Ideal``, or ``3`` for numeric classes), read as text and matched per version
+against that version's own classes (``version_classes``: a retrained model may know other
+classes, in another order); a class the version never saw counts as a wrong answer.
 
 Out: ``live_metric`` → ``{"name", "stable", "canary", "higher_is_better", "rows"}`` as
 ``rollout.judge(live=...)`` expects, or None when there is nothing to judge yet.
@@ -109,7 +112,16 @@ def _label_files(fs: pafs.FileSystem, root: str) -> list[str]:
     return [p for _, p in sorted(files)]
 
 
-def _read_label_file(fs, path: str, label: str, ids: pa.Array) -> tuple[str, object]:
+def _as_text(col) -> pa.Array:
+    """A label column as the text training matched classes by (``features.label_codes``: NaN is missing)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_floating(col.type):
+        col = pc.if_else(pc.is_nan(col), None, col)
+    return pc.cast(col, pa.string())
+
+
+def _read_label_file(fs, path: str, label: str, ids: pa.Array, as_text: bool = False) -> tuple[str, object]:
     """("ok", table) | ("missing", columns) | ("unreadable", error) for one label file."""
     fmt = pads.ParquetFileFormat()
     try:
@@ -126,20 +138,22 @@ def _read_label_file(fs, path: str, label: str, ids: pa.Array) -> tuple[str, obj
         return "unreadable", e
     try:
         rid = pc.cast(t["request_id"], pa.string())
-        y = pc.cast(t[label], pa.float64())
+        y = _as_text(t[label]) if as_text else pc.cast(t[label], pa.float64())
         row = pc.cast(t["row"], pa.int64()) if "row" in names else pa.nulls(t.num_rows, pa.int64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise ServingError(
-            f"label file {path}: cannot read request_id / row / '{label}' as string / integer / number ({e}); "
-            f"write request_id as text, row as an integer and '{label}' as a number (0/1 for binary, "
-            "the class index for multiclass)") from None
+            f"label file {path}: cannot read request_id / row / '{label}' as string / integer / "
+            f"{'text' if as_text else 'number'} ({e}); write request_id as text, row as an integer and '{label}' "
+            f"as {'the class' if as_text else 'a number (0/1 for binary)'}") from None
     out = pa.table({"request_id": rid, "row": pc.fill_null(row, 0), _LABEL: y})
-    mask = pc.and_(pc.and_(pc.is_valid(out["request_id"]), pc.is_valid(out[_LABEL])), pc.invert(pc.is_nan(y)))
+    mask = pc.and_(pc.is_valid(out["request_id"]), pc.is_valid(out[_LABEL]))
+    if not as_text:
+        mask = pc.and_(mask, pc.invert(pc.is_nan(y)))
     mask = pc.and_(pc.fill_null(mask, False), pc.is_in(out["request_id"], value_set=ids))
     return "ok", out.filter(mask)
 
 
-def _read_labels(root: str, label: str, ids: pa.Array) -> pa.Table | None:
+def _read_labels(root: str, label: str, ids: pa.Array, as_text: bool = False) -> pa.Table | None:
     """(request_id, row, label) for the request ids in ``ids``; the last label per key wins.
     None when there is no labels directory or no label file in it."""
     fs, path = filesystem_for(root)
@@ -149,7 +163,7 @@ def _read_labels(root: str, label: str, ids: pa.Array) -> pa.Table | None:
     if not files:
         return None
     with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(files))) as ex:
-        results = list(ex.map(lambda p: _read_label_file(fs, p, label, ids), files))
+        results = list(ex.map(lambda p: _read_label_file(fs, p, label, ids, as_text), files))
     tables, missing, unreadable = [], {}, {}
     for p, (status, value) in zip(files, results):
         if status == "ok":
@@ -201,14 +215,37 @@ def _argmax(preds: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return out, ok
 
 
-def _score(task: str, y: np.ndarray, p, min_rows: int, labels_root: str, label: str) -> tuple[float | None, int]:
+def _class_codes(y: pa.Array, classes: list[str] | None, labels_root: str, label: str) -> np.ndarray:
+    """Text labels -> the version's class codes (-1: a class it does not know). Without the
+    version's classes, the labels must be the codes themselves."""
+    from mlops_ray.data.features import label_codes
+    if classes:
+        return label_codes(y, classes).astype(np.float64)
+    try:
+        codes = np.asarray(pc.cast(y, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        codes = None
+    if codes is None or (codes.size and not np.equal(np.mod(codes, 1), 0).all()):
+        bad = [v for v in pc.unique(y).to_pylist() if not _is_int(v)][:5]
+        raise ServingError(f"labels '{label}' under {labels_root}: {bad} are not classes of this model, and its "
+                           "class names are not known here; give the class as the training data spelled it")
+    return codes
+
+
+def _is_int(v) -> bool:
+    try:
+        return float(v) == int(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _score(task: str, y, p, min_rows: int, labels_root: str, label: str,
+           classes: list[str] | None = None) -> tuple[float | None, int]:
     """(metric or None, labeled rows used) of one version."""
     if task == "multiclass":
         cls, ok = _argmax(p)
+        y = _class_codes(y, classes, labels_root, label)
         y, cls = y[ok], cls[ok]
-        if y.size and not np.equal(np.mod(y, 1), 0).all():
-            raise ServingError(f"labels '{label}' under {labels_root} must be class indices 0..k-1 for a multiclass "
-                               f"model; got e.g. {np.unique(y[np.mod(y, 1) != 0])[:5].tolist()}")
         n = int(y.size)
         return (float(np.mean(cls == y)) if n >= min_rows else None), n
     pv = pc.fill_null(p, math.nan).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -228,13 +265,15 @@ def _score(task: str, y: np.ndarray, p, min_rows: int, labels_root: str, label: 
 
 
 def live_metric(predlog_root: str, labels_root: str, label: str, task: str, stable: str, canary: str, since: float,
-                *, min_rows: int = 50) -> dict | None:
+                *, min_rows: int = 50, classes: dict[str, list[str] | None] | None = None) -> dict | None:
     """Canary vs stable on the logged predictions (``ts >= since``, epoch seconds) that have labels.
 
     Joins the prediction log with the labels on ``(request_id, row)`` (the last label per key
     wins; null labels are dropped) and scores each version: ``auc`` (binary; None with fewer
     than ``min_rows`` labeled rows or a single class), ``rmse`` (regression; lower is better),
-    ``accuracy`` of the argmax (multiclass); None below ``min_rows``. Returns
+    ``accuracy`` of the argmax (multiclass: ``classes`` maps a version to its class names, by
+    which the text labels are matched; a version without them takes labels as class codes);
+    None below ``min_rows``. Returns
     ``{"name", "stable", "canary", "higher_is_better", "rows": {version: labeled rows}}``, or
     None when there is no labels directory, no label file or no labeled row at all (no
     prediction since ``since`` included: the label files are then not read).
@@ -249,7 +288,8 @@ def live_metric(predlog_root: str, labels_root: str, label: str, task: str, stab
     preds = _read_predictions(predlog_root, task, versions, since)
     if not preds.num_rows:
         return None                         # nothing to label yet: the label files are not even opened
-    labels = _read_labels(labels_root, label, pc.unique(preds["request_id"]))
+    multiclass = task == "multiclass"
+    labels = _read_labels(labels_root, label, pc.unique(preds["request_id"]), as_text=multiclass)
     if labels is None or not labels.num_rows:
         return None
     left = pa.table({"request_id": preds["request_id"], "row": preds["row"],
@@ -259,14 +299,15 @@ def live_metric(predlog_root: str, labels_root: str, label: str, task: str, stab
         return None
     joined = joined.sort_by("_li")
     picked = preds.take(joined["_li"])
-    y_all = joined[_LABEL].to_numpy().astype(np.float64)
+    y_all = joined[_LABEL].combine_chunks() if multiclass else joined[_LABEL].to_numpy().astype(np.float64)
     ver_all = picked["model_version"].to_numpy(zero_copy_only=False)
     name, higher = METRIC[task]
     out: dict = {"name": name, "stable": None, "canary": None, "higher_is_better": higher, "rows": {}}
     for role, v in (("stable", str(stable)), ("canary", str(canary))):
         sel = ver_all == v
-        value, n = _score(task, y_all[sel], picked["prediction"].filter(pa.array(sel)), min_rows, labels_root,
-                          label)
+        y = y_all.filter(pa.array(sel)) if multiclass else y_all[sel]
+        value, n = _score(task, y, picked["prediction"].filter(pa.array(sel)), min_rows, labels_root, label,
+                          (classes or {}).get(v))
         out[role] = value
         out["rows"][v] = n
     if not any(out["rows"].values()):
@@ -285,6 +326,7 @@ class LiveMetric:
         store = Store(cfg.store)
         self.predlog, self.labels = store.uri(cfg.name, "predlog"), store.uri(cfg.name, "labels")
         self._at, self._value, self._key, self.problem = 0.0, None, None, None
+        self._classes: dict = {}          # version -> class names (multiclass), fetched once
 
     def __call__(self, state) -> dict | None:
         key = (state.stable, state.canary, state.step_started)
@@ -292,9 +334,11 @@ class LiveMetric:
             return self._value
         self._key, self._at = key, time.time()
         try:
+            todo = [str(v) for v in {state.stable, state.canary} if v and str(v) not in self._classes]
+            self._classes.update({v: None for v in todo} | version_classes(self.cfg, todo))
             self._value = live_metric(self.predlog, self.labels,
                                       self.cfg.data.label, self.cfg.model.task, state.stable, state.canary,
-                                      state.step_started)
+                                      state.step_started, classes=self._classes)
         except MlopsError as e:
             self._value, self.problem = None, e.message
         return self._value
@@ -338,16 +382,23 @@ def feedback(cfg, labels_path: str, *, now: float | None = None) -> dict:
                            f"{', '.join(t.column_names)}); rename it or set data.label")
     col = t[label]
     ok_type = pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)
-    if not ok_type:
+    store = Store(cfg.store)
+    unknown_classes: list[str] = []
+    if task == "multiclass":         # the class as the training data spelled it: text, matched per version
+        y = _as_text(col)
+        known_classes = {c for cs in version_classes(cfg, _versions(store, cfg)).values() for c in cs or []}
+        if known_classes:
+            unknown_classes = sorted(set(pc.unique(y.drop_null()).to_pylist()) - known_classes)[:10]
+    elif not ok_type:
         raise MonitorError(f"--labels {labels_path}: column '{label}' is {'text' if 'string' in str(col.type) else col.type}, not a number; a {task} label "
-                           f"must be numeric ({'0/1 or true/false' if task == 'binary' else 'the class index' if task == 'multiclass' else 'a number'})")
-    y = np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+                           f"must be numeric ({'0/1 or true/false' if task == 'binary' else 'a number'})")
+    else:
+        y = np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
     if task == "binary" and not np.isin(y[np.isfinite(y)], (0.0, 1.0)).all():
         bad = [float(v) for v in sorted(set(y[np.isfinite(y)].tolist()) - {0.0, 1.0})[:5]]
         raise MonitorError(f"--labels {labels_path}: column '{label}' holds {bad} — a binary label must be 0 or 1")
     rid = pc.cast(t[key], pa.string())
     row = pc.cast(t["row"], pa.int64()) if "row" in t.column_names else pa.array(np.zeros(t.num_rows, np.int64))
-    store = Store(cfg.store)
     if key != "request_id":
         rid, row = _ids_to_requests(store.uri(cfg.name, "predlog"), key, rid, row)
     clean = pa.table({"request_id": rid, "row": row, label: pa.array(y)})
@@ -364,7 +415,24 @@ def feedback(cfg, labels_path: str, *, now: float | None = None) -> dict:
     with store.fs.open_output_stream(dest) as f:
         pq.write_table(clean, f)
     return {"labels": t.num_rows, "duplicates": duplicates, "unknown_ids": unknown, "stored": dest,
-            "key": key, **completeness(cfg)}
+            "key": key, "unknown_classes": unknown_classes, **completeness(cfg)}
+
+
+def version_classes(cfg, versions) -> dict[str, list[str] | None]:
+    """Each version's class names (its bundle's spec), which multiclass labels are matched by;
+    {} for other tasks. A version the registry cannot give is left out (logged): its labels are
+    then taken as class codes."""
+    if cfg.model.task != "multiclass":
+        return {}
+    from mlops_ray.registry import Registry
+    reg, out = Registry(cfg.registry, cfg.store, cfg.name), {}
+    for v in versions:
+        try:
+            out[str(v)] = reg.load_bundle(str(v)).spec.classes
+        except MlopsError as e:
+            log.warning("the classes of version %s are not known (%s); its labels are taken as class codes", v,
+                        e.message)
+    return out
 
 
 def _ids_to_requests(root: str, id_column: str, ids: pa.Array, rows: pa.Array) -> tuple[pa.Array, pa.Array]:
@@ -400,10 +468,12 @@ def completeness(cfg, since: float | None = None) -> dict:
     from mlops_ray.store import Store
     store = Store(cfg.store)
     out = {}
-    for v in sorted(_versions(store, cfg), key=lambda s: (len(s), s)):
+    versions = sorted(_versions(store, cfg), key=lambda s: (len(s), s))
+    classes = version_classes(cfg, versions)
+    for v in versions:
         logged = _read_predictions(store.uri(cfg.name, "predlog"), cfg.model.task, [v], since).num_rows
         m = live_metric(store.uri(cfg.name, "predlog"), store.uri(cfg.name, "labels"), cfg.data.label,
-                        cfg.model.task, v, v, since or 0.0, min_rows=1)
+                        cfg.model.task, v, v, since or 0.0, min_rows=1, classes=classes)
         labelled = (m or {}).get("rows", {}).get(v, 0)
         out[v] = {"predictions": logged, "labelled": labelled,
                   "completeness": round(labelled / logged, 4) if logged else 0.0,

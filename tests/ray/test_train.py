@@ -336,6 +336,30 @@ def test_a_text_multiclass_label_is_encoded_and_answers_by_class_name(data_dir, 
     p = bundle.predict(df.head(50))
     assert p.shape == (50, len(bundle.spec.classes))
 
+    # labels arrive later by class name (as /predict answers): matched against this version's classes
+    import os
+    import time
+
+    from mlops_ray.monitor.labels import feedback
+    from mlops_ray.monitor.predlog import PredictionLog
+    seen = df[df["device"].notna()].head(40)
+    probs = bundle.predict(seen)
+    lg = PredictionLog(os.path.join(cfg.store, cfg.name, "predlog"), {"amount": "float"}, owner="t",
+                       spool_dir=str(tmp_path / "spool"), flush_rows=10**9, flush_s=3600.0, multiclass=True)
+    for i, row in enumerate(probs):
+        lg.append(f"r{i}", str(res.version), [{"amount": 1.0}], [row.tolist()], ts=time.time())
+    lg.flush()
+    lg.close()
+    truth = seen["device"].tolist()
+    truth[0] = "a device nobody trained on"
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"request_id": [f"r{i}" for i in range(40)], "device": truth}).to_csv(labels, index=False)
+    fb = feedback(cfg, str(labels))
+    v = fb["versions"][str(res.version)]
+    right = [bundle.spec.classes[int(np.argmax(probs[i]))] == truth[i] for i in range(40)]
+    assert fb["unknown_classes"] == ["a device nobody trained on"] and v["labelled"] == 40
+    assert v["metric"] == "accuracy" and v["value"] == pytest.approx(np.mean(right)) and not right[0]
+
 
 def test_a_class_seen_only_after_the_training_period_is_named(tmp_path):
     from mlops_ray.data.synth import SynthSpec, generate_chunk

@@ -176,6 +176,26 @@ def test_multiclass_accuracy_of_argmax(tmp_path):
     assert got["stable"] == 1.0 and got["canary"] == pytest.approx(40 / 60)
 
 
+def test_multiclass_labels_by_class_name_are_matched_per_version(tmp_path):
+    # a retrained version may know other classes, in another order: code 1 is "b" to one, "c" to the other
+    requests = [(f"r{i}", STABLE if i < 60 else CANARY, [[0.1, 0.7, 0.2]], T0 + i) for i in range(120)]
+    root = write_log(tmp_path, requests, multiclass=True)
+    names = ["b"] * 50 + ["zebra"] * 10 + ["c"] * 60           # 'zebra': a class neither version knows
+    write_labels(labels_dir(tmp_path) / "l.parquet", {"request_id": [f"r{i}" for i in range(120)], "kind": names})
+    got = run(tmp_path, root, task="multiclass", label="kind",
+              classes={STABLE: ["a", "b", "c"], CANARY: ["b", "c", "d"]})
+    assert got["stable"] == pytest.approx(50 / 60) and got["canary"] == 1.0
+    assert got["rows"] == {STABLE: 60, CANARY: 60}
+
+
+def test_multiclass_class_names_without_the_versions_classes_are_refused(tmp_path):
+    root = write_log(tmp_path, [(f"r{i}", STABLE, [[0.2, 0.8]], T0 + i) for i in range(5)], multiclass=True)
+    write_labels(labels_dir(tmp_path) / "l.parquet", {"request_id": ["r1", "r2"], "kind": ["cat", "1"]})
+    with pytest.raises(ServingError, match=r"\['cat'\] are not classes of this model, and its class names are "
+                                           r"not known here; give the class as the training data spelled it"):
+        run(tmp_path, root, task="multiclass", label="kind")
+
+
 # ---------------------------------------------------------------- errors, time window
 
 def test_missing_label_column_raises(tmp_path):
