@@ -22,11 +22,12 @@ function (``mlops_ray.train.evaluate.metrics_for``):
   model (trained on train) scores the test split.
 
 ``test_refit`` (defaults and optuna rows) is the same configuration refitted on train+valid for
-best_iteration+1 rounds, as the pipeline's final model is: it separates what the search finds
-from what the refit adds (on a time split the refit sees the valid period, the one nearest test).
-``test_refit_scaled`` is the other refit rule item 2 of the quality issue names: the rounds scaled
-by the rows the refit adds, ``round((best_iteration+1) * (train+valid) / train)``; the two refit
-columns side by side are the measurement behind the pipeline's rule (README, model.refit).
+best_iteration+1 rounds (``model.refit_rounds: same``): it separates what the search finds from
+what the refit adds (on a time split the refit sees the valid period, the one nearest test).
+``test_refit_scaled`` is the rule the pipeline's final model follows by default
+(``model.refit_rounds: scaled``): the rounds scaled by the rows the refit adds,
+``round((best_iteration+1) * (train+valid) / train)``; the two refit columns side by side are
+the measurement behind that default (README, model.refit_rounds).
 
 Data sets (no download at run time), written once to ``benchmarks/.data/quality/<name>/`` and reused:
 

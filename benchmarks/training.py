@@ -167,7 +167,7 @@ def single_rows(p, opts: Options, storage: str, extra_default_cpus: bool) -> lis
     # refit: train_final vs native on the concatenated arrays
     Xf = np.concatenate([s.X["train"], s.X["valid"]])
     yf = np.concatenate([s.y["train"], s.y["valid"]])
-    model = with_model(p, num_boost_round=ROUNDS, refit="train_valid", strategy="single")
+    model = with_model(p, num_boost_round=ROUNDS, refit="train_valid", refit_rounds="same", strategy="single")
     params = _params(p, nt)
     tp, tn = _pair("refit", opts.repeats, lambda: pipeline_refit(p, model),
                    lambda: native_fit(Xf, yf, s.spec, params, ROUNDS))
@@ -205,7 +205,8 @@ def distributed_rows(p, opts: Options, storage: str) -> list[dict]:
 
     Xf = np.concatenate([s.X["train"], s.X["valid"]])
     yf = np.concatenate([s.y["train"], s.y["valid"]])
-    model = with_model(p, num_boost_round=ROUNDS, refit="train_valid", strategy="distributed", num_workers=1)
+    model = with_model(p, num_boost_round=ROUNDS, refit="train_valid", refit_rounds="same", strategy="distributed",
+                       num_workers=1)
     try:
         tp, tn = _pair("distributed refit", opts.repeats, lambda: pipeline_refit(p, model, storage, "distributed"),
                        lambda: native_fit(Xf, yf, s.spec, params1, ROUNDS))

@@ -98,6 +98,17 @@ def test_early_stopping_patience_follows_the_round_budget():
     assert split_trial_config({"early_stopping_rounds": 5}, ModelConfig())[2] == 5
 
 
+def test_a_train_valid_refit_scales_the_best_trials_rounds_by_the_rows_it_adds():
+    from mlops_ray.config import ModelConfig
+    from mlops_ray.train.tune import refit_rounds
+    rows = {"train": 70_000, "valid": 10_000, "test": 20_000}
+    assert refit_rounds(69, ModelConfig(), rows) == 80                                # 70 x 80k / 70k
+    assert refit_rounds(69, ModelConfig(refit_rounds="same"), rows) == 70
+    assert refit_rounds(69, ModelConfig(refit="best_trial"), rows) == 70               # train alone: as searched
+    assert refit_rounds(0, ModelConfig(), {"train": 3, "valid": 1}) == 1
+    assert refit_rounds(9, ModelConfig(), {"train": 0, "valid": 5}) == 10              # nothing to scale by
+
+
 def test_trials_evaluate_only_the_tuned_metric():
     from mlops_ray.config import ModelConfig, TuneConfig
     from mlops_ray.train.xgb import base_params, resolve_metric
