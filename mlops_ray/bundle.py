@@ -107,9 +107,17 @@ def load_bundle(path: str) -> Bundle:
         booster.load_model(os.path.join(path, "model.ubj"))
     except xgb.core.XGBoostError as e:
         raise RegistryError(f"model.ubj in {path!r} cannot be loaded ({e}); re-register the model") from None
-    spec = FeatureSpec.from_dict(_read(path, "features.json"))
+    spec = load_spec(path)
     return Bundle(booster=booster, spec=spec, metadata=_read(path, "metadata.json"),
                   reference=_read(path, "reference.json"), schema=_read(path, "schema.json"), path=path)
+
+
+def load_spec(path: str) -> FeatureSpec:
+    """A bundle's FeatureSpec alone (features.json)."""
+    if not os.path.isfile(os.path.join(path, "features.json")):
+        raise RegistryError(f"model bundle at {path!r} is incomplete: missing features.json; "
+                            "re-register the model with `mlops-ray run`")
+    return FeatureSpec.from_dict(_read(path, "features.json"))
 
 
 def _write(path: str, name: str, obj) -> None:

@@ -38,7 +38,9 @@ from importlib import metadata
 
 from mlops_ray.bundle import FILES, Bundle
 from mlops_ray.bundle import load_bundle as load_bundle_dir
+from mlops_ray.bundle import load_spec as load_spec_dir
 from mlops_ray.config import RegistryConfig
+from mlops_ray.data.features import FeatureSpec
 from mlops_ray.errors import ConfigError, RegistryError
 
 CHAMPION = "champion"
@@ -564,8 +566,23 @@ class Registry:
                     "re-run the pipeline or move the alias")
         return f"version {version} of model {name!r} {problem}; re-run the pipeline or use another version"
 
-    def _fetch(self, name: str, mv, alias: str | None) -> Bundle:
-        """Download a version's bundle into the cache (once: versions are immutable) and load it."""
+    def load_spec(self, ref: str) -> FeatureSpec:
+        """The FeatureSpec of a version's bundle (its features, classes), without loading the booster."""
+        name, version, alias = self._parse_ref(ref)
+        if alias is not None:
+            version = self._alias_target(name, alias)
+        return self._fetch(name, self._version(name, version, alias), alias, load_spec_dir)
+
+    def _fetch(self, name: str, mv, alias: str | None, load=load_bundle_dir):
+        """A version's bundle (or what ``load`` reads of it), from the cache (``_cached``)."""
+        dest = self._cached(name, mv, alias)
+        try:
+            return load(dest)
+        except RegistryError as e:
+            raise RegistryError(self._broken(name, str(mv.version), alias, f"cannot be loaded: {e.message}")) from None
+
+    def _cached(self, name: str, mv, alias: str | None) -> str:
+        """Download a version's bundle into the cache (once: versions are immutable); its directory."""
         version = str(mv.version)
         with self._errors(f"resolving the artifacts of version {version} of model {name!r}"):
             uri = self.client.get_model_version_download_uri(name, version)
@@ -600,10 +617,7 @@ class Registry:
                             raise
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            return load_bundle_dir(dest)
-        except RegistryError as e:
-            raise RegistryError(self._broken(name, version, alias, f"cannot be loaded: {e.message}")) from None
+        return dest
 
 
 # --------------------------------------------------------------------------- runs

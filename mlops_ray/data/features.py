@@ -529,6 +529,16 @@ def label_classes(parts: list[dict], label: str) -> list[str]:
         return sorted(names)
 
 
+def label_text(col) -> pa.Array:
+    """A label column as the text classes are matched by (training's ``label_codes``, the label
+    store's feedback): the value's string form, NaN as missing."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_floating(col.type):
+        col = pc.if_else(pc.is_nan(col), None, col)
+    return pc.cast(col, pa.string())
+
+
 def label_codes(col, classes: list[str] | None) -> np.ndarray:
     """A label column as model codes: the value itself (float32), or for a multiclass spec its
     class's index (a value not in ``classes`` is -1, missing is NaN)."""
@@ -538,9 +548,7 @@ def label_codes(col, classes: list[str] | None) -> np.ndarray:
         if pa.types.is_dictionary(col.type):
             return col.to_pandas().astype("float32").to_numpy()
         return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float32)
-    if pa.types.is_floating(col.type):
-        col = pc.if_else(pc.is_nan(col), None, col)
-    text = pc.cast(col, pa.string())
+    text = label_text(col)
     idx = pc.index_in(text, value_set=pa.array(classes, pa.string()))
     codes = np.asarray(pc.fill_null(idx, -1).to_numpy(zero_copy_only=False), dtype=np.float32)
     codes[np.asarray(pc.is_null(text).to_numpy(zero_copy_only=False), dtype=bool)] = np.nan

@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from pyarrow import fs as pafs
 
+from mlops_ray.data.features import label_text
 from mlops_ray.errors import MlopsError, MonitorError, ServingError
 from mlops_ray.monitor.predlog import _PARTITIONING, TS_TYPE, filesystem_for
 
@@ -112,15 +113,6 @@ def _label_files(fs: pafs.FileSystem, root: str) -> list[str]:
     return [p for _, p in sorted(files)]
 
 
-def _as_text(col) -> pa.Array:
-    """A label column as the text training matched classes by (``features.label_codes``: NaN is missing)."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    if pa.types.is_floating(col.type):
-        col = pc.if_else(pc.is_nan(col), None, col)
-    return pc.cast(col, pa.string())
-
-
 def _read_label_file(fs, path: str, label: str, ids: pa.Array, as_text: bool = False) -> tuple[str, object]:
     """("ok", table) | ("missing", columns) | ("unreadable", error) for one label file."""
     fmt = pads.ParquetFileFormat()
@@ -138,7 +130,7 @@ def _read_label_file(fs, path: str, label: str, ids: pa.Array, as_text: bool = F
         return "unreadable", e
     try:
         rid = pc.cast(t["request_id"], pa.string())
-        y = _as_text(t[label]) if as_text else pc.cast(t[label], pa.float64())
+        y = label_text(t[label]) if as_text else pc.cast(t[label], pa.float64())
         row = pc.cast(t["row"], pa.int64()) if "row" in names else pa.nulls(t.num_rows, pa.int64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise ServingError(
@@ -384,9 +376,11 @@ def feedback(cfg, labels_path: str, *, now: float | None = None) -> dict:
     ok_type = pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)
     store = Store(cfg.store)
     unknown_classes: list[str] = []
+    versions = _versions(store, cfg)
+    classes = version_classes(cfg, versions)     # {} unless multiclass
     if task == "multiclass":         # the class as the training data spelled it: text, matched per version
-        y = _as_text(col)
-        known_classes = {c for cs in version_classes(cfg, _versions(store, cfg)).values() for c in cs or []}
+        y = label_text(col)
+        known_classes = {c for cs in classes.values() for c in cs or []}
         if known_classes:
             unknown_classes = sorted(set(pc.unique(y.drop_null()).to_pylist()) - known_classes)[:10]
     elif not ok_type:
@@ -404,7 +398,7 @@ def feedback(cfg, labels_path: str, *, now: float | None = None) -> dict:
     clean = pa.table({"request_id": rid, "row": row, label: pa.array(y)})
     keys = pa.table({"k": rid, "r": row}).group_by(["k", "r"]).aggregate([("k", "count")])
     duplicates = int(t.num_rows - keys.num_rows)
-    preds = _read_predictions(store.uri(cfg.name, "predlog"), task, _versions(store, cfg), None)
+    preds = _read_predictions(store.uri(cfg.name, "predlog"), task, versions, None)
     known = pc.is_in(rid, value_set=pc.unique(preds["request_id"])) if preds.num_rows else pa.array(
         np.zeros(t.num_rows, bool))
     unknown = int(t.num_rows - pc.sum(pc.cast(known, pa.int64())).as_py() or 0)
@@ -415,7 +409,7 @@ def feedback(cfg, labels_path: str, *, now: float | None = None) -> dict:
     with store.fs.open_output_stream(dest) as f:
         pq.write_table(clean, f)
     return {"labels": t.num_rows, "duplicates": duplicates, "unknown_ids": unknown, "stored": dest,
-            "key": key, "unknown_classes": unknown_classes, **completeness(cfg)}
+            "key": key, "unknown_classes": unknown_classes, **completeness(cfg, classes=classes)}
 
 
 def version_classes(cfg, versions) -> dict[str, list[str] | None]:
@@ -428,7 +422,7 @@ def version_classes(cfg, versions) -> dict[str, list[str] | None]:
     reg, out = Registry(cfg.registry, cfg.store, cfg.name), {}
     for v in versions:
         try:
-            out[str(v)] = reg.load_bundle(str(v)).spec.classes
+            out[str(v)] = reg.load_spec(str(v)).classes
         except MlopsError as e:
             log.warning("the classes of version %s are not known (%s); its labels are taken as class codes", v,
                         e.message)
@@ -463,13 +457,15 @@ def _versions(store, cfg) -> list[str]:
     return [str(v) for v in pc.unique(ds.to_table(columns=["model_version"])["model_version"]).to_pylist()]
 
 
-def completeness(cfg, since: float | None = None) -> dict:
-    """Per version: logged predictions, how many have labels, and the live metric on those."""
+def completeness(cfg, since: float | None = None, classes: dict | None = None) -> dict:
+    """Per version: logged predictions, how many have labels, and the live metric on those.
+    ``classes``: the versions' class names when the caller has them (``version_classes``)."""
     from mlops_ray.store import Store
     store = Store(cfg.store)
     out = {}
     versions = sorted(_versions(store, cfg), key=lambda s: (len(s), s))
-    classes = version_classes(cfg, versions)
+    if classes is None or any(v not in classes for v in versions):
+        classes = version_classes(cfg, versions)
     for v in versions:
         logged = _read_predictions(store.uri(cfg.name, "predlog"), cfg.model.task, [v], since).num_rows
         m = live_metric(store.uri(cfg.name, "predlog"), store.uri(cfg.name, "labels"), cfg.data.label,

@@ -265,3 +265,18 @@ def test_a_missing_version_of_a_model_with_many_versions_lists_the_first_and_the
     with pytest.raises(RegistryError, match=r"version 13 of model 'many' does not exist "
                                             r"\(12 versions: 1, 2, 3, \.\.\., 10, 11, 12\)"):
         reg.load_bundle("13")
+
+
+def test_load_spec_reads_the_features_without_the_booster(store, trained):
+    path, _, spec = trained
+    reg = registry(store, "speconly")
+    with reg.start_run("pipeline") as run:
+        version = reg.register(run, path)
+    cached = reg.load_bundle(version).path
+    with open(os.path.join(cached, "model.ubj"), "wb") as f:       # the booster unreadable, the spec not
+        f.write(b"not a model")
+    assert reg.load_spec(version).input_columns == spec.input_columns
+    with pytest.raises(RegistryError, match=rf"version {version} of model 'speconly' cannot be loaded: model.ubj"):
+        reg.load_bundle(version)
+    with pytest.raises(RegistryError, match=r"version 7 of model 'speconly' does not exist \(versions: 1\)"):
+        reg.load_spec("7")
