@@ -369,7 +369,9 @@ def _default_space() -> dict[str, SearchParam]:
 
 class TuneConfig(_Model):
     num_samples: int = Field(16, ge=1, description="Trials of the search (Optuna TPE), baselines included.")
-    max_concurrent: int | None = Field(None, ge=1, description="Default: what the CPUs allow at cpus_per_trial.")
+    max_concurrent: int | None = Field(None, ge=1, description="Trials at once. Default: what the logical CPUs "
+                                       "allow at cpus_per_trial and, on a Ray that is this machine alone, no more "
+                                       "XGBoost threads than it has cores.")
     cpus_per_trial: float = Field(1.0, gt=0, description="Logical CPUs reserved per trial of the single "
                                   "strategy; XGBoost runs its whole part as threads (at least 1).")
     gpus_per_trial: float = Field(0.0, ge=0, description="GPUs reserved per trial of the single strategy "

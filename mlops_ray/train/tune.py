@@ -351,6 +351,40 @@ def _worker_node_ids() -> list[str]:
 
 
 # --------------------------------------------------------------------------- the search
+def trial_concurrency(strategy: str, tune_cfg: TuneConfig, model: ModelConfig, cluster_cpus: float,
+                      local_cores: int | None) -> int:
+    """Trials run at once (the ConcurrencyLimiter's size): ``tune.max_concurrent`` when set; one for
+    ``external`` (one page cache, all cores); for ``distributed`` what the CPUs allow its workers.
+    For ``single``, what the logical CPUs allow at ``cpus_per_trial`` and, when the cluster is this
+    machine alone (``local_cores``), no more XGBoost threads than it has cores: an embedded Ray has
+    twice the cores in logical CPUs (``runtime.default_num_cpus``), and four one-thread trials on two
+    cores time-share them, each round costing 1.4x the CPU of a trial with a core to itself
+    (3M rows, 32 trials, ``benchmarks/search.py``). GPU trials are not capped by cores."""
+    if tune_cfg.max_concurrent:
+        return int(tune_cfg.max_concurrent)
+    if strategy == "external":
+        return 1
+    if strategy == "distributed":
+        return max(1, int(cluster_cpus // (model.num_workers + 0.5)))
+    conc = max(1, int(cluster_cpus // max(tune_cfg.cpus_per_trial, 1e-9)))
+    if local_cores and not tune_cfg.gpus_per_trial:
+        conc = min(conc, max(1, local_cores // X.trial_threads(tune_cfg.cpus_per_trial)))
+    return conc
+
+
+def _local_cores() -> int | None:
+    """This machine's cores when the Ray cluster is this machine alone (one live node, the driver's);
+    None on a multi-node or remote cluster, whose nodes' logical CPUs are taken as they are."""
+    import ray
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) != 1 or nodes[0].get("NodeID") != ray.get_runtime_context().get_node_id():
+        return None
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:       # not Linux
+        return os.cpu_count()
+
+
 def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, storage: str,
                experiment: str, strategy: str, features_dir: str | None = None, resume: bool = False,
                budget_scale: float = 1.0, progress: Progress | None = None) -> SearchResult:
@@ -403,13 +437,8 @@ def run_search(*, splits: X.Splits, model: ModelConfig, tune_cfg: TuneConfig, st
         if watch:
             _watch_restored(tuner, watch)
     else:
-        per_trial = resources["CPU"] * (model.num_workers if strategy == "distributed" else 1)
-        cluster_cpus = ray.cluster_resources().get("CPU", 1)
-        max_conc = tune_cfg.max_concurrent or max(1, int(cluster_cpus // max(per_trial, 1e-9)))
-        if strategy == "distributed":
-            max_conc = max(1, int(cluster_cpus // (model.num_workers + 0.5)))
-        if strategy == "external":
-            max_conc = 1
+        max_conc = trial_concurrency(strategy, tune_cfg, model, ray.cluster_resources().get("CPU", 1),
+                                     _local_cores())
         points = [p for _, p in baseline_points(tune_cfg, model)]
         searcher = ConcurrencyLimiter(OptunaSearch(metric=metric, mode=mode, seed=tune_cfg.seed,
                                                    points_to_evaluate=points or None),

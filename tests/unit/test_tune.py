@@ -120,6 +120,23 @@ def test_trials_evaluate_only_the_tuned_metric():
     assert sorted(every) == ["auc", "aucpr", "logloss"] and every[-1] == "aucpr"
 
 
+@pytest.mark.parametrize("strategy, tune, cpus, cores, expected", [
+    ("single", {}, 4, 2, 2),                    # embedded Ray on 2 cores: 4 logical CPUs, 2 one-thread trials
+    ("single", {}, 4, None, 4),                 # a cluster's logical CPUs as they are
+    ("single", {"cpus_per_trial": 2}, 8, 4, 2), # 2 threads a trial on 4 cores
+    ("single", {"cpus_per_trial": 4}, 4, 2, 1),
+    ("single", {"gpus_per_trial": 1}, 4, 2, 4), # GPU trials are not held to the cores
+    ("single", {"max_concurrent": 3}, 4, 2, 3), # set: kept as it is, for every strategy
+    ("distributed", {"max_concurrent": 3}, 8, None, 3),
+    ("distributed", {}, 8, None, 3),            # 2 workers + the trial's half CPU each
+    ("external", {}, 8, 8, 1),
+])
+def test_trial_concurrency_matches_threads_to_cores(strategy, tune, cpus, cores, expected):
+    from mlops_ray.config import ModelConfig, TuneConfig
+    from mlops_ray.train.tune import trial_concurrency
+    assert trial_concurrency(strategy, TuneConfig(**tune), ModelConfig(num_workers=2), cpus, cores) == expected
+
+
 def _parquet_parts(tmp_path, sizes):
     import numpy as np
     import pyarrow as pa
