@@ -335,16 +335,29 @@ def external_dmatrix(paths: list[str], spec: FeatureSpec, cache_dir: str, *, fil
         raise _cache_error(e, cache_dir) from None
 
 
+CACHE_LOW_BYTES = 64 << 20      # free space below which a failed page write is put down to a full disk
+
+
 def _cache_error(e: Exception, cache_dir: str) -> Exception:
-    """XGBoost's failure to write its page cache, as the error a user can act on."""
+    """XGBoost's failure while writing its page cache, as the error a user can act on when the cache
+    is what failed: the message says the disk is full (ENOSPC), or, whatever it says, the cache
+    directory is no longer writable or has under CACHE_LOW_BYTES free now. Any other error is
+    returned as it is (a bug or bad data, not the disk)."""
+    import shutil
+
     from mlops_ray.errors import ResourceError
     text = str(e)
-    if any(s in text.lower() for s in ("no space", "disk full", "enospc", "write", "open file", "mmap")):
-        first = text.strip().splitlines()[0][:300]
-        return ResourceError(f"external-memory training could not write its page cache in model.cache_dir "
-                             f"'{cache_dir}' ({first}); free space there or point model.cache_dir at a larger "
-                             f"local disk")
-    return e
+    full = any(s in text.lower() for s in ("no space left", "disk full", "enospc", "disk quota"))
+    try:
+        full = full or not os.access(cache_dir, os.W_OK) or shutil.disk_usage(cache_dir).free < CACHE_LOW_BYTES
+    except OSError:                 # the directory itself is gone
+        full = True
+    if not full:
+        return e
+    first = text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
+    return ResourceError(f"external-memory training could not write its page cache in model.cache_dir "
+                         f"'{cache_dir}' ({first}); free space there or point model.cache_dir at a larger "
+                         f"local disk")
 
 
 @dataclass

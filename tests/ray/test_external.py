@@ -151,3 +151,22 @@ def test_a_full_cache_dir_is_refused_from_its_free_space(monkeypatch, tmp_path):
     with pytest.raises(ResourceError, match=r"has 5.0 MB free, but external-memory training of 100,000,000 rows "
                                             r"x 20 features needs about 13.\d GB"):
         X.check_cache_dir(ModelConfig(cache_dir=str(tmp_path)), 100_000_000, 20)
+
+
+def test_a_failed_page_write_is_put_down_to_the_disk_only_when_the_disk_is_the_cause(monkeypatch, tmp_path):
+    import collections
+    import shutil
+    usage = collections.namedtuple("usage", "total used free")
+    roomy, full = usage(10 << 30, 1 << 30, 9 << 30), usage(10 << 30, (10 << 30) - (1 << 20), 1 << 20)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: roomy)
+    other = RuntimeError("[12:00:01] src/data/sparse_page_writer.h: Check failed: write to the page failed")
+    assert X._cache_error(other, str(tmp_path)) is other                  # a roomy disk: not the disk's fault
+    enospc = RuntimeError("std::system_error: No space left on device\nmore")
+    err = X._cache_error(enospc, str(tmp_path))
+    assert isinstance(err, ResourceError) and err.message == (
+        f"external-memory training could not write its page cache in model.cache_dir '{tmp_path}' "
+        "(std::system_error: No space left on device); free space there or point model.cache_dir at a larger "
+        "local disk")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: full)              # the disk filled meanwhile
+    assert isinstance(X._cache_error(other, str(tmp_path)), ResourceError)
+    assert isinstance(X._cache_error(other, str(tmp_path / "gone")), ResourceError)
