@@ -358,8 +358,9 @@ def trial_concurrency(strategy: str, tune_cfg: TuneConfig, model: ModelConfig, c
     For ``single``, what the logical CPUs allow at ``cpus_per_trial`` and, when the cluster is this
     machine alone (``local_cores``), no more XGBoost threads than it has cores: an embedded Ray has
     twice the cores in logical CPUs (``runtime.default_num_cpus``), and four one-thread trials on two
-    cores time-share them, each round costing 1.4x the CPU of a trial with a core to itself
-    (3M rows, 32 trials, ``benchmarks/search.py``). GPU trials are not capped by cores."""
+    cores only time-share them: per round of the same depth they cost the same CPU as two (3M rows,
+    32 trials, ``benchmarks/search.py``), while holding twice the training matrices in memory and
+    giving TPE two fewer finished trials to learn from at each proposal. GPU trials are not capped."""
     if tune_cfg.max_concurrent:
         return int(tune_cfg.max_concurrent)
     if strategy == "external":
