@@ -449,10 +449,7 @@ class Registry:
         The alias is resolved on every call; a version's artifacts are downloaded once into
         ``{store}/registry_cache`` (versions are immutable) and reused from there.
         """
-        name, version, alias = self._parse_ref(ref)
-        if alias is not None:
-            version = self._alias_target(name, alias)
-        return self._fetch(name, self._version(name, version, alias), alias)
+        return self._fetch(*self._lookup(ref))
 
     def resolve(self, ref: str) -> str:
         """The version number a reference ("champion", "@alias", "3", "models:/NAME/3") points to now.
@@ -568,10 +565,14 @@ class Registry:
 
     def load_spec(self, ref: str) -> FeatureSpec:
         """The FeatureSpec of a version's bundle (its features, classes), without loading the booster."""
+        return self._fetch(*self._lookup(ref), load_spec_dir)
+
+    def _lookup(self, ref: str) -> tuple[str, object, str | None]:
+        """(model name, its model version as the registry has it now, alias or None) of a reference."""
         name, version, alias = self._parse_ref(ref)
         if alias is not None:
             version = self._alias_target(name, alias)
-        return self._fetch(name, self._version(name, version, alias), alias, load_spec_dir)
+        return name, self._version(name, version, alias), alias
 
     def _fetch(self, name: str, mv, alias: str | None, load=load_bundle_dir):
         """A version's bundle (or what ``load`` reads of it), from the cache (``_cached``)."""

@@ -464,7 +464,7 @@ def completeness(cfg, since: float | None = None, classes: dict | None = None) -
     store = Store(cfg.store)
     out = {}
     versions = sorted(_versions(store, cfg), key=lambda s: (len(s), s))
-    if classes is None or any(v not in classes for v in versions):
+    if classes is None:
         classes = version_classes(cfg, versions)
     for v in versions:
         logged = _read_predictions(store.uri(cfg.name, "predlog"), cfg.model.task, [v], since).num_rows
