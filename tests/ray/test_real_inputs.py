@@ -46,3 +46,23 @@ def test_evaluate_scores_the_test_rows_featurize_kept_not_the_source(tx, tmp_pat
     monkeypatch.setattr(ingest, "read_into_object_store", no_reread)
     again = run_pipeline(cfg, RunOptions(from_step="tune"))      # the data steps are cached
     assert again.data.cached and again.evaluation["n_test"] == first.evaluation["n_test"]
+
+
+def test_a_column_named_prediction_is_data_and_monitor_scores_the_window(tx, tmp_path):
+    """A user's column called `prediction` (an earlier model's output) was taken for this model's
+    prediction by `monitor --data`: every window flagged the prediction distribution."""
+    from mlops_ray.monitor.drift import run_monitor
+    rng = __import__("numpy").random.default_rng(4)
+    df = tx.assign(prediction=rng.uniform(0, 1, len(tx)))
+    train, window = df.iloc[:2000], df.iloc[2000:].assign(prediction=7.5)   # same period; their column moved
+    pq.write_table(pa.Table.from_pandas(train, preserve_index=False), tmp_path / "train.parquet")
+    pq.write_table(pa.Table.from_pandas(window, preserve_index=False), tmp_path / "window.parquet")
+    cfg = make_config(str(tmp_path / "train.parquet"), store=str(tmp_path / "store"), tune=FAST, model=MODEL,
+                      features={"min_frequency": 2, "exclude": ["prediction"]},
+                      monitor={"domain_classifier": {"enabled": False}})
+    run_pipeline(cfg)
+    report = run_monitor(cfg, data=str(tmp_path / "window.parquet"))
+    pred = report["prediction"]
+    assert pred is not None and pred["rows"] == len(window) and pred["verdict"] == "ok", pred
+    assert report["window"]["prediction"] == "the window scored with version 1"
+    assert not report["drift"], [f["name"] for f in report["features"] if f.get("drifted")]
