@@ -5,6 +5,8 @@ adds the traceback. Anything that is not an ``MlopsError`` is a bug (exit 1).
 """
 from __future__ import annotations
 
+import difflib
+
 
 class ExitCode:
     OK = 0
@@ -123,3 +125,9 @@ class JobFailed(MlopsError):
     """A submitted job ended FAILED or STOPPED; the message holds its id, status message and last log lines."""
     headline = "Job failed"
     exit_code = ExitCode.JOB
+
+
+def did_you_mean(name: str, options) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``options``, or nothing."""
+    guess = difflib.get_close_matches(str(name), [str(o) for o in options], n=1)
+    return f" (did you mean {guess[0]!r}?)" if guess else ""

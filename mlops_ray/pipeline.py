@@ -74,7 +74,9 @@ def step_ingest(cfg: Config, source: ingest.Source):
 
 
 def step_check_schema(cfg: Config, source: ingest.Source):
-    """Checks on the schema alone (required columns, dtypes): before any row is read."""
+    """Checks on the schema alone (the config's column names, required columns, dtypes): before any
+    row is read."""
+    validate.check_config_columns(source.schema.names, cfg)
     static, plan = validate.plan_checks(source.schema, cfg.data, cfg.schema_, cfg.model.task)
     missing = [c for c in static if not c.passed and c.rule == "required"]
     if missing:

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from mlops_ray.config import DataConfig
-from mlops_ray.errors import DataSourceError
+from mlops_ray.errors import DataSourceError, did_you_mean
 
 _SUFFIX = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv", ".csv.gz": "csv"}
 _OTHER_DELIMITERS = [",", ";", "\t", "|"]
@@ -388,7 +388,7 @@ def _with_label_field(schema: pa.Schema, cfg: DataConfig) -> pa.Schema:
     missing = [c for c in cfg.label_columns() if c not in schema.names]
     if missing:
         raise ConfigError(f"data.label expr {cfg.label_expr!r} reads column {missing[0]!r}, which is not in the "
-                          f"data{_did_you_mean(missing[0], schema.names)}; columns: {', '.join(schema.names[:30])}")
+                          f"data{did_you_mean(missing[0], schema.names)}; columns: {', '.join(schema.names[:30])}")
     if cfg.label in schema.names:
         raise ConfigError(f"data.label name {cfg.label!r} is already a column of the data; give the computed "
                           f"label a new name, or use `label: {cfg.label}` to train on that column")
@@ -435,12 +435,6 @@ def _computed_label(table: pa.Table, cfg: DataConfig) -> pa.Table:
     if not handles_missing:        # an expression that handles missing values decides itself
         v[df.isna().any(axis=1).to_numpy()] = np.nan
     return table.append_column(cfg.label, pa.array(v, pa.float64(), from_pandas=True))
-
-
-def _did_you_mean(name: str, names) -> str:
-    import difflib
-    close = difflib.get_close_matches(name, list(names), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def read_into_object_store(source: Source, cfg: DataConfig, num_cpus: float):

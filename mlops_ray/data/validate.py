@@ -118,6 +118,29 @@ class Plan:
     sample_rows: int
 
 
+def check_config_columns(names: list[str], cfg) -> None:
+    """Every column name a config lists must be a column of the data: a misspelt
+    ``features.exclude`` entry was silently ignored and the column it meant became a feature.
+    Raises ConfigError naming each unknown name, its key and the closest column."""
+    from mlops_ray.errors import ConfigError, did_you_mean
+    known = set(names)
+    listed: list[tuple[str, str]] = [("features.exclude", c) for c in cfg.features.exclude]
+    for key in ("numeric", "categorical", "datetime"):
+        value = getattr(cfg.features, key)
+        if value != "auto":
+            listed += [(f"features.{key}", c) for c in value]
+    listed += [(f"schema.columns.{c}", c) for c in cfg.schema_.columns]
+    if cfg.model.slice_column:
+        listed.append(("model.slice_column", cfg.model.slice_column))
+    listed += [("retrain.key_features", c) for c in cfg.retrain.key_features]
+    listed += [(f"monitor.min_effect.{c}", c) for c in cfg.monitor.min_effect if c not in ("numeric", "categorical")]
+    bad = [f"{key} lists {c!r}, which is not a column of the data{did_you_mean(c, sorted(known))}"
+           for key, c in listed if c not in known and c not in cfg.features.derived]
+    if bad:
+        shown = ", ".join(sorted(known)[:40]) + (" …" if len(known) > 40 else "")
+        raise ConfigError("; ".join(bad) + f". Fix the name (columns: {shown})")
+
+
 def plan_checks(schema: pa.Schema, data: DataConfig, rules: SchemaConfig,
                 task: str = "binary") -> tuple[list[CheckResult], Plan]:
     """Checks decidable from the schema, and the plan for the row-level pass."""

@@ -19,7 +19,6 @@ store reports and act on decisions.
 """
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -29,7 +28,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from mlops_ray.config import GateConfig
-from mlops_ray.errors import ConfigError, GateRejected
+from mlops_ray.errors import ConfigError, GateRejected, did_you_mean
 
 # --------------------------------------------------------------------------- metric names
 TASK_METRICS: dict[str, tuple[str, ...]] = {
@@ -78,7 +77,7 @@ def metric_direction(name: str) -> str:
     if name in DESCRIPTIVE:
         raise ValueError(f"metric {name!r} describes the test data, not the model, and has no better "
                          f"direction; metrics with a direction: {known}")
-    raise ValueError(f"unknown metric {name!r}{_did_you_mean(name, METRIC_DIRECTION)}; known metrics: {known}")
+    raise ValueError(f"unknown metric {name!r}{did_you_mean(name, METRIC_DIRECTION)}; known metrics: {known}")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -522,7 +521,7 @@ def check_gate_metrics(gate: GateConfig, task: str) -> None:
             key = f"gate.{bound}.{name}"
             if name not in produced:
                 problems.append(f"{key}: task {task!r} does not produce {name!r}"
-                                f"{_did_you_mean(name, produced)}; valid names: {', '.join(produced)}")
+                                f"{did_you_mean(name, produced)}; valid names: {', '.join(produced)}")
                 continue
             lo, hi = _RANGE[name]
             if bound == "min" and limit > hi:
@@ -545,7 +544,7 @@ def check_metric(metric: str, mode: str, task: str) -> None:
     choices = ", ".join(f"{m} ({METRIC_DIRECTION[m]})" for m in produced if m in METRIC_DIRECTION)
     if metric not in produced or metric not in METRIC_DIRECTION:
         why = (f"{metric!r} describes the test data and has no better direction" if metric in produced
-               else f"task {task!r} does not produce {metric!r}{_did_you_mean(metric, produced)}")
+               else f"task {task!r} does not produce {metric!r}{did_you_mean(metric, produced)}")
         raise ConfigError(f"tune.metric: {why}; set tune.metric to one of {choices} "
                           "and tune.mode to the direction in brackets")
     want = METRIC_DIRECTION[metric]
@@ -592,11 +591,6 @@ def _champion_name(version: str | None) -> str:
         return "the champion"
     version = str(version)
     return f"champion v{version}" if version.isdigit() else f"champion {version}"
-
-
-def _did_you_mean(name: str, options) -> str:
-    guess = difflib.get_close_matches(name, list(options), n=1)
-    return f" (did you mean {guess[0]!r}?)" if guess else ""
 
 
 def _json_safe(obj: Any) -> Any:

@@ -66,3 +66,18 @@ def test_a_column_named_prediction_is_data_and_monitor_scores_the_window(tx, tmp
     assert pred is not None and pred["rows"] == len(window) and pred["verdict"] == "ok", pred
     assert report["window"]["prediction"] == "the window scored with version 1"
     assert not report["drift"], [f["name"] for f in report["features"] if f.get("drifted")]
+
+
+def test_a_misspelt_exclusion_stops_the_run_before_it_leaks_the_column(tx, tmp_path):
+    """features.exclude: [predicton] was ignored, and 'prediction' (another model's score) became a
+    feature of the champion."""
+    import mlops_ray
+    from mlops_ray.errors import ConfigError
+    pq.write_table(pa.Table.from_pandas(tx.assign(prediction=tx["is_fraud"] * 0.9), preserve_index=False),
+                   tmp_path / "tx.parquet")
+    cfg = make_config(str(tmp_path / "tx.parquet"), store=str(tmp_path / "store"), tune=FAST, model=MODEL,
+                      features={"exclude": ["predicton"]})
+    with pytest.raises(ConfigError, match=r"features.exclude lists 'predicton', which is not a column of the "
+                                          r"data \(did you mean 'prediction'\?\)"):
+        mlops_ray.validate(cfg)
+    assert not (tmp_path / "store" / "t" / "runs").exists()
