@@ -92,6 +92,10 @@ class DataConfig(_Model):
         "stops at validation naming them; 'drop' leaves them out of training and evaluation.")
     time_column: str | None = Field(None, description="Event time: used by time splits and freshness.")
     id_column: str | None = Field(None, description="Row identifier, excluded from features.")
+    missing_columns: Literal["fail", "null"] = Field(
+        "fail", description="Files of one source whose columns differ: 'fail' stops before reading, naming each "
+        "file's missing and extra columns; 'null' reads Parquet files with the union of their columns (a "
+        "column a file lacks is null in its rows).")
     split: SplitConfig = Field(SplitConfig(), description="How rows are split into train, valid and test.")
     content_hash_max_mb: float = Field(
         64.0, ge=0, description="Fingerprint data up to this size by content hash; larger data by "

@@ -258,7 +258,10 @@ def _transform_batch(table: pa.Table, cfg: Config, spec: feat.FeatureSpec, cutof
     out = feat.transform(df, spec)
     out[cfg.data.label] = feat.label_codes(table.column(cfg.data.label), spec.classes)
     out["split"] = np.asarray(feat.SPLITS)[codes]
-    return out
+    # typed, not inferred: a block whose column is all missing (a file without it) must not write a null type
+    return pa.Table.from_pandas(out, preserve_index=False, schema=pa.schema(
+        [pa.field(c, pa.float32()) for c in spec.output_columns]
+        + [pa.field(cfg.data.label, pa.float32()), pa.field("split", pa.string())]))
 
 
 def _fits_in_memory(source: ingest.Source) -> bool:

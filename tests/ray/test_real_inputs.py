@@ -81,3 +81,18 @@ def test_a_misspelt_exclusion_stops_the_run_before_it_leaks_the_column(tx, tmp_p
                                           r"data \(did you mean 'prediction'\?\)"):
         mlops_ray.validate(cfg)
     assert not (tmp_path / "store" / "t" / "runs").exists()
+
+
+def test_files_with_different_columns_train_with_their_union_when_the_config_says_so(tx, tmp_path):
+    d = tmp_path / "months"
+    d.mkdir()
+    half = len(tx) // 2
+    pq.write_table(pa.Table.from_pandas(tx.iloc[:half], preserve_index=False), d / "a.parquet")
+    pq.write_table(pa.Table.from_pandas(tx.iloc[half:].drop(columns=["device"]).assign(note="later"),
+                                        preserve_index=False), d / "b.parquet")
+    cfg = make_config(str(d), store=str(tmp_path / "store"), tune=FAST, model=MODEL,
+                      data={"missing_columns": "null"}, features={"min_frequency": 2},
+                      schema={"max_null_fraction": 0.6})
+    res = run_pipeline(cfg)
+    assert res.version == "1" and res.data.validation.rows == len(tx)
+    assert {"device", "note"} <= set(res.data.spec.input_columns)
