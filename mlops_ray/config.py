@@ -55,6 +55,10 @@ class CsvOptions(_Model):
     quote_char: str = Field('"', min_length=1, max_length=1, description="Quote character of CSV fields.")
     null_values: list[str] = Field(default_factory=lambda: ["", "NA", "NaN", "null", "NULL", "None"],
                                    description="CSV field values read as missing (null).")
+    column_types: dict[str, Literal["string", "int", "float", "bool", "datetime"]] = Field(
+        default_factory=dict, description="Types of CSV columns instead of the inferred ones, e.g. {region: "
+        "string} reads integer codes 1, 2, 3 as text, so they become categories, and {zip: string} keeps "
+        "leading zeros.")
 
 
 class SplitConfig(_Model):

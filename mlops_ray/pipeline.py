@@ -98,7 +98,7 @@ def step_validate(cfg: Config, source: ingest.Source, ds, static, plan, extra: d
 
 def step_featurize(cfg: Config, source: ingest.Source, ds, out_dir: str, test_dir: str, pre: dict,
                    progress: Progress):
-    roles = feat.assign_roles(source.schema, cfg.data, cfg.features)
+    roles = feat.assign_roles(source.schema, cfg.data, cfg.features, declared_categorical(cfg))
     # multiclass: the label's values over every split, from the validation pass
     classes = feat.label_classes(pre["classes"], cfg.data.label) if "classes" in pre else None
     cutoffs = None
@@ -180,7 +180,7 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
             extra["time"] = _bind(feat.time_partial, time_column=cfg.data.time_column)
         elif write:
             try:
-                roles = feat.assign_roles(source.schema, cfg.data, cfg.features)
+                roles = feat.assign_roles(source.schema, cfg.data, cfg.features, declared_categorical(cfg))
                 extra["fit"] = _bind(_fit_train, cfg=cfg, roles=roles, cutoffs=None)
             except FeatureError:
                 pass   # reported by the featurize step after validation
@@ -262,6 +262,11 @@ def _transform_batch(table: pa.Table, cfg: Config, spec: feat.FeatureSpec, cutof
     return pa.Table.from_pandas(out, preserve_index=False, schema=pa.schema(
         [pa.field(c, pa.float32()) for c in spec.output_columns]
         + [pa.field(cfg.data.label, pa.float32()), pa.field("split", pa.string())]))
+
+
+def declared_categorical(cfg: Config) -> set[str]:
+    """Columns the schema declares categorical (integer codes among them are categories, not numbers)."""
+    return {c for c, rule in cfg.schema_.columns.items() if rule.dtype == "categorical"}
 
 
 def _fits_in_memory(source: ingest.Source) -> bool:

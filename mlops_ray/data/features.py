@@ -146,11 +146,15 @@ class Roles:
     input_types: dict
 
 
-def assign_roles(schema: pa.Schema, data: DataConfig, cfg: FeaturesConfig) -> Roles:
-    """Which raw columns are numeric, categorical or datetime features."""
+def assign_roles(schema: pa.Schema, data: DataConfig, cfg: FeaturesConfig,
+                 declared_categorical: frozenset[str] | set[str] = frozenset()) -> Roles:
+    """Which raw columns are numeric, categorical or datetime features. ``declared_categorical``:
+    integer columns the schema declares ``dtype: categorical`` (codes such as 1 = yes, 2 = no), which
+    ``auto`` then takes as categories rather than numbers."""
     label_inputs = set(data.label_columns()) - {data.label} if data.label_expr else set()
     reserved = {data.label, data.id_column, *cfg.exclude, *label_inputs} - {None}
     kinds = {f.name: _kind(f.type) for f in schema}
+    codes = {c for c in declared_categorical if kinds.get(c) == "int"}
     for key in ("numeric", "categorical", "datetime"):
         listed = getattr(cfg, key)
         leak = sorted(set(listed) & label_inputs) if listed != "auto" else []
@@ -168,9 +172,14 @@ def assign_roles(schema: pa.Schema, data: DataConfig, cfg: FeaturesConfig) -> Ro
                                f"expression ({data.label_expr!r}) reads: it would give the label away; remove "
                                f"features.derived.{name}")
 
+    listed = {c for key in ("categorical", "datetime") if getattr(cfg, key) != "auto" for c in getattr(cfg, key)}
+
     def pick(spec, wanted: set[str]) -> tuple[str, ...]:
-        if spec == "auto":
-            return tuple(c for c, k in kinds.items() if k in wanted and c not in reserved)
+        if spec == "auto":     # integer codes declared categorical, and columns listed as another kind, are not numbers
+            if "categorical" in wanted:
+                return tuple(c for c, k in kinds.items() if c not in reserved and (k in wanted or c in codes))
+            return tuple(c for c, k in kinds.items() if c not in reserved and k in wanted
+                         and c not in codes and not ("int" in wanted and c in listed))
         missing = [c for c in spec if c not in kinds]
         if missing:
             raise FeatureError(f"features lists column(s) {missing} that are not in the data; "

@@ -362,8 +362,11 @@ def fingerprint(fs: pafs.FileSystem, entries: list[FileEntry], schema: pa.Schema
 # --------------------------------------------------------------------------- read
 def _csv_options(cfg: DataConfig) -> tuple[pacsv.ParseOptions, pacsv.ConvertOptions]:
     parse = pacsv.ParseOptions(delimiter=cfg.csv.delimiter, quote_char=cfg.csv.quote_char)
+    types = {"string": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
+             "datetime": pa.timestamp("us")}
     convert = pacsv.ConvertOptions(null_values=list(cfg.csv.null_values), strings_can_be_null=True,
-                                   include_columns=cfg.columns)
+                                   include_columns=cfg.columns,
+                                   column_types={c: types[t] for c, t in cfg.csv.column_types.items()})
     return parse, convert
 
 

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from mlops_ray.config import ColumnRule, DataConfig, SchemaConfig, parse_duration
 
 MAX_TOP_UNSEEN = 5
+_CSV_TYPES = ("string", "int", "float", "bool", "datetime")
 
 
 # --------------------------------------------------------------------------- report
@@ -76,7 +77,7 @@ def dtype_family(t: pa.DataType) -> set[str]:
     if pa.types.is_boolean(t):
         return {"bool"}
     if pa.types.is_integer(t):
-        return {"int", "numeric"}
+        return {"int", "numeric", "categorical"}     # integer codes (1 = yes, 2 = no) are categories too
     if pa.types.is_floating(t) or pa.types.is_decimal(t):
         return {"float", "numeric"}
     if _is_str(t):
@@ -130,6 +131,7 @@ def check_config_columns(names: list[str], cfg) -> None:
         if value != "auto":
             listed += [(f"features.{key}", c) for c in value]
     listed += [(f"schema.columns.{c}", c) for c in cfg.schema_.columns]
+    listed += [(f"data.csv.column_types.{c}", c) for c in cfg.data.csv.column_types]
     if cfg.model.slice_column:
         listed.append(("model.slice_column", cfg.model.slice_column))
     listed += [("retrain.key_features", c) for c in cfg.retrain.key_features]
@@ -169,7 +171,9 @@ def plan_checks(schema: pa.Schema, data: DataConfig, rules: SchemaConfig,
             static.append(CheckResult(col, "dtype", ok, observed=type_name(schema.field(col).type),
                                       threshold=rule.dtype, message="" if ok else
                                       f"column '{col}' has type {type_name(schema.field(col).type)}, expected "
-                                      f"{rule.dtype}; convert it upstream or fix schema.columns.{col}.dtype"))
+                                      f"{rule.dtype}; convert it upstream, fix schema.columns.{col}.dtype"
+                                      + (f", or read it as {rule.dtype} with data.csv.column_types: "
+                                         f"{{{col}: {rule.dtype}}}" if rule.dtype in _CSV_TYPES else "")))
     if data.time_column and data.time_column in names:
         fam = dtype_family(schema.field(data.time_column).type)
         if not ({"datetime", "null"} & fam):

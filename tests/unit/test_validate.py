@@ -162,3 +162,23 @@ def test_a_derived_feature_may_be_named_where_columns_are(small_df):
     cfg = make_config("x", features={"derived": {"log_amount": "log1p(amount)"}},
                       retrain={"key_features": ["log_amount"]})
     check_config_columns(list(small_df.columns), cfg)
+
+
+def test_a_categorical_dtype_rule_accepts_integer_codes():
+    from mlops_ray.data.validate import plan_checks
+    cfg = make_config("x", schema={"columns": {"smoker": {"dtype": "categorical"}, "bmi": {"dtype": "categorical"}}})
+    schema = pa.schema([("smoker", pa.int64()), ("bmi", pa.float64()), ("is_fraud", pa.int64()),
+                        ("transaction_id", pa.int64()), ("event_time", pa.timestamp("us"))])
+    static, _ = plan_checks(schema, cfg.data, cfg.schema_)
+    dtype = {c.column: c for c in static if c.rule == "dtype"}
+    assert dtype["smoker"].passed
+    assert not dtype["bmi"].passed and "fix schema.columns.bmi.dtype" in dtype["bmi"].message
+
+
+def test_csv_column_types_read_integer_codes_as_text(tmp_path):
+    from mlops_ray.data.ingest import inspect_source, read_table_local
+    (tmp_path / "survey.csv").write_text("id,region,zip,y\n1,1,01234,0\n2,3,90210,1\n")
+    cfg = make_config(str(tmp_path / "survey.csv"), data={"csv": {"column_types": {"region": "string", "zip": "string"}},
+                                                          "label": "y", "id_column": "id", "time_column": None})
+    t = read_table_local(inspect_source(cfg.data), cfg.data)
+    assert t.column("region").to_pylist() == ["1", "3"] and t.column("zip").to_pylist() == ["01234", "90210"]
