@@ -374,11 +374,18 @@ def run_pipeline(cfg: Config, opts: RunOptions | None = None, progress: Progress
         if store.exists(done) and not any(opts.forced(s) for s in ("tune", "evaluate", "register")):
             rec = store.read_json(done)
             progress("register", f"cached: this data and config are already registered as version "
-                                 f"{rec['version']} (tune, evaluate, register skipped; --force to redo)")
+                                 f"{rec['version']}{'' if rec['promoted'] else ', rejected by the gate'} "
+                                 f"(tune, evaluate, register skipped; --force to redo)")
             result.cached_steps += ["tune", "evaluate", "register"]
             result.search, result.evaluation, result.gate = rec.get("search"), rec.get("evaluation"), rec.get("gate")
             result.version, result.promoted, result.run_id = rec["version"], rec["promoted"], rec.get("run_id")
             result.aliases = registry.aliases_of(result.version)
+            if not rec["promoted"] and rec.get("gate"):     # a cached rejection is still a rejection (exit 4)
+                from mlops_ray.train import evaluate as ev
+                g = rec["gate"]
+                ev.raise_if_rejected(ev.GateDecision(passed=False, failures=list(g.get("failures") or []),
+                                                     checks=list(g.get("checks") or []),
+                                                     champion_version=g.get("champion_version")))
             return result
         try:
             return _train_evaluate_register(cfg, opts, registry, store, data, train_key, result, progress)

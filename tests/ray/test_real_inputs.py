@@ -96,3 +96,18 @@ def test_files_with_different_columns_train_with_their_union_when_the_config_say
     res = run_pipeline(cfg)
     assert res.version == "1" and res.data.validation.rows == len(tx)
     assert {"device", "note"} <= set(res.data.spec.input_columns)
+
+
+def test_a_cached_rejection_is_still_a_rejection(tx, tmp_path):
+    """The first run exited 4; an unchanged rerun printed '✓ registered version 1: rejected' and exited 0."""
+    from mlops_ray.errors import GateRejected
+    pq.write_table(pa.Table.from_pandas(tx, preserve_index=False), tmp_path / "tx.parquet")
+    cfg = make_config(str(tmp_path / "tx.parquet"), store=str(tmp_path / "store"), tune=FAST, model=MODEL,
+                      gate={"min": {"auc": 0.9999}})
+    with pytest.raises(GateRejected, match="gate.min.auc") as first:
+        run_pipeline(cfg)
+    lines = []
+    with pytest.raises(GateRejected, match="gate.min.auc") as again:
+        run_pipeline(cfg, progress=lambda step, msg: lines.append(msg))
+    assert str(again.value) == str(first.value) and again.value.exit_code == 4
+    assert any("registered as version 1, rejected by the gate" in m for m in lines), lines
