@@ -127,7 +127,15 @@ class JobFailed(MlopsError):
     exit_code = ExitCode.JOB
 
 
+def closest(name: str, options) -> str | None:
+    """The option most like ``name`` (the same but for case first), or None."""
+    options = [str(o) for o in options]
+    same = [o for o in options if o.casefold() == str(name).casefold()]
+    guess = same or difflib.get_close_matches(str(name), options, n=1)
+    return guess[0] if guess else None
+
+
 def did_you_mean(name: str, options) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``options``, or nothing."""
-    guess = difflib.get_close_matches(str(name), [str(o) for o in options], n=1)
-    return f" (did you mean {guess[0]!r}?)" if guess else ""
+    guess = closest(name, options)
+    return f" (did you mean {guess!r}?)" if guess else ""
