@@ -70,6 +70,9 @@ class SplitConfig(_Model):
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Share of rows in the test split (the "
                                  "evaluation and the gate).")
     seed: int = Field(42, description="Seed of the random split's row hash; another seed gives another split.")
+    key_columns: list[str] = Field(default_factory=list, description="What identifies a row when there is no "
+                                   "data.id_column: the random split hashes these columns instead of the whole "
+                                   "row, so a row keeps its split when other columns are added or changed.")
 
     @model_validator(mode="after")
     def _fractions(self):
@@ -424,6 +427,10 @@ class GateConfig(_Model):
                                 "sensible max_slice_regression. Larger slices reject only when the regression "
                                 "exceeds max_slice_regression by more than its sampling noise (a paired bootstrap "
                                 "of both models on the slice's rows, one-sided 95 %).")
+    max_champion_overlap: float = Field(
+        0.05, ge=0, le=1, description="With a champion: the largest share of the test rows it may have been "
+        "trained on (rows are matched by data.id_column, data.split.key_columns or the whole row); beyond it "
+        "the comparison would favour the champion and the challenger is rejected, saying how many rows.")
     retries: int = Field(0, ge=0, description="Searches rerun after a rejection, each with twice the previous "
                          "trial budget, before the candidate is registered as rejected.")
 

@@ -462,18 +462,37 @@ def split_codes(table_or_df, data: DataConfig, cutoffs: tuple[int, int] | None) 
         codes[t >= test_cut] = 2
         codes[t == np.iinfo(np.int64).min] = 0   # rows without a time train
         return codes
-    if isinstance(table_or_df, pd.DataFrame):
-        cols = [data.id_column] if data.id_column else list(table_or_df.columns)
-        frame = table_or_df[cols]
-    else:
-        cols = [data.id_column] if data.id_column else table_or_df.column_names
-        frame = table_or_df.select(cols).to_pandas()
-    h = _mix(pd.util.hash_pandas_object(frame, index=False).to_numpy(), s.seed)
+    h = _mix(row_keys(table_or_df, data), s.seed)
     u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     codes = np.zeros(len(u), dtype=np.int8)
     codes[u < s.test_fraction + s.valid_fraction] = 1
     codes[u < s.test_fraction] = 2
     return codes
+
+
+def row_keys(table_or_df, data: DataConfig) -> np.ndarray:
+    """A 64-bit key per row, what the random split hashes and the gate's overlap check compares:
+    the id column's value (``data.id_column``), else the columns of ``data.split.key_columns``,
+    else the whole row. Key columns and whole rows are hashed as text in column-name order (1, 1.0
+    and "1" are one key), so a column whose type changes, or columns in another order, keep every
+    row's key; a column added to the data changes every whole-row key (name key columns then)."""
+    if data.id_column:       # as hashed since the first release: existing id-keyed splits stay put
+        if isinstance(table_or_df, pd.DataFrame):
+            frame = table_or_df[[data.id_column]]
+        else:
+            frame = table_or_df.select([data.id_column]).to_pandas()
+        return pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    table = table_or_df if isinstance(table_or_df, pa.Table) else pa.Table.from_pandas(table_or_df,
+                                                                                      preserve_index=False)
+    cols = sorted(data.split.key_columns or table.column_names)
+    text = pd.DataFrame({c: _key_text(table.column(c)) for c in cols})
+    return pd.util.hash_pandas_object(text, index=False).to_numpy()
+
+
+def _key_text(col) -> np.ndarray:
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    return pc.cast(col, pa.string()).to_numpy(zero_copy_only=False)
 
 
 def _mix(h: np.ndarray, seed: int) -> np.ndarray:

@@ -132,6 +132,7 @@ def check_config_columns(names: list[str], cfg) -> None:
             listed += [(f"features.{key}", c) for c in value]
     listed += [(f"schema.columns.{c}", c) for c in cfg.schema_.columns]
     listed += [(f"data.csv.column_types.{c}", c) for c in cfg.data.csv.column_types]
+    listed += [("data.split.key_columns", c) for c in cfg.data.split.key_columns]
     if cfg.model.slice_column:
         listed.append(("model.slice_column", cfg.model.slice_column))
     listed += [("retrain.key_features", c) for c in cfg.retrain.key_features]

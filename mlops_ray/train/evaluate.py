@@ -403,11 +403,38 @@ class GateDecision:
         return _json_safe(asdict(self))
 
 
+def champion_overlap(test_keys: np.ndarray, champion_keys: np.ndarray, rate: float) -> dict:
+    """How many of the test rows the champion was trained on, from the row keys (``features.row_keys``)
+    of the test rows and of the champion's training rows: exact when all of the latter were kept
+    (``rate`` 1), else estimated from the test rows whose key falls in the kept range."""
+    test_keys = np.asarray(test_keys, dtype=np.uint64)
+    n = int(test_keys.size)
+    checkable = test_keys if rate >= 1.0 else test_keys[test_keys < np.uint64(rate * 2.0 ** 64)]
+    hits = int(np.isin(checkable, champion_keys).sum()) if checkable.size else 0
+    rows = hits if rate >= 1.0 else int(round(hits / checkable.size * n)) if checkable.size else 0
+    return {"rows": rows, "test_rows": n, "share": round(rows / n, 4) if n else 0.0, "exact": rate >= 1.0}
+
+
+def _overlap_check(overlap: dict, limit: float, who: str) -> dict:
+    share, rows, n = overlap["share"], overlap["rows"], overlap["test_rows"]
+    about = "" if overlap.get("exact") else "about "
+    check = {"check": "gate.max_champion_overlap", "metric": "overlap", "observed": share, "threshold": limit,
+             "passed": share <= limit}
+    check["message"] = "" if check["passed"] else (
+        f"{who} was trained on {about}{rows:,} of the {n:,} test rows it is judged on ({share:.0%}; "
+        f"gate.max_champion_overlap {limit:g}): the comparison would favour it. The split keeps a row where "
+        f"it was only by its key: set data.id_column (or data.split.key_columns) so rows keep their split "
+        f"when columns change, or set gate.max_champion_overlap: 1 to compare anyway")
+    return check
+
+
 def decide(candidate: EvaluationReport, champion: EvaluationReport | None, gate: GateConfig,
-           metric: str, champion_version: str | None = None) -> GateDecision:
+           metric: str, champion_version: str | None = None, overlap: dict | None = None) -> GateDecision:
     """Apply the gate. Absolute bounds always; with a champion (evaluated on the same test
     set) also: beat it on ``metric`` by ``gate.min_delta``, and let no shared slice regress
-    on ``metric`` by more than ``gate.max_slice_regression``. Every check is run."""
+    on ``metric`` by more than ``gate.max_slice_regression``; and (``overlap``, from
+    ``champion_overlap``) the champion must not have been trained on more than
+    ``gate.max_champion_overlap`` of those test rows. Every check is run."""
     checks = [_absolute_check(bound, name, limit, candidate.metrics)
               for bound, limits in (("min", gate.min), ("max", gate.max))
               for name, limit in limits.items()]
@@ -420,6 +447,8 @@ def decide(candidate: EvaluationReport, champion: EvaluationReport | None, gate:
         checks.append(_champion_check(metric, direction, candidate, champion, gate.min_delta, who))
         checks += _slice_checks(metric, direction, candidate, champion, gate.max_slice_regression, who,
                                 gate.min_slice_rows)
+        if overlap is not None:
+            checks.append(_overlap_check(overlap, gate.max_champion_overlap, who))
     failures = [c["message"] for c in checks if not c["passed"]]
     return GateDecision(passed=not failures, failures=failures, checks=checks,
                         champion_version=champion_version)

@@ -111,3 +111,25 @@ def test_a_cached_rejection_is_still_a_rejection(tx, tmp_path):
         run_pipeline(cfg, progress=lambda step, msg: lines.append(msg))
     assert str(again.value) == str(first.value) and again.value.exit_code == 4
     assert any("registered as version 1, rejected by the gate" in m for m in lines), lines
+
+
+def test_the_gate_sees_a_champion_trained_on_the_test_rows(tx, tmp_path):
+    """No id column: the split hashed the whole row, so changing one column's type reshuffled it and
+    the challenger was judged against a champion trained on most of its test rows, with no word."""
+    from mlops_ray.errors import GateRejected
+    store, path = str(tmp_path / "store"), tmp_path / "tx.parquet"
+    no_id = tx.drop(columns=["transaction_id"])
+    pq.write_table(pa.Table.from_pandas(no_id, preserve_index=False), path)
+    kw = dict(store=store, tune=FAST, model=MODEL, features={"min_frequency": 2}, gate={"min": {}})
+    first = run_pipeline(make_config(str(path), data={"id_column": None}, **kw))
+    assert first.version == "1"
+    # a column's type changes in the next export: rows keep their keys, so their split
+    pq.write_table(pa.Table.from_pandas(no_id.assign(num_txn_24h=no_id["num_txn_24h"].astype("float64")),
+                                        preserve_index=False), path)
+    again = run_pipeline(make_config(str(path), data={"id_column": None}, **kw))
+    assert again.data.key != first.data.key
+    assert not [c for c in again.gate["checks"] if c["check"] == "gate.max_champion_overlap" and c["observed"]]
+    # another split seed does reshuffle: the champion saw most of the test rows, and the gate says so
+    with pytest.raises(GateRejected, match=r"champion v\d was trained on [\d,]+ of the [\d,]+ test rows it is "
+                                           r"judged on \(\d+%; gate.max_champion_overlap 0.05\)"):
+        run_pipeline(make_config(str(path), data={"id_column": None, "split": {"seed": 7}}, **kw))
