@@ -20,7 +20,23 @@ from rich.table import Table
 
 from mlops_ray.errors import ConfigError, DataValidationError, ExitCode, MlopsError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# the options of the top-level callback (``_main``): accepted after the command too
+GLOBAL_FLAGS = ("--verbose", "-v", "--debug")
+
+
+class _Group(typer.core.TyperGroup):
+    """Moves the global flags written after the command (`mlops-ray run CONFIG --debug`, as the error
+    message's "rerun with --debug" invites) to before it, where click expects a group's options. Words
+    after ``--`` (the command `submit` forwards) are left alone."""
+
+    def parse_args(self, ctx, args):
+        end = args.index("--") if "--" in args else len(args)
+        flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+        rest = [a for a in args[:end] if a not in GLOBAL_FLAGS]
+        return super().parse_args(ctx, flags + rest + args[end:])
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mlops-ray: ingest, validate, featurize, tune, gate, register, serve and "
                        "monitor models on Ray.")
 config_app = typer.Typer(no_args_is_help=True, help="Check a config or print its JSON Schema.")
