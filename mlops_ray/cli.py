@@ -449,10 +449,16 @@ def deploy_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
             _emit_json(res)
             return
         out.print(f"[green]✓[/] serving {res['model']} version {res['version']} ({res['seconds']:.1f} s)")
-        out.print(f"  POST {res['url']}" + "".join(f"\n  POST {u}  (direct to the replica)" for u in res["direct"]))
+        _print_addresses(res)
         if res.get("local_head"):
             out.print(f"  local Ray head pid {res['local_head']['pid']} keeps running; stop it with "
                       f"`mlops-ray serve stop {config}`")
+
+
+def _print_addresses(res: dict) -> None:
+    """The addresses ``endpoints`` found, the fastest first."""
+    for a in res.get("addresses") or []:
+        out.print(f"  POST {a['url']}  ({a['note']})")
 
 
 @app.command("status")
@@ -472,8 +478,7 @@ def status_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
         out.print(f"[bold]{cfg.name}[/]: {res['summary']}" + ("" if res["running"] else "  [yellow](not running)[/]"))
         if isinstance(res.get("serve"), str):
             out.print(f"  {res['serve']}")
-        for u in ([res["url"]] if res.get("url") else []) + res.get("direct", []):
-            out.print(f"  POST {u}")
+        _print_addresses(res)
         if res["versions"]:
             t = Table(title="Traffic since the replicas started", title_justify="left")
             for c in ("version", "requests", "errors", "p50 ms", "p99 ms"):
