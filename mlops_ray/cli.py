@@ -733,13 +733,40 @@ def demo_cmd(config: str = typer.Argument("configs/quickstart.yaml", help="Pipel
              html: str = typer.Option("demo-report.html", "--html", help="The report written at the end."),
              set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
     """The whole loop: train v1, serve it, drifted traffic, labels, monitor, retrain v2, canary, promote, report."""
-    from mlops_ray.demo import run_demo
+    from mlops_ray.demo import demo_paths, run_demo
     with _guard(False):
         cfg = _load(config, set_)
         say = _progress(False)
         res = run_demo(cfg, data_dir, rows, say=say, verbose=State.verbose, html=html)
         times = ", ".join(f"{k} {v:.0f}s" for k, v in res["timings_s"].items())
         out.print(f"[green]✓[/] demo done in {res['seconds']:.0f} s ({times}); report {html}")
+        month1 = os.path.abspath(demo_paths(data_dir)["month1"])
+        out.print(_demo_next_steps(res, config, html, any(os.path.abspath(s) == month1 for s in cfg.data.sources)),
+                  markup=False)
+
+
+def _demo_next_steps(res: dict, config: str, html: str, trains_on_month1: bool) -> str:
+    """Where the demo's results are and the commands that show them: the demo runs on its own store
+    (a `status` of the quickstart config shows nothing of it), so they take the config it ran."""
+    demo_cfg, store = _rel(res["config"]), _rel(res["store"])
+    lines = [f"  the demo's models, runs, prediction log, drift checks and loop decisions are in {store} (its own "
+             f"store); the config it ran is {demo_cfg}. Look at them with:",
+             f"    mlops-ray status {demo_cfg}    # versions, rollout history, last drift check, loop decision",
+             f"    mlops-ray report {demo_cfg} --html {html}",
+             f"    mlops-ray deploy {demo_cfg}    # serve its champion again; then mlops-ray serve stop {demo_cfg}"]
+    if "://" not in res["store"]:
+        lines.append(f"    mlflow ui --backend-store-uri sqlite:///{store}/mlflow.db")
+    if trains_on_month1:
+        lines.append(f"  {config} trains on the demo's month 1, in its own store: mlops-ray run {config}")
+    return "\n".join(lines)
+
+
+def _rel(path: str) -> str:
+    """``path`` relative to the current directory when it lies under it (shorter commands to copy)."""
+    if "://" in path or not os.path.isabs(path):
+        return path
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 # ---------------------------------------------------------------------- jobs
