@@ -20,7 +20,23 @@ from rich.table import Table
 
 from mlops_ray.errors import ConfigError, DataValidationError, ExitCode, MlopsError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# the options of the top-level callback (``_main``): accepted after the command too
+GLOBAL_FLAGS = ("--verbose", "-v", "--debug")
+
+
+class _Group(typer.core.TyperGroup):
+    """Moves the global flags written after the command (`mlops-ray run CONFIG --debug`, as the error
+    message's "rerun with --debug" invites) to before it, where click expects a group's options. Words
+    after ``--`` (the command `submit` forwards) are left alone."""
+
+    def parse_args(self, ctx, args):
+        end = args.index("--") if "--" in args else len(args)
+        flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+        rest = [a for a in args[:end] if a not in GLOBAL_FLAGS]
+        return super().parse_args(ctx, flags + rest + args[end:])
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mlops-ray: ingest, validate, featurize, tune, gate, register, serve and "
                        "monitor models on Ray.")
 config_app = typer.Typer(no_args_is_help=True, help="Check a config or print its JSON Schema.")
@@ -433,10 +449,16 @@ def deploy_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
             _emit_json(res)
             return
         out.print(f"[green]✓[/] serving {res['model']} version {res['version']} ({res['seconds']:.1f} s)")
-        out.print(f"  POST {res['url']}" + "".join(f"\n  POST {u}  (direct to the replica)" for u in res["direct"]))
+        _print_addresses(res)
         if res.get("local_head"):
             out.print(f"  local Ray head pid {res['local_head']['pid']} keeps running; stop it with "
                       f"`mlops-ray serve stop {config}`")
+
+
+def _print_addresses(res: dict) -> None:
+    """The addresses ``endpoints`` found, the fastest first."""
+    for a in res.get("addresses") or []:
+        out.print(f"  POST {a['url']}  ({a['note']})")
 
 
 @app.command("status")
@@ -456,8 +478,7 @@ def status_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
         out.print(f"[bold]{cfg.name}[/]: {res['summary']}" + ("" if res["running"] else "  [yellow](not running)[/]"))
         if isinstance(res.get("serve"), str):
             out.print(f"  {res['serve']}")
-        for u in ([res["url"]] if res.get("url") else []) + res.get("direct", []):
-            out.print(f"  POST {u}")
+        _print_addresses(res)
         if res["versions"]:
             t = Table(title="Traffic since the replicas started", title_justify="left")
             for c in ("version", "requests", "errors", "p50 ms", "p99 ms"):
@@ -716,13 +737,40 @@ def demo_cmd(config: str = typer.Argument("configs/quickstart.yaml", help="Pipel
              html: str = typer.Option("demo-report.html", "--html", help="The report written at the end."),
              set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
     """The whole loop: train v1, serve it, drifted traffic, labels, monitor, retrain v2, canary, promote, report."""
-    from mlops_ray.demo import run_demo
+    from mlops_ray.demo import demo_paths, run_demo
     with _guard(False):
         cfg = _load(config, set_)
         say = _progress(False)
         res = run_demo(cfg, data_dir, rows, say=say, verbose=State.verbose, html=html)
         times = ", ".join(f"{k} {v:.0f}s" for k, v in res["timings_s"].items())
         out.print(f"[green]✓[/] demo done in {res['seconds']:.0f} s ({times}); report {html}")
+        month1 = os.path.abspath(demo_paths(data_dir)["month1"])
+        out.print(_demo_next_steps(res, config, html, any(os.path.abspath(s) == month1 for s in cfg.data.sources)),
+                  markup=False)
+
+
+def _demo_next_steps(res: dict, config: str, html: str, trains_on_month1: bool) -> str:
+    """Where the demo's results are and the commands that show them: the demo runs on its own store
+    (a `status` of the quickstart config shows nothing of it), so they take the config it ran."""
+    demo_cfg, store = _rel(res["config"]), _rel(res["store"])
+    lines = [f"  the demo's models, runs, prediction log, drift checks and loop decisions are in {store} (its own "
+             f"store); the config it ran is {demo_cfg}. Look at them with:",
+             f"    mlops-ray status {demo_cfg}    # versions, rollout history, last drift check, loop decision",
+             f"    mlops-ray report {demo_cfg} --html {html}",
+             f"    mlops-ray deploy {demo_cfg}    # serve its champion again; then mlops-ray serve stop {demo_cfg}"]
+    if "://" not in res["store"]:
+        lines.append(f"    mlflow ui --backend-store-uri sqlite:///{store}/mlflow.db")
+    if trains_on_month1:
+        lines.append(f"  {config} trains on the demo's month 1, in its own store: mlops-ray run {config}")
+    return "\n".join(lines)
+
+
+def _rel(path: str) -> str:
+    """``path`` relative to the current directory when it lies under it (shorter commands to copy)."""
+    if "://" in path or not os.path.isabs(path):
+        return path
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 # ---------------------------------------------------------------------- jobs

@@ -74,9 +74,7 @@ def step_ingest(cfg: Config, source: ingest.Source):
 
 
 def step_check_schema(cfg: Config, source: ingest.Source):
-    """Checks on the schema alone (the config's column names, required columns, dtypes): before any
-    row is read."""
-    validate.check_config_columns(source.schema.names, cfg)
+    """Checks on the schema alone (required columns, dtypes): before any row is read."""
     static, plan = validate.plan_checks(source.schema, cfg.data, cfg.schema_, cfg.model.task)
     missing = [c for c in static if not c.passed and c.rule == "required"]
     if missing:
@@ -150,21 +148,41 @@ def step_reference(cfg: Config, ds, spec: feat.FeatureSpec, cutoffs) -> dict:
 
 
 # --------------------------------------------------------------------------- the data plane
+def inspect(cfg: Config, progress: Progress = _noop) -> ingest.Source:
+    """The source on metadata only (paths, footers, fingerprint): no Ray, no row read. Every column
+    name the config lists is checked against it here, before any cache is trusted."""
+    progress("ingest", f"reading {', '.join(cfg.data.sources)}")
+    source = ingest.inspect_source(cfg.data)
+    validate.check_config_columns(source.schema.names, cfg)
+    return source
+
+
+def cached_data(cfg: Config, source: ingest.Source, progress: Progress = _noop) -> DataResult | None:
+    """The featurized data of an unchanged source and config, from the store (no Ray), or None."""
+    store, key = Store(cfg.store), _data_key(cfg, source)
+    if not (store.exists(store.path(cfg.name, "data", key, "_SUCCESS"))
+            and store.exists(store.path(cfg.name, "data", key, "reference_inputs.json"))):
+        return None
+    progress("featurize", f"cached: data {key} is unchanged (ingest, validate, featurize skipped)")
+    return _load_data_result(store, cfg, key)
+
+
 def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _noop,
-                 write: bool = True, force: bool = False) -> DataResult:
-    """ingest → validate → featurize. Raises DataValidationError (exit 3) before featurizing."""
+                 write: bool = True, force: bool = False, source: ingest.Source | None = None) -> DataResult:
+    """ingest → validate → featurize. Raises DataValidationError (exit 3) before featurizing.
+    Ray starts only when there is something to read: an unchanged source's cached result is
+    found on the metadata alone. ``source``: already inspected (by ``run_pipeline``)."""
     store = Store(cfg.store)
     timings: dict[str, float] = {}
+    t = time.perf_counter()
+    source = source or inspect(cfg, progress)
+    key = _data_key(cfg, source)
+    if write and not force:
+        cached = cached_data(cfg, source, progress)
+        if cached is not None:
+            return cached
     with ray_runtime(cfg.ray, verbose=verbose):
         require_shared_store(cfg)
-        t = time.perf_counter()
-        progress("ingest", f"reading {', '.join(cfg.data.sources)}")
-        source = ingest.inspect_source(cfg.data)          # metadata only: paths, footers, fingerprint
-        key = _data_key(cfg, source)
-        if write and not force and store.exists(store.path(cfg.name, "data", key, "_SUCCESS")) \
-                and store.exists(store.path(cfg.name, "data", key, "reference_inputs.json")):
-            progress("featurize", f"cached: data {key} is unchanged (ingest, validate, featurize skipped)")
-            return _load_data_result(store, cfg, key)
         if source.format == "parquet":
             static, plan = step_check_schema(cfg, source)   # before a row is read
         ds = step_ingest(cfg, source)
@@ -319,6 +337,7 @@ def _data_key(cfg: Config, source: ingest.Source) -> str:
 
 # =========================================================================== training half
 STEPS = ("ingest", "validate", "featurize", "tune", "evaluate", "register")
+DATA_STEPS = STEPS[:3]
 
 
 @dataclass
@@ -383,38 +402,52 @@ def run_pipeline(cfg: Config, opts: RunOptions | None = None, progress: Progress
     opts = opts or RunOptions()
     registry = preflight(cfg, opts)
     store = Store(cfg.store)
+    data_forced = any(opts.forced(s) for s in DATA_STEPS)
+    # the caches are checked on the source's metadata before Ray starts: an unchanged rerun starts none
+    source = inspect(cfg, progress)
+    data = None if data_forced else cached_data(cfg, source, progress)
+    if data is not None:
+        result = RunResult(data=data, cached_steps=list(DATA_STEPS))
+        if opts.only in DATA_STEPS or _cached_registration(cfg, opts, registry, result, progress):
+            return result
     with ray_runtime(cfg.ray, verbose=opts.verbose):
         require_shared_store(cfg)
         require_resources(gpus=cfg.tune.gpus_per_trial, cpus=cfg.tune.cpus_per_trial)
-        data_forced = any(opts.forced(s) for s in ("ingest", "validate", "featurize"))
-        data = prepare_data(cfg, verbose=opts.verbose, progress=progress, force=data_forced)
-        result = RunResult(data=data, cached_steps=["ingest", "validate", "featurize"] if data.cached else [])
-        if opts.only in ("ingest", "validate", "featurize"):
-            return result
+        if data is None:
+            data = prepare_data(cfg, verbose=opts.verbose, progress=progress, force=data_forced, source=source)
+            result = RunResult(data=data, cached_steps=list(DATA_STEPS) if data.cached else [])
+            if opts.only in DATA_STEPS or _cached_registration(cfg, opts, registry, result, progress):
+                return result
         train_key = _train_key(cfg, data.key)
-        run_dir = store.path(cfg.name, "runs", train_key)
-        done = f"{run_dir}/registered.json"
-        if store.exists(done) and not any(opts.forced(s) for s in ("tune", "evaluate", "register")):
-            rec = store.read_json(done)
-            progress("register", f"cached: this data and config are already registered as version "
-                                 f"{rec['version']}{'' if rec['promoted'] else ', rejected by the gate'} "
-                                 f"(tune, evaluate, register skipped; --force to redo)")
-            result.cached_steps += ["tune", "evaluate", "register"]
-            result.search, result.evaluation, result.gate = rec.get("search"), rec.get("evaluation"), rec.get("gate")
-            result.version, result.promoted, result.run_id = rec["version"], rec["promoted"], rec.get("run_id")
-            result.aliases = registry.aliases_of(result.version)
-            if not rec["promoted"] and rec.get("gate"):     # a cached rejection is still a rejection (exit 4)
-                from mlops_ray.train import evaluate as ev
-                g = rec["gate"]
-                ev.raise_if_rejected(ev.GateDecision(passed=False, failures=list(g.get("failures") or []),
-                                                     checks=list(g.get("checks") or []),
-                                                     champion_version=g.get("champion_version")))
-            return result
         try:
             return _train_evaluate_register(cfg, opts, registry, store, data, train_key, result, progress)
         finally:
             if result.version:
                 result.aliases = registry.aliases_of(result.version)
+
+
+def _cached_registration(cfg: Config, opts: RunOptions, registry, result: RunResult, progress: Progress) -> bool:
+    """Fill ``result`` from the registration of this data and config, when there is one and no step
+    after featurize is forced; False otherwise. Reads the store and the registry, never Ray."""
+    store = Store(cfg.store)
+    done = store.path(cfg.name, "runs", _train_key(cfg, result.data.key), "registered.json")
+    if not store.exists(done) or any(opts.forced(s) for s in ("tune", "evaluate", "register")):
+        return False
+    rec = store.read_json(done)
+    progress("register", f"cached: this data and config are already registered as version "
+                         f"{rec['version']}{'' if rec['promoted'] else ', rejected by the gate'} "
+                         f"(tune, evaluate, register skipped; --force to redo)")
+    result.cached_steps += ["tune", "evaluate", "register"]
+    result.search, result.evaluation, result.gate = rec.get("search"), rec.get("evaluation"), rec.get("gate")
+    result.version, result.promoted, result.run_id = rec["version"], rec["promoted"], rec.get("run_id")
+    result.aliases = registry.aliases_of(result.version)
+    if not rec["promoted"] and rec.get("gate"):     # a cached rejection is still a rejection (exit 4)
+        from mlops_ray.train import evaluate as ev
+        g = rec["gate"]
+        ev.raise_if_rejected(ev.GateDecision(passed=False, failures=list(g.get("failures") or []),
+                                             checks=list(g.get("checks") or []),
+                                             champion_version=g.get("champion_version")))
+    return True
 
 
 def _train_evaluate_register(cfg, opts, registry, store, data, train_key, result, progress) -> RunResult:

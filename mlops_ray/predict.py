@@ -140,7 +140,8 @@ def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, lo
         scored = ds.map_batches(
             Scorer, fn_constructor_kwargs={"model": [payload], "id_column": id_col, "log_root": log_root,
                                            "log_types": log_types, "run_token": run_token},
-            concurrency=actors, batch_size=rows_per_batch, batch_format="pyarrow", num_cpus=1)
+            concurrency=actors, batch_size=rows_per_batch, batch_format="pyarrow", num_cpus=1,
+            **restarts(local))
         scored.write_parquet(out_path, filesystem=out_fs)
         t_end = time.time()
         del payload
@@ -155,6 +156,19 @@ def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, lo
             "input": {"source": data, "format": source.format, "files": len(source.files),
                       "fingerprint": source.fingerprint},
             "actors": actors, "batch_size": rows_per_batch}
+
+
+def restarts(local: bool) -> dict:
+    """Restart options of the Scorer actors. Ray Data 2.60 creates every actor of a pool with its
+    constructor arguments in the object store (its DataContext and map transformer are ObjectRefs)
+    and, by default, ``max_restarts=-1``; the driver's core worker then logs, at ERROR level, that a
+    restart could fail ("has constructor arguments in the object store and max_restarts > 0"), and
+    Ray copies every ERROR line of the driver's C++ log to its stderr whatever ``log_to_driver`` and
+    the Python log levels say: the user saw Ray's line among the progress. On a local Ray a Scorer
+    dies only with its process (an out-of-memory kill or a crash a restart would repeat): no
+    restarts, so the run fails with the cause and a rerun with ``--overwrite`` redoes it (the log
+    de-duplicates). On a cluster, where a node can go away under a long run, Ray Data's restarts stay."""
+    return {"max_restarts": 0} if local else {}
 
 
 def num_classes(bundle) -> int:

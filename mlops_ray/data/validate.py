@@ -442,8 +442,9 @@ def evaluate(merged: dict, plan: Plan, data: DataConfig, rules: SchemaConfig,
     if lab:
         checks.append(CheckResult(data.label, "label_not_null", lab["null"] == 0, lab["null"], 0,
                                   "" if lab["null"] == 0 else
-                                  f"label column '{data.label}' is null in {lab['null']:,} row(s); drop or "
-                                  "fill those rows before training" + (
+                                  f"label column '{data.label}' is null in {lab['null']:,} row(s); set "
+                                  "data.unlabelled: drop to leave them out of training and evaluation, or "
+                                  "drop or fill those rows upstream" + (
                                       f" (data.label expr {data.label_expr!r} has no value where a column "
                                       "it reads is missing; fillna(column, value) in the expression gives one)"
                                       if data.label_expr else ""), lab["null_samples"]))

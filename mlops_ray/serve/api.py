@@ -100,7 +100,8 @@ class RequestParser:
     """Validates and normalizes ``POST /predict`` bodies for one model's input columns."""
 
     def __init__(self, input_types: dict[str, str], *, max_batch_rows: int, max_body_bytes: int,
-                 extra_fields: str = "reject", passthrough: tuple = ()):
+                 extra_fields: str = "reject", passthrough: tuple = (), task: str | None = None,
+                 classes: list | None = None):
         bad = {c: k for c, k in input_types.items() if k not in _KIND_CODE}
         if bad:
             raise ValueError(f"unknown input kind(s) {bad}; expected one of {list(KINDS)}")
@@ -122,8 +123,11 @@ class RequestParser:
         # fields accepted beside the inputs and kept (as text) for the prediction log, never features:
         # the data's id column, so labels keyed by it join later
         self._passthrough = tuple(p for p in passthrough if p and p not in self._name_set)
+        # the response: a binary model's labels are 0/1 at its threshold, a multiclass model's the class
+        # names, its probabilities in the order of ``classes``
+        self.task, self.classes = task, list(classes) if classes else None
         self.row_model, self.request_model, self.response_model, self.error_model = _models(
-            self.input_types, self.max_batch_rows, self._reject)
+            self.input_types, self.max_batch_rows, self._reject, self._passthrough, task, self.classes)
 
     @classmethod
     def from_bundle(cls, bundle, serve_cfg=None, passthrough: tuple = ()) -> "RequestParser":
@@ -134,7 +138,17 @@ class RequestParser:
             serve_cfg = ServeConfig()
         return cls(bundle.spec.input_types, max_batch_rows=serve_cfg.max_batch_rows,
                    max_body_bytes=serve_cfg.max_body_bytes, extra_fields=serve_cfg.extra_fields,
-                   passthrough=passthrough)
+                   passthrough=passthrough, task=bundle.task,
+                   classes=bundle.spec.classes if bundle.task == "multiclass" else None)
+
+    def schema(self) -> dict:
+        """What ``GET /schema`` answers: the request and response JSON Schemas, and for a multiclass
+        model its classes in the order of each row's probabilities."""
+        out = {"request": self.request_model.model_json_schema(),
+               "response": self.response_model.model_json_schema(), "task": self.task}
+        if self.classes:
+            out["classes"] = self.classes
+        return out
 
     # ------------------------------------------------------------------ transport checks
     def check_content_type(self, content_type: str | None) -> None:
@@ -467,7 +481,8 @@ def _short(v: Any, n: int) -> str:
 
 
 # --------------------------------------------------------------------------- OpenAPI models
-def _models(input_types: dict[str, str], max_rows: int, reject: bool):
+def _models(input_types: dict[str, str], max_rows: int, reject: bool, passthrough: tuple = (),
+            task: str | None = None, classes: list | None = None):
     """pydantic models of a row, the request, the response and the error body, for docs
     (OpenAPI). Validation is ``RequestParser.parse``: the models only describe it."""
     from typing import Annotated
@@ -484,15 +499,37 @@ def _models(input_types: dict[str, str], max_rows: int, reject: bool):
             fields[col] = (typ, Field(..., description=desc))
         else:
             fields[f"field_{i}"] = (typ, Field(..., alias=col, description=desc))
+    for j, col in enumerate(passthrough):          # the data's id column: optional, logged, never a feature
+        desc = ("the row's id (data.id_column), optional: logged with the prediction so that labels keyed by "
+                "it join later (mlops-ray feedback); never an input of the model")
+        typ = Optional[Union[str, int, float]]
+        if col.isidentifier() and not keyword.iskeyword(col) and not col.startswith(("_", "model_")) \
+                and not hasattr(BaseModel, col) and col not in fields:
+            fields[col] = (typ, Field(None, description=desc))
+        else:
+            fields[f"id_{j}"] = (typ, Field(None, alias=col, description=desc))
     row = create_model("PredictRow", __config__=ConfigDict(extra="forbid" if reject else "ignore",
                                                            populate_by_name=True), **fields)
     rows = Annotated[list[row], Field(min_length=1, max_length=max_rows)]
     request = type("PredictRequest", (RootModel[Union[row, rows]],), {
         "__doc__": f"One row object, or an array of 1..{max_rows} row objects."})
+    predictions = {"binary": "One per row: the probability of the positive class",
+                   "regression": "One per row: the predicted value",
+                   "multiclass": f"One per row: the probabilities of the classes, in this order: {classes}"}
+    labels = {"binary": (list[int], "One per row: 1 where the probability reaches the version's decision "
+                                    "threshold (model.threshold, chosen at training), else 0"),
+              "multiclass": (list[Union[str, int]], "One per row: the most probable class, by name")}
+    extra = {}
+    if task in labels:
+        extra["labels"] = (labels[task][0], Field(..., description=labels[task][1]))
+    elif task is None:
+        extra["labels"] = (Optional[list[Union[int, str]]], Field(None, description=(
+            "Classification only, one per row: binary 0/1 at the version's threshold; multiclass the class name")))
     response = create_model(
         "PredictResponse",
-        predictions=(list[Union[float, list[float]]],
-                     Field(..., description="One per row: a probability or value, or class probabilities")),
+        predictions=(list[Union[float, list[float]]], Field(..., description=predictions.get(
+            task, "One per row: a probability or value, or class probabilities"))),
+        **extra,
         model_version=(str, Field(..., description="Registered model version that answered")),
         request_id=(str, Field(..., description="Echoed in logs and the prediction log")),
     )

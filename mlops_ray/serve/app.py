@@ -339,9 +339,7 @@ class Predictor:
             return _json({"status": "ok", "stable": self.route.stable.version, "replica": self.replica,
                           "pipeline": self.cfg.name})
         if method == "GET" and path.endswith("/schema"):
-            p = self.route.stable.parser
-            return _json({"request": p.request_model.model_json_schema(),
-                          "response": p.response_model.model_json_schema(), "version": self.route.stable.version})
+            return _json({**self.route.stable.parser.schema(), "version": self.route.stable.version})
         if method == "GET" and path.endswith("/version"):
             r = self.route
             return _json({"stable": r.stable.version, "canary": r.canary.version if r.canary else None,

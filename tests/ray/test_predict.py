@@ -214,3 +214,12 @@ def test_cli_predict_json_and_missing_column(env, tmp_path):
     r = runner.invoke(app, ["predict", str(cfg), "--data", str(bad), "--out", str(tmp_path / "o2"),
                             "--version", "1", "--alias", "champion"])
     assert r.exit_code == 2
+
+
+def test_scoring_prints_no_line_of_rays_own(env, tmp_path, capfd):
+    """`predict` printed `core_worker.cc:2465: Actor ... has constructor arguments in the object store and
+    max_restarts > 0` (the driver's C++ log copies its ERROR lines to stderr): users see progress and results."""
+    capfd.readouterr()
+    batch_predict(env["cfg"], str(env["data"]), str(tmp_path / "out"), **FAST)
+    err = capfd.readouterr().err
+    assert "core_worker" not in err and "max_restarts" not in err, err

@@ -74,6 +74,18 @@ def test_null_labels(small_df):
     assert len(f.samples) == 3 and "transaction_id" in f.samples[0]
 
 
+def test_the_null_label_message_names_data_unlabelled_drop_and_that_fix_works(small_df):
+    df = small_df.assign(is_fraud=small_df["is_fraud"].astype("float"))
+    df.loc[df.index[:3], "is_fraud"] = np.nan
+    f = failures(run(df))[("is_fraud", "label_not_null")]
+    assert "set data.unlabelled: drop to leave them out of training and evaluation" in f.message
+    from mlops_ray.data.ingest import add_label       # where data.unlabelled: drop leaves the rows out
+    cfg = make_config("unused", schema=SCHEMA, data={"unlabelled": "drop"})
+    kept = add_label(pa.Table.from_pandas(df, preserve_index=False), cfg.data)
+    report = validate_table(kept, cfg.data, cfg.schema_, cfg.model.task)
+    assert report.passed and report.rows == len(df) - 3, report.summary()
+
+
 def test_label_not_binary(small_df):
     df = small_df.assign(is_fraud=small_df["is_fraud"].astype("int64"))
     df.loc[df.index[:2], "is_fraud"] = 7
