@@ -225,6 +225,9 @@ def _print_validation(report, to: Console = out) -> None:
         rules = Counter(c.rule for c in report.checks)
         to.print(f"[green]✓[/] validation: {len(report.checks)} checks passed on {report.rows:,} rows "
                  f"({', '.join(f'{r} {n}' for r, n in rules.items())})")
+        for c in report.checks:
+            if c.message:             # a passed check that has something to say (a date format inferred)
+                to.print(f"  {c.message}")
         return
     t = Table(title=f"Validation: {report.rows:,} rows, {len(report.checks)} checks, "
                     f"{len(report.failures)} failed", title_justify="left")

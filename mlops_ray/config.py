@@ -92,6 +92,12 @@ class DataConfig(_Model):
         "stops at validation naming them; 'drop' leaves them out of training and evaluation.")
     time_column: str | None = Field(None, description="Event time: used by time splits and freshness.")
     id_column: str | None = Field(None, description="Row identifier, excluded from features.")
+    datetime_formats: dict[str, str] = Field(
+        default_factory=dict, description="How date-times stored as text are read, by column: a strftime "
+        "format such as {date: \"%m/%d/%Y\"} (12/31/2012), \"%d.%m.%Y %H:%M\" (31.10.2020 08:00), \"%b %d %Y\" "
+        "(Jul 17 1998), or ISO8601. A column not listed that the config says is a date-time (data.time_column, "
+        "a datetime dtype rule, features.datetime) is read with a format inferred from its first rows, and "
+        "validation says which. The format is kept with the model: serving and batch scoring read the same way.")
     split: SplitConfig = Field(SplitConfig(), description="How rows are split into train, valid and test.")
     content_hash_max_mb: float = Field(
         64.0, ge=0, description="Fingerprint data up to this size by content hash; larger data by "
@@ -129,6 +135,16 @@ class DataConfig(_Model):
             return (self.label,)
         from mlops_ray import expr
         return expr.parse(self.label_expr).columns
+
+    @field_validator("datetime_formats")
+    @classmethod
+    def _formats_read_back(cls, v: dict[str, str]):
+        from mlops_ray.data.dates import check_format
+        for col, fmt in v.items():
+            why = check_format(fmt)
+            if why:
+                raise ValueError(f"data.datetime_formats.{col} {fmt!r} is not a date format: {why}")
+        return v
 
     @field_validator("source")
     @classmethod
