@@ -14,6 +14,7 @@ in UTC (a value with an offset is converted), as the rest of the platform keeps 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -88,11 +89,25 @@ def parse_value(v: str, fmt: str) -> dt.datetime | None:
 
 def parse_table(table: pa.Table, formats: dict[str, str]) -> pa.Table:
     """``table`` with each column of ``formats`` parsed into timestamps."""
+    done = set()
     for c, fmt in formats.items():
-        if c in table.column_names:
+        if c in table.column_names and not pa.types.is_timestamp(table.schema.field(c).type):
             i = table.column_names.index(c)
             table = table.set_column(i, pa.field(c, TS), parse(table.column(c), fmt))
-    return table
+            done.add(c)
+    return _forget_pandas_types(table, done) if done else table
+
+
+def _forget_pandas_types(table: pa.Table, columns: set[str]) -> pa.Table:
+    """Drop what a pandas-written file's metadata says of the parsed columns (that they were
+    text), or ``to_pandas`` turns the timestamps back into text."""
+    meta = dict(table.schema.metadata or {})
+    if b"pandas" not in meta:
+        return table
+    pandas_meta = json.loads(meta[b"pandas"])
+    pandas_meta["columns"] = [c for c in pandas_meta.get("columns", []) if c.get("name") not in columns]
+    meta[b"pandas"] = json.dumps(pandas_meta).encode()
+    return table.replace_schema_metadata(meta)
 
 
 def parsed_schema(schema: pa.Schema, formats: dict[str, str]) -> pa.Schema:
