@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from mlops_ray.config import Config
-from mlops_ray.data import ingest
+from mlops_ray.data import dates, ingest
 from mlops_ray.errors import ConfigError, DataSourceError, DataValidationError
 
 Progress = Callable[[str, str], None]   # (step, message), as in pipeline.py
@@ -318,6 +318,8 @@ class Scorer:
         from mlops_ray.bundle import predict_features
         from mlops_ray.data.features import frame, transform
 
+        if isinstance(batch, pa.Table) and self.spec.datetime_formats:
+            batch = dates.parse_table(batch, self.spec.datetime_formats)   # text dates, read as training read them
         df = frame(batch) if isinstance(batch, pa.Table) else batch
 
         n = len(df)
