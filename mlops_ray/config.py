@@ -246,7 +246,8 @@ class FeaturesConfig(_Model):
         "is_weekend, epoch_days (days since 1970), and cyclical pairs hour_sin/hour_cos (of the time of day), "
         "dayofweek_sin/dayofweek_cos, dayofyear_sin/dayofyear_cos (23:59 is next to 00:00, December to January).")
     derived: dict[str, str] = Field(default_factory=dict, description="name: expression, e.g. "
-                                    "'log1p(amount)'. A safe arithmetic language; never eval.")
+                                    "'log1p(amount)'. A safe arithmetic language; never eval. A column name "
+                                    "with spaces or dots goes in backticks: 'log1p(`Production Budget`)'.")
 
     @field_validator("derived")
     @classmethod

@@ -13,6 +13,7 @@ derived columns come from the safe expression language in ``mlops_ray.expr``.
 """
 from __future__ import annotations
 
+import difflib
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -204,8 +205,10 @@ def assign_roles(schema: pa.Schema, data: DataConfig, cfg: FeaturesConfig) -> Ro
     for name, source in cfg.derived.items():
         for c in expr.parse(source).columns:
             if c not in kinds:
-                raise FeatureError(f"features.derived.{name} uses column '{c}', which is not in the data; "
-                                   f"available: {list(kinds)}")
+                close = difflib.get_close_matches(c, list(kinds), n=1, cutoff=0.6)
+                raise FeatureError(f"features.derived.{name} uses column '{c}', which is not in the data"
+                                   + (f" (did you mean {close[0]!r}? a name with spaces or dots goes in "
+                                      f"backticks: `{close[0]}`)" if close else "") + f"; available: {list(kinds)}")
             used.add(c)
     if not numeric and not categorical and not datetime and not cfg.derived:
         raise FeatureError("no feature columns: every column is the label, the id or excluded; "
