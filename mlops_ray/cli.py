@@ -586,6 +586,10 @@ def predict_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
                 alias: Optional[str] = typer.Option(None, "--alias", help="Alias to use (default: champion)."),
                 log: bool = typer.Option(False, "--log", help="Also append the rows to the prediction log."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files in --out."),
+                keep: Optional[str] = typer.Option(None, "--keep", help="Input columns to copy into the "
+                                                   "predictions, comma-separated (e.g. --keep 'Title,Release Date'). "
+                                                   "Without data.id_column the output also has 'row', the input "
+                                                   "row's position."),
                 json_out: bool = typer.Option(False, "--json"),
                 set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
     """Score --data with a registered version on Ray Data; write Parquet predictions to --out.
@@ -599,7 +603,8 @@ def predict_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
             raise ConfigError("give --version or --alias, not both")
         cfg = _load(config, set_)
         res = batch_predict(cfg, data, output, version or (f"@{alias}" if alias else "champion"), log=log,
-                            overwrite=overwrite, verbose=State.verbose, progress=_progress(json_out))
+                            overwrite=overwrite, keep=[c.strip() for c in keep.split(",") if c.strip()] if keep else None,
+                            verbose=State.verbose, progress=_progress(json_out))
         if json_out:
             _emit_json(res)
             return

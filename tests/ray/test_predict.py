@@ -214,3 +214,31 @@ def test_cli_predict_json_and_missing_column(env, tmp_path):
     r = runner.invoke(app, ["predict", str(cfg), "--data", str(bad), "--out", str(tmp_path / "o2"),
                             "--version", "1", "--alias", "champion"])
     assert r.exit_code == 2
+
+
+def test_without_an_id_rows_are_keyed_by_position_and_classes_name_the_probabilities(small_df, tmp_path):
+    """No data.id_column in the data: each prediction carries its input row's position and the
+    columns --keep names; a multiclass model's probabilities are named by class."""
+    from mlops_ray import bundle as B
+    path = multiclass_bundle(small_df, tmp_path / "b")
+    loaded = B.load_bundle(path)
+    loaded.spec.classes = ["drizzle", "light rain", "Sunny"]
+    path = B.write_bundle(str(tmp_path / "named"), loaded.booster, loaded.spec, {}, {"task": "multiclass"})
+    cfg = make_config(str(tmp_path / "unused"), store=str(tmp_path / "store"))
+    reg = Registry(cfg.registry, cfg.store, cfg.name)
+    with reg.start_run("r") as run:
+        version = reg.register(run, path)
+    df = small_df.drop(columns=["is_fraud", ID])
+    data = write_parquet(df, tmp_path / "score", parts=3)
+    out = tmp_path / "out"
+    res = batch_predict(cfg, str(data), str(out), str(version), keep=["channel", "amount"], **FAST)
+    assert res["rows"] == len(df)
+    got = read_out(out).sort_values("row").reset_index(drop=True)
+    assert list(read_out(out).columns) == ["row", "channel", "amount", "prediction", "p_drizzle", "p_light_rain",
+                                           "p_Sunny", "label", "model_version"]
+    assert got["row"].tolist() == list(range(len(df)))
+    pd.testing.assert_series_equal(got["amount"], df["amount"].reset_index(drop=True), check_names=False)
+    expected = loaded.predict(df)
+    np.testing.assert_allclose(got[["p_drizzle", "p_light_rain", "p_Sunny"]].to_numpy(), expected, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ConfigError, match=r"--keep names column 'amout', which is not in .* \(did you mean 'amount'\?\)"):
+        batch_predict(cfg, str(data), str(tmp_path / "out2"), str(version), keep=["amout"])
