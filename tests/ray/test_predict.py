@@ -135,7 +135,10 @@ def test_log_without_id_uses_the_global_row_index(env, tmp_path):
     data = write_parquet(df.drop(columns=["is_fraud", ID]), tmp_path / "noid", parts=3)
     res = batch_predict(cfg, str(data), str(tmp_path / "out"), log=True, **FAST)
     assert res["logged"] == 4000
-    assert list(read_out(tmp_path / "out").columns) == ["prediction", "label", "model_version"]
+    out = read_out(tmp_path / "out")
+    assert list(out.columns) == ["row", "prediction", "label", "model_version"]   # the row key joins back
+    np.testing.assert_allclose(out.sort_values("row")["prediction"].to_numpy(),
+                               env["reg"].load_bundle("1").predict(df), rtol=1e-6, atol=1e-7)
     prefix = f"batch-{res['run_token']}-"
     log = read_log(predlog_root(cfg)).to_pandas()
     log = log[log["request_id"].str.startswith(prefix)]
