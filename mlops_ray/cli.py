@@ -664,8 +664,17 @@ def feedback_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
         if json_out:
             _emit_json(res)
             return
-        out.print(f"[green]✓[/] {res['labels']:,} labels stored (key {res['key']}); {res['unknown_ids']:,} with ids "
-                  f"never predicted (ignored), {res['duplicates']:,} duplicates (the last one counts)")
+        out.print(f"[green]✓[/] {res['labels']:,} labels stored (key {res['key']}); {res['duplicates']:,} "
+                  "duplicates (the last one counts)")
+        if res["unknown_ids"]:
+            mon = cfg.monitor
+            later = ("they count once those rows are written" if res["key"] == "request_id" else
+                     "run feedback again with this file once those rows are written, so each id is matched "
+                     "to its request")
+            out.print(f"  [yellow]![/] {res['unknown_ids']:,} label(s) name {res['key']} values not in the prediction "
+                      f"log (yet): stored all the same. Serving writes the log every monitor.predlog_flush_s "
+                      f"({mon.predlog_flush_s:g} s) or monitor.predlog_flush_rows ({mon.predlog_flush_rows:,} rows) "
+                      f"per replica, so labels sent right after the traffic find no prediction yet: {later}")
         if res.get("unknown_classes"):
             out.print(f"  [yellow]![/] classes no logged version knows: {', '.join(res['unknown_classes'])} "
                       "(scored as wrong answers)")

@@ -281,7 +281,8 @@ class ThresholdSpec(_Model):
 class ModelConfig(_Model):
     task: Literal["binary", "regression", "multiclass"] = Field(
         "binary", description="'binary': a 0/1 label (binary:logistic); 'regression': a number "
-        "(reg:squarederror); 'multiclass': labels 0..k-1 (multi:softprob).")
+        "(reg:squarederror); 'multiclass': any label values, text or numbers (multi:softprob); the classes are "
+        "kept in order (numbers numerically, text alphabetically) and predictions name them.")
     strategy: Literal["auto", "single", "distributed", "external"] = Field(
         "auto", description="'single': one xgboost process per trial, the splits in memory; 'distributed': "
         "Ray Train XGBoostTrainer, data-parallel; 'external': one process streaming the training split from "
