@@ -153,3 +153,20 @@ def test_a_release_date_listed_in_features_datetime_becomes_date_parts(tmp_path)
     assert "Release Date" not in [c.name for c in res.spec.categorical]
     train = pq.read_table(Path(res.out_dir) / "features" / "split=train").to_pandas()
     assert train["Release Date__year"].between(1990, 2015).all()
+
+
+def test_the_retrain_window_reads_a_text_time_column_as_training_does(tmp_path):
+    """retrain.window over a weather export's 12/31/2012 dates: the newest 30 days by date (not by
+    the text's sort order, where 12/31/2012 comes after 01/13/2013), the rows kept as text."""
+    from mlops_ray.loop import retrain_config
+    from tests.unit.test_dates import weather
+    path = tmp_path / "weatherAUS.csv"
+    weather(400).to_csv(path, index=False)           # 2012-01-01 .. 2013-02-03
+    cfg = make_config(str(path), store=str(tmp_path / "store"),
+                      data={"label": "RainTomorrow", "time_column": "Date", "id_column": None},
+                      retrain={"window": "30d", "previous_sample": 0.0})
+    window = pq.read_table(retrain_config(cfg).data.source)
+    dates_ = pd.to_datetime(pd.Series(window.column("Date").to_pylist()), format="%m/%d/%Y")
+    assert window.schema.field("Date").type == pa.string()
+    assert dates_.min() == pd.Timestamp("2013-01-04") and dates_.max() == pd.Timestamp("2013-02-03")
+    assert window.num_rows == 31
