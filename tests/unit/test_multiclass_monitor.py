@@ -1,0 +1,53 @@
+"""A multiclass model's predictions are monitored: the predicted class's distribution in a window
+of the prediction log against the reference's."""
+import numpy as np
+import pyarrow as pa
+
+from mlops_ray.config import MonitorConfig
+from mlops_ray.monitor import reference as R
+from mlops_ray.monitor.drift import PREDICTION, compare
+
+CLASSES = ["clear", "fog", "rain", "snow"]
+
+
+def reference_of(share, n=5000, seed=0):
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.ones(4), n) * 0.3 + np.eye(4)[rng.choice(4, n, p=share)] * 0.7
+    ref = R.build_reference(np.zeros((n, 0), np.float32), _Spec(), p, "multiclass", bins=10, seed=0)
+    return {**ref, "inputs": {"columns": {}}, "task": "multiclass", "classes": CLASSES}
+
+
+class _Spec:
+    output_columns, feature_types, categorical = [], [], []
+
+
+def log_window(share, n=3000, seed=1, parts=3):
+    """The prediction log's `prediction` column: one list of class probabilities per row."""
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.ones(4), n) * 0.3 + np.eye(4)[rng.choice(4, n, p=share)] * 0.7
+    tables = np.array_split(np.arange(n), parts)
+    return [pa.table({"prediction": pa.array([list(r) for r in p[i]], pa.list_(pa.float64()))}) for i in tables]
+
+
+def judge(ref, window):
+    counts = R.merge_counts([R.count_partial(t, {}, prediction_classes=len(CLASSES)) for t in window])
+    return compare(ref, counts, MonitorConfig(null_draws=400), seed=0)
+
+
+def test_the_predicted_class_is_monitored_and_named():
+    ref = reference_of([0.6, 0.1, 0.25, 0.05])
+    same = judge(ref, log_window([0.6, 0.1, 0.25, 0.05]))
+    assert same["prediction"]["verdict"] == "ok" and not same["drift"]
+    assert same["prediction"]["kind"] == "categorical" and same["prediction"]["rows"] == 3000
+    assert same["prediction"]["window_hist"]["labels"][:4] == CLASSES
+    moved = judge(ref, log_window([0.3, 0.1, 0.55, 0.05], seed=2))          # a rainy month
+    assert moved["prediction"]["verdict"] == "drift" and moved["drift"]
+
+
+def test_window_counts_of_the_predicted_class():
+    [t] = log_window([0.25] * 4, n=4, parts=1)
+    top = R._top_class(t.column("prediction"))
+    probs = np.array(t.column("prediction").to_pylist())
+    np.testing.assert_array_equal(top, probs.argmax(axis=1))
+    assert R.count_partial(t, {}, prediction_classes=4)[PREDICTION]["counts"] == \
+        np.bincount(probs.argmax(axis=1), minlength=5).tolist()
