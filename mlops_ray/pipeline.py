@@ -543,7 +543,8 @@ def _evaluate(cfg: Config, data: DataResult, booster, champion, choice: dict | N
     if cfg.model.slice_column and "slice" in scored:
         import pandas as pd
         slices = pd.Series(scored["slice"], name=cfg.model.slice_column)
-    cand = ev.evaluate(cfg.model.task, scored["y"], scored["p_candidate"], choice["value"] if choice else 0.5, slices)
+    cand = ev.evaluate(cfg.model.task, scored["y"], scored["p_candidate"], choice["value"] if choice else 0.5, slices,
+                       classes=data.spec.classes)
     cand.threshold_choice = choice
     champ = ev.evaluate(cfg.model.task, scored["y"], scored["p_champion"], champion[1].threshold, slices) \
         if champion else None

@@ -51,3 +51,20 @@ def test_window_counts_of_the_predicted_class():
     np.testing.assert_array_equal(top, probs.argmax(axis=1))
     assert R.count_partial(t, {}, prediction_classes=4)[PREDICTION]["counts"] == \
         np.bincount(probs.argmax(axis=1), minlength=5).tolist()
+
+
+def test_the_report_has_a_confusion_matrix_named_by_class():
+    from mlops_ray.monitor.report import render_report
+    from mlops_ray.train import evaluate as ev
+    rng = np.random.default_rng(3)
+    y = rng.choice(4, 400, p=[0.6, 0.1, 0.25, 0.05])
+    p = rng.dirichlet(np.ones(4), 400) * 0.5 + np.eye(4)[np.where(rng.random(400) < 0.7, y, rng.choice(4, 400))] * 0.5
+    report = ev.EvaluationReport.from_dict(ev.evaluate("multiclass", y, p, classes=CLASSES).to_dict())
+    m = np.array(report.confusion["matrix"])
+    assert report.confusion["classes"] == CLASSES and m.sum() == 400
+    assert (m.sum(axis=1) == np.bincount(y, minlength=4)).all()              # rows: the true classes
+    assert np.trace(m) / 400 == report.metrics["accuracy"]
+    html = render_report({"pipeline": "weather", "model": {"name": "weather", "version": "2", "task": "multiclass",
+                                                            "metrics": report.metrics, "confusion": report.confusion}})
+    assert "Confusion matrix (test split)" in html and "<th>predicted rain</th>" in html
+    assert f"<td>true snow</td>{''.join(f'<td class=num>{v}</td>' for v in m[3])}" in html
