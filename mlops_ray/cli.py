@@ -241,6 +241,9 @@ def _print_validation(report, to: Console = out) -> None:
         rules = Counter(c.rule for c in report.checks)
         to.print(f"[green]✓[/] validation: {len(report.checks)} checks passed on {report.rows:,} rows "
                  f"({', '.join(f'{r} {n}' for r, n in rules.items())})")
+        for c in report.checks:
+            if c.message:             # a passed check that has something to say (a date format inferred)
+                to.print(f"  {c.message}")
         return
     t = Table(title=f"Validation: {report.rows:,} rows, {len(report.checks)} checks, "
                     f"{len(report.failures)} failed", title_justify="left")
@@ -604,6 +607,10 @@ def predict_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
                 alias: Optional[str] = typer.Option(None, "--alias", help="Alias to use (default: champion)."),
                 log: bool = typer.Option(False, "--log", help="Also append the rows to the prediction log."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files in --out."),
+                keep: Optional[str] = typer.Option(None, "--keep", help="Input columns to copy into the "
+                                                   "predictions, comma-separated (e.g. --keep 'Title,Release Date'). "
+                                                   "Without data.id_column the output also has 'row', the input "
+                                                   "row's position."),
                 json_out: bool = typer.Option(False, "--json"),
                 set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
     """Score --data with a registered version on Ray Data; write Parquet predictions to --out.
@@ -617,7 +624,8 @@ def predict_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
             raise ConfigError("give --version or --alias, not both")
         cfg = _load(config, set_)
         res = batch_predict(cfg, data, output, version or (f"@{alias}" if alias else "champion"), log=log,
-                            overwrite=overwrite, verbose=State.verbose, progress=_progress(json_out))
+                            overwrite=overwrite, keep=[c.strip() for c in keep.split(",") if c.strip()] if keep else None,
+                            verbose=State.verbose, progress=_progress(json_out))
         if json_out:
             _emit_json(res)
             return
@@ -681,8 +689,17 @@ def feedback_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
         if json_out:
             _emit_json(res)
             return
-        out.print(f"[green]✓[/] {res['labels']:,} labels stored (key {res['key']}); {res['unknown_ids']:,} with ids "
-                  f"never predicted (ignored), {res['duplicates']:,} duplicates (the last one counts)")
+        out.print(f"[green]✓[/] {res['labels']:,} labels stored (key {res['key']}); {res['duplicates']:,} "
+                  "duplicates (the last one counts)")
+        if res["unknown_ids"]:
+            mon = cfg.monitor
+            later = ("they count once those rows are written" if res["key"] == "request_id" else
+                     "run feedback again with this file once those rows are written, so each id is matched "
+                     "to its request")
+            out.print(f"  [yellow]![/] {res['unknown_ids']:,} label(s) name {res['key']} values not in the prediction "
+                      f"log (yet): stored all the same. Serving writes the log every monitor.predlog_flush_s "
+                      f"({mon.predlog_flush_s:g} s) or monitor.predlog_flush_rows ({mon.predlog_flush_rows:,} rows) "
+                      f"per replica, so labels sent right after the traffic find no prediction yet: {later}")
         if res.get("unknown_classes"):
             out.print(f"  [yellow]![/] classes no logged version knows: {', '.join(res['unknown_classes'])} "
                       "(scored as wrong answers)")

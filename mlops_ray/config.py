@@ -103,6 +103,12 @@ class DataConfig(_Model):
         "fail", description="Files of one source whose columns differ: 'fail' stops before reading, naming each "
         "file's missing and extra columns; 'null' reads Parquet files with the union of their columns (a "
         "column a file lacks is null in its rows).")
+    datetime_formats: dict[str, str] = Field(
+        default_factory=dict, description="How date-times stored as text are read, by column: a strftime "
+        "format such as {date: \"%m/%d/%Y\"} (12/31/2012), \"%d.%m.%Y %H:%M\" (31.10.2020 08:00), \"%b %d %Y\" "
+        "(Jul 17 1998), or ISO8601. A column not listed that the config says is a date-time (data.time_column, "
+        "a datetime dtype rule, features.datetime) is read with a format inferred from its first rows, and "
+        "validation says which. The format is kept with the model: serving and batch scoring read the same way.")
     split: SplitConfig = Field(SplitConfig(), description="How rows are split into train, valid and test.")
     content_hash_max_mb: float = Field(
         64.0, ge=0, description="Fingerprint data up to this size by content hash; larger data by "
@@ -140,6 +146,16 @@ class DataConfig(_Model):
             return (self.label,)
         from mlops_ray import expr
         return expr.parse(self.label_expr).columns
+
+    @field_validator("datetime_formats")
+    @classmethod
+    def _formats_read_back(cls, v: dict[str, str]):
+        from mlops_ray.data.dates import check_format
+        for col, fmt in v.items():
+            why = check_format(fmt)
+            if why:
+                raise ValueError(f"data.datetime_formats.{col} {fmt!r} is not a date format: {why}")
+        return v
 
     @field_validator("source")
     @classmethod
@@ -241,7 +257,8 @@ class FeaturesConfig(_Model):
         "is_weekend, epoch_days (days since 1970), and cyclical pairs hour_sin/hour_cos (of the time of day), "
         "dayofweek_sin/dayofweek_cos, dayofyear_sin/dayofyear_cos (23:59 is next to 00:00, December to January).")
     derived: dict[str, str] = Field(default_factory=dict, description="name: expression, e.g. "
-                                    "'log1p(amount)'. A safe arithmetic language; never eval.")
+                                    "'log1p(amount)'. A safe arithmetic language; never eval. A column name "
+                                    "with spaces or dots goes in backticks: 'log1p(`Production Budget`)'.")
 
     @field_validator("derived")
     @classmethod
@@ -275,7 +292,8 @@ class ThresholdSpec(_Model):
 class ModelConfig(_Model):
     task: Literal["binary", "regression", "multiclass"] = Field(
         "binary", description="'binary': a 0/1 label (binary:logistic); 'regression': a number "
-        "(reg:squarederror); 'multiclass': labels 0..k-1 (multi:softprob).")
+        "(reg:squarederror); 'multiclass': any label values, text or numbers (multi:softprob); the classes are "
+        "kept in order (numbers numerically, text alphabetically) and predictions name them.")
     strategy: Literal["auto", "single", "distributed", "external"] = Field(
         "auto", description="'single': one xgboost process per trial, the splits in memory; 'distributed': "
         "Ray Train XGBoostTrainer, data-parallel; 'external': one process streaming the training split from "

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from mlops_ray.config import Config
 from mlops_ray.data import features as feat
-from mlops_ray.data import ingest, validate
+from mlops_ray.data import dates, ingest, validate
 from mlops_ray.data.profile import profile_pass
 from mlops_ray.errors import DataValidationError, FeatureError
 from mlops_ray.runtime import ray_runtime, require_shared_store
@@ -73,6 +73,21 @@ def step_ingest(cfg: Config, source: ingest.Source):
     return ds
 
 
+def step_dates(cfg: Config, source: ingest.Source, ds, progress: Progress = _noop) -> dates.Parsing:
+    """How each date-time column stored as text is read (data.datetime_formats, else a format
+    inferred from the first rows); the source's schema becomes the parsed one."""
+    wanted = dates.date_columns(source.schema, cfg)
+    if not wanted:
+        return dates.Parsing()
+    missing = [c for c in wanted if c not in cfg.data.datetime_formats]
+    sample = pa.Table.from_pylist(ds.select_columns(missing).take(dates.SAMPLE_ROWS)) if missing else None
+    parsing = dates.resolve(source.schema, cfg, sample)
+    for note in parsing.notes():
+        progress("validate", note)
+    source.schema = dates.parsed_schema(source.schema, parsing.formats)
+    return parsing
+
+
 def step_check_schema(cfg: Config, source: ingest.Source):
     """Checks on the schema alone (required columns, dtypes): before any row is read."""
     static, plan = validate.plan_checks(source.schema, cfg.data, cfg.schema_, cfg.model.task)
@@ -83,13 +98,27 @@ def step_check_schema(cfg: Config, source: ingest.Source):
     return static, plan
 
 
-def step_validate(cfg: Config, source: ingest.Source, ds, static, plan, extra: dict | None = None):
-    """Validation counts (+ any extra partials computed in the same pass)."""
+def step_validate(cfg: Config, source: ingest.Source, ds, static, plan, extra: dict | None = None,
+                  parsing: dates.Parsing | None = None):
+    """Validation counts (+ any extra partials computed in the same pass). Date-times stored as
+    text are parsed in the pass (each partial sees timestamps) and their unreadable values counted."""
     fns = {"validate": _bind(validate.partial, plan=plan), **(extra or {})}
+    formats = parsing.formats if parsing else {}
+    if formats:
+        fns = {k: _Parsed(fn, formats) for k, fn in fns.items()}
+        fns["dates"] = _bind(dates.failure_partial, formats=formats, k=cfg.schema_.sample_rows)
     parts = profile_pass(ds, fns)
     merged = validate.merge(parts.pop("validate"), cfg.schema_.sample_rows)
+    if parsing:
+        static = static + parsing.static_checks()
+    bad_dates = dates.merge_failures(parts.pop("dates", []), cfg.schema_.sample_rows)
+    if bad_dates:
+        static = static + dates.failure_checks(bad_dates, parsing, dates.locate(source, cfg.data, bad_dates,
+                                                                               cfg.schema_.sample_rows))
     report = validate.evaluate(merged, plan, cfg.data, cfg.schema_, static,
                                fetch_duplicates=validate.fetch_duplicates_ray(ds))
+    if source.rows < 0:
+        source.rows = merged["rows"]      # a CSV's rows are known once they are read
     report.source = source.describe()
     return report, parts
 
@@ -186,7 +215,8 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
         if source.format == "parquet":
             static, plan = step_check_schema(cfg, source)   # before a row is read
         ds = step_ingest(cfg, source)
-        if source.format == "csv":
+        parsing = step_dates(cfg, source, ds, progress)
+        if source.format == "csv" or parsing.formats:
             static, plan = step_check_schema(cfg, source)
         timings["ingest"] = time.perf_counter() - t
 
@@ -195,7 +225,8 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
         extra = {}
         if cfg.model.task == "multiclass" and write:
             extra["classes"] = _bind(feat.class_partial, label=cfg.data.label)
-        if cfg.data.split.method == "time" and cfg.data.time_column in source.schema.names:
+        if cfg.data.split.method == "time" and cfg.data.time_column in source.schema.names and \
+                feat._kind(source.schema.field(cfg.data.time_column).type) == "datetime":
             extra["time"] = _bind(feat.time_partial, time_column=cfg.data.time_column)
         elif write:
             try:
@@ -203,7 +234,7 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
                 extra["fit"] = _bind(_fit_train, cfg=cfg, roles=roles, cutoffs=None, key_rate=_key_rate(source))
             except FeatureError:
                 pass   # reported by the featurize step after validation
-        report, pre = step_validate(cfg, source, ds, static, plan, extra)
+        report, pre = step_validate(cfg, source, ds, static, plan, extra, parsing)
         timings["validate"] = time.perf_counter() - t
         store.write_json(store.path(cfg.name, "data", key, "validation.json"), report.to_dict())
         if not report.passed:
@@ -213,10 +244,12 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
             return result
 
         t = time.perf_counter()
+        ds = _parse_dates(ds, source, parsing.formats)
         out_dir = store.uri(cfg.name, "data", key, "features")
         spec, split_rows, cutoffs, fitted = step_featurize(cfg, source, ds, out_dir,
                                                            store.uri(cfg.name, "data", key, "test_raw"), pre, progress)
         write_train_keys(store, store.path(cfg.name, "data", key, "train_keys.parquet"), fitted, _key_rate(source))
+        spec.datetime_formats = dict(parsing.formats)
         progress("featurize", "profiling the training rows' raw inputs (the drift reference)")
         store.write_json(store.path(cfg.name, "data", key, "reference_inputs.json"),
                          step_reference(cfg, ds, spec, cutoffs))
@@ -255,6 +288,16 @@ class _bind:
 
     def __call__(self, table):
         return self.fn(table, **self.kwargs)
+
+
+class _Parsed:
+    """A partial function that sees the block with its text date-times parsed."""
+
+    def __init__(self, fn, formats: dict):
+        self.fn, self.formats = fn, formats
+
+    def __call__(self, table):
+        return self.fn(dates.parse_table(table, self.formats))
 
 
 TRAIN_KEYS = 1_000_000      # training-row keys kept for the gate's overlap check (8 bytes each); beyond, a sample
@@ -308,6 +351,16 @@ def _transform_batch(table: pa.Table, cfg: Config, spec: feat.FeatureSpec, cutof
 def declared_categorical(cfg: Config) -> set[str]:
     """Columns the schema declares categorical (integer codes among them are categories, not numbers)."""
     return {c for c, rule in cfg.schema_.columns.items() if rule.dtype == "categorical"}
+
+
+def _parse_dates(ds, source: ingest.Source, formats: dict):
+    """The dataset with its date-times stored as text parsed, once (kept in the object store when
+    it fits, so later passes do not parse again)."""
+    if not formats:
+        return ds
+    ds = ds.map_batches(dates.parse_table, fn_kwargs={"formats": formats}, batch_format="pyarrow",
+                        batch_size=None, zero_copy_batch=True)
+    return ds.materialize() if _fits_in_memory(source) else ds
 
 
 def _fits_in_memory(source: ingest.Source) -> bool:
@@ -585,7 +638,8 @@ def _evaluate(cfg: Config, data: DataResult, booster, champion, choice: dict | N
     if cfg.model.slice_column and "slice" in scored:
         import pandas as pd
         slices = pd.Series(scored["slice"], name=cfg.model.slice_column)
-    cand = ev.evaluate(cfg.model.task, scored["y"], scored["p_candidate"], choice["value"] if choice else 0.5, slices)
+    cand = ev.evaluate(cfg.model.task, scored["y"], scored["p_candidate"], choice["value"] if choice else 0.5, slices,
+                       classes=data.spec.classes)
     cand.threshold_choice = choice
     champ = ev.evaluate(cfg.model.task, scored["y"], scored["p_champion"], champion[1].threshold, slices) \
         if champion else None

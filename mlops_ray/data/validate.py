@@ -172,7 +172,11 @@ def plan_checks(schema: pa.Schema, data: DataConfig, rules: SchemaConfig,
             static.append(CheckResult(col, "dtype", ok, observed=type_name(schema.field(col).type),
                                       threshold=rule.dtype, message="" if ok else
                                       f"column '{col}' has type {type_name(schema.field(col).type)}, expected "
-                                      f"{rule.dtype}; convert it upstream, fix schema.columns.{col}.dtype"
+                                      f"{rule.dtype}; " + (
+                                          f"give the format of its text as data.datetime_formats: {{{col!r}: "
+                                          "\"%m/%d/%Y\"}, convert it upstream, or fix "
+                                          if rule.dtype == "datetime" and _is_str(schema.field(col).type)
+                                          else "convert it upstream or fix ") + f"schema.columns.{col}.dtype"
                                       + (f", or read it as {rule.dtype} with data.csv.column_types: "
                                          f"{{{col}: {rule.dtype}}}" if rule.dtype in _CSV_TYPES else "")))
     if data.time_column and data.time_column in names:
@@ -182,7 +186,8 @@ def plan_checks(schema: pa.Schema, data: DataConfig, rules: SchemaConfig,
                                       observed=type_name(schema.field(data.time_column).type), threshold="datetime",
                                       message=f"data.time_column '{data.time_column}' has type "
                                       f"{type_name(schema.field(data.time_column).type)}, not a timestamp; "
-                                      "store it as a timestamp or ISO 8601 text"))
+                                      "store it as a timestamp, or as text with its format given in "
+                                      f"data.datetime_formats: {{{data.time_column!r}: \"%m/%d/%Y\"}}"))
 
     present = [c for c in schema.names]
     ranges = {c: (r.min, r.max) for c, r in rules.columns.items()

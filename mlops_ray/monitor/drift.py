@@ -52,7 +52,7 @@ def compare(reference: dict, window: dict, mon: MonitorConfig, *, seed: int = 0)
     rng = np.random.default_rng(seed)
     cols = reference["inputs"]["columns"]
     testable = [n for n, lay in cols.items() if lay["kind"] in ("numeric", "categorical")]
-    has_pred = PREDICTION in window and reference.get("prediction", {}).get("kind") == "numeric"
+    has_pred = PREDICTION in window and reference.get("prediction", {}).get("kind") in ("numeric", "categorical")
     m = len(testable) + (1 if has_pred else 0)
     alpha = S.bonferroni(mon.alpha, m) if mon.correction == "bonferroni" else mon.alpha
     draws = mon.null_draws or S.required_draws(alpha)
@@ -60,7 +60,14 @@ def compare(reference: dict, window: dict, mon: MonitorConfig, *, seed: int = 0)
     for name in testable:
         features.append(_judge_column(name, cols[name], window.get(name), mon, alpha, draws, rng))
     prediction = None
-    if has_pred:
+    if has_pred and reference["prediction"]["kind"] == "categorical":     # multiclass: the predicted class
+        p = reference["prediction"]
+        n_ref = int(p.get("n", 0)) or 1
+        shares = [p["shares"].get(str(k), 0.0) for k in range(len(p["shares"]))]
+        lay = {"kind": "categorical", "categories": list(reference.get("classes") or map(str, range(len(shares)))),
+               "counts": [round(s * n_ref) for s in shares] + [0], "n": n_ref, "nulls": 0}
+        prediction = _judge_column("prediction", lay, window[PREDICTION], mon, alpha, draws, rng)
+    elif has_pred:
         p = reference["prediction"]
         n_ref = int(p.get("n", 0)) or 1
         bounded = reference.get("task", "binary") != "regression" and p["edges"] and 0 < p["edges"][0] < p["edges"][-1] < 1
@@ -317,7 +324,7 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
     with ray_runtime(cfg.ray, verbose=verbose):
         import ray
 
-        reference = {**bundle.reference, "task": bundle.task}
+        reference = {**bundle.reference, "task": bundle.task, "classes": bundle.spec.classes}
         saved = store.path(cfg.name, "monitor", "reference", f"v{version}.json")
         if reference_data:
             progress("reference", f"profiling {reference_data} as the reference of version {version}")
@@ -336,8 +343,10 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
                                               if lay.get("seen") is not None}}
         pred_edges = reference.get("prediction", {}).get("edges") if reference.get("prediction", {}).get(
             "kind") == "numeric" else None
+        pred_classes = len(reference["prediction"]["shares"]) if reference.get("prediction", {}).get(
+            "kind") == "categorical" else None
         count = _Bind(R.count_partial, layout=layout, known=known, limits=schema_limits(cfg),
-                      prediction_edges=pred_edges)
+                      prediction_edges=pred_edges, prediction_classes=pred_classes)
         if data:
             from mlops_ray.data import ingest
             dcfg = window_data_config(cfg, data)
@@ -349,7 +358,7 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
             ds = ingest.read_dataset(source, dcfg)
             desc = {"source": "data", "path": data, "since": None, "until": None,
                     "prediction": f"the window scored with version {version}"}
-            if pred_edges is not None:
+            if pred_edges is not None or pred_classes:
                 count = _Scored(count, bytes(bundle.booster.save_raw("ubj")), spec.to_dict())
         else:
             root = store.uri(cfg.name, "predlog")

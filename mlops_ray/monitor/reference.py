@@ -173,11 +173,14 @@ def merge_layout(parts: list[dict], input_types: dict[str, str], bins: int, top:
 
 
 def count_partial(table: pa.Table, layout: dict, known: dict | None = None, limits: dict | None = None,
-                  prediction_edges: list | None = None, predictions: np.ndarray | None = None) -> dict:
+                  prediction_edges: list | None = None, prediction_classes: int | None = None,
+                  predictions: np.ndarray | None = None) -> dict:
     """Per block: counts in the layout's bins, nulls, extremes, moments and data-quality counts
-    (values outside ``limits[col] = (min, max)``, categories outside ``known[col]``). The prediction
-    distribution (``prediction_edges``) comes from ``predictions`` (the block scored by the caller)
-    or, for a prediction-log block, from the log's own ``prediction`` column; never from the inputs."""
+    (values outside ``limits[col] = (min, max)``, categories outside ``known[col]``); the
+    prediction's counts in ``prediction_edges``, or for a multiclass model (class probabilities)
+    per predicted class of ``prediction_classes``. The predictions are ``predictions`` (the block
+    scored by the caller) or, for a prediction-log block, the log's own ``prediction`` column;
+    never a column of the inputs, whatever it is called."""
     cols, out = input_columns(table), {}
     for name, lay in layout.items():
         if name not in cols:
@@ -210,18 +213,46 @@ def count_partial(table: pa.Table, layout: dict, known: dict | None = None, limi
         else:
             d = {"n": n, "nulls": int(col.null_count)}
         out[name] = d
-    if predictions is None and is_log_batch(table) and "prediction" in table.column_names:
-        p = table.column("prediction")
-        predictions = _top_probability(p) if pa.types.is_list(p.type) else _floats(p)
-    if prediction_edges is not None and predictions is not None:
-        v = np.asarray(predictions, dtype=np.float64)
-        v = v.max(axis=1) if v.ndim == 2 else v               # multiclass: the top probability
+    logged = table.column("prediction") if predictions is None and is_log_batch(table) \
+        and "prediction" in table.column_names else None
+    listed = logged is not None and pa.types.is_list(logged.type)
+    if predictions is not None:
+        predictions = np.asarray(predictions, dtype=np.float64)
+    if prediction_classes and (listed or (predictions is not None and predictions.ndim == 2)):
+        top = _top_class(logged) if listed else predictions.argmax(axis=1)
+        top = top[top >= 0]
+        out["__prediction__"] = {"n": int(top.size), "nulls": 0, "unseen": int((top >= prediction_classes).sum()),
+                                 "counts": np.bincount(np.minimum(top, prediction_classes),
+                                                       minlength=prediction_classes + 1).tolist()}
+    elif prediction_edges is not None and (logged is not None or predictions is not None):
+        if logged is not None:
+            v = _top_probability(logged) if listed else _floats(logged)
+        else:
+            v = predictions.max(axis=1) if predictions.ndim == 2 else predictions   # multiclass: top probability
         v = v[np.isfinite(v)]
         e = np.asarray(prediction_edges, dtype=np.float64)
         out["__prediction__"] = {"n": int(v.size), "nulls": 0, "counts": np.bincount(
             np.searchsorted(e, v, side="right"), minlength=e.size + 1).tolist(),
             "min": float(v.min()) if v.size else None, "max": float(v.max()) if v.size else None,
             "sum": float(v.sum()), "m2": _m2(v)}
+    return out
+
+
+def _top_class(col: pa.ChunkedArray) -> np.ndarray:
+    """Multiclass predictions (lists of class probabilities) -> the predicted class per row (-1
+    for a row without one)."""
+    arr = col.combine_chunks()
+    lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False)
+    values = np.asarray(pc.list_flatten(arr).to_numpy(zero_copy_only=False), dtype=np.float64)
+    out = np.full(len(arr), -1, dtype=np.int64)
+    has = lengths > 0
+    k = int(lengths[has][0]) if has.any() else 0
+    if k and (lengths[has] == k).all():            # every row has k probabilities: one argmax
+        out[has] = values.reshape(-1, k).argmax(axis=1)
+        return out
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    for i in np.flatnonzero(has):
+        out[i] = int(np.argmax(values[starts[i]:starts[i] + lengths[i]]))
     return out
 
 

@@ -157,6 +157,8 @@ def _model(m: dict) -> str:
     metrics = m.get("metrics") or {}
     table = _table(["test metric", "value"], [[k, v] for k, v in metrics.items()]) if metrics else ""
     out = _row(info, table)
+    if m.get("confusion"):
+        out += _confusion(m["confusion"])
     gate = m.get("gate")
     if gate is None:
         return out + _na("Gate decision")
@@ -541,6 +543,15 @@ SECTIONS = (("model", "Model", _model), ("validation", "Data validation", _valid
             ("tuning", "Tuning", _tuning), ("importance", "Feature importance", _importance),
             ("curves", "ROC and precision-recall", _curves), ("drift", "Drift", _drift),
             ("rollout", "Serving and rollout", _rollout), ("decisions", "Retrain decisions", _decisions))
+
+
+def _confusion(c: dict) -> str:
+    """A multiclass confusion matrix: a row per true class, a column per predicted class."""
+    names, matrix = c["classes"], c["matrix"]
+    rows = [[f"true {t}", *row, sum(row), f"{row[i] / sum(row):.1%}" if sum(row) else "–"]
+            for i, (t, row) in enumerate(zip(names, matrix))]
+    return ("<h3>Confusion matrix (test split)</h3>"
+            + _table(["", *[f"predicted {p}" for p in names], "rows", "recall"], rows))
 
 
 def _section(key: str, title: str, fn, value) -> str:

@@ -206,6 +206,7 @@ class EvaluationReport:
     threshold_choice: dict | None = None     # how the threshold was chosen (choose_threshold's answer)
     leaks: list = field(default_factory=list)  # leak_suspects on the validation split
     slice_noise: dict = field(default_factory=dict)   # slice -> bootstrap sd of (champion - candidate)
+    confusion: dict | None = None            # multiclass: {"classes", "matrix"}: rows true, columns predicted
 
     def to_dict(self) -> dict:
         """JSON-able: NaN metrics become None."""
@@ -218,17 +219,30 @@ class EvaluationReport:
         return cls(task=d["task"], metrics=_nan_back(d["metrics"]), slices=slices,
                    threshold=d.get("threshold", 0.5), n_test=d.get("n_test", 0),
                    slice_column=d.get("slice_column"), threshold_choice=d.get("threshold_choice"),
-                   leaks=d.get("leaks") or [], slice_noise=d.get("slice_noise") or {})
+                   leaks=d.get("leaks") or [], slice_noise=d.get("slice_noise") or {},
+                   confusion=d.get("confusion"))
 
 
 def evaluate(task: str, y_true, y_pred, threshold: float = 0.5, slices=None,
-             min_slice_rows: int = 50) -> EvaluationReport:
-    """The report of one model on the test split; ``slices`` is the slice column's values."""
+             min_slice_rows: int = 50, classes: list[str] | None = None) -> EvaluationReport:
+    """The report of one model on the test split; ``slices`` is the slice column's values;
+    ``classes`` names a multiclass model's classes (code k is classes[k]) in its confusion matrix."""
     metrics = metrics_for(task, y_true, y_pred, threshold)
     by_slice = {} if slices is None else slice_metrics(task, y_true, y_pred, slices, threshold, min_slice_rows)
     name = getattr(slices, "name", None)
     return EvaluationReport(task=task, metrics=metrics, slices=by_slice, threshold=float(threshold),
-                            n_test=int(metrics["n"]), slice_column=None if name is None else str(name))
+                            n_test=int(metrics["n"]), slice_column=None if name is None else str(name),
+                            confusion=confusion(y_true, y_pred, classes) if task == "multiclass" else None)
+
+
+def confusion(y_true, y_pred, classes: list[str] | None = None) -> dict:
+    """A multiclass confusion matrix: ``matrix[i][j]`` test rows of true class i predicted as j
+    (the most probable class), with the classes' names."""
+    p = np.asarray(y_pred, dtype=float)
+    k = p.shape[1]
+    names = [str(c) for c in classes] if classes and len(classes) == k else [str(i) for i in range(k)]
+    m = skm.confusion_matrix(_vector(y_true, "y_true").astype(int), p.argmax(axis=1), labels=np.arange(k))
+    return {"classes": names, "matrix": m.tolist()}
 
 
 # --------------------------------------------------------------------------- decision threshold

@@ -135,7 +135,10 @@ def test_log_without_id_uses_the_global_row_index(env, tmp_path):
     data = write_parquet(df.drop(columns=["is_fraud", ID]), tmp_path / "noid", parts=3)
     res = batch_predict(cfg, str(data), str(tmp_path / "out"), log=True, **FAST)
     assert res["logged"] == 4000
-    assert list(read_out(tmp_path / "out").columns) == ["prediction", "label", "model_version"]
+    out = read_out(tmp_path / "out")
+    assert list(out.columns) == ["row", "prediction", "label", "model_version"]   # the row key joins back
+    np.testing.assert_allclose(out.sort_values("row")["prediction"].to_numpy(),
+                               env["reg"].load_bundle("1").predict(df), rtol=1e-6, atol=1e-7)
     prefix = f"batch-{res['run_token']}-"
     log = read_log(predlog_root(cfg)).to_pandas()
     log = log[log["request_id"].str.startswith(prefix)]
@@ -223,3 +226,31 @@ def test_scoring_prints_no_line_of_rays_own(env, tmp_path, capfd):
     batch_predict(env["cfg"], str(env["data"]), str(tmp_path / "out"), **FAST)
     err = capfd.readouterr().err
     assert "core_worker" not in err and "max_restarts" not in err, err
+
+
+def test_without_an_id_rows_are_keyed_by_position_and_classes_name_the_probabilities(small_df, tmp_path):
+    """No data.id_column in the data: each prediction carries its input row's position and the
+    columns --keep names; a multiclass model's probabilities are named by class."""
+    from mlops_ray import bundle as B
+    path = multiclass_bundle(small_df, tmp_path / "b")
+    loaded = B.load_bundle(path)
+    loaded.spec.classes = ["drizzle", "light rain", "Sunny"]
+    path = B.write_bundle(str(tmp_path / "named"), loaded.booster, loaded.spec, {}, {"task": "multiclass"})
+    cfg = make_config(str(tmp_path / "unused"), store=str(tmp_path / "store"))
+    reg = Registry(cfg.registry, cfg.store, cfg.name)
+    with reg.start_run("r") as run:
+        version = reg.register(run, path)
+    df = small_df.drop(columns=["is_fraud", ID])
+    data = write_parquet(df, tmp_path / "score", parts=3)
+    out = tmp_path / "out"
+    res = batch_predict(cfg, str(data), str(out), str(version), keep=["channel", "amount"], **FAST)
+    assert res["rows"] == len(df)
+    got = read_out(out).sort_values("row").reset_index(drop=True)
+    assert list(read_out(out).columns) == ["row", "channel", "amount", "prediction", "p_drizzle", "p_light_rain",
+                                           "p_Sunny", "label", "model_version"]
+    assert got["row"].tolist() == list(range(len(df)))
+    pd.testing.assert_series_equal(got["amount"], df["amount"].reset_index(drop=True), check_names=False)
+    expected = loaded.predict(df)
+    np.testing.assert_allclose(got[["p_drizzle", "p_light_rain", "p_Sunny"]].to_numpy(), expected, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ConfigError, match=r"--keep names column 'amout', which is not in .* \(did you mean 'amount'\?\)"):
+        batch_predict(cfg, str(data), str(tmp_path / "out2"), str(version), keep=["amout"])

@@ -54,3 +54,14 @@ def test_incomplete_bundle_is_named(trained, tmp_path):
     (tmp_path / "b" / "features.json").unlink()
     with pytest.raises(RegistryError, match="incomplete: missing features.json"):
         bundle.load_bundle(path)
+
+
+@pytest.mark.parametrize("classes, k, names", [
+    (["drizzle", "light rain", "Sunny"], 3, ["p_drizzle", "p_light_rain", "p_Sunny"]),
+    (["0", "1", "2"], 3, ["p_0", "p_1", "p_2"]),
+    (["Rain", "rain", "fog/mist"], 3, ["p_0_Rain", "p_1_rain", "p_2_fog_mist"]),     # same column twice: indexed
+    (None, 2, ["p_0", "p_1"]),
+])
+def test_batch_probability_columns_are_named_by_class(classes, k, names):
+    from mlops_ray.predict import proba_columns
+    assert proba_columns(classes, k) == names
