@@ -152,6 +152,7 @@ def calendar_entry(name: str, lay: dict, win: dict | None, mon) -> dict:
     lo, hi = lay.get("min"), lay.get("max")
     q = {"nulls": nulls, "null_rate": round(nulls / n, 6) if n else 0.0, "reference_null_rate": round(ref_null, 6),
          "below": int(win.get("below", 0)), "above": int(win.get("above", 0)), "flags": []}
+    q.update({"out_of_range": q["below"] + (0 if part in feat.MONOTONE_PARTS else q["above"]), "unseen": 0})
     if n and q["null_rate"] > ref_null + mon.max_null_rate_increase:
         q["flags"].append(f"null rate {q['null_rate']:.1%} vs {ref_null:.1%} in training")
     note = None
