@@ -14,9 +14,9 @@ The reference is January 2024 (its raw-input profile, ``drift.profile_inputs`` w
 model's datetime parts, and its featurized rows as the training split). Each window is one
 later calendar month (February 2024 onwards), checked as ``mlops-ray monitor`` checks it:
 ``count_partial`` + ``compare`` (the per-field tests, cyclic parts weighted over whole
-cycles) and ``drift._domain`` (the domain classifier on model inputs, every row of both sides at this size, the
-columns ``calendar.domain_exclusions`` names left out). ``alarms`` = windows the monitor would
-exit 9 on (a per-field drift or the domain classifier's). Rows:
+cycles) and ``drift._domain`` (the domain classifier on model inputs, every row of both sides
+at this size, the columns ``calendar.domain_exclusions`` names left out). ``alarms`` = windows
+the monitor would exit 9 on (a per-field drift or the domain classifier's). Rows:
 
 1. the same behaviour: alarms, drifted fields, the smallest p-value and largest effect, the
    domain classifier's median and largest AUC against its threshold;
