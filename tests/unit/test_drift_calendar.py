@@ -174,3 +174,19 @@ def test_the_html_report_lists_what_was_not_tested_and_why(flights, four_weeks):
     assert "Not tested for drift" in drift and "<td>scheduled.day</td><td>calendar</td>" in drift
     assert "not counted in the drift share" in drift and "scheduled__day (calendar position)" in drift
     assert re.search(r"<tr><td>scheduled.dayofweek</td>.*?weighted by each bin", drift)
+
+
+def test_a_prediction_log_batch_gives_the_parts_of_its_logged_timestamps(flights, four_weeks):
+    """The log holds the datetime input as a UTC timestamp inside its ``inputs`` struct (text in a
+    request): the parts are the ones the model computed."""
+    later = _period(flights, "2013-02-03", "2013-03-03").iloc[:500]
+    ts = pa.array(later["scheduled"].dt.tz_localize("UTC"), pa.timestamp("us", tz="UTC"))
+    log = pa.table({"inputs": pa.StructArray.from_arrays(
+        [ts, pa.array(later["carrier"]), pa.array(later["distance"])], names=list(TYPES))})
+    got = R.count_partial(log, D.window_layout(four_weeks["columns"]))
+    want = R.count_partial(pa.Table.from_pandas(later, preserve_index=False), D.window_layout(four_weeks["columns"]))
+    assert got["scheduled.hour"]["counts"] == want["scheduled.hour"]["counts"]
+    assert got["scheduled"]["min"] == later["scheduled"].min().timestamp()
+    text = pa.table({"scheduled": later["scheduled"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    assert R.count_partial(text, D.window_layout(four_weeks["columns"]))["scheduled.day"]["max"] == \
+        later["scheduled"].dt.day.max()
