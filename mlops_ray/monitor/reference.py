@@ -8,7 +8,9 @@ distribution.
 
 Also, below: the profile of each *raw input column* as requests carry it (``inputs``), built
 from mergeable per-block partials; ``monitor/drift.py`` bins a window of the prediction log
-with the same layout and compares counts.
+with the same layout and compares counts. A datetime column brings its first and last time,
+and each datetime part the model uses an entry of its own (``event_time.hour``): bins for a
+cyclic part, the range for a calendar position (``monitor/calendar.py``).
 """
 from __future__ import annotations
 
@@ -214,7 +216,9 @@ def merge_layout(parts: list[dict], input_types: dict[str, str], bins: int, top:
 def count_partial(table: pa.Table, layout: dict, known: dict | None = None, limits: dict | None = None,
                   prediction_edges: list | None = None) -> dict:
     """Per block: counts in the layout's bins, nulls, extremes, moments and data-quality counts
-    (values outside ``limits[col] = (min, max)``, categories outside ``known[col]``)."""
+    (values outside ``limits[col] = (min, max)``, categories outside ``known[col]``, a calendar
+    position's values below or above the layout's ``lo``/``hi``); for a datetime column its
+    first and last time (seconds since 1970)."""
     cols, out = input_columns(table), {}
     wanted: dict[str, list[str]] = {}
     for lay in layout.values():
