@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "serving": "benchmarks.serving",
     "weight_change": "benchmarks.weight_change",
     "drift": "benchmarks.drift",
+    "drift_calendar": "benchmarks.drift_calendar",
     "predict": "benchmarks.predict",
     "submit": "benchmarks.submit",
     "demo": "benchmarks.demo",

@@ -854,13 +854,23 @@ def _print_drift(rep: dict, html: str | None) -> None:
                   _num(f.get("value")), _num(f.get("threshold")), _num(f.get("p_value")),
                   f"{_num(f.get('effect'))}/{_num(f.get('min_effect'))}", f"[{colour}]{f['verdict']}[/]")
     out.print(t)
-    for f in rows:
+    excluded = rep.get("excluded") or []
+    for f in rows + excluded:
         for flag in f.get("quality", {}).get("flags", []):
             out.print(f"  [yellow]quality[/] {f['name']}: {flag}")
+    calendar = [e["name"] for e in excluded if e["kind"] == "calendar"]
+    if calendar:
+        out.print(f"  not tested for drift (calendar positions, data quality only): {', '.join(calendar)}",
+                  markup=False)
+    for e in excluded:
+        if e["kind"] != "calendar":
+            out.print(f"  {e['name']}: {e['reason']}", markup=False)
     mv = rep.get("multivariate")
     if mv and mv.get("auc") is not None:
         top = ", ".join(f"{n} {g:.0%}" for n, g in mv["top_features"][:3])
-        out.print(f"  domain classifier AUC {mv['auc']:.3f} (drift above {mv['threshold']:.3f}); moved most: {top}")
+        left = f"; without {', '.join(c for c, _ in mv['excluded'])}" if mv.get("excluded") else ""
+        out.print(f"  domain classifier AUC {mv['auc']:.3f} (drift above {mv['threshold']:.3f}); moved most: {top}"
+                  f"{left}", markup=False)
     verdict = (f"[red]drift[/] in {len(rep['drifted'])} of {len(rep['features']) - len(rep['insufficient'])} columns "
                f"({rep['drift_share']:.0%}): {', '.join(rep['drifted'])}") if rep["drift"] else "[green]no drift[/]"
     out.print(f"{verdict}; report {rep['path']}" + (f", HTML {html}" if html else ""))

@@ -255,7 +255,11 @@ class FeaturesConfig(_Model):
         description="Features made of each datetime column: hour, minute, time_of_day (hour + minute/60 + "
         "second/3600), minute_of_day, dayofweek (Monday 0), day, month, year, dayofyear, weekofyear (ISO), "
         "is_weekend, epoch_days (days since 1970), and cyclical pairs hour_sin/hour_cos (of the time of day), "
-        "dayofweek_sin/dayofweek_cos, dayofyear_sin/dayofyear_cos (23:59 is next to 00:00, December to January).")
+        "dayofweek_sin/dayofweek_cos, dayofyear_sin/dayofyear_cos (23:59 is next to 00:00, December to January). "
+        "Drift checks test the cyclic parts (hour, minute, time_of_day, minute_of_day, dayofweek, is_weekend, the "
+        "hour and day-of-week sin/cos) per part, as FIELD.PART; the calendar positions (day, month, year, "
+        "dayofyear, weekofyear, epoch_days, dayofyear_sin/cos) differ in any later period, so they are checked "
+        "for values outside training's range only and never given to the domain classifier.")
     derived: dict[str, str] = Field(default_factory=dict, description="name: expression, e.g. "
                                     "'log1p(amount)'. A safe arithmetic language; never eval. A column name "
                                     "with spaces or dots goes in backticks: 'log1p(`Production Budget`)'.")
@@ -555,7 +559,8 @@ class RolloutConfig(_Model):
 # --------------------------------------------------------------------------- monitor / retrain
 class DomainClassifierConfig(_Model):
     enabled: bool = Field(True, description="Multivariate drift: XGBoost trained to tell reference rows from "
-                          "window rows; its cross-validated AUC is the drift score.")
+                          "window rows; its cross-validated AUC is the drift score. Its inputs leave out calendar-"
+                          "position datetime parts and cyclic ones whose cycle the window does not cover.")
     sample_rows: int = Field(20000, ge=200, description="Rows drawn from each side (reference, window).")
     min_auc: float = Field(0.6, gt=0.5, lt=1.0, description="Drift when the AUC exceeds this and its noise band.")
 

@@ -408,6 +408,39 @@ _DT_PARTS = {
     "epoch_days": lambda s: (s.astype("datetime64[ns]").astype("int64") / 86400e9).where(s.notna()),
 }
 
+# What a part says about a moment. A *cyclic* part is a position within a cycle that every
+# period of traffic goes through again (the hour of the day, the day of the week): training saw
+# every value a later window can hold, so it is profiled and tested for drift per part. A
+# *calendar position* (the day of the month, the month, the year, the day or week of the year,
+# the days since 1970, the season as dayofyear_sin/cos) names where in the calendar a row lies:
+# a later period has other values by construction, so drift tests and the domain classifier
+# would tell any later window from the training rows (monitor/calendar.py keeps them apart).
+CALENDAR_PARTS = frozenset({"day", "month", "year", "dayofyear", "weekofyear", "epoch_days",
+                            "dayofyear_sin", "dayofyear_cos"})
+MONOTONE_PARTS = frozenset({"year", "epoch_days"})        # calendar positions that only grow with time
+_DAY_S, _WEEK_S = 86400.0, 7 * 86400.0
+PART_CYCLE_S = {"hour": _DAY_S, "time_of_day": _DAY_S, "minute_of_day": _DAY_S, "hour_sin": _DAY_S,
+                "hour_cos": _DAY_S, "minute": 3600.0, "dayofweek": _WEEK_S, "is_weekend": _WEEK_S,
+                "dayofweek_sin": _WEEK_S, "dayofweek_cos": _WEEK_S}    # the cycle each cyclic part repeats
+
+
+def part_kind(part: str) -> str:
+    """'calendar' (a calendar position) or 'cyclic'."""
+    return "calendar" if part in CALENDAR_PARTS else "cyclic"
+
+
+def as_datetime(values) -> pd.Series:
+    """Raw datetime values (an Arrow column or a pandas Series of timestamps, dates or ISO text, any
+    time zone) as ``transform`` reads them: naive UTC nanoseconds, NaT for missing or unreadable."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        values = frame(pa.table({"t": values}))["t"]
+    return _coerce_inputs(pd.DataFrame({"t": values}), {"t": "datetime"})["t"]
+
+
+def datetime_part(s: pd.Series, part: str) -> np.ndarray:
+    """One part of ``as_datetime`` values, as the model sees it (float64, NaN for missing)."""
+    return _DT_PARTS[part](s).to_numpy(dtype=np.float64, na_value=np.nan)
+
 
 def transform(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     """Raw rows -> model input (float32 columns in ``spec.output_columns`` order). Pure.
@@ -441,7 +474,7 @@ def transform(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     for d in spec.datetime:
         s = raw[d.name]
         for p in d.parts:
-            out[f"{d.name}__{p}"] = _DT_PARTS[p](s).to_numpy(dtype=np.float64, na_value=np.nan)
+            out[f"{d.name}__{p}"] = datetime_part(s, p)
     return pd.DataFrame({c: out[c].astype(np.float32) for c in spec.output_columns}, index=df.index)
 
 

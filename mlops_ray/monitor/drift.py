@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from mlops_ray.config import Config, MonitorConfig, parse_duration
 from mlops_ray.errors import MonitorError
+from mlops_ray.monitor import calendar as C
 from mlops_ray.monitor import reference as R
 from mlops_ray.monitor import stats as S
 
@@ -58,7 +59,11 @@ def compare(reference: dict, window: dict, mon: MonitorConfig, *, seed: int = 0)
     draws = mon.null_draws or S.required_draws(alpha)
     features = []
     for name in testable:
-        features.append(_judge_column(name, cols[name], window.get(name), mon, alpha, draws, rng))
+        lay, win, note = cols[name], window.get(name), None
+        if "field" in lay:       # a cyclic datetime part: judged over whole cycles of its field
+            lay, win, note = C.cyclic_inputs(name, lay, win, cols.get(lay["field"]), window.get(lay["field"]))
+        features.append(_judge_column(name, lay, win, mon, alpha, draws, rng, note))
+    excluded = [C.calendar_entry(n, lay, window.get(n), mon) for n, lay in cols.items() if lay["kind"] == "calendar"]
     prediction = None
     if has_pred and reference["prediction"]["kind"] == "categorical":     # multiclass: the predicted class
         p = reference["prediction"]
@@ -77,16 +82,17 @@ def compare(reference: dict, window: dict, mon: MonitorConfig, *, seed: int = 0)
         prediction = _judge_column("prediction", lay, window[PREDICTION], mon, alpha, draws, rng)
     judged = [f for f in features if f["verdict"] != "insufficient"]
     drifted = [f["name"] for f in judged if f["verdict"] == "drift"]
-    quality = [f for f in features if f["quality"].get("flags")]
+    quality = [f for f in features + excluded if f["quality"].get("flags")]
     return {"alpha": mon.alpha, "alpha_per_test": alpha, "method": mon.method, "null_draws": draws,
             "features": features, "prediction": prediction,
             "drifted": drifted, "drift_share": round(len(drifted) / len(judged), 4) if judged else 0.0,
             "insufficient": [f["name"] for f in features if f["verdict"] == "insufficient"],
-            "quality_flags": {f["name"]: f["quality"]["flags"] for f in quality},
+            "quality_flags": {f["name"]: f["quality"]["flags"] for f in quality}, "excluded": excluded,
             "drift": bool(drifted) or bool(prediction and prediction["verdict"] == "drift")}
 
 
-def _judge_column(name: str, lay: dict, win: dict | None, mon: MonitorConfig, alpha: float, draws: int, rng) -> dict:
+def _judge_column(name: str, lay: dict, win: dict | None, mon: MonitorConfig, alpha: float, draws: int, rng,
+                  note: str | None = None) -> dict:
     kind = lay["kind"]
     win = win or {"n": 0, "nulls": 0, "counts": [0] * len(lay["counts"])}
     ref_c = np.asarray(lay["counts"], dtype=np.int64)
@@ -95,7 +101,15 @@ def _judge_column(name: str, lay: dict, win: dict | None, mon: MonitorConfig, al
     quality = _quality(lay, win, mon)
     entry = {"name": name, "kind": kind, "rows": rows, "quality": quality,
              "reference_hist": _hist(lay, ref_c.tolist()), "window_hist": _hist(lay, win_c.tolist())}
+    if "field" in lay:
+        entry.update({"field": lay["field"], "part": lay["part"]})
     min_effect = mon.effect_for(name, kind)
+    if note and note.startswith("insufficient"):
+        entry.update({"verdict": "insufficient", "statistic": None, "value": None, "threshold": None,
+                      "p_value": None, "effect": None, "min_effect": min_effect, "tests": {}, "note": note})
+        return entry
+    if note:
+        entry["note"] = note
     if rows < mon.min_rows or ref_c.sum() == 0:
         entry.update({"verdict": "insufficient", "statistic": None, "value": None, "threshold": None,
                       "p_value": None, "effect": None, "min_effect": min_effect, "tests": {},
@@ -257,6 +271,17 @@ class _Scored:
         return self.fn(table, predictions=p)
 
 
+def window_layout(columns: dict) -> dict:
+    """What ``count_partial`` bins a window with, from the reference profile's columns (a calendar
+    position brings training's range, to count the values outside it)."""
+    out = {}
+    for name, lay in columns.items():
+        out[name] = {k: v for k, v in lay.items() if k in ("kind", "type", "edges", "categories", "field", "part")}
+        if lay["kind"] == "calendar":
+            out[name].update({"lo": lay.get("min"), "hi": lay.get("max")})
+    return out
+
+
 def schema_limits(cfg: Config) -> dict:
     return {c: (rule.min, rule.max) for c, rule in cfg.schema_.columns.items()
             if getattr(rule, "min", None) is not None or getattr(rule, "max", None) is not None}
@@ -337,8 +362,7 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
                 f"version {version}'s bundle has no reference profile of its raw inputs (it was registered "
                 f"before monitoring existed); build one from its training data with `mlops-ray monitor CONFIG "
                 f"--reference-data PATH`")
-        layout = {n: {k: v for k, v in lay.items() if k in ("kind", "type", "edges", "categories")}
-                  for n, lay in reference["inputs"]["columns"].items()}
+        layout = window_layout(reference["inputs"]["columns"])
         known = {**known_categories(spec), **{n: set(lay["seen"]) for n, lay in reference["inputs"]["columns"].items()
                                               if lay.get("seen") is not None}}
         pred_edges = reference.get("prediction", {}).get("edges") if reference.get("prediction", {}).get(
@@ -386,10 +410,14 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
                                f"(--since 7d) or send traffic first")
         desc["rows"] = rows
         report = compare(reference, counts, cfg.monitor, seed=cfg.tune.seed)
+        report["excluded"] += C.missing_parts(spec, reference["inputs"]["columns"], version)
         report["multivariate"] = None
         if cfg.monitor.domain_classifier.enabled:
             progress("monitor", "domain classifier: reference rows vs window rows")
-            report["multivariate"] = _domain(cfg, store, bundle, merge_sample(parts["sample"], n_sample))
+            fields = [d.name for d in spec.datetime]
+            exclude = C.domain_exclusions(spec, {f: reference["inputs"]["columns"].get(f) for f in fields},
+                                          {f: counts.get(f) for f in fields})
+            report["multivariate"] = _domain(cfg, store, bundle, merge_sample(parts["sample"], n_sample), exclude)
     if report["multivariate"] and report["multivariate"].get("drifted"):
         report["drift"] = True
     report.update({"pipeline": cfg.name, "version": str(version), "window": desc,
@@ -444,20 +472,23 @@ def build_reference_from(cfg: Config, spec, path: str) -> dict:
     dcfg = window_data_config(cfg, path)
     source = ingest.inspect_source(dcfg)
     ds = ingest.read_dataset(source, dcfg)
-    return profile_inputs(ds, spec.input_types, cfg.monitor, profile_pass)
+    return profile_inputs(ds, spec.input_types, cfg.monitor, profile_pass, dt_parts=C.spec_parts(spec))
 
 
-def profile_inputs(ds, input_types: dict, mon: MonitorConfig, pass_fn, wrap=lambda f: f) -> dict:
-    """Two passes: sketches fix the layout, counts fill it (``wrap`` may cut blocks to train rows)."""
-    parts = pass_fn(ds, {"s": wrap(_Bind(R.sketch_partial, input_types=input_types))})["s"]
-    layout = R.merge_layout(parts, input_types, mon.bins, mon.top_categories)
+def profile_inputs(ds, input_types: dict, mon: MonitorConfig, pass_fn, wrap=lambda f: f,
+                   dt_parts: dict[str, list[str]] | None = None) -> dict:
+    """Two passes: sketches fix the layout, counts fill it (``wrap`` may cut blocks to train rows).
+    ``dt_parts`` (datetime column -> the model's parts of it) adds a profile per part."""
+    parts = pass_fn(ds, {"s": wrap(_Bind(R.sketch_partial, input_types=input_types, parts=dt_parts))})["s"]
+    layout = R.merge_layout(parts, input_types, mon.bins, mon.top_categories, dt_parts)
     counts = R.merge_counts(pass_fn(ds, {"c": wrap(_Bind(R.count_partial, layout=layout))})["c"])
     return R.input_profile(layout, counts)
 
 
-def _domain(cfg: Config, store, bundle, window: pa.Table | None) -> dict:
+def _domain(cfg: Config, store, bundle, window: pa.Table | None, exclude: dict[str, str] | None = None) -> dict:
     """Model-input rows: a sample of the training split (read batch by batch) vs the window's sample
-    (transformed as the model's inputs are)."""
+    (transformed as the model's inputs are), without the model columns in ``exclude`` (column ->
+    why: calendar positions, cyclic parts the window does not cover once; ``monitor/calendar.py``)."""
     from mlops_ray.data.features import frame, transform
     from mlops_ray.train import xgb as X
     n = cfg.monitor.domain_classifier.sample_rows
@@ -468,11 +499,18 @@ def _domain(cfg: Config, store, bundle, window: pa.Table | None) -> dict:
                 "note": "the training split of this version is no longer in the store"}
     if window is None or not window.num_rows:
         return {"auc": None, "drifted": False, "top_features": [], "note": "no window rows sampled"}
-    names = list(bundle.spec.output_columns)
+    exclude = exclude or {}
+    left_out = [[c, why] for c, why in exclude.items()]
+    keep = [i for i, c in enumerate(bundle.spec.output_columns) if c not in exclude]
+    if not keep:
+        return {"auc": None, "drifted": False, "top_features": [], "excluded": left_out,
+                "note": "every model input is a calendar position or a cycle the window does not cover"}
+    names = [bundle.spec.output_columns[i] for i in keep]
+    types = [bundle.spec.feature_types[i] for i in keep]
     win_X = transform(frame(window), bundle.spec)[names].to_numpy(np.float32)
-    ref_X = X.sample_rows(train_dir, bundle.spec, n, seed=cfg.tune.seed, filesystem=store.fs)
-    return domain_classifier(ref_X, win_X, names, list(bundle.spec.feature_types),
-                             cfg.monitor.domain_classifier.min_auc, seed=cfg.tune.seed)
+    ref_X = X.sample_rows(train_dir, bundle.spec, n, seed=cfg.tune.seed, filesystem=store.fs)[:, keep]
+    out = domain_classifier(ref_X, win_X, names, types, cfg.monitor.domain_classifier.min_auc, seed=cfg.tune.seed)
+    return {**out, "excluded": left_out}
 
 
 class WindowSample:

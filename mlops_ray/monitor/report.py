@@ -356,6 +356,12 @@ def _drift(d: dict, windows: list[dict] | None = None) -> str:
         fig = _ratio_plot(entries)
         if fig is not None:
             out += "<h3>Statistic relative to its threshold</h3>" + _img(fig, "drift ratio per feature")
+    excluded = list(d.get("excluded") or [])
+    if excluded:
+        out += "<h3>Not tested for drift</h3>" + _table(
+            ["feature", "kind", "reason", "quality", "note"],
+            [[e.get("name"), e.get("kind"), e.get("reason"), _quality(e.get("quality")), e.get("note")]
+             for e in excluded])
     drifted = [f for f in features if f.get("verdict") == "drift"]
     shown = drifted[:MAX_DRIFT_HISTOGRAMS] + ([entries[-1]] if pred else [])
     figs = [f for f in (_hist_plot(e) for e in shown) if f is not None]
@@ -368,8 +374,10 @@ def _drift(d: dict, windows: list[dict] | None = None) -> str:
     if mv:
         out += f"<h3>Multivariate (domain classifier) {_badge(not mv.get('drifted'), 'ok', 'drift')}</h3>"
         top = mv.get("top_features") or []
-        out += _row(_kv([("AUC", mv.get("auc")), ("threshold", mv.get("threshold")), ("note", mv.get("note"))]
-                        if mv.get("note") else [("AUC", mv.get("auc")), ("threshold", mv.get("threshold"))]),
+        facts = [("AUC", mv.get("auc")), ("threshold", mv.get("threshold"))]
+        facts += [("note", mv.get("note"))] if mv.get("note") else []
+        facts += [("without", "; ".join(f"{c} ({why})" for c, why in mv["excluded"]))] if mv.get("excluded") else []
+        out += _row(_kv(facts),
                     _table(["top feature", "importance"], [list(t)[:2] for t in top]) if top else "")
     return out
 
