@@ -131,7 +131,7 @@ def test_serving_reads_a_date_as_training_did(fmt):
     # batch scoring: the raw text through transform
     pd.testing.assert_frame_equal(feat.transform(df, spec), train)
     # serving: the request parser, then the row encoder
-    parser = RequestParser.from_bundle(SimpleNamespace(spec=spec), ServeConfig())
+    parser = RequestParser.from_bundle(SimpleNamespace(spec=spec, task="binary"), ServeConfig())
     rows = parser.parse(df[["Date", "Humidity3pm"]].to_json(orient="records").encode(), "application/json")
     np.testing.assert_array_equal(RowEncoder(spec).encode(rows), train.to_numpy(np.float32))
     # raw rows straight into the encoder (text in the model's format) agree too
@@ -140,7 +140,7 @@ def test_serving_reads_a_date_as_training_did(fmt):
 
 
 def test_serving_refuses_a_date_in_neither_the_models_format_nor_iso():
-    parser = RequestParser.from_bundle(SimpleNamespace(spec=_spec("%m/%d/%Y")), ServeConfig())
+    parser = RequestParser.from_bundle(SimpleNamespace(spec=_spec("%m/%d/%Y"), task="binary"), ServeConfig())
     ok = parser.parse(b'[{"Date": "12/31/2012", "Humidity3pm": 40}, {"Date": "2012-12-31", "Humidity3pm": 40}]',
                       "application/json")
     assert ok[0]["Date"] == ok[1]["Date"] == pd.Timestamp("2012-12-31").to_pydatetime()

@@ -22,11 +22,13 @@ class _Spec:
 
 
 def log_window(share, n=3000, seed=1, parts=3):
-    """The prediction log's `prediction` column: one list of class probabilities per row."""
+    """Prediction-log blocks: the request's inputs in their struct, and the `prediction` column, one
+    list of class probabilities per row (only a log's own column is taken as the model's prediction)."""
     rng = np.random.default_rng(seed)
     p = rng.dirichlet(np.ones(4), n) * 0.3 + np.eye(4)[rng.choice(4, n, p=share)] * 0.7
     tables = np.array_split(np.arange(n), parts)
-    return [pa.table({"prediction": pa.array([list(r) for r in p[i]], pa.list_(pa.float64()))}) for i in tables]
+    return [pa.table({"inputs": pa.StructArray.from_arrays([pa.array(np.zeros(len(i)))], ["x"]),
+                      "prediction": pa.array([list(r) for r in p[i]], pa.list_(pa.float64()))}) for i in tables]
 
 
 def judge(ref, window):
