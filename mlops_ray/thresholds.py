@@ -9,8 +9,9 @@ one class only, or a target the rows cannot meet, the threshold is kept and the 
 Serving replicas, batch scoring and the gate (the champion's side) use the newest value (``current``).
 A retrain needs nothing of this: its new version's rule runs on the retrain window's validation split.
 
-Storage: ``{store}/{name}/thresholds/v{version}.json`` -- ``{"version", "entries": [...]}``, written
-atomically (readers never see half a file). An entry: ``value``, ``rule`` (the name shown), ``spec``
+Storage: ``{store}/{name}/thresholds/v{version}.json`` -- ``{"version", "entries": [...]}``, the whole
+history from the first re-choice on (before it, the registered threshold alone), written atomically
+(readers never see half a file). An entry: ``value``, ``rule`` (the name shown), ``spec``
 (the rule as the config writes it), ``rows``, ``positive_rate``, ``source`` (``validation`` |
 ``feedback``), ``time`` (ISO UTC; None for the registration entry), ``kept`` (the re-choice did
 not change it) and ``reason``, ``metrics`` (precision, recall, f1 on those rows at the value).
@@ -26,9 +27,8 @@ import time
 
 import numpy as np
 
-from mlops_ray.errors import ConfigError
+from mlops_ray.errors import ConfigError, MlopsError
 from mlops_ray.store import Store, write_atomic
-from mlops_ray.train import evaluate as ev
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +69,21 @@ def stored(store: Store, name: str, version: str) -> list[dict]:
 def history(store: Store, name: str, version: str, metadata: dict) -> list[dict]:
     """Every threshold of a binary version, oldest first: the registered one, then the re-choices."""
     first = registered(metadata)
-    return [] if first is None else [first, *stored(store, name, version)]
+    return [] if first is None else (stored(store, name, version) or [first])
 
 
 def current(store: Store, name: str, version: str, metadata: dict) -> float:
     """The threshold a binary version applies now: its newest entry's value."""
-    return float(history(store, name, version, metadata)[-1]["value"])
+    h = history(store, name, version, metadata)
+    return float(h[-1]["value"]) if h else 0.5
 
 
-def append(store: Store, name: str, version: str, entry: dict) -> None:
-    entries = stored(store, name, str(version)) + [entry]
-    del entries[:-MAX_ENTRIES]
+def append(store: Store, name: str, version: str, entry: dict, metadata: dict) -> None:
+    """Add a re-choice to the version's history; the file then holds the whole history (the registered
+    entry first), so that `status` reads it without the registry."""
+    entries = (stored(store, name, str(version)) or [registered(metadata)]) + [entry]
+    if len(entries) > MAX_ENTRIES:
+        entries = [entries[0], *entries[-(MAX_ENTRIES - 1):]]
     path = history_path(store, name, str(version))
     store.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     write_atomic(store.fs, path, json.dumps({"version": str(version), "entries": entries}, indent=1,
@@ -108,6 +112,7 @@ def rechoose(p: np.ndarray, y: np.ndarray, spec, current_value: float, min_rows:
     """A history entry: the threshold ``spec`` picks on scores ``p`` with labels ``y`` (NaN: not
     labelled yet), or ``current_value`` kept with the reason. A rule with labels uses the labelled
     rows; ``top_rate`` needs none and uses every score (it is a share of traffic)."""
+    from mlops_ray.train import evaluate as ev      # scikit-learn: not imported by serving replicas
     p, y = np.asarray(p, dtype=float), np.asarray(y, dtype=float)
     name, spec = ev.threshold_rule(spec)
     top = isinstance(spec, dict) and "top_rate" in spec
@@ -161,26 +166,27 @@ def follow_base_rate(cfg, *, since: float | None = None, metadata_of=None, now: 
     versions = [str(v) for v in state.versions()] if state else _versions(store, cfg)
     out = {}
     for v in sorted(set(versions), key=lambda s: (len(s), s)):
-        meta = metadata_of(v)
+        try:
+            meta = metadata_of(v)
+        except MlopsError as e:     # the labels are stored; only this version's threshold stays as it is
+            out[v] = {"value": None, "previous": None, "kept": True, "rule": None, "rows": 0,
+                      "reason": f"its registered threshold cannot be read ({e.message})"}
+            continue
         before = current(store, cfg.name, v, meta)
         p, y = scored_with_labels(store.uri(cfg.name, "predlog"), store.uri(cfg.name, "labels"), cfg.data.label,
                                   v, since)
         spec = spec_of(meta.get("threshold"), cfg.model.threshold)
         entry = rechoose(p, y, spec, before, cfg.monitor.min_rows, now=now)
-        append(store, cfg.name, v, entry)
+        append(store, cfg.name, v, entry, meta)
         out[v] = {**entry, "previous": before}
     return out
 
 
-def summary(cfg, versions, metadata_of) -> dict:
-    """``{version: {"current", "rule", "history": [...]}}`` of binary versions, for status and the report."""
+def recorded(cfg, versions) -> dict:
+    """``{version: history}`` of the versions whose threshold was re-chosen at least once, read from the
+    store alone (no registry), for `status`; a version not listed applies its registered threshold."""
     store = Store(cfg.store)
-    out = {}
-    for v in versions:
-        h = history(store, cfg.name, str(v), metadata_of(str(v)))
-        if h:
-            out[str(v)] = {"current": h[-1]["value"], "rule": h[0]["rule"], "history": h}
-    return out
+    return {str(v): h for v in versions if (h := stored(store, cfg.name, str(v)))}
 
 
 def describe(entry: dict) -> str:

@@ -168,3 +168,42 @@ def test_an_unreadable_history_leaves_the_registered_threshold(tmp_path):
         f.write("{not json")
     assert th.current(store, "x", "1", META) == 0.8
     assert th.history(store, "x", "1", {"task": "regression"}) == []
+
+
+def test_feedback_prints_the_threshold_kept_or_rechosen_and_status_shows_the_newest(tmp_path):
+    """Through the CLI, with a real registered version whose bundle holds the threshold it was chosen with."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mlops_ray.cli import app
+    from mlops_ray.registry import Registry
+    from mlops_ray.serve.state import ServingState, state_path, write_state
+    from tests.unit.test_registry import breast_cancer, train_bundle
+
+    cfg, p, y = _served(tmp_path)
+    bundle, _, _ = train_bundle(str(tmp_path / "bundle"), breast_cancer().head(200))
+    with open(os.path.join(bundle, "metadata.json"), "w") as f:
+        json.dump(META, f)
+    reg = Registry(cfg.registry, cfg.store, cfg.name)
+    with reg.start_run("train") as run:
+        assert reg.register(run, bundle) == "1"
+    config = tmp_path / "c.yaml"
+    config.write_text(cfg.to_yaml())
+
+    def cli(*args):
+        res = CliRunner().invoke(app, list(args))
+        assert res.exit_code == 0, res.output
+        return " ".join(res.output.split())
+
+    out = cli("feedback", str(config), "--labels", _labels(tmp_path, y, 50))
+    assert ("version 1: threshold 0.8000 kept (max_f1): 50 labelled predictions, fewer than monitor.min_rows "
+            "(100): the threshold is kept until more labels arrive") in out
+    out = cli("feedback", str(config), "--labels", _labels(tmp_path, y, 600))
+    new = choose_threshold(y, p, "auto")["value"]
+    assert (f"version 1: threshold 0.8000 → {new:.4f} (max_f1 on 600 rows, {y.mean():.1%} positive); serving picks "
+            "it up without a redeploy") in out
+    write_state(state_path(cfg.store, cfg.name), ServingState(name=cfg.name, stable="1"))
+    out = cli("status", str(config))
+    assert f"threshold of v1: {new:.4f} (max_f1; feedback " in out
+    assert "600 rows" in out and "registered 0.8000, 2 re-choice(s)" in out
