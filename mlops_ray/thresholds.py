@@ -78,6 +78,14 @@ def current(store: Store, name: str, version: str, metadata: dict) -> float:
     return float(h[-1]["value"]) if h else 0.5
 
 
+def stamp(store: Store, name: str, version: str) -> tuple | None:
+    """(mtime, size) of a version's history file, None without one: a replica re-reads the history
+    only when this changes (a stat, about 20 us, instead of parsing up to 200 entries, about 1 ms)."""
+    from pyarrow import fs as pafs
+    info = store.fs.get_file_info(history_path(store, name, str(version)))
+    return None if info.type == pafs.FileType.NotFound else (info.mtime_ns, info.size)
+
+
 def append(store: Store, name: str, version: str, entry: dict, metadata: dict) -> None:
     """Add a re-choice to the version's history; the file then holds the whole history (the registered
     entry first), so that `status` reads it without the registry."""

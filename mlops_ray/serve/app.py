@@ -292,14 +292,20 @@ class Predictor:
 
     async def _follow_thresholds(self) -> None:
         """A binary version's decision threshold follows its history in the store (re-chosen by
-        `mlops-ray feedback`), read every ``threshold_poll_s`` in a worker thread: a request only reads
-        the attribute, so the refresh costs no latency on the request path."""
+        `mlops-ray feedback`): every ``threshold_poll_s`` a worker thread stats the history file and
+        reads it only when it changed. A request only reads the attribute, so the refresh costs no
+        latency on the request path."""
+        seen: dict[str, tuple | None] = {}
         while True:
             await asyncio.sleep(self.threshold_poll_s)
             for m in [m for m in list(self.models.values()) if m.binary]:
                 try:
+                    now = await asyncio.to_thread(thresholds.stamp, self.store, self.cfg.name, m.version)
+                    if m.version in seen and now == seen[m.version]:
+                        continue
                     t = await asyncio.to_thread(thresholds.current, self.store, self.cfg.name, m.version,
                                                 m.bundle.metadata)
+                    seen[m.version] = now
                 except asyncio.CancelledError:
                     raise
                 except Exception:                          # keep the threshold it has
