@@ -225,3 +225,20 @@ def test_write_report(tmp_path):
     path = write_report(ctx, str(tmp_path / "sub" / "report.html"))
     text = open(path, encoding="utf-8").read()
     assert text == render_report(ctx) and text.endswith("</html>")
+
+
+def test_the_threshold_history_is_shown_newest_first_once_it_was_rechosen():
+    from mlops_ray import thresholds as th
+    meta = {"task": "binary", "threshold": {"value": 0.8, "rule": "max_f1", "spec": "max_f1",
+                                            "valid": {"n": 900, "positive_rate": 0.14}}}
+    first = th.registered(meta)
+    later = {**first, "value": 0.3123, "source": "feedback", "time": "2026-05-28T20:27:40+00:00", "rows": 600,
+             "positive_rate": 0.27, "metrics": {"recall": 0.61}}
+    kept = {**later, "kept": True, "reason": "40 labelled predictions, fewer than monitor.min_rows (100)",
+            "time": "2026-05-29T08:00:00+00:00", "rows": 40}
+    ctx = make_ctx()
+    assert "Decision threshold:" not in render_report({**ctx, "model": {**ctx["model"], "threshold_history": [first]}})
+    page = render_report({**ctx, "model": {**ctx["model"], "threshold_history": [first, later, kept]}})
+    assert "Decision threshold: 0.3123 now" in page
+    body = page.split("Decision threshold: 0.3123 now", 1)[1].split("</table>", 1)[0]
+    assert body.index("kept: 40 labelled predictions") < body.index("<td>re-chosen") < body.index("registration")
