@@ -185,7 +185,8 @@ def follow_base_rate(cfg, *, since: float | None = None, metadata_of=None, now: 
                                   v, since)
         spec = spec_of(meta.get("threshold"), cfg.model.threshold)
         entry = rechoose(p, y, spec, before, cfg.monitor.min_rows, now=now)
-        append(store, cfg.name, v, entry, meta)
+        if entry["rule"] != "fixed":            # a fixed probability never moves: nothing to record
+            append(store, cfg.name, v, entry, meta)
         out[v] = {**entry, "previous": before}
     return out
 

@@ -207,3 +207,12 @@ def test_feedback_prints_the_threshold_kept_or_rechosen_and_status_shows_the_new
     out = cli("status", str(config))
     assert f"threshold of v1: {new:.4f} (max_f1; feedback " in out
     assert "600 rows" in out and "registered 0.8000, 2 re-choice(s)" in out
+
+
+def test_a_fixed_threshold_is_never_rechosen_nor_recorded(tmp_path):
+    cfg, p, y = _served(tmp_path)
+    feedback(cfg, _labels(tmp_path, y, 600))
+    fixed = {"task": "binary", "threshold": {"value": 0.3, "rule": "fixed", "spec": 0.3}}
+    res = th.follow_base_rate(cfg, metadata_of=lambda v: fixed)["1"]
+    assert res["kept"] and res["value"] == 0.3 and "fixed probability" in res["reason"]
+    assert th.history(Store(cfg.store), cfg.name, "1", fixed) == [th.registered(fixed)]
