@@ -20,6 +20,10 @@ December --, and the drifted synthetic fraud set). Per data set:
    later period itself (hindsight, not reachable online) and ``top_rate`` set to the window's positive
    rate, re-chosen on the window's scores.
 
+5. Serving: p50/p99 of single-row requests to one replica with the threshold left alone, then while
+   its history changes every second (the replica stats the file every 5 s and re-reads it when it
+   changed): what following the threshold costs a request.
+
 Run (from the repository root)::
 
     .venv/bin/python -m benchmarks threshold            # 100k rows each, 16 trials (a few minutes)
@@ -124,6 +128,76 @@ def one_case(ds, rows_cap: int | None, trials: int, store: str) -> list[dict]:
     return out
 
 
+def serving_latency(opts: Options, rounds: int = 3) -> list[dict]:
+    """Latency of the served version with its threshold left alone vs while its history changes every
+    second (each replica poll then finds a change: it re-reads the file and swaps the value); the
+    serving benchmark's setup (``benchmarks.serving``: one replica, direct ingress, single-row bodies).
+    The two cases alternate ``rounds`` times so that a busy machine's drift hits both; medians."""
+    import json
+    import statistics
+    import threading
+    from pathlib import Path
+
+    from benchmarks.serving import Runner, config_for, direct_url, free_base, get, make_rows, setup_store
+    from mlops_ray import thresholds
+    from mlops_ray.registry import Registry
+    from mlops_ray.serve import control
+    from mlops_ray.store import Store
+
+    tmp = Path(tempfile.mkdtemp(prefix="mlops-bench-threshold-serving-"))
+    runner, cfg = Runner(opts), None
+    active, stop = threading.Event(), threading.Event()
+    runner.max_wait = 0.0
+    single = [json.dumps(r).encode() for r in make_rows()]
+    A, B = "threshold left alone", "threshold re-chosen every second"
+    try:
+        raw, _ = setup_store(tmp, free_base() + 1)
+        cfg = config_for(raw, tmp)
+        control.deploy(cfg, "champion")
+        url, _ = direct_url(cfg)
+        base = url.rsplit("/predict", 1)[0]
+        meta = Registry(cfg.registry, cfg.store, cfg.name).load_bundle("1").metadata
+        store, seen = Store(cfg.store), set()
+
+        def rechoose() -> None:
+            i = 0
+            while not stop.is_set():
+                if active.is_set():
+                    i += 1
+                    thresholds.append(store, cfg.name, "1", {**thresholds.registered(meta), "source": "feedback",
+                                                             "value": 0.3 + (i % 2) / 10}, meta)
+                    seen.add(get(base + "/version")["thresholds"]["1"])
+                stop.wait(1.0)
+        writer = threading.Thread(target=rechoose, daemon=True)
+        writer.start()
+        for _ in range(rounds):
+            for case in (A, B):
+                active.set() if case == B else active.clear()
+                for n in (1, 8):
+                    runner.point(case, url, single, n, 1)
+        stop.set()
+        writer.join()
+        print(f"   thresholds the replica answered with while they changed: {sorted(seen)}", flush=True)
+        out = []
+        for case in (A, B):
+            for n in (1, 8):
+                pts = [r for r in runner.rows if r["case"] == case and r["clients"] == n]
+                out.append({"dataset": "serving (synthetic, 1 replica, direct)", "case": case, "clients": n,
+                            "points": len(pts), **{k: round(statistics.median(r[k] for r in pts), 2)
+                                                   for k in ("rps", "p50_ms", "p99_ms", "load1")},
+                            "errors": sum(r["errors"] for r in pts),
+                            "thresholds_seen": len(seen) if case == B else None})
+        for r in out:
+            print(f"   {r['case']:<34} {r['clients']} clients, median of {r['points']}: {r['rps']:.0f} req/s, "
+                  f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms (load1 {r['load1']})", flush=True)
+        return out
+    finally:
+        stop.set()
+        if cfg is not None:
+            control.stop(cfg)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def run(opts: Options) -> list[dict]:
     from mlops_ray.config import RayConfig
     from mlops_ray.runtime import ray_runtime
@@ -137,4 +211,4 @@ def run(opts: Options) -> list[dict]:
                 out += one_case(ds, opts.rows or (ds.quick_cap if opts.quick else ds.cap), trials, store)
             finally:
                 shutil.rmtree(store, ignore_errors=True)
-    return out
+    return out + serving_latency(opts)
