@@ -6,7 +6,8 @@ split (its bundle's ``metadata["threshold"]``): the first entry of its history. 
 feedback`` applies the version's own rule again to the version's labelled predictions
 (``follow_base_rate``) and appends an entry; with fewer than ``monitor.min_rows`` rows, or labels of
 one class only, or a target the rows cannot meet, the threshold is kept and the entry says why.
-Serving replicas, batch scoring and the gate (the champion's side) use the newest value (``current``).
+Serving replicas (within ``serve/app.THRESHOLD_POLL_S``), batch scoring, `status` and the report use
+the newest value (``current``).
 A retrain needs nothing of this: its new version's rule runs on the retrain window's validation split.
 
 Storage: ``{store}/{name}/thresholds/v{version}.json`` -- ``{"version", "entries": [...]}``, the whole
