@@ -128,7 +128,7 @@ def one_case(ds, rows_cap: int | None, trials: int, store: str) -> list[dict]:
     return out
 
 
-def serving_latency(opts: Options, rounds: int = 3) -> list[dict]:
+def serving_latency(opts: Options, rounds: int = 4) -> list[dict]:
     """Latency of the served version with its threshold left alone vs while its history changes every
     second (each replica poll then finds a change: it re-reads the file and swaps the value); the
     serving benchmark's setup (``benchmarks.serving``: one replica, direct ingress, single-row bodies).
