@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "extmem": "benchmarks.extmem",
     "search": "benchmarks.search",
     "quality": "benchmarks.quality",
+    "threshold": "benchmarks.threshold",
     "tune_overhead": "benchmarks.tune_overhead",
     "cluster_tune": "benchmarks.cluster_tune",
     "serving": "benchmarks.serving",

@@ -473,8 +473,11 @@ def status_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
     with _guard(json_out):
         cfg = _load(config, set_)
         from mlops_ray.reports import monitor_summary
+        from mlops_ray import thresholds
         res = control.status(cfg)
         res["monitor"] = monitor_summary(cfg)
+        st = res.get("state") or {}
+        res["thresholds"] = thresholds.recorded(cfg, [v for v in (st.get("stable"), st.get("canary")) if v])
         if json_out:
             _emit_json(res)
             return
@@ -497,6 +500,9 @@ def status_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
         for h in (res["state"] or {}).get("history", [])[-5:]:
             info = ", ".join(f"{k}={v}" for k, v in h.items() if k not in ("t", "event", "metrics"))
             out.print(f"  {h['event']}: {info}")
+        for v, h in res["thresholds"].items():
+            out.print(f"  threshold of v{v}: {thresholds.describe(h[-1])}; registered {h[0]['value']:.4f}, "
+                      f"{len(h) - 1} re-choice(s)")
         mon = res["monitor"]
         if mon["drift"]:
             d = mon["drift"]
@@ -679,13 +685,21 @@ def feedback_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
                                                   help="Store labels of classes no version knows (a class that "
                                                        "is new in the world; scored as wrong answers). Without "
                                                        "it such a file is refused, as a misspelling would be."),
+                 since: Optional[str] = typer.Option(None, "--since", help="Re-choose the decision threshold on "
+                                                     "the labelled predictions since then: a duration back from "
+                                                     "now (7d) or an ISO time; default: all of the version's."),
                  json_out: bool = typer.Option(False, "--json"),
                  set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
-    """Labels arrived: store them, report label completeness and the live metric per version."""
+    """Labels arrived: store them, report label completeness and the live metric per version, and
+    re-choose each served binary version's decision threshold on its labelled predictions."""
+    from mlops_ray import thresholds
+    from mlops_ray.monitor.drift import window_bounds
     from mlops_ray.monitor.labels import feedback
     with _guard(json_out):
         cfg = _load(config, set_)
+        start = window_bounds(cfg, since, None)[0].timestamp() if since else None
         res = feedback(cfg, labels, new_classes=new_classes)
+        res["thresholds"] = thresholds.follow_base_rate(cfg, since=start)
         if json_out:
             _emit_json(res)
             return
@@ -707,6 +721,15 @@ def feedback_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
             val = "-" if m["value"] is None else f"{m['value']:.4f}"
             out.print(f"  version {v}: {m['labelled']:,} of {m['predictions']:,} predictions labelled "
                       f"({m['completeness']:.0%}); live {m['metric']} {val}")
+        for v, e in res["thresholds"].items():
+            if e["kept"]:
+                value = f" {e['value']:.4f}" if e["value"] is not None else ""
+                out.print(f"  [yellow]![/] version {v}: threshold{value} kept"
+                          + (f" ({e['rule']})" if e["rule"] else "") + f": {e['reason']}")
+            else:
+                out.print(f"  version {v}: threshold {e['previous']:.4f} → {e['value']:.4f} ({e['rule']} on "
+                          f"{e['rows']:,} rows, {e['positive_rate']:.1%} positive); serving picks it up without "
+                          "a redeploy")
 
 
 @app.command("loop")

@@ -285,11 +285,13 @@ class ThresholdSpec(_Model):
                                         "whose precision is at least this.")
     min_recall: float | None = Field(None, gt=0, le=1, description="The threshold with the most precision "
                                      "whose recall is at least this.")
+    top_rate: float | None = Field(None, gt=0, lt=1, description="Flag this share of traffic: the threshold is "
+                                   "the (1 - top_rate) quantile of the scores (for a fixed review capacity).")
 
     @model_validator(mode="after")
     def _one(self):
-        if (self.min_precision is None) == (self.min_recall is None):
-            raise ValueError("give exactly one of min_precision or min_recall, e.g. {min_precision: 0.9}")
+        if sum(x is not None for x in (self.min_precision, self.min_recall, self.top_rate)) != 1:
+            raise ValueError("give exactly one of min_precision, min_recall or top_rate, e.g. {min_precision: 0.9}")
         return self
 
 
@@ -330,8 +332,11 @@ class ModelConfig(_Model):
     threshold: Union[Literal["auto", "max_f1"], float, ThresholdSpec] = Field(
         "auto", description="Decision threshold of a binary model, chosen on the validation split (by a model "
         "fitted on the training split only) and stored in the bundle: 'max_f1' (the best F1), "
-        "{min_precision: P} or {min_recall: R}, or a fixed probability such as 0.5; 'auto' is max_f1. "
-        "Accuracy, precision, recall and F1 on test (and the gate) use it; /predict returns labels with it.")
+        "{min_precision: P}, {min_recall: R}, {top_rate: S} (flag the share S of traffic with the highest "
+        "scores), or a fixed probability such as 0.5; 'auto' is max_f1. Accuracy, precision, recall and F1 on "
+        "test (and the gate) use it; /predict returns labels with it. `mlops-ray feedback` re-chooses it by the "
+        "same rule on the served version's labelled predictions (at least monitor.min_rows of them), and "
+        "serving picks the new value up without a redeploy.")
     slice_column: str | None = Field(None, description="Test metrics per value of this column (values with "
                                      "at least 50 test rows); the gate checks that no slice regresses against "
                                      "the champion (gate.max_slice_regression).")
@@ -339,7 +344,8 @@ class ModelConfig(_Model):
     @field_validator("threshold", mode="before")
     @classmethod
     def _threshold(cls, v):
-        fix = "use auto, max_f1, a probability such as 0.5, {min_precision: 0.9} or {min_recall: 0.8}"
+        fix = ("use auto, max_f1, a probability such as 0.5, {min_precision: 0.9}, {min_recall: 0.8} or "
+               "{top_rate: 0.02}")
         if isinstance(v, str):
             if v not in ("auto", "max_f1"):
                 raise ValueError(f"{v!r} is not a threshold rule; {fix}")
@@ -348,12 +354,16 @@ class ModelConfig(_Model):
                 raise ValueError(f"a fixed threshold is a probability between 0 and 1 (exclusive), got {v}; {fix}")
         elif isinstance(v, dict):
             v = {k: x for k, x in v.items() if x is not None}      # a dumped ThresholdSpec holds both keys
-            unknown = sorted(set(v) - {"min_precision", "min_recall"})
+            unknown = sorted(set(v) - {"min_precision", "min_recall", "top_rate"})
             if unknown or len(v) != 1:
                 raise ValueError(f"{'unknown key ' + repr(unknown[0]) if unknown else 'give exactly one target'}"
                                  f" in {v}; {fix}")
             (k, x), = v.items()
-            if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x <= 1:
+            if k == "top_rate":
+                if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < 1:
+                    raise ValueError(f"top_rate is the share of traffic to flag, strictly between 0 and 1, got "
+                                     f"{x!r}; e.g. {{top_rate: 0.02}} flags the 2 % of rows with the highest scores")
+            elif isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x <= 1:
                 raise ValueError(f"{k} is a share in (0, 1], got {x!r}")
         elif not isinstance(v, ThresholdSpec):
             raise ValueError(f"{v!r} is not a threshold; {fix}")

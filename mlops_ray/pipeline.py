@@ -643,7 +643,12 @@ def _evaluate(cfg: Config, data: DataResult, booster, champion, choice: dict | N
     cand = ev.evaluate(cfg.model.task, scored["y"], scored["p_candidate"], choice["value"] if choice else 0.5, slices,
                        classes=data.spec.classes)
     cand.threshold_choice = choice
-    champ = ev.evaluate(cfg.model.task, scored["y"], scored["p_champion"], champion[1].threshold, slices) \
+    champ_threshold = None
+    if champion:        # the champion's threshold as it is served now (feedback may have re-chosen it)
+        from mlops_ray import thresholds
+        champ_threshold = thresholds.current(Store(cfg.store), cfg.name, str(champion[0]), champion[1].metadata) \
+            if cfg.model.task == "binary" else champion[1].threshold
+    champ = ev.evaluate(cfg.model.task, scored["y"], scored["p_champion"], champ_threshold, slices) \
         if champion else None
     if champ is not None and slices is not None:
         gated = [k for k in set(cand.slices) & set(champ.slices) - {ev.SKIPPED}

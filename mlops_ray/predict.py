@@ -14,7 +14,8 @@ on the id column, or on ``row``):
 - ``prediction`` (float64): probability of the positive class (binary) or the value
   (regression); for multiclass the argmax class (int64), plus ``p_<class>`` (float64) per
   class, named by the class (``p_rain``; see ``proba_columns``);
-- ``label`` (bool, binary only): the prediction at the bundle's decision threshold;
+- ``label`` (bool, binary only): the prediction at the version's decision threshold (its newest,
+  ``thresholds.current``: re-chosen by ``feedback``, else the one it was registered with);
 - ``model_version`` (string).
 
 With ``log=True`` the scored rows are also appended to the prediction log
@@ -99,8 +100,15 @@ def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, lo
     version = registry.resolve(ref)
     bundle = registry.load_bundle(version)           # once, on the driver
     spec, task = bundle.spec, bundle.task
+    metadata = bundle.metadata
+    if task == "binary":            # the version's newest decision threshold (re-chosen by feedback)
+        from mlops_ray import thresholds
+        from mlops_ray.store import Store
+        current = thresholds.current(Store(cfg.store), cfg.name, version, metadata)
+        metadata = {**metadata, "threshold": {**(metadata.get("threshold") or {}), "value": current}}
     progress(STEP, f"model {registry.model_name} version {version} ({task}, "
-                   f"{len(spec.input_columns)} input columns)")
+                   f"{len(spec.input_columns)} input columns"
+                   + (f", decision threshold {metadata['threshold']['value']:.4f}" if task == "binary" else "") + ")")
 
     data_cfg = cfg.data.model_copy(update={"source": data, "columns": None})   # the label is not needed
     source = ingest.inspect_source(data_cfg)
@@ -125,7 +133,7 @@ def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, lo
         from mlops_ray.pipeline import step_ingest
 
         payload = ray.put({"model": bytes(bundle.booster.save_raw("ubj")), "spec": spec.to_dict(),
-                           "metadata": bundle.metadata, "version": version, "classes": num_classes(bundle)})
+                           "metadata": metadata, "version": version, "classes": num_classes(bundle)})
         if id_col is None:            # the row's position: the key the output is joined back by
             ds = read_with_row_index(source, read_cfg, rt.num_cpus)
         else:                     # the pipeline's ingest: into the object store when it fits, else streaming
@@ -159,6 +167,7 @@ def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, lo
     return {"rows": rows, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds, 1) if seconds else None,
             "version": version, "model": registry.model_name, "task": task, "out": out,
             "logged": logged, "log": log_root, "run_token": run_token,
+            "threshold": (metadata.get("threshold") or {}).get("value") if task == "binary" else None,
             "input": {"source": data, "format": source.format, "files": len(source.files),
                       "fingerprint": source.fingerprint},
             "actors": actors, "batch_size": rows_per_batch}

@@ -9,6 +9,7 @@ from mlops_ray.config import Config
 
 
 def report_context(cfg: Config, *, version: str | None = None, run_id: str | None = None) -> dict:
+    from mlops_ray import thresholds
     from mlops_ray.monitor.retrain import read_decisions
     from mlops_ray.registry import Registry
     from mlops_ray.serve.state import read_state, state_path
@@ -31,7 +32,8 @@ def report_context(cfg: Config, *, version: str | None = None, run_id: str | Non
         "model": {"name": registry.model_name, "version": v, "aliases": registry.aliases_of(v), "run_id": run_id,
                   "task": bundle.task, "metrics": (meta.get("evaluation") or {}).get("metrics", {}),
                   "gate": meta.get("gate"), "threshold": meta.get("threshold"),
-                  "confusion": (meta.get("evaluation") or {}).get("confusion")},
+                  "confusion": (meta.get("evaluation") or {}).get("confusion"),
+                  "threshold_history": thresholds.history(store, cfg.name, v, meta)},
         "validation": validation, "tuning": tuning or meta.get("tuning"),
         "importance": bundle.booster.get_score(importance_type="gain"),
         "curves": meta.get("curves"),

@@ -307,6 +307,23 @@ def live_metric(predlog_root: str, labels_root: str, label: str, task: str, stab
     return out
 
 
+def scored_with_labels(predlog_root: str, labels_root: str, label: str, version: str,
+                       since: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A binary version's logged predictions (``ts >= since``) and their labels, NaN where none
+    arrived yet: ``(p, y)``, aligned. The join of ``live_metric`` (the last label per key wins)."""
+    preds = _read_predictions(predlog_root, "binary", [str(version)], since)
+    p = pc.fill_null(preds["prediction"], math.nan).to_numpy(zero_copy_only=False).astype(np.float64)
+    y = np.full(p.size, math.nan)
+    labels = _read_labels(labels_root, label, pc.unique(preds["request_id"])) if preds.num_rows else None
+    if labels is not None and labels.num_rows:
+        left = pa.table({"request_id": preds["request_id"], "row": preds["row"],
+                         "_li": pa.array(np.arange(preds.num_rows, dtype=np.int64))})
+        joined = left.join(labels, keys=["request_id", "row"], join_type="inner", use_threads=False)
+        y[joined["_li"].to_numpy()] = joined[_LABEL].to_numpy().astype(np.float64)
+    ok = np.isfinite(p)
+    return p[ok], y[ok]
+
+
 class LiveMetric:
     """The live metric of a step, from the prediction log joined with labels that arrived under
     ``{store}/{name}/labels/`` (request_id, row, label). Recomputed at most every ``every_s``;

@@ -148,6 +148,18 @@ def _na(what: str) -> str:
 
 
 # --------------------------------------------------------------------------- sections
+def _threshold_history(history: list[dict]) -> str:
+    """The decision threshold's history (thresholds.py), newest first; nothing until it was re-chosen."""
+    if len(history) < 2:
+        return ""
+    rows = [[_when(e.get("time")) if e.get("time") else "registration", e.get("source"), e.get("value"),
+             e.get("rule"), e.get("rows"), e.get("positive_rate"), (e.get("metrics") or {}).get("recall"),
+             "kept: " + str(e.get("reason")) if e.get("kept") else "re-chosen" if e.get("time") else "chosen"]
+            for e in reversed(history)]
+    return (f"<h3>Decision threshold: {history[-1]['value']:.4f} now, re-chosen on the most recent labels</h3>"
+            + _table(["when", "source", "threshold", "rule", "rows", "positive rate", "recall", "outcome"], rows))
+
+
 def _model(m: dict) -> str:
     aliases = ", ".join(str(a) for a in m.get("aliases") or []) or "–"
     info = _kv([("model", m.get("name")), ("version", m.get("version")), ("aliases", aliases),
@@ -159,6 +171,7 @@ def _model(m: dict) -> str:
     out = _row(info, table)
     if m.get("confusion"):
         out += _confusion(m["confusion"])
+    out += _threshold_history(m.get("threshold_history") or [])
     gate = m.get("gate")
     if gate is None:
         return out + _na("Gate decision")

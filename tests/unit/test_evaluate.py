@@ -374,7 +374,7 @@ def test_the_threshold_is_chosen_on_validation_for_its_rule():
     assert m["precision"] >= 0.9 and prec["rule"] == "min_precision 0.9"
     rec = choose_threshold(y, p, ThresholdSpec(min_recall=0.95))
     assert metrics_for("binary", y, p, rec["value"])["recall"] >= 0.95
-    assert choose_threshold(y, p, 0.3) == {"value": 0.3, "rule": "fixed"}
+    assert choose_threshold(y, p, 0.3) == {"value": 0.3, "rule": "fixed", "spec": 0.3}
     assert choose_threshold(np.zeros(10), np.full(10, 0.1), "max_f1")["value"] == 0.5     # one class: kept
 
 

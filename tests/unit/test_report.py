@@ -290,3 +290,20 @@ def test_the_report_context_reads_the_recent_drift_reports_newest_first(tmp_path
     assert [(w["created"], w["source"], w["path"]) for w in got] == [
         ("20251009T120000000000Z", "predlog", "/store/predlog"), ("20251009T110000000000Z", "data", "/data/october.parquet")]
     assert drift_windows(make_config("x", store=str(tmp_path / "empty"))) == []
+
+
+def test_the_threshold_history_is_shown_newest_first_once_it_was_rechosen():
+    from mlops_ray import thresholds as th
+    meta = {"task": "binary", "threshold": {"value": 0.8, "rule": "max_f1", "spec": "max_f1",
+                                            "valid": {"n": 900, "positive_rate": 0.14}}}
+    first = th.registered(meta)
+    later = {**first, "value": 0.3123, "source": "feedback", "time": "2026-05-28T20:27:40+00:00", "rows": 600,
+             "positive_rate": 0.27, "metrics": {"recall": 0.61}}
+    kept = {**later, "kept": True, "reason": "40 labelled predictions, fewer than monitor.min_rows (100)",
+            "time": "2026-05-29T08:00:00+00:00", "rows": 40}
+    ctx = make_ctx()
+    assert "Decision threshold:" not in render_report({**ctx, "model": {**ctx["model"], "threshold_history": [first]}})
+    page = render_report({**ctx, "model": {**ctx["model"], "threshold_history": [first, later, kept]}})
+    assert "Decision threshold: 0.3123 now" in page
+    body = page.split("Decision threshold: 0.3123 now", 1)[1].split("</table>", 1)[0]
+    assert body.index("kept: 40 labelled predictions") < body.index("<td>re-chosen") < body.index("registration")
