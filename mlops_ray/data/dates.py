@@ -259,14 +259,16 @@ def resolve(schema: pa.Schema, cfg, sample: pa.Table | None) -> Parsing:
 
 
 # --------------------------------------------------------------------------- unreadable values
-def failure_partial(table: pa.Table, formats: dict[str, str], k: int = 5) -> dict:
-    """Per block and column: how many values the format does not read, and the first few."""
+def failure_partial(table: pa.Table, formats: dict[str, str], k: int = 5, parsed: pa.Table | None = None) -> dict:
+    """Per block and column: how many values the format does not read, and the first few.
+    ``parsed``: the block as ``parse_table`` made it, when the caller has it (no second parse)."""
     out = {}
     for c, fmt in formats.items():
         if c not in table.column_names:
             continue
         raw = table.column(c)
-        bad = pc.and_(pc.is_null(parse(raw, fmt)), pc.is_valid(_text(raw)))
+        times = parsed.column(c) if parsed is not None else parse(raw, fmt)
+        bad = pc.and_(pc.is_null(times), pc.is_valid(_text(raw)))
         n = pc.sum(bad).as_py() or 0
         if n:
             out[c] = {"bad": int(n), "values": pc.filter(_text(raw), bad)[:k].to_pylist()}
