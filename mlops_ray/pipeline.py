@@ -104,10 +104,11 @@ def step_validate(cfg: Config, source: ingest.Source, ds, static, plan, extra: d
     text are parsed in the pass (each partial sees timestamps) and their unreadable values counted."""
     fns = {"validate": _bind(validate.partial, plan=plan), **(extra or {})}
     formats = parsing.formats if parsing else {}
-    if formats:
-        fns = {k: _Parsed(fn, formats) for k, fn in fns.items()}
-        fns["dates"] = _bind(dates.failure_partial, formats=formats, k=cfg.schema_.sample_rows)
-    parts = profile_pass(ds, fns)
+    if formats:                       # one parse per block, shared by every partial
+        both = profile_pass(ds, {"parsed": _Parsed(fns, formats, cfg.schema_.sample_rows)})["parsed"]
+        parts = {k: [p[k] for p in both] for k in [*fns, "dates"]}
+    else:
+        parts = profile_pass(ds, fns)
     merged = validate.merge(parts.pop("validate"), cfg.schema_.sample_rows)
     if parsing:
         static = static + parsing.static_checks()
@@ -293,13 +294,16 @@ class _bind:
 
 
 class _Parsed:
-    """A partial function that sees the block with its text date-times parsed."""
+    """Partial functions that see the block with its text date-times parsed (once), and the
+    count of the values their format does not read (under "dates")."""
 
-    def __init__(self, fn, formats: dict):
-        self.fn, self.formats = fn, formats
+    def __init__(self, fns: dict, formats: dict, k: int):
+        self.fns, self.formats, self.k = fns, formats, k
 
-    def __call__(self, table):
-        return self.fn(dates.parse_table(table, self.formats))
+    def __call__(self, table) -> dict:
+        parsed = dates.parse_table(table, self.formats)
+        return {"dates": dates.failure_partial(table, self.formats, self.k, parsed),
+                **{key: fn(parsed) for key, fn in self.fns.items()}}
 
 
 TRAIN_KEYS = 1_000_000      # training-row keys kept for the gate's overlap check (8 bytes each); beyond, a sample

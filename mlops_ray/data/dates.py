@@ -205,6 +205,7 @@ class Parsing:
     inferred: dict[str, int] = field(default_factory=dict)      # column -> sample size it was inferred from
     ambiguous: dict[str, list[str]] = field(default_factory=dict)
     unreadable: dict[str, tuple[str, list]] = field(default_factory=dict)   # column -> (config key, sample)
+    unknown: dict[str, str] = field(default_factory=dict)       # data.datetime_formats key not in the data -> hint
 
     def notes(self) -> list[str]:
         out = []
@@ -230,6 +231,10 @@ class Parsing:
                 message=f"column '{c}' ({key}) holds text that no known date format reads (e.g. {shown}); "
                 f"give its format as data.datetime_formats: {{{_key(c)}: \"%m/%d/%Y\"}} (strftime directives)"
                 + (", or remove it from features.datetime" if key == "features.datetime" else "")))
+        for c, hint in self.unknown.items():
+            checks.append(CheckResult(c, "datetime_format", False, observed="missing", threshold="a column",
+                                      message=f"data.datetime_formats names column {c!r}, which is not in the data"
+                                      f"{hint}; fix the name or remove it"))
         return checks
 
 
@@ -240,7 +245,12 @@ def _key(c: str) -> str:
 def resolve(schema: pa.Schema, cfg, sample: pa.Table | None) -> Parsing:
     """The format of each date column stored as text: the configured one, else inferred from
     ``sample`` (the first rows of the data)."""
+    import difflib
     p = Parsing()
+    for c in cfg.data.datetime_formats:
+        if c not in schema.names:
+            close = difflib.get_close_matches(c, schema.names, n=1)
+            p.unknown[c] = f" (did you mean {close[0]!r}?)" if close else f"; its columns: {', '.join(schema.names[:30])}"
     for c, key in date_columns(schema, cfg).items():
         if c in cfg.data.datetime_formats:
             p.formats[c] = cfg.data.datetime_formats[c]
@@ -259,14 +269,16 @@ def resolve(schema: pa.Schema, cfg, sample: pa.Table | None) -> Parsing:
 
 
 # --------------------------------------------------------------------------- unreadable values
-def failure_partial(table: pa.Table, formats: dict[str, str], k: int = 5) -> dict:
-    """Per block and column: how many values the format does not read, and the first few."""
+def failure_partial(table: pa.Table, formats: dict[str, str], k: int = 5, parsed: pa.Table | None = None) -> dict:
+    """Per block and column: how many values the format does not read, and the first few.
+    ``parsed``: the block as ``parse_table`` made it, when the caller has it (no second parse)."""
     out = {}
     for c, fmt in formats.items():
         if c not in table.column_names:
             continue
         raw = table.column(c)
-        bad = pc.and_(pc.is_null(parse(raw, fmt)), pc.is_valid(_text(raw)))
+        times = parsed.column(c) if parsed is not None else parse(raw, fmt)
+        bad = pc.and_(pc.is_null(times), pc.is_valid(_text(raw)))
         n = pc.sum(bad).as_py() or 0
         if n:
             out[c] = {"bad": int(n), "values": pc.filter(_text(raw), bad)[:k].to_pylist()}

@@ -383,6 +383,9 @@ def test_a_text_multiclass_label_is_encoded_and_answers_by_class_name(data_dir, 
     assert res.evaluation["metrics"]["logloss"] > 0 and res.evaluation["metrics"]["accuracy"] > 0
     p = bundle.predict(df.head(50))
     assert p.shape == (50, len(bundle.spec.classes))
+    confusion = bundle.metadata["evaluation"]["confusion"]            # kept with the version, for the report
+    assert confusion["classes"] == bundle.spec.classes
+    assert sum(map(sum, confusion["matrix"])) == res.evaluation["n_test"]
 
     # labels arrive later by class name (as /predict answers): matched against this version's classes
     import os

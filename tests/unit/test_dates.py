@@ -147,3 +147,12 @@ def test_serving_refuses_a_date_in_neither_the_models_format_nor_iso():
     with pytest.raises(RequestError, match=r"Date: expected a date-time as text in the model's format '%m/%d/%Y' "
                                            r"\(e.g. '01/31/2026'\) or ISO 8601, or null; got '31.12.2012'"):
         parser.parse(b'{"Date": "31.12.2012", "Humidity3pm": 40}', "application/json")
+
+
+def test_a_misspelt_column_in_datetime_formats_is_named():
+    table = pa.Table.from_pandas(weather(20), preserve_index=False)
+    cfg = make_config("x.csv", data={"label": "RainTomorrow", "id_column": None, "time_column": None,
+                                     "datetime_formats": {"date": "%m/%d/%Y"}})
+    [check] = [c for c in dates.resolve(table.schema, cfg, table).static_checks() if not c.passed]
+    assert check.message == ("data.datetime_formats names column 'date', which is not in the data (did you mean "
+                             "'Date'?); fix the name or remove it")
