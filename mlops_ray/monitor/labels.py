@@ -30,6 +30,7 @@ import math
 import os
 import posixpath
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
@@ -423,7 +424,8 @@ def feedback(cfg, labels_path: str, *, now: float | None = None, new_classes: bo
     known = pc.is_in(rid, value_set=pc.unique(preds["request_id"])) if preds.num_rows else pa.array(
         np.zeros(t.num_rows, bool))
     unknown = int(t.num_rows - pc.sum(pc.cast(known, pa.int64())).as_py() or 0)
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now or time.time())) + f"-{os.getpid()}"
+    # unique per call: two feedback calls within one second (one process) must not overwrite each other
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now or time.time())) + f"-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     dest = store.path(cfg.name, "labels", f"labels-{stamp}.parquet")
     store.fs.create_dir(posixpath.dirname(dest), recursive=True)
     import pyarrow.parquet as pq
