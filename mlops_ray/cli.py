@@ -881,6 +881,9 @@ def _print_drift(rep: dict, html: str | None) -> None:
     for f in rows + excluded:
         for flag in f.get("quality", {}).get("flags", []):
             out.print(f"  [yellow]quality[/] {f['name']}: {flag}")
+    for f in rep["features"]:
+        if f.get("field") and f["verdict"] == "insufficient":      # a datetime part over too short a span
+            out.print(f"  {f['name']}: {f['note']}", markup=False)
     calendar = [e["name"] for e in excluded if e["kind"] == "calendar"]
     if calendar:
         out.print(f"  not tested for drift (calendar positions, data quality only): {', '.join(calendar)}",

@@ -6,7 +6,9 @@ profile ``inputs`` and the prediction distribution). Out: a drift report (a JSON
 dict; ``monitor/report.py`` renders it) with, per input column and for the prediction,
 the statistic, its calibrated threshold and p-value, the effect size and a verdict, the
 data-quality counts (nulls, values outside the schema's min/max, unseen categories), the
-share of drifted columns and a domain classifier's multivariate score.
+share of drifted columns and a domain classifier's multivariate score. A datetime input is
+judged by the model's parts of it: cyclic parts per part, calendar positions apart
+(``monitor/calendar.py``).
 
 How: one Ray Data pass (``profile_pass``) bins every block of the window with the
 reference's own layout; only the per-block counts reach the driver. Thresholds follow the

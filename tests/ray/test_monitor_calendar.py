@@ -73,6 +73,10 @@ def test_the_next_weeks_of_the_same_schedule_are_not_drift(served):
     day = next(e for e in rep["excluded"] if e["name"] == "scheduled.day")
     assert day["kind"] == "calendar" and "not tested for drift" in day["reason"] and not day["quality"]["flags"]
     assert "scheduled.day" not in verdicts and rep["drift_share"] == 0.0
+    text = runner.invoke(app, ["monitor", served["cfg"], "--data", str(served["tmp"] / "later")])
+    assert text.exit_code == 0
+    assert "not tested for drift (calendar positions, data quality only): scheduled.day" in text.stdout
+    assert "without scheduled__day" in text.stdout
 
 
 def test_the_same_traffic_six_hours_later_is_drift_on_the_hour(served):
