@@ -137,8 +137,12 @@ def check_config_columns(names: list[str], cfg) -> None:
         listed.append(("model.slice_column", cfg.model.slice_column))
     listed += [("retrain.key_features", c) for c in cfg.retrain.key_features]
     listed += [(f"monitor.min_effect.{c}", c) for c in cfg.monitor.min_effect if c not in ("numeric", "categorical")]
+    from mlops_ray.data.features import _DT_PARTS
+    parts = {f"{c}.{p}" for c in known for p in _DT_PARTS}     # a datetime field's part: event_time.hour
+    drift_keys = ("retrain.key_features", "monitor.min_effect.")
     bad = [f"{key} lists {c!r}, which is not a column of the data{did_you_mean(c, sorted(known))}"
-           for key, c in listed if c not in known and c not in cfg.features.derived]
+           for key, c in listed if c not in known and c not in cfg.features.derived
+           and not (key.startswith(drift_keys) and c in parts)]
     if bad:
         shown = ", ".join(sorted(known)[:40]) + (" …" if len(known) > 40 else "")
         raise ConfigError("; ".join(bad) + f". Fix the name (columns: {shown})")

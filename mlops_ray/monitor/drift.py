@@ -381,7 +381,7 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
             if missing:
                 raise MonitorError(f"{data} lacks the model's input column(s) {', '.join(missing)}; the window "
                                    f"must hold every column the model was trained on")
-            ds = ingest.read_dataset(source, dcfg)
+            ds = _parsed_dates(ingest.read_dataset(source, dcfg), spec)
             desc = {"source": "data", "path": data, "since": None, "until": None,
                     "prediction": f"the window scored with version {version}"}
             if pred_edges is not None or pred_classes:
@@ -433,6 +433,17 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
     return report
 
 
+def _parsed_dates(ds, spec):
+    """A window's date-times stored as text, read with the formats the model was trained with
+    (``data.datetime_formats`` or inferred at training), so their parts are profiled as training's were."""
+    from mlops_ray.data import dates
+    formats = getattr(spec, "datetime_formats", None) or {}
+    if not formats:
+        return ds
+    return ds.map_batches(dates.parse_table, fn_kwargs={"formats": formats}, batch_format="pyarrow",
+                          batch_size=None, zero_copy_batch=True)
+
+
 def _span(a, b) -> str:
     return f"[{a.isoformat() if a else '…'}, {b.isoformat() if b else 'now'})"
 
@@ -473,7 +484,7 @@ def build_reference_from(cfg: Config, spec, path: str) -> dict:
     from mlops_ray.data.profile import profile_pass
     dcfg = window_data_config(cfg, path)
     source = ingest.inspect_source(dcfg)
-    ds = ingest.read_dataset(source, dcfg)
+    ds = _parsed_dates(ingest.read_dataset(source, dcfg), spec)
     return profile_inputs(ds, spec.input_types, cfg.monitor, profile_pass, dt_parts=C.spec_parts(spec))
 
 

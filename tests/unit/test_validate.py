@@ -194,3 +194,13 @@ def test_csv_column_types_read_integer_codes_as_text(tmp_path):
                                                           "label": "y", "id_column": "id", "time_column": None})
     t = read_table_local(inspect_source(cfg.data), cfg.data)
     assert t.column("region").to_pylist() == ["1", "3"] and t.column("zip").to_pylist() == ["01234", "90210"]
+
+
+def test_drift_settings_may_name_a_datetime_fields_part(small_df):
+    from mlops_ray.data.validate import check_config_columns
+    from mlops_ray.errors import ConfigError
+    cfg = make_config("x", retrain={"key_features": ["event_time.hour"]}, monitor={"min_effect": {"event_time.hour": 0.1}})
+    check_config_columns(list(small_df.columns), cfg)
+    bad = make_config("x", retrain={"key_features": ["event_time.hour"]}, features={"exclude": ["event_time.hour"]})
+    with pytest.raises(ConfigError, match="features.exclude lists 'event_time.hour'"):
+        check_config_columns(list(small_df.columns), bad)
