@@ -106,35 +106,6 @@ def test_the_decision_threshold_is_chosen_on_validation_and_kept_in_the_bundle(f
     assert bundle.threshold == choice["value"] and bundle.metadata["threshold"]["rule"] == "max_f1"
 
 
-def test_a_retrain_chooses_its_threshold_on_its_own_validation_split(first_run, tmp_path):
-    """A retrain on a window where positives are four times as common (the same rows, each positive
-    row four times) registers a version whose threshold was chosen on that window's validation rows:
-    its history starts there, at that positive rate."""
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    from mlops_ray import thresholds
-    from mlops_ray.store import Store
-    cfg, store, res1 = first_run
-    df = pq.read_table(cfg.data.source).to_pandas()
-    pos = df[df["is_fraud"] == 1]
-    window = pd.concat([df] + [pos.assign(transaction_id=pos["transaction_id"] + (k + 1) * 10**7) for k in range(3)])
-    src = write_parquet(window.sample(frac=1, random_state=0), tmp_path / "window")
-    try:
-        res = run_pipeline(cfg_for(src, store))
-        version = res.version
-    except GateRejected:           # registered all the same, as the challenger
-        version = Registry(cfg.registry, cfg.store, cfg.name).get_alias("challenger")
-    reg = Registry(cfg.registry, cfg.store, cfg.name)
-    first = thresholds.history(Store(cfg.store), cfg.name, "1", reg.load_bundle("1").metadata)[0]
-    meta = reg.load_bundle(version).metadata
-    h = thresholds.history(Store(cfg.store), cfg.name, version, meta)
-    assert version != "1" and len(h) == 1 and h[0]["source"] == "validation" and h[0]["spec"] == "max_f1"
-    assert h[0]["rows"] == meta["dataset"]["split_rows"]["valid"]
-    assert h[0]["positive_rate"] > 2.5 * first["positive_rate"]
-    assert h[0]["value"] == meta["threshold"]["value"] != first["value"]
-
-
 def test_a_precision_target_the_model_cannot_reach_registers_nothing(first_run):
     cfg, store, _ = first_run
     reg = Registry(cfg.registry, cfg.store, cfg.name)
@@ -433,3 +404,32 @@ def test_a_class_seen_only_after_the_training_period_is_named(tmp_path):
     with pytest.raises(DataValidationError) as e:
         run_pipeline(cfg)
     assert "label 'kind' has class(es) ['late'] in the test split but never in the training split" in str(e.value)
+
+
+def test_a_retrain_chooses_its_threshold_on_its_own_validation_split(first_run, tmp_path):
+    """A retrain on a window where positives are four times as common (the same rows, each positive
+    row four times) registers a version whose threshold was chosen on that window's validation rows:
+    its history starts there, at that positive rate. Last in the module: it moves first_run's champion."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from mlops_ray import thresholds
+    from mlops_ray.store import Store
+    cfg, store, res1 = first_run
+    df = pq.read_table(cfg.data.source).to_pandas()
+    pos = df[df["is_fraud"] == 1]
+    window = pd.concat([df] + [pos.assign(transaction_id=pos["transaction_id"] + (k + 1) * 10**7) for k in range(3)])
+    src = write_parquet(window.sample(frac=1, random_state=0), tmp_path / "window")
+    try:
+        res = run_pipeline(cfg_for(src, store))
+        version = res.version
+    except GateRejected:           # registered all the same, as the challenger
+        version = Registry(cfg.registry, cfg.store, cfg.name).get_alias("challenger")
+    reg = Registry(cfg.registry, cfg.store, cfg.name)
+    first = thresholds.history(Store(cfg.store), cfg.name, "1", reg.load_bundle("1").metadata)[0]
+    meta = reg.load_bundle(version).metadata
+    h = thresholds.history(Store(cfg.store), cfg.name, version, meta)
+    assert version != "1" and len(h) == 1 and h[0]["source"] == "validation" and h[0]["spec"] == "max_f1"
+    assert h[0]["rows"] == meta["dataset"]["split_rows"]["valid"]
+    assert h[0]["positive_rate"] > 2.5 * first["positive_rate"]
+    assert h[0]["value"] == meta["threshold"]["value"] != first["value"]
