@@ -28,4 +28,5 @@ BENCHMARKS: dict[str, str] = {
     "predict": "benchmarks.predict",
     "submit": "benchmarks.submit",
     "demo": "benchmarks.demo",
+    "rerun": "benchmarks.rerun",
 }

@@ -436,21 +436,28 @@ class RunResult:
 
 
 def preflight(cfg: Config, opts: RunOptions):
-    """Everything that can fail without data or training: config cross-checks, the registry."""
+    """What can fail before anything is read: the steps named, the store, the registry."""
     from mlops_ray.errors import ConfigError
     from mlops_ray.registry import Registry
-    from mlops_ray.train import evaluate as ev
-    from mlops_ray.train import xgb as X
 
     for name, step in (("--from", opts.from_step), ("--only", opts.only)):
         if step is not None and step not in STEPS:
             raise ConfigError(f"{name} {step!r} is not a step; steps: {', '.join(STEPS)}")
-    X.check_model_config(cfg.model, cfg.tune)
-    ev.check_gate_metrics(cfg.gate, cfg.model.task)
     Store(cfg.store).check_writable(cfg.name)
     registry = Registry(cfg.registry, cfg.store, cfg.name)
     registry.check_reachable()
     return registry
+
+
+def check_training_config(cfg: Config) -> None:
+    """The model, search and gate cross-checks, before any row is read. A cached registration passed
+    them (its key holds these sections and the package version): a rerun with every step cached
+    skips them, and the XGBoost and scikit-learn imports they need (0.9 s of a 3.7 s rerun)."""
+    from mlops_ray.train import evaluate as ev
+    from mlops_ray.train import xgb as X
+
+    X.check_model_config(cfg.model, cfg.tune)
+    ev.check_gate_metrics(cfg.gate, cfg.model.task)
 
 
 def run_pipeline(cfg: Config, opts: RunOptions | None = None, progress: Progress = _noop) -> RunResult:
@@ -469,6 +476,7 @@ def run_pipeline(cfg: Config, opts: RunOptions | None = None, progress: Progress
         result = RunResult(data=data, cached_steps=list(DATA_STEPS))
         if opts.only in DATA_STEPS or _cached_registration(cfg, opts, registry, result, progress):
             return result
+    check_training_config(cfg)
     with ray_runtime(cfg.ray, verbose=opts.verbose):
         require_shared_store(cfg)
         require_resources(gpus=cfg.tune.gpus_per_trial, cpus=cfg.tune.cpus_per_trial)

@@ -77,7 +77,8 @@ def test_the_demo_ends_with_where_its_results_are_and_commands_that_show_them(st
     cli(*report[:-1], str(story["work"] / "again.html"), cwd=story["work"], check=0)
     assert (story["work"] / "again.html").stat().st_size > 10_000
     served = next(ln for ln in out.splitlines() if "serving version 1 at" in ln)
-    assert "http://127.0.0.1:8311/predict (direct to one replica, fastest)" in served, served
+    port = int(next(s for s in SMALL if s.startswith("serve.port=")).split("=")[1])
+    assert f"http://127.0.0.1:{port + 1}/predict (direct to one replica, fastest)" in served, served
 
 
 def test_the_drift_report_names_the_moved_columns_and_the_report_is_self_contained(story):
