@@ -150,3 +150,12 @@ def test_monitor_reads_a_windows_text_dates_with_the_models_format(tx, tmp_path)
     report = run_monitor(cfg, data=str(tmp_path / "window.parquet"))
     hour = {f["name"]: f for f in report["features"]}["event_time.hour"]
     assert hour["rows"] == len(df) - 2000 and hour["verdict"] == "ok", hour
+
+
+def test_a_gzipped_csv_export_validates(tx, tmp_path):
+    import mlops_ray
+    path = tmp_path / "export.csv.gz"
+    tx.to_csv(path, index=False, compression="gzip")
+    cfg = make_config(str(path), store=str(tmp_path / "store"))
+    report = mlops_ray.validate(cfg)
+    assert report.passed and report.rows == len(tx)
