@@ -9,6 +9,7 @@ ship. What a user gets wrong (no credentials, a missing bucket) is named before 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import write_parquet
+from tests.conftest import missing, write_parquet
 from tests.e2e.test_mlflow_server import free_port, healthy
 from tests.e2e.test_s3_store import _listening, _stop, _wait, cli, lifecycle_config
 from tests.http_load import request_rows
@@ -31,7 +32,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
     """The emulator (in memory, bucket created) and an MLflow server, both on free loopback ports."""
-    pytest.importorskip("gcp_storage_emulator", reason="gcp-storage-emulator is a dev dependency")
+    if importlib.util.find_spec("gcp_storage_emulator") is None:
+        missing("gcp-storage-emulator (a dev dependency) is not installed")
     root = tmp_path_factory.mktemp("gcs")
     port = free_port()
     env = {**os.environ, "STORAGE_EMULATOR_HOST": f"127.0.0.1:{port}", "MLFLOW_DISABLE_TELEMETRY": "true",

@@ -6,6 +6,7 @@ every byte goes through pyarrow's S3FileSystem (and MLflow's boto3) over HTTP.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import write_parquet
+from tests.conftest import missing, write_parquet
 from tests.e2e.test_mlflow_server import free_port, healthy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +61,8 @@ def _listening(port: int) -> bool:
 def s3(tmp_path_factory):
     """Environment for processes that use the bucket: moto's server on a free loopback port, the
     bucket created, and an MLflow server storing its artifacts in the same bucket."""
-    pytest.importorskip("moto.server", reason="moto[server] is a dev dependency")
+    if importlib.util.find_spec("moto") is None:
+        missing("moto[server] (a dev dependency) is not installed")
     root = tmp_path_factory.mktemp("s3")
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
