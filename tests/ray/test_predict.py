@@ -254,3 +254,40 @@ def test_without_an_id_rows_are_keyed_by_position_and_classes_name_the_probabili
     np.testing.assert_allclose(got[["p_drizzle", "p_light_rain", "p_Sunny"]].to_numpy(), expected, rtol=1e-6, atol=1e-7)
     with pytest.raises(ConfigError, match=r"--keep names column 'amout', which is not in .* \(did you mean 'amount'\?\)"):
         batch_predict(cfg, str(data), str(tmp_path / "out2"), str(version), keep=["amout"])
+
+
+def test_feedback_command_joins_labels_by_id_and_reports_the_live_metric(env, tmp_path):
+    """predict --log, then `feedback` with labels keyed by data.id_column: completeness per version
+    and the live AUC, which must equal sklearn's on the scored rows and their true labels."""
+    from sklearn.metrics import roc_auc_score
+    runner = CliRunner()
+    raw = base_raw("unused")
+    raw["store"] = str(tmp_path / "store")
+    cfg_path = tmp_path / "fb.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    cfg = make_config("unused", store=str(tmp_path / "store"))
+    reg = Registry(cfg.registry, cfg.store, cfg.name)
+    with reg.start_run("r") as run:
+        reg.register(run, str(env["tmp"] / "b1"))
+    reg.set_alias("champion", "1")
+    out = tmp_path / "out"
+    p = runner.invoke(app, ["predict", str(cfg_path), "--data", str(env["data"]), "--out", str(out), "--log",
+                            "--json"])
+    assert p.exit_code == 0, p.output
+    assert json.loads(p.stdout)["logged"] == 4000
+    df = env["df"]
+    never_scored = pd.DataFrame({ID: [10 ** 9], "is_fraud": [1]})
+    labels = pd.concat([df[[ID, "is_fraud"]], never_scored])
+    labels.to_parquet(tmp_path / "labels.parquet", index=False)
+    r = runner.invoke(app, ["feedback", str(cfg_path), "--labels", str(tmp_path / "labels.parquet"), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert (res["labels"], res["key"], res["unknown_ids"], res["duplicates"]) == (4001, ID, 1, 0)
+    v1 = res["versions"]["1"]
+    assert (v1["predictions"], v1["labelled"], v1["completeness"], v1["metric"]) == (4000, 4000, 1.0, "auc")
+    scored = read_out(out).set_index(ID).loc[df[ID]]
+    assert v1["value"] == pytest.approx(roc_auc_score(df["is_fraud"], scored["prediction"]), abs=1e-9)
+    text = runner.invoke(app, ["feedback", str(cfg_path), "--labels", str(tmp_path / "labels.parquet")])
+    assert text.exit_code == 0 and "4,001 labels stored (key transaction_id); 1 with ids never predicted" in text.stdout
+    bad = runner.invoke(app, ["feedback", str(cfg_path), "--labels", str(out)])
+    assert bad.exit_code == 10 and "has no label column 'is_fraud'" in bad.stderr

@@ -202,3 +202,25 @@ def test_the_words_after_a_double_dash_are_not_taken_as_global_flags(monkeypatch
     res = CliRunner().invoke(app, ["submit", QUICKSTART, "--", "run", "--verbose"])
     assert res.exit_code == 0, res.output
     assert seen == {"command": ["run", "--verbose"], "verbose": False}
+
+
+# --------------------------------------------------------------------------- internal errors
+def test_an_internal_error_exits_1_and_debug_prints_its_traceback(small, monkeypatch):
+    """An exception that is not one of the project's errors is a bug: exit 1 and a plain message that
+    points to --debug; with --debug the traceback itself (the CLI's error handler, not the config)."""
+    import mlops_ray.config
+
+    def load_config_with_a_bug(*args, **kwargs):
+        raise KeyError("slot_the_code_forgot")
+
+    monkeypatch.setattr(mlops_ray.config, "load_config", load_config_with_a_bug)
+    res = CliRunner().invoke(app, ["config", "check", small])
+    assert res.exit_code == ExitCode.UNEXPECTED == 1
+    assert "Unexpected error (KeyError): 'slot_the_code_forgot'" in res.stderr
+    assert "This is a bug in mlops-ray; rerun with --debug for the traceback." in res.stderr
+    assert "Traceback" not in res.stderr
+    res = CliRunner().invoke(app, ["--debug", "config", "check", small])
+    assert res.exit_code == 1
+    assert "Traceback" in res.stderr and "load_config_with_a_bug" in res.stderr
+    assert "KeyError" in res.stderr and "slot_the_code_forgot" in res.stderr
+    assert "This is a bug in mlops-ray" not in res.stderr

@@ -1,8 +1,17 @@
-"""serve/control.py's probes of local ports, against listeners that are not our app."""
-import pytest
+"""serve/control.py's probes of local ports, against listeners that are not our app; and
+`rollout promote` by hand, which changes only the serving state and the registry (no Ray)."""
+import time
 
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mlops_ray.cli import app
+from mlops_ray.registry import Registry
+from mlops_ray.serve import rollout as ro
 from mlops_ray.serve.control import endpoints, ordered_addresses, port_holder
-from tests.conftest import make_config
+from mlops_ray.serve.state import ServingState, read_state, state_path, write_state
+from tests.conftest import base_raw, make_config
 
 
 def test_endpoints_skip_a_port_that_does_not_speak_http(not_http_port):
@@ -58,3 +67,32 @@ def test_with_haproxy_the_serve_port_leads_and_without_replica_ports_the_proxy_i
     alone = ordered_addresses("http://h:8000/predict", [], "proxy")
     assert [(a["url"], a["kind"]) for a in alone] == [("http://h:8000/predict", "proxy")]
     assert "tenth" not in alone[0]["note"]
+
+
+def test_rollout_promote_ends_a_canary_by_hand(bundle_dir, tmp_path):
+    raw = base_raw("unused")
+    raw["store"] = str(tmp_path / "store")
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = make_config("unused", store=str(tmp_path / "store"))
+    reg = Registry(cfg.registry, cfg.store, cfg.name)
+    for _ in range(2):
+        with reg.start_run("r") as run:
+            reg.register(run, bundle_dir)
+    reg.set_alias("champion", "1")
+    runner = CliRunner()
+    nothing = runner.invoke(app, ["rollout", "promote", str(path)])
+    assert nothing.exit_code == 8 and "nothing is deployed for 't'; run `mlops-ray deploy CONFIG` first" in nothing.stderr
+    spath = state_path(cfg.store, cfg.name)
+    write_state(spath, ro.start(ServingState(name=reg.model_name, stable="1"), "2", cfg.rollout, now=time.time(),
+                                baseline={}))
+    r = runner.invoke(app, ["rollout", "promote", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "version 2 promoted to champion" in r.stdout
+    s = read_state(spath)
+    assert (s.phase, s.stable, s.previous, s.canary, s.weight) == ("PROMOTED", "2", "1", None, 0.0)
+    assert s.reason == "promoted by hand" and s.history[-1]["event"] == "promoted"
+    assert reg.get_alias("champion") == "2" and reg.version_tags("2")["rollout"] == "promoted"
+    again = runner.invoke(app, ["rollout", "promote", str(path)])
+    assert again.exit_code == 8 and "no canary to promote (PROMOTED, stable version 2)" in again.stderr
+    assert read_state(spath).revision == s.revision                   # the refusal wrote nothing
