@@ -51,6 +51,19 @@ def base_raw(source: str, **sections) -> dict:
     return raw
 
 
+def config_file(path: Path, store: Path):
+    """A pipeline YAML at ``path`` (the base config, store ``store``), its Config and its Registry:
+    what CLI tests invoke and then look at."""
+    import yaml
+
+    from mlops_ray.registry import Registry
+    raw = base_raw("unused")
+    raw["store"] = str(store)
+    path.write_text(yaml.safe_dump(raw))
+    cfg = make_config("unused", store=str(store))
+    return path, cfg, Registry(cfg.registry, cfg.store, cfg.name)
+
+
 def make_config(source: str, store: str | None = None, **sections):
     raw = base_raw(source, **sections)
     if store:

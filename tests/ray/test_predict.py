@@ -17,7 +17,7 @@ from mlops_ray.errors import ConfigError, DataSourceError, DataValidationError
 from mlops_ray.monitor.predlog import log_schema, read_log
 from mlops_ray.predict import batch_predict, predlog_root
 from mlops_ray.registry import Registry
-from tests.conftest import base_raw, make_bundle, make_config, write_parquet
+from tests.conftest import base_raw, config_file, make_bundle, make_config, write_parquet
 
 ID = "transaction_id"
 FAST = {"batch_size": 1000, "concurrency": 2}      # several batches and two actors on 4,000 rows
@@ -261,12 +261,7 @@ def test_feedback_command_joins_labels_by_id_and_reports_the_live_metric(env, tm
     and the live AUC, which must equal sklearn's on the scored rows and their true labels."""
     from sklearn.metrics import roc_auc_score
     runner = CliRunner()
-    raw = base_raw("unused")
-    raw["store"] = str(tmp_path / "store")
-    cfg_path = tmp_path / "fb.yaml"
-    cfg_path.write_text(yaml.safe_dump(raw))
-    cfg = make_config("unused", store=str(tmp_path / "store"))
-    reg = Registry(cfg.registry, cfg.store, cfg.name)
+    cfg_path, cfg, reg = config_file(tmp_path / "fb.yaml", tmp_path / "store")
     with reg.start_run("r") as run:
         reg.register(run, str(env["tmp"] / "b1"))
     reg.set_alias("champion", "1")

@@ -3,15 +3,13 @@
 import time
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from mlops_ray.cli import app
-from mlops_ray.registry import Registry
 from mlops_ray.serve import rollout as ro
 from mlops_ray.serve.control import endpoints, ordered_addresses, port_holder
 from mlops_ray.serve.state import ServingState, read_state, state_path, write_state
-from tests.conftest import base_raw, make_config
+from tests.conftest import config_file, make_config
 
 
 def test_endpoints_skip_a_port_that_does_not_speak_http(not_http_port):
@@ -70,12 +68,7 @@ def test_with_haproxy_the_serve_port_leads_and_without_replica_ports_the_proxy_i
 
 
 def test_rollout_promote_ends_a_canary_by_hand(bundle_dir, tmp_path):
-    raw = base_raw("unused")
-    raw["store"] = str(tmp_path / "store")
-    path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    cfg = make_config("unused", store=str(tmp_path / "store"))
-    reg = Registry(cfg.registry, cfg.store, cfg.name)
+    path, cfg, reg = config_file(tmp_path / "p.yaml", tmp_path / "store")
     for _ in range(2):
         with reg.start_run("r") as run:
             reg.register(run, bundle_dir)
