@@ -112,7 +112,8 @@ def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, lo
 
     # the label is not needed; files may differ in columns the model does not read (check_inputs
     # names a file that lacks one it does)
-    data_cfg = cfg.data.model_copy(update={"source": data, "columns": None, "missing_columns": "null"})
+    data_cfg = cfg.data.model_copy(update={"source": data, "columns": None, "missing_columns": "null",
+                                           "label_expr": None, "unlabelled": "fail"})   # traffic has no label
     source = ingest.inspect_source(data_cfg)
     check_inputs(source, spec.input_columns, data, version)
     id_col = cfg.data.id_column if cfg.data.id_column in source.schema.names else None

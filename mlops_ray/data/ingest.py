@@ -15,6 +15,7 @@ import functools
 import glob as globlib
 import hashlib
 import os
+import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -373,9 +374,14 @@ def read_dataset(source: Source, cfg: DataConfig):
 
     paths = [e.path for e in source.files]
     if source.format == "parquet":        # the files ingest resolved, whatever their names (.pq, no suffix)
+        names = [posixpath.basename(p) for p in paths]
+        if not all("." in n.strip(".") for n in names):
+            # Ray's reader keeps only names with one of file_extensions (None still means *.parquet):
+            # a file without a suffix is read by plain Ray tasks into the object store instead
+            return read_into_object_store(source, cfg, ray.cluster_resources().get("CPU", 1))
         union = cfg.missing_columns == "null"     # a file's blocks lack the columns it lacks: filled below
         ds = ray.data.read_parquet(paths, filesystem=source.filesystem, columns=None if union else cfg.columns,
-                                   file_extensions=None)
+                                   file_extensions=sorted({n.rsplit(".", 1)[1] for n in names}))
         if union:
             ds = ds.map_batches(conform, fn_kwargs={"schema": _read_schema(source, cfg)}, batch_format="pyarrow",
                                 batch_size=None, zero_copy_batch=True)

@@ -30,6 +30,13 @@ def test_a_parquet_file_named_pq_trains_and_is_gated_on_the_rows_ingest_kept(tx,
     assert test_rows > 0 and res.evaluation["n_test"] == test_rows
     store = Store(cfg.store)
     assert store.exists(store.path(cfg.name, "data", res.data.key, "test_raw"))
+    # the other readers of a user's file: monitor --data and batch scoring
+    from mlops_ray.monitor.drift import run_monitor
+    from mlops_ray.predict import batch_predict
+    assert run_monitor(cfg, data=str(src))["window"]["rows"] == len(tx)
+    out = tmp_path / "scored"
+    assert batch_predict(cfg, str(src), str(out))["rows"] == len(tx)
+    assert pq.read_table(out).num_rows == len(tx)
 
 
 def test_evaluate_scores_the_test_rows_featurize_kept_not_the_source(tx, tmp_path, monkeypatch):
@@ -159,3 +166,18 @@ def test_a_gzipped_csv_export_validates(tx, tmp_path):
     cfg = make_config(str(path), store=str(tmp_path / "store"))
     report = mlops_ray.validate(cfg)
     assert report.passed and report.rows == len(tx)
+
+
+def test_batch_scoring_with_a_label_expression_needs_none_of_its_columns(tx, tmp_path):
+    """predict kept data.label's expression while reading only the model's inputs: KeyError on the
+    column the expression reads, reported as a bug."""
+    from mlops_ray.predict import batch_predict
+    pq.write_table(pa.Table.from_pandas(tx, preserve_index=False), tmp_path / "tx.parquet")
+    cfg = make_config(str(tmp_path / "tx.parquet"), store=str(tmp_path / "store"), tune=FAST, model=MODEL,
+                      data={"label": {"name": "big", "expr": "amount > 100"}, "unlabelled": "drop"},
+                      features={"min_frequency": 2}, gate={"min": {}})
+    run_pipeline(cfg)
+    new = tx.drop(columns=["amount"]).head(500)       # traffic: no label, nor the column it is computed from
+    pq.write_table(pa.Table.from_pandas(new, preserve_index=False), tmp_path / "new.parquet")
+    res = batch_predict(cfg, str(tmp_path / "new.parquet"), str(tmp_path / "out"))
+    assert res["rows"] == 500 and pq.read_table(tmp_path / "out").num_rows == 500
