@@ -31,6 +31,7 @@ from mlops_ray.runtime import ray_runtime, require_shared_store
 from mlops_ray.store import Store
 
 Progress = Callable[[str, str], None]   # (step, message)
+DATA_LAYOUT = "2"     # 2: featurize keeps the raw test rows (test_raw/) for the gate; older caches are refit
 
 
 def _noop(step: str, message: str) -> None:
@@ -93,7 +94,8 @@ def step_validate(cfg: Config, source: ingest.Source, ds, static, plan, extra: d
     return report, parts
 
 
-def step_featurize(cfg: Config, source: ingest.Source, ds, out_dir: str, pre: dict, progress: Progress):
+def step_featurize(cfg: Config, source: ingest.Source, ds, out_dir: str, test_dir: str, pre: dict,
+                   progress: Progress):
     roles = feat.assign_roles(source.schema, cfg.data, cfg.features)
     # multiclass: the label's values over every split, from the validation pass
     classes = feat.label_classes(pre["classes"], cfg.data.label) if "classes" in pre else None
@@ -110,6 +112,13 @@ def step_featurize(cfg: Config, source: ingest.Source, ds, out_dir: str, pre: di
                          batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
     path, fs = ingest.for_ray(out_dir)
     out.write_parquet(path, filesystem=fs, partition_cols=["split"], mode="overwrite")
+    if split_rows["test"]:
+        # the gate scores each model's own features on the raw test rows: kept here, so evaluate never
+        # re-reads a source that may have changed (or been renamed) since its fingerprint was taken
+        raw = ds.map_batches(_raw_test_batch, fn_kwargs={"cfg": cfg, "cutoffs": cutoffs},
+                             batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
+        path, fs = ingest.for_ray(test_dir)
+        raw.write_parquet(path, filesystem=fs, mode="overwrite")
     return spec, split_rows, cutoffs
 
 
@@ -184,7 +193,8 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
 
         t = time.perf_counter()
         out_dir = store.uri(cfg.name, "data", key, "features")
-        spec, split_rows, cutoffs = step_featurize(cfg, source, ds, out_dir, pre, progress)
+        spec, split_rows, cutoffs = step_featurize(cfg, source, ds, out_dir,
+                                                   store.uri(cfg.name, "data", key, "test_raw"), pre, progress)
         progress("featurize", "profiling the training rows' raw inputs (the drift reference)")
         store.write_json(store.path(cfg.name, "data", key, "reference_inputs.json"),
                          step_reference(cfg, ds, spec, cutoffs))
@@ -236,6 +246,10 @@ def _on_train(table: pa.Table, cfg: Config, cutoffs, partial_fn):
     return partial_fn(table.filter(pa.array(feat.split_codes(table, cfg.data, cutoffs) == 0)))
 
 
+def _raw_test_batch(table: pa.Table, cfg: Config, cutoffs) -> pa.Table:
+    return table.filter(pa.array(feat.split_codes(table, cfg.data, cutoffs) == 2))
+
+
 def _transform_batch(table: pa.Table, cfg: Config, spec: feat.FeatureSpec, cutoffs):
     codes = feat.split_codes(table, cfg.data, cutoffs)
     df = feat.frame(table.select([c for c in spec.input_columns if c in table.column_names]))
@@ -265,7 +279,7 @@ def _data_key(cfg: Config, source: ingest.Source) -> str:
     import hashlib
 
     from mlops_ray import __version__
-    h = hashlib.sha256("|".join([source.fingerprint, cfg.data.section_hash(), cfg.schema_.section_hash(),
+    h = hashlib.sha256("|".join([DATA_LAYOUT, source.fingerprint, cfg.data.section_hash(), cfg.schema_.section_hash(),
                                  cfg.features.section_hash(), cfg.model.task, __version__]).encode())
     return h.hexdigest()[:16]
 
@@ -480,12 +494,17 @@ def _evaluate(cfg: Config, data: DataResult, booster, champion, choice: dict | N
     from mlops_ray.train import evaluate as ev
     from mlops_ray.train.score import score_test
 
-    source = ingest.inspect_source(cfg.data)
-    ds = ingest.read_dataset(source, cfg.data)
+    import ray
+
     models = {"candidate": (bytes(booster.save_raw("ubj")), data.spec.to_dict())}
     if champion:
         models["champion"] = (bytes(champion[1].booster.save_raw("ubj")), champion[1].spec.to_dict())
-    scored = score_test(ds, cfg.data, data.cutoffs, models, cfg.model.slice_column)
+    if data.split_rows.get("test"):     # the raw test rows featurize kept (not the source, which may have changed)
+        path, fs = ingest.for_ray(Store(cfg.store).uri(cfg.name, "data", data.key, "test_raw"))
+        scored = score_test(ray.data.read_parquet(path, filesystem=fs), cfg.data, None, models,
+                            cfg.model.slice_column, split_done=True)
+    else:
+        scored = {"y": np.empty(0), **{f"p_{name}": np.empty(0) for name in models}}
     slices = None
     if cfg.model.slice_column and "slice" in scored:
         import pandas as pd

@@ -344,8 +344,8 @@ def read_dataset(source: Source, cfg: DataConfig):
     import ray
 
     paths = [e.path for e in source.files]
-    if source.format == "parquet":
-        ds = ray.data.read_parquet(paths, filesystem=source.filesystem, columns=cfg.columns)
+    if source.format == "parquet":        # the files ingest resolved, whatever their names (.pq, no suffix)
+        ds = ray.data.read_parquet(paths, filesystem=source.filesystem, columns=cfg.columns, file_extensions=None)
     else:
         parse, convert = _csv_options(cfg)
         ds = ray.data.read_csv(paths, filesystem=source.filesystem, parse_options=parse, convert_options=convert)

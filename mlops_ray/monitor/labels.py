@@ -439,8 +439,10 @@ def _ids_to_requests(root: str, id_column: str, ids: pa.Array, rows: pa.Array) -
                                               for i in range(log_.schema.field("inputs").type.num_fields)}:
         return ids, rows
     logged_ids = pc.cast(log_["inputs"].combine_chunks().field(id_column), pa.string())
-    logged = pa.table({"_id": logged_ids, "_rid": log_["request_id"], "_row": pc.cast(log_["row"], pa.int64()),
-                       "_k": pa.array(np.arange(log_.num_rows))}).filter(pc.is_valid(logged_ids))
+    logged = pa.table({"_id": logged_ids, "_rid": log_["request_id"],
+                       "_row": pc.cast(log_["row"], pa.int64())}).filter(pc.is_valid(logged_ids))
+    # positions in the filtered table (requests without the id are gone): take() reads them there
+    logged = logged.append_column("_k", pa.array(np.arange(logged.num_rows)))
     first = logged.group_by("_id", use_threads=False).aggregate([("_k", "min")])["_k_min"]   # a resent id: the first
     logged = logged.take(first).drop_columns(["_k"])
     left = pa.table({"_id": ids, "_i": pa.array(np.arange(len(ids)))})

@@ -15,12 +15,11 @@ from mlops_ray.data import features as feat
 
 
 def _score_batch(table: pa.Table, *, data: DataConfig, cutoffs, models: dict, classes: list[str] | None,
-                 slice_column: str | None) -> dict:
+                 slice_column: str | None, split_done: bool = False) -> dict:
     import xgboost as xgb
 
     from mlops_ray.bundle import predict_features
-    codes = feat.split_codes(table, data, cutoffs)
-    test = table.filter(pa.array(codes == 2))
+    test = table if split_done else table.filter(pa.array(feat.split_codes(table, data, cutoffs) == 2))
     out = {"y": feat.label_codes(test.column(data.label), classes).astype(np.float64)}
     df = feat.frame(test)
     for name, (raw, spec_dict) in models.items():
@@ -34,15 +33,18 @@ def _score_batch(table: pa.Table, *, data: DataConfig, cutoffs, models: dict, cl
     return out
 
 
-def score_test(ds, data: DataConfig, cutoffs, models: dict, slice_column: str | None = None) -> dict:
-    """{"y": labels, "p_<name>": predictions per model, "slice": values} for the test rows of ``ds``.
+def score_test(ds, data: DataConfig, cutoffs, models: dict, slice_column: str | None = None,
+               split_done: bool = False) -> dict:
+    """{"y": labels, "p_<name>": predictions per model, "slice": values} for the test rows of ``ds``
+    (every row of it with ``split_done``: the raw test rows featurize kept).
 
     ``models`` maps a name to (booster bytes in UBJ, FeatureSpec dict); a multiclass
     label is coded by the candidate's classes, found here once rather than in every batch.
     """
     classes = feat.FeatureSpec.from_dict(models["candidate"][1]).classes if "candidate" in models else None
     parts = ds.map_batches(_score_batch, fn_kwargs={"data": data, "cutoffs": cutoffs, "models": models,
-                                                    "classes": classes, "slice_column": slice_column},
+                                                    "classes": classes, "slice_column": slice_column,
+                                                    "split_done": split_done},
                            batch_format="pyarrow", batch_size=None).iter_batches(batch_format="numpy",
                                                                                 batch_size=None)
     acc: dict[str, list] = {}

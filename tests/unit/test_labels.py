@@ -245,3 +245,26 @@ def test_label_files_with_other_types_and_resent_request_ids(tmp_path):
     got = run(tmp_path, root)
     assert got == {"name": "auc", "stable": 1.0, "canary": 1.0, "higher_is_better": True,
                    "rows": {STABLE: 60, CANARY: 60}}
+
+
+def test_labels_by_id_column_when_some_requests_lack_the_id(tmp_path):
+    """feedback keyed by data.id_column: requests without the id were filtered before positions were
+    taken (ArrowIndexError: index out of bounds)."""
+    from mlops_ray.monitor.labels import _ids_to_requests
+    root = str(tmp_path / "predlog")
+    lg = PredictionLog(root, {"transaction_id": "int", "amount": "float"}, owner="replica-1",
+                       spool_dir=str(tmp_path / "spool"), flush_rows=10**9, flush_s=3600.0)
+    expected = {}
+    for i in range(40):
+        has_id = i % 3 != 0                                   # every third request came without the id
+        rows = [{"amount": float(i), **({"transaction_id": 1000 + 2 * i + r} if has_id else {})} for r in range(2)]
+        lg.append(f"req-{i}", STABLE, rows, [0.1, 0.9], ts=T0 + i)
+        if has_id:
+            expected.update({str(1000 + 2 * i + r): (f"req-{i}", r) for r in range(2)})
+    lg.flush()
+    lg.close()
+    ids = sorted(expected, reverse=True) + ["777"]           # one id no request carried
+    rid, row = _ids_to_requests(root, "transaction_id", pa.array(ids), pa.array(np.zeros(len(ids), np.int64)))
+    got = dict(zip(ids, zip(rid.to_pylist(), row.to_pylist())))
+    assert got.pop("777") == ("777", 0)
+    assert got == expected
