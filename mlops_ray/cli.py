@@ -646,13 +646,17 @@ def monitor_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
 def feedback_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
                  labels: str = typer.Option(..., "--labels", help="Parquet or CSV with request_id (or data.id_column) "
                                                                   "and the label column."),
+                 new_classes: bool = typer.Option(False, "--new-classes",
+                                                  help="Store labels of classes no version knows (a class that "
+                                                       "is new in the world; scored as wrong answers). Without "
+                                                       "it such a file is refused, as a misspelling would be."),
                  json_out: bool = typer.Option(False, "--json"),
                  set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
     """Labels arrived: store them, report label completeness and the live metric per version."""
     from mlops_ray.monitor.labels import feedback
     with _guard(json_out):
         cfg = _load(config, set_)
-        res = feedback(cfg, labels)
+        res = feedback(cfg, labels, new_classes=new_classes)
         if json_out:
             _emit_json(res)
             return

@@ -55,6 +55,10 @@ class CsvOptions(_Model):
     quote_char: str = Field('"', min_length=1, max_length=1, description="Quote character of CSV fields.")
     null_values: list[str] = Field(default_factory=lambda: ["", "NA", "NaN", "null", "NULL", "None"],
                                    description="CSV field values read as missing (null).")
+    column_types: dict[str, Literal["string", "int", "float", "bool", "datetime"]] = Field(
+        default_factory=dict, description="Types of CSV columns instead of the inferred ones, e.g. {region: "
+        "string} reads integer codes 1, 2, 3 as text, so they become categories, and {zip: string} keeps "
+        "leading zeros.")
 
 
 class SplitConfig(_Model):
@@ -66,6 +70,9 @@ class SplitConfig(_Model):
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Share of rows in the test split (the "
                                  "evaluation and the gate).")
     seed: int = Field(42, description="Seed of the random split's row hash; another seed gives another split.")
+    key_columns: list[str] = Field(default_factory=list, description="What identifies a row when there is no "
+                                   "data.id_column: the random split hashes these columns instead of the whole "
+                                   "row, so a row keeps its split when other columns are added or changed.")
 
     @model_validator(mode="after")
     def _fractions(self):
@@ -92,6 +99,10 @@ class DataConfig(_Model):
         "stops at validation naming them; 'drop' leaves them out of training and evaluation.")
     time_column: str | None = Field(None, description="Event time: used by time splits and freshness.")
     id_column: str | None = Field(None, description="Row identifier, excluded from features.")
+    missing_columns: Literal["fail", "null"] = Field(
+        "fail", description="Files of one source whose columns differ: 'fail' stops before reading, naming each "
+        "file's missing and extra columns; 'null' reads Parquet files with the union of their columns (a "
+        "column a file lacks is null in its rows).")
     split: SplitConfig = Field(SplitConfig(), description="How rows are split into train, valid and test.")
     content_hash_max_mb: float = Field(
         64.0, ge=0, description="Fingerprint data up to this size by content hash; larger data by "
@@ -416,6 +427,10 @@ class GateConfig(_Model):
                                 "sensible max_slice_regression. Larger slices reject only when the regression "
                                 "exceeds max_slice_regression by more than its sampling noise (a paired bootstrap "
                                 "of both models on the slice's rows, one-sided 95 %).")
+    max_champion_overlap: float = Field(
+        0.05, ge=0, le=1, description="With a champion: the largest share of the test rows it may have been "
+        "trained on (rows are matched by data.id_column, data.split.key_columns or the whole row); beyond it "
+        "the comparison would favour the champion and the challenger is rejected, saying how many rows.")
     retries: int = Field(0, ge=0, description="Searches rerun after a rejection, each with twice the previous "
                          "trial budget, before the candidate is registered as rejected.")
 

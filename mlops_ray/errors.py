@@ -5,6 +5,8 @@ adds the traceback. Anything that is not an ``MlopsError`` is a bug (exit 1).
 """
 from __future__ import annotations
 
+import difflib
+
 
 class ExitCode:
     OK = 0
@@ -123,3 +125,17 @@ class JobFailed(MlopsError):
     """A submitted job ended FAILED or STOPPED; the message holds its id, status message and last log lines."""
     headline = "Job failed"
     exit_code = ExitCode.JOB
+
+
+def closest(name: str, options) -> str | None:
+    """The option most like ``name`` (the same but for case first), or None."""
+    options = [str(o) for o in options]
+    same = [o for o in options if o.casefold() == str(name).casefold()]
+    guess = same or difflib.get_close_matches(str(name), options, n=1)
+    return guess[0] if guess else None
+
+
+def did_you_mean(name: str, options) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``options``, or nothing."""
+    guess = closest(name, options)
+    return f" (did you mean {guess!r}?)" if guess else ""

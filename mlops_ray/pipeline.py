@@ -74,7 +74,9 @@ def step_ingest(cfg: Config, source: ingest.Source):
 
 
 def step_check_schema(cfg: Config, source: ingest.Source):
-    """Checks on the schema alone (required columns, dtypes): before any row is read."""
+    """Checks on the schema alone (the config's column names, required columns, dtypes): before any
+    row is read."""
+    validate.check_config_columns(source.schema.names, cfg)
     static, plan = validate.plan_checks(source.schema, cfg.data, cfg.schema_, cfg.model.task)
     missing = [c for c in static if not c.passed and c.rule == "required"]
     if missing:
@@ -96,14 +98,15 @@ def step_validate(cfg: Config, source: ingest.Source, ds, static, plan, extra: d
 
 def step_featurize(cfg: Config, source: ingest.Source, ds, out_dir: str, test_dir: str, pre: dict,
                    progress: Progress):
-    roles = feat.assign_roles(source.schema, cfg.data, cfg.features)
+    roles = feat.assign_roles(source.schema, cfg.data, cfg.features, declared_categorical(cfg))
     # multiclass: the label's values over every split, from the validation pass
     classes = feat.label_classes(pre["classes"], cfg.data.label) if "classes" in pre else None
     cutoffs = None
     if cfg.data.split.method == "time":
         cutoffs = _exact_cutoffs(ds, cfg, pre["time"])
         progress("featurize", "fitting features on the training split")
-        pre = profile_pass(ds, {"fit": _bind(_fit_train, cfg=cfg, roles=roles, cutoffs=cutoffs)})
+        pre = profile_pass(ds, {"fit": _bind(_fit_train, cfg=cfg, roles=roles, cutoffs=cutoffs,
+                                             key_rate=_key_rate(source))})
     spec = feat.fit_merge([p["fit"] for p in pre["fit"]], roles, cfg.data, cfg.features)
     spec.classes = classes
     split_rows = {name: int(sum(p["splits"][i] for p in pre["fit"])) for i, name in enumerate(feat.SPLITS)}
@@ -119,7 +122,7 @@ def step_featurize(cfg: Config, source: ingest.Source, ds, out_dir: str, test_di
                              batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
         path, fs = ingest.for_ray(test_dir)
         raw.write_parquet(path, filesystem=fs, mode="overwrite")
-    return spec, split_rows, cutoffs
+    return spec, split_rows, cutoffs, pre["fit"]
 
 
 def _exact_cutoffs(ds, cfg: Config, sketches) -> tuple[int, int]:
@@ -178,8 +181,8 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
             extra["time"] = _bind(feat.time_partial, time_column=cfg.data.time_column)
         elif write:
             try:
-                roles = feat.assign_roles(source.schema, cfg.data, cfg.features)
-                extra["fit"] = _bind(_fit_train, cfg=cfg, roles=roles, cutoffs=None)
+                roles = feat.assign_roles(source.schema, cfg.data, cfg.features, declared_categorical(cfg))
+                extra["fit"] = _bind(_fit_train, cfg=cfg, roles=roles, cutoffs=None, key_rate=_key_rate(source))
             except FeatureError:
                 pass   # reported by the featurize step after validation
         report, pre = step_validate(cfg, source, ds, static, plan, extra)
@@ -193,8 +196,9 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
 
         t = time.perf_counter()
         out_dir = store.uri(cfg.name, "data", key, "features")
-        spec, split_rows, cutoffs = step_featurize(cfg, source, ds, out_dir,
-                                                   store.uri(cfg.name, "data", key, "test_raw"), pre, progress)
+        spec, split_rows, cutoffs, fitted = step_featurize(cfg, source, ds, out_dir,
+                                                           store.uri(cfg.name, "data", key, "test_raw"), pre, progress)
+        write_train_keys(store, store.path(cfg.name, "data", key, "train_keys.parquet"), fitted, _key_rate(source))
         progress("featurize", "profiling the training rows' raw inputs (the drift reference)")
         store.write_json(store.path(cfg.name, "data", key, "reference_inputs.json"),
                          step_reference(cfg, ds, spec, cutoffs))
@@ -235,11 +239,32 @@ class _bind:
         return self.fn(table, **self.kwargs)
 
 
-def _fit_train(table: pa.Table, cfg: Config, roles: feat.Roles, cutoffs) -> dict:
+TRAIN_KEYS = 1_000_000      # training-row keys kept for the gate's overlap check (8 bytes each); beyond, a sample
+
+
+def _fit_train(table: pa.Table, cfg: Config, roles: feat.Roles, cutoffs, key_rate: float = 1.0) -> dict:
     codes = feat.split_codes(table, cfg.data, cutoffs)
     train = table.filter(pa.array(codes == 0))
+    keys = feat.row_keys(table, cfg.data)[codes < 2]          # the rows a model of this data learns from
+    if key_rate < 1.0:
+        keys = keys[keys < np.uint64(key_rate * 2.0 ** 64)]
     return {"splits": np.bincount(codes, minlength=3).tolist(),
-            "fit": feat.fit_partial(train, roles, cfg.features)}
+            "fit": feat.fit_partial(train, roles, cfg.features), "keys": keys}
+
+
+def _key_rate(source: ingest.Source) -> float:
+    """The share of training-row keys kept: all of them up to TRAIN_KEYS rows."""
+    return 1.0 if source.rows < 0 or source.rows <= TRAIN_KEYS else TRAIN_KEYS / source.rows
+
+
+def write_train_keys(store: Store, path: str, parts: list[dict], rate: float) -> None:
+    """The keys of the training (and validation) rows, sorted, with the share of keys kept: what the
+    gate checks a champion's test rows against (``train/evaluate.champion_overlap``)."""
+    import pyarrow.parquet as pq
+    keys = np.unique(np.concatenate([p["keys"] for p in parts])) if parts else np.empty(0, np.uint64)
+    table = pa.table({"key": pa.array(keys, pa.uint64())}).replace_schema_metadata({"rate": repr(rate)})
+    with store.fs.open_output_stream(path) as f:
+        pq.write_table(table, f)
 
 
 def _on_train(table: pa.Table, cfg: Config, cutoffs, partial_fn):
@@ -256,7 +281,15 @@ def _transform_batch(table: pa.Table, cfg: Config, spec: feat.FeatureSpec, cutof
     out = feat.transform(df, spec)
     out[cfg.data.label] = feat.label_codes(table.column(cfg.data.label), spec.classes)
     out["split"] = np.asarray(feat.SPLITS)[codes]
-    return out
+    # typed, not inferred: a block whose column is all missing (a file without it) must not write a null type
+    return pa.Table.from_pandas(out, preserve_index=False, schema=pa.schema(
+        [pa.field(c, pa.float32()) for c in spec.output_columns]
+        + [pa.field(cfg.data.label, pa.float32()), pa.field("split", pa.string())]))
+
+
+def declared_categorical(cfg: Config) -> set[str]:
+    """Columns the schema declares categorical (integer codes among them are categories, not numbers)."""
+    return {c for c, rule in cfg.schema_.columns.items() if rule.dtype == "categorical"}
 
 
 def _fits_in_memory(source: ingest.Source) -> bool:
@@ -364,11 +397,18 @@ def run_pipeline(cfg: Config, opts: RunOptions | None = None, progress: Progress
         if store.exists(done) and not any(opts.forced(s) for s in ("tune", "evaluate", "register")):
             rec = store.read_json(done)
             progress("register", f"cached: this data and config are already registered as version "
-                                 f"{rec['version']} (tune, evaluate, register skipped; --force to redo)")
+                                 f"{rec['version']}{'' if rec['promoted'] else ', rejected by the gate'} "
+                                 f"(tune, evaluate, register skipped; --force to redo)")
             result.cached_steps += ["tune", "evaluate", "register"]
             result.search, result.evaluation, result.gate = rec.get("search"), rec.get("evaluation"), rec.get("gate")
             result.version, result.promoted, result.run_id = rec["version"], rec["promoted"], rec.get("run_id")
             result.aliases = registry.aliases_of(result.version)
+            if not rec["promoted"] and rec.get("gate"):     # a cached rejection is still a rejection (exit 4)
+                from mlops_ray.train import evaluate as ev
+                g = rec["gate"]
+                ev.raise_if_rejected(ev.GateDecision(passed=False, failures=list(g.get("failures") or []),
+                                                     checks=list(g.get("checks") or []),
+                                                     champion_version=g.get("champion_version")))
             return result
         try:
             return _train_evaluate_register(cfg, opts, registry, store, data, train_key, result, progress)
@@ -427,12 +467,15 @@ def _train_evaluate_register(cfg, opts, registry, store, data, train_key, result
         booster = T.train_final(splits=splits, model=cfg.model, tune_cfg=cfg.tune, search=search,
                                 strategy=strategy, features_dir=features_dir, storage=storage)
         choice = _choose_threshold(cfg, splits, search, booster, strategy)
-        evaluation, champ_eval = _evaluate(cfg, data, booster, champion, choice)
+        evaluation, champ_eval, overlap = _evaluate(cfg, data, booster, champion, choice)
+        if overlap and overlap["rows"]:
+            progress("gate", f"champion v{champion[0]} was trained on {'' if overlap['exact'] else 'about '}"
+                             f"{overlap['rows']:,} of the {overlap['test_rows']:,} test rows ({overlap['share']:.0%})")
         evaluation.leaks = ev.leak_suspects(cfg.model.task, splits.X["valid"], splits.y["valid"],
                                             splits.spec.output_columns, splits.spec.feature_types)
         # (printed with the run's result: a feature that alone predicts the label is reported, not refused)
         decision = ev.decide(evaluation, champ_eval, cfg.gate, cfg.tune.metric,
-                             champion_version=champion[0] if champion else None)
+                             champion_version=champion[0] if champion else None, overlap=overlap)
         result.timings[f"evaluate{attempt or ''}"] = time.perf_counter() - t
         if decision.passed:
             break
@@ -520,7 +563,25 @@ def _evaluate(cfg: Config, data: DataResult, booster, champion, choice: dict | N
                                           scored["p_champion"], slices, (cand.threshold, champ.threshold), gated,
                                           seed=cfg.tune.seed)
     cand.curves = {"p": scored["p_candidate"], "y": scored["y"]}   # for plots only, not serialised
-    return cand, champ
+    overlap = _champion_overlap(cfg, champion[1], scored.get("key")) if champion else None
+    return cand, champ, overlap
+
+
+def _champion_overlap(cfg: Config, champion, test_keys) -> dict | None:
+    """How many of the test rows the champion was trained on (its data's training-row keys, kept by
+    featurize); None when the champion's data is no longer in the store or predates the keys."""
+    import pyarrow.parquet as pq
+
+    from mlops_ray.train import evaluate as ev
+    store = Store(cfg.store)
+    key = champion.metadata.get("data_key")
+    path = store.path(cfg.name, "data", key, "train_keys.parquet") if key else None
+    if test_keys is None or not path or not store.exists(path):
+        return None
+    with store.fs.open_input_file(path) as f:
+        table = pq.read_table(f)
+    rate = float((table.schema.metadata or {}).get(b"rate", b"1.0"))
+    return ev.champion_overlap(test_keys, table.column("key").to_numpy(), rate)
 
 
 def _register(cfg, registry, data, splits, search, booster, evaluation, champ_eval, decision, strategy, progress):

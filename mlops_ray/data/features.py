@@ -146,11 +146,15 @@ class Roles:
     input_types: dict
 
 
-def assign_roles(schema: pa.Schema, data: DataConfig, cfg: FeaturesConfig) -> Roles:
-    """Which raw columns are numeric, categorical or datetime features."""
+def assign_roles(schema: pa.Schema, data: DataConfig, cfg: FeaturesConfig,
+                 declared_categorical: frozenset[str] | set[str] = frozenset()) -> Roles:
+    """Which raw columns are numeric, categorical or datetime features. ``declared_categorical``:
+    integer columns the schema declares ``dtype: categorical`` (codes such as 1 = yes, 2 = no), which
+    ``auto`` then takes as categories rather than numbers."""
     label_inputs = set(data.label_columns()) - {data.label} if data.label_expr else set()
     reserved = {data.label, data.id_column, *cfg.exclude, *label_inputs} - {None}
     kinds = {f.name: _kind(f.type) for f in schema}
+    codes = {c for c in declared_categorical if kinds.get(c) == "int"}
     for key in ("numeric", "categorical", "datetime"):
         listed = getattr(cfg, key)
         leak = sorted(set(listed) & label_inputs) if listed != "auto" else []
@@ -168,9 +172,14 @@ def assign_roles(schema: pa.Schema, data: DataConfig, cfg: FeaturesConfig) -> Ro
                                f"expression ({data.label_expr!r}) reads: it would give the label away; remove "
                                f"features.derived.{name}")
 
+    listed = {c for key in ("categorical", "datetime") if getattr(cfg, key) != "auto" for c in getattr(cfg, key)}
+
     def pick(spec, wanted: set[str]) -> tuple[str, ...]:
-        if spec == "auto":
-            return tuple(c for c, k in kinds.items() if k in wanted and c not in reserved)
+        if spec == "auto":     # integer codes declared categorical, and columns listed as another kind, are not numbers
+            if "categorical" in wanted:
+                return tuple(c for c, k in kinds.items() if c not in reserved and (k in wanted or c in codes))
+            return tuple(c for c, k in kinds.items() if c not in reserved and k in wanted
+                         and c not in codes and not ("int" in wanted and c in listed))
         missing = [c for c in spec if c not in kinds]
         if missing:
             raise FeatureError(f"features lists column(s) {missing} that are not in the data; "
@@ -453,18 +462,37 @@ def split_codes(table_or_df, data: DataConfig, cutoffs: tuple[int, int] | None) 
         codes[t >= test_cut] = 2
         codes[t == np.iinfo(np.int64).min] = 0   # rows without a time train
         return codes
-    if isinstance(table_or_df, pd.DataFrame):
-        cols = [data.id_column] if data.id_column else list(table_or_df.columns)
-        frame = table_or_df[cols]
-    else:
-        cols = [data.id_column] if data.id_column else table_or_df.column_names
-        frame = table_or_df.select(cols).to_pandas()
-    h = _mix(pd.util.hash_pandas_object(frame, index=False).to_numpy(), s.seed)
+    h = _mix(row_keys(table_or_df, data), s.seed)
     u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     codes = np.zeros(len(u), dtype=np.int8)
     codes[u < s.test_fraction + s.valid_fraction] = 1
     codes[u < s.test_fraction] = 2
     return codes
+
+
+def row_keys(table_or_df, data: DataConfig) -> np.ndarray:
+    """A 64-bit key per row, what the random split hashes and the gate's overlap check compares:
+    the id column's value (``data.id_column``), else the columns of ``data.split.key_columns``,
+    else the whole row. Key columns and whole rows are hashed as text in column-name order (1, 1.0
+    and "1" are one key), so a column whose type changes, or columns in another order, keep every
+    row's key; a column added to the data changes every whole-row key (name key columns then)."""
+    if data.id_column:       # as hashed since the first release: existing id-keyed splits stay put
+        if isinstance(table_or_df, pd.DataFrame):
+            frame = table_or_df[[data.id_column]]
+        else:
+            frame = table_or_df.select([data.id_column]).to_pandas()
+        return pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    table = table_or_df if isinstance(table_or_df, pa.Table) else pa.Table.from_pandas(table_or_df,
+                                                                                      preserve_index=False)
+    cols = sorted(data.split.key_columns or table.column_names)
+    text = pd.DataFrame({c: _key_text(table.column(c)) for c in cols})
+    return pd.util.hash_pandas_object(text, index=False).to_numpy()
+
+
+def _key_text(col) -> np.ndarray:
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    return pc.cast(col, pa.string()).to_numpy(zero_copy_only=False)
 
 
 def _mix(h: np.ndarray, seed: int) -> np.ndarray:

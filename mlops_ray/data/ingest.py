@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from mlops_ray.config import DataConfig
-from mlops_ray.errors import DataSourceError
+from mlops_ray.errors import DataSourceError, did_you_mean
 
 _SUFFIX = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv", ".csv.gz": "csv"}
 _OTHER_DELIMITERS = [",", ";", "\t", "|"]
@@ -283,6 +283,7 @@ def inspect_source(cfg: DataConfig) -> Source:
         with ThreadPoolExecutor(max_workers=min(16, len(entries))) as pool:
             metas = list(pool.map(lambda e: _parquet_meta(fs, e, cfg.csv.delimiter), entries))
         entries = [m[0] for m in metas]
+        _same_columns([(e.path, m[1].names) for e, m in zip(entries, metas)], cfg, union_ok=True)
         try:
             schema = pa.unify_schemas([m[1] for m in metas], promote_options="permissive")
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
@@ -291,11 +292,8 @@ def inspect_source(cfg: DataConfig) -> Source:
         rows = sum(e.rows for e in entries)
     else:
         headers = [(_csv_header(fs, e, cfg), e) for e in entries]
-        names0, e0 = headers[0]
-        for names, e in headers[1:]:
-            if names != names0:
-                raise DataSourceError(f"CSV file {e.path!r} has columns {names} but {e0.path!r} has "
-                                      f"{names0}; all files must share one header")
+        _same_columns([(e.path, names) for names, e in headers], cfg, union_ok=False)
+        names0 = headers[0][0]
         schema = pa.schema([pa.field(n, pa.null()) for n in names0])  # types come from the read
         rows = -1
     total_bytes = sum(e.size for e in entries)
@@ -312,6 +310,36 @@ def inspect_source(cfg: DataConfig) -> Source:
     fp, kind = fingerprint(fs, entries, schema, cfg.content_hash_max_mb)
     return Source(files=entries, filesystem=fs, format=fmt, schema=schema, rows=rows,
                   fingerprint=fp, fingerprint_kind=kind, bytes=total_bytes, uris=cfg.sources)
+
+
+def _same_columns(files: list[tuple[str, list[str]]], cfg: DataConfig, union_ok: bool) -> None:
+    """Every file of the source has the columns the pipeline reads (the projection, if any), or the
+    config says to read the union; otherwise name each file that differs, what it lacks and adds."""
+    if len(files) < 2 or (union_ok and cfg.missing_columns == "null"):
+        return
+    wanted = set(cfg.columns) if cfg.columns else None
+    sets = [(p, set(n) & wanted if wanted else set(n)) for p, n in files]
+    common = max((c for _, c in sets), key=lambda c: sum(c == o for _, o in sets))   # the most files' columns
+    odd = [(p, sorted(common - c), sorted(c - common)) for p, c in sets if c != common]
+    if not odd:
+        return
+    lines = [f"{p!r} lacks {', '.join(m) or 'nothing'}" + (f" and adds {', '.join(x)}" if x else "")
+             for p, m, x in odd[:10]]
+    fix = ("set data.missing_columns: null to read the union of their columns (missing ones null), list "
+           "the shared ones in data.columns, or re-export the files with one set of columns") if union_ok else \
+        "list the shared ones in data.columns, or re-export the CSV files with one header"
+    raise DataSourceError(f"the files of data.source {cfg.sources} have different columns: {len(odd)} of "
+                          f"{len(files)} differ from the others' {len(common)} columns: {'; '.join(lines)}"
+                          f"{' …' if len(odd) > 10 else ''}. Move files that are not this data elsewhere, or {fix}")
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A block with the source's columns in its order, a column the file lacks as nulls
+    (``data.missing_columns: null``); a block that has them all is returned as it is."""
+    if table.schema.names == schema.names:
+        return table
+    return pa.table({f.name: table.column(f.name) if f.name in table.column_names
+                     else pa.nulls(table.num_rows, f.type) for f in schema})
 
 
 def fingerprint(fs: pafs.FileSystem, entries: list[FileEntry], schema: pa.Schema,
@@ -334,8 +362,11 @@ def fingerprint(fs: pafs.FileSystem, entries: list[FileEntry], schema: pa.Schema
 # --------------------------------------------------------------------------- read
 def _csv_options(cfg: DataConfig) -> tuple[pacsv.ParseOptions, pacsv.ConvertOptions]:
     parse = pacsv.ParseOptions(delimiter=cfg.csv.delimiter, quote_char=cfg.csv.quote_char)
+    types = {"string": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
+             "datetime": pa.timestamp("us")}
     convert = pacsv.ConvertOptions(null_values=list(cfg.csv.null_values), strings_can_be_null=True,
-                                   include_columns=cfg.columns)
+                                   include_columns=cfg.columns,
+                                   column_types={c: types[t] for c, t in cfg.csv.column_types.items()})
     return parse, convert
 
 
@@ -345,7 +376,12 @@ def read_dataset(source: Source, cfg: DataConfig):
 
     paths = [e.path for e in source.files]
     if source.format == "parquet":        # the files ingest resolved, whatever their names (.pq, no suffix)
-        ds = ray.data.read_parquet(paths, filesystem=source.filesystem, columns=cfg.columns, file_extensions=None)
+        union = cfg.missing_columns == "null"     # a file's blocks lack the columns it lacks: filled below
+        ds = ray.data.read_parquet(paths, filesystem=source.filesystem, columns=None if union else cfg.columns,
+                                   file_extensions=None)
+        if union:
+            ds = ds.map_batches(conform, fn_kwargs={"schema": _read_schema(source, cfg)}, batch_format="pyarrow",
+                                batch_size=None, zero_copy_batch=True)
     else:
         parse, convert = _csv_options(cfg)
         ds = ray.data.read_csv(paths, filesystem=source.filesystem, parse_options=parse, convert_options=convert)
@@ -376,8 +412,21 @@ def read_row_groups(path: str, row_groups: list[int], columns: list[str] | None,
         return pq.ParquetFile(f).read_row_groups(row_groups, columns=columns)
 
 
-def _read_unit(path: str, row_groups: list[int], cfg: DataConfig, filesystem) -> pa.Table:
+def _read_unit(path: str, row_groups: list[int], cfg: DataConfig, filesystem, schema: pa.Schema | None = None) -> pa.Table:
+    if schema is not None:      # data.missing_columns: null
+        with filesystem.open_input_file(path) as f:
+            pf = pq.ParquetFile(f)
+            have = [c for c in (cfg.columns or schema.names) if c in pf.schema_arrow.names]
+            table = conform(pf.read_row_groups(row_groups, columns=have), schema)
+        return add_label(table, cfg)
     return add_label(read_row_groups(path, row_groups, cfg.columns, filesystem), cfg)
+
+
+def _read_schema(source: Source, cfg: DataConfig) -> pa.Schema:
+    """The source's columns as files hold them (without a computed label)."""
+    if cfg.label_expr is not None and cfg.label in source.schema.names:
+        return source.schema.remove(source.schema.get_field_index(cfg.label))
+    return source.schema
 
 
 # --------------------------------------------------------------------------- computed labels
@@ -388,7 +437,7 @@ def _with_label_field(schema: pa.Schema, cfg: DataConfig) -> pa.Schema:
     missing = [c for c in cfg.label_columns() if c not in schema.names]
     if missing:
         raise ConfigError(f"data.label expr {cfg.label_expr!r} reads column {missing[0]!r}, which is not in the "
-                          f"data{_did_you_mean(missing[0], schema.names)}; columns: {', '.join(schema.names[:30])}")
+                          f"data{did_you_mean(missing[0], schema.names)}; columns: {', '.join(schema.names[:30])}")
     if cfg.label in schema.names:
         raise ConfigError(f"data.label name {cfg.label!r} is already a column of the data; give the computed "
                           f"label a new name, or use `label: {cfg.label}` to train on that column")
@@ -437,12 +486,6 @@ def _computed_label(table: pa.Table, cfg: DataConfig) -> pa.Table:
     return table.append_column(cfg.label, pa.array(v, pa.float64(), from_pandas=True))
 
 
-def _did_you_mean(name: str, names) -> str:
-    import difflib
-    close = difflib.get_close_matches(name, list(names), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def read_into_object_store(source: Source, cfg: DataConfig, num_cpus: float):
     """The Parquet source as Arrow blocks in Ray's object store, read by plain Ray tasks.
 
@@ -455,7 +498,8 @@ def read_into_object_store(source: Source, cfg: DataConfig, num_cpus: float):
 
     target = int(min(max(source.rows / max(2 * num_cpus, 1), 128_000), 1_000_000))
     read = ray.remote(num_cpus=1)(_read_unit)
-    refs = [read.remote(p, rgs, cfg, source.filesystem) for p, rgs in read_units(source, target)]
+    schema = _read_schema(source, cfg) if cfg.missing_columns == "null" else None
+    refs = [read.remote(p, rgs, cfg, source.filesystem, schema) for p, rgs in read_units(source, target)]
     return ray.data.from_arrow_refs(refs)
 
 
@@ -463,7 +507,10 @@ def read_table_local(source: Source, cfg: DataConfig) -> pa.Table:
     """The whole source as one Arrow table in this process (small data and baselines only)."""
     paths = [e.path for e in source.files]
     if source.format == "parquet":
-        tables = [pq.read_table(p, filesystem=source.filesystem, columns=cfg.columns) for p in paths]
+        if cfg.missing_columns == "null":
+            tables = [conform(pq.read_table(p, filesystem=source.filesystem), _read_schema(source, cfg)) for p in paths]
+        else:
+            tables = [pq.read_table(p, filesystem=source.filesystem, columns=cfg.columns) for p in paths]
     else:
         parse, convert = _csv_options(cfg)
         tables = []

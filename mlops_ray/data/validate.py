@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from mlops_ray.config import ColumnRule, DataConfig, SchemaConfig, parse_duration
 
 MAX_TOP_UNSEEN = 5
+_CSV_TYPES = ("string", "int", "float", "bool", "datetime")
 
 
 # --------------------------------------------------------------------------- report
@@ -76,7 +77,7 @@ def dtype_family(t: pa.DataType) -> set[str]:
     if pa.types.is_boolean(t):
         return {"bool"}
     if pa.types.is_integer(t):
-        return {"int", "numeric"}
+        return {"int", "numeric", "categorical"}     # integer codes (1 = yes, 2 = no) are categories too
     if pa.types.is_floating(t) or pa.types.is_decimal(t):
         return {"float", "numeric"}
     if _is_str(t):
@@ -118,6 +119,31 @@ class Plan:
     sample_rows: int
 
 
+def check_config_columns(names: list[str], cfg) -> None:
+    """Every column name a config lists must be a column of the data: a misspelt
+    ``features.exclude`` entry was silently ignored and the column it meant became a feature.
+    Raises ConfigError naming each unknown name, its key and the closest column."""
+    from mlops_ray.errors import ConfigError, did_you_mean
+    known = set(names)
+    listed: list[tuple[str, str]] = [("features.exclude", c) for c in cfg.features.exclude]
+    for key in ("numeric", "categorical", "datetime"):
+        value = getattr(cfg.features, key)
+        if value != "auto":
+            listed += [(f"features.{key}", c) for c in value]
+    listed += [(f"schema.columns.{c}", c) for c in cfg.schema_.columns]
+    listed += [(f"data.csv.column_types.{c}", c) for c in cfg.data.csv.column_types]
+    listed += [("data.split.key_columns", c) for c in cfg.data.split.key_columns]
+    if cfg.model.slice_column:
+        listed.append(("model.slice_column", cfg.model.slice_column))
+    listed += [("retrain.key_features", c) for c in cfg.retrain.key_features]
+    listed += [(f"monitor.min_effect.{c}", c) for c in cfg.monitor.min_effect if c not in ("numeric", "categorical")]
+    bad = [f"{key} lists {c!r}, which is not a column of the data{did_you_mean(c, sorted(known))}"
+           for key, c in listed if c not in known and c not in cfg.features.derived]
+    if bad:
+        shown = ", ".join(sorted(known)[:40]) + (" …" if len(known) > 40 else "")
+        raise ConfigError("; ".join(bad) + f". Fix the name (columns: {shown})")
+
+
 def plan_checks(schema: pa.Schema, data: DataConfig, rules: SchemaConfig,
                 task: str = "binary") -> tuple[list[CheckResult], Plan]:
     """Checks decidable from the schema, and the plan for the row-level pass."""
@@ -146,7 +172,9 @@ def plan_checks(schema: pa.Schema, data: DataConfig, rules: SchemaConfig,
             static.append(CheckResult(col, "dtype", ok, observed=type_name(schema.field(col).type),
                                       threshold=rule.dtype, message="" if ok else
                                       f"column '{col}' has type {type_name(schema.field(col).type)}, expected "
-                                      f"{rule.dtype}; convert it upstream or fix schema.columns.{col}.dtype"))
+                                      f"{rule.dtype}; convert it upstream, fix schema.columns.{col}.dtype"
+                                      + (f", or read it as {rule.dtype} with data.csv.column_types: "
+                                         f"{{{col}: {rule.dtype}}}" if rule.dtype in _CSV_TYPES else "")))
     if data.time_column and data.time_column in names:
         fam = dtype_family(schema.field(data.time_column).type)
         if not ({"datetime", "null"} & fam):

@@ -220,8 +220,34 @@ class _Bind:
     def __init__(self, fn, **kw):
         self.fn, self.kw = fn, kw
 
-    def __call__(self, table):
-        return self.fn(table, **self.kw)
+    def __call__(self, table, **extra):
+        return self.fn(table, **self.kw, **extra)
+
+
+class _Scored:
+    """A partial that takes ``predictions`` (``count_partial``), given the block scored with one
+    model version: ``monitor --data`` profiles that version's predictions on the window, not a column
+    of the data that happens to be called ``prediction``. The booster is loaded once per worker."""
+
+    def __init__(self, fn: _Bind, model: bytes, spec: dict):
+        self.fn, self.model, self.spec, self._loaded = fn, model, spec, None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_loaded": None}
+
+    def __call__(self, table: pa.Table):
+        import xgboost as xgb
+
+        from mlops_ray.bundle import predict_features
+        from mlops_ray.data.features import FeatureSpec, frame, transform
+        if self._loaded is None:
+            booster = xgb.Booster()
+            booster.load_model(bytearray(self.model))
+            self._loaded = booster, FeatureSpec.from_dict(self.spec)
+        booster, spec = self._loaded
+        p = predict_features(booster, transform(frame(table.select(list(spec.input_columns))), spec), spec) \
+            if table.num_rows else np.empty(0)
+        return self.fn(table, predictions=p)
 
 
 def schema_limits(cfg: Config) -> dict:
@@ -321,7 +347,10 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
                 raise MonitorError(f"{data} lacks the model's input column(s) {', '.join(missing)}; the window "
                                    f"must hold every column the model was trained on")
             ds = ingest.read_dataset(source, dcfg)
-            desc = {"source": "data", "path": data, "since": None, "until": None}
+            desc = {"source": "data", "path": data, "since": None, "until": None,
+                    "prediction": f"the window scored with version {version}"}
+            if pred_edges is not None:
+                count = _Scored(count, bytes(bundle.booster.save_raw("ubj")), spec.to_dict())
         else:
             root = store.uri(cfg.name, "predlog")
             fs, files = predlog_files(root, since_t, until_t)

@@ -40,7 +40,7 @@ import pyarrow.dataset as pads
 from pyarrow import fs as pafs
 
 from mlops_ray.data.features import label_text
-from mlops_ray.errors import MlopsError, MonitorError, ServingError
+from mlops_ray.errors import MlopsError, MonitorError, ServingError, closest
 from mlops_ray.monitor.predlog import _PARTITIONING, TS_TYPE, filesystem_for
 
 log = logging.getLogger(__name__)
@@ -354,13 +354,14 @@ def _read_any(path: str) -> pa.Table:
                            "give a Parquet file or directory, or a .csv file") from None
 
 
-def feedback(cfg, labels_path: str, *, now: float | None = None) -> dict:
+def feedback(cfg, labels_path: str, *, now: float | None = None, new_classes: bool = False) -> dict:
     """Validate a label file, store it under ``{store}/{name}/labels/`` and report completeness.
 
     The key is ``request_id`` (as /predict answered it), else ``data.id_column`` (batch scoring
     logs the id as the request id). Unknown ids are counted, not fatal; duplicate ids keep the
-    last label; a label of the wrong type is refused naming the column and the fix. Nothing is
-    stored when the file is refused."""
+    last label; a label of the wrong type is refused naming the column and the fix, and so is a
+    multiclass label of a class no version knows (``Rain`` for ``rain``), unless ``new_classes``
+    says such classes are real. Nothing is stored when the file is refused."""
     from mlops_ray.store import Store
     label, task = cfg.data.label, cfg.model.task
     t = _read_any(labels_path)
@@ -382,7 +383,10 @@ def feedback(cfg, labels_path: str, *, now: float | None = None) -> dict:
         y = label_text(col)
         known_classes = {c for cs in classes.values() for c in cs or []}
         if known_classes:
-            unknown_classes = sorted(set(pc.unique(y.drop_null()).to_pylist()) - known_classes)[:10]
+            unknown_classes = sorted(set(pc.unique(y.drop_null()).to_pylist()) - known_classes)
+        if unknown_classes and not new_classes:
+            _refuse_unknown_classes(labels_path, label, y, unknown_classes, known_classes)
+        unknown_classes = unknown_classes[:10]
     elif not ok_type:
         raise MonitorError(f"--labels {labels_path}: column '{label}' is {'text' if 'string' in str(col.type) else col.type}, not a number; a {task} label "
                            f"must be numeric ({'0/1 or true/false' if task == 'binary' else 'a number'})")
@@ -410,6 +414,19 @@ def feedback(cfg, labels_path: str, *, now: float | None = None) -> dict:
         pq.write_table(clean, f)
     return {"labels": t.num_rows, "duplicates": duplicates, "unknown_ids": unknown, "stored": dest,
             "key": key, "unknown_classes": unknown_classes, **completeness(cfg, classes=classes)}
+
+
+def _refuse_unknown_classes(path: str, label: str, y: pa.Array, unknown: list[str], known: set[str]) -> None:
+    counts = dict(zip(*[c.to_pylist() for c in pc.value_counts(y.drop_null()).flatten()]))
+    shown = []
+    for u in unknown[:10]:
+        hint = closest(u, known)
+        shown.append(f"{u!r} ({counts.get(u, 0)} rows" + (f", did you mean {hint!r}?)" if hint else ")"))
+    raise MonitorError(
+        f"--labels {path}: column '{label}' holds {len(unknown)} class(es) no version of this pipeline knows: "
+        f"{'; '.join(shown)}{' …' if len(unknown) > 10 else ''}. Known classes: {', '.join(sorted(known))}. "
+        "Class names are matched exactly (case too): fix the spelling, or pass --new-classes if these classes "
+        "are new (their labels then count as wrong answers). Nothing was stored.")
 
 
 def version_classes(cfg, versions) -> dict[str, list[str] | None]:

@@ -94,14 +94,18 @@ def column_kind(input_type: str) -> str:
     return "datetime" if input_type == "datetime" else "categorical"
 
 
+def is_log_batch(table: pa.Table) -> bool:
+    return "inputs" in table.column_names and pa.types.is_struct(table.schema.field("inputs").type)
+
+
 def input_columns(table: pa.Table) -> dict[str, pa.ChunkedArray]:
-    """Columns of a batch by name; a prediction-log batch carries them in its ``inputs`` struct."""
-    cols = {n: table.column(n) for n in table.column_names if n != "inputs"}
-    if "inputs" in table.column_names and pa.types.is_struct(table.schema.field("inputs").type):
-        struct = table.column("inputs").combine_chunks()
-        for i in range(struct.type.num_fields):
-            cols[struct.type.field(i).name] = pa.chunked_array([struct.field(i)])
-    return cols
+    """The request's input columns of a batch by name. A prediction-log batch carries them in its
+    ``inputs`` struct, apart from the log's own columns (``prediction``, ``ts``, ...), so a user's
+    column named like one of those is an input like any other, never taken for the log's."""
+    if not is_log_batch(table):
+        return {n: table.column(n) for n in table.column_names}
+    struct = table.column("inputs").combine_chunks()
+    return {struct.type.field(i).name: pa.chunked_array([struct.field(i)]) for i in range(struct.type.num_fields)}
 
 
 def _floats(col: pa.ChunkedArray) -> np.ndarray:
@@ -169,9 +173,11 @@ def merge_layout(parts: list[dict], input_types: dict[str, str], bins: int, top:
 
 
 def count_partial(table: pa.Table, layout: dict, known: dict | None = None, limits: dict | None = None,
-                  prediction_edges: list | None = None) -> dict:
+                  prediction_edges: list | None = None, predictions: np.ndarray | None = None) -> dict:
     """Per block: counts in the layout's bins, nulls, extremes, moments and data-quality counts
-    (values outside ``limits[col] = (min, max)``, categories outside ``known[col]``)."""
+    (values outside ``limits[col] = (min, max)``, categories outside ``known[col]``). The prediction
+    distribution (``prediction_edges``) comes from ``predictions`` (the block scored by the caller)
+    or, for a prediction-log block, from the log's own ``prediction`` column; never from the inputs."""
     cols, out = input_columns(table), {}
     for name, lay in layout.items():
         if name not in cols:
@@ -204,9 +210,12 @@ def count_partial(table: pa.Table, layout: dict, known: dict | None = None, limi
         else:
             d = {"n": n, "nulls": int(col.null_count)}
         out[name] = d
-    if prediction_edges is not None and "prediction" in cols:
-        p = cols["prediction"]
-        v = _top_probability(p) if pa.types.is_list(p.type) else _floats(p)
+    if predictions is None and is_log_batch(table) and "prediction" in table.column_names:
+        p = table.column("prediction")
+        predictions = _top_probability(p) if pa.types.is_list(p.type) else _floats(p)
+    if prediction_edges is not None and predictions is not None:
+        v = np.asarray(predictions, dtype=np.float64)
+        v = v.max(axis=1) if v.ndim == 2 else v               # multiclass: the top probability
         v = v[np.isfinite(v)]
         e = np.asarray(prediction_edges, dtype=np.float64)
         out["__prediction__"] = {"n": int(v.size), "nulls": 0, "counts": np.bincount(

@@ -19,7 +19,6 @@ store reports and act on decisions.
 """
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -29,7 +28,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from mlops_ray.config import GateConfig
-from mlops_ray.errors import ConfigError, GateRejected
+from mlops_ray.errors import ConfigError, GateRejected, did_you_mean
 
 # --------------------------------------------------------------------------- metric names
 TASK_METRICS: dict[str, tuple[str, ...]] = {
@@ -78,7 +77,7 @@ def metric_direction(name: str) -> str:
     if name in DESCRIPTIVE:
         raise ValueError(f"metric {name!r} describes the test data, not the model, and has no better "
                          f"direction; metrics with a direction: {known}")
-    raise ValueError(f"unknown metric {name!r}{_did_you_mean(name, METRIC_DIRECTION)}; known metrics: {known}")
+    raise ValueError(f"unknown metric {name!r}{did_you_mean(name, METRIC_DIRECTION)}; known metrics: {known}")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -404,11 +403,38 @@ class GateDecision:
         return _json_safe(asdict(self))
 
 
+def champion_overlap(test_keys: np.ndarray, champion_keys: np.ndarray, rate: float) -> dict:
+    """How many of the test rows the champion was trained on, from the row keys (``features.row_keys``)
+    of the test rows and of the champion's training rows: exact when all of the latter were kept
+    (``rate`` 1), else estimated from the test rows whose key falls in the kept range."""
+    test_keys = np.asarray(test_keys, dtype=np.uint64)
+    n = int(test_keys.size)
+    checkable = test_keys if rate >= 1.0 else test_keys[test_keys < np.uint64(rate * 2.0 ** 64)]
+    hits = int(np.isin(checkable, champion_keys).sum()) if checkable.size else 0
+    rows = hits if rate >= 1.0 else int(round(hits / checkable.size * n)) if checkable.size else 0
+    return {"rows": rows, "test_rows": n, "share": round(rows / n, 4) if n else 0.0, "exact": rate >= 1.0}
+
+
+def _overlap_check(overlap: dict, limit: float, who: str) -> dict:
+    share, rows, n = overlap["share"], overlap["rows"], overlap["test_rows"]
+    about = "" if overlap.get("exact") else "about "
+    check = {"check": "gate.max_champion_overlap", "metric": "overlap", "observed": share, "threshold": limit,
+             "passed": share <= limit}
+    check["message"] = "" if check["passed"] else (
+        f"{who} was trained on {about}{rows:,} of the {n:,} test rows it is judged on ({share:.0%}; "
+        f"gate.max_champion_overlap {limit:g}): the comparison would favour it. The split keeps a row where "
+        f"it was only by its key: set data.id_column (or data.split.key_columns) so rows keep their split "
+        f"when columns change, or set gate.max_champion_overlap: 1 to compare anyway")
+    return check
+
+
 def decide(candidate: EvaluationReport, champion: EvaluationReport | None, gate: GateConfig,
-           metric: str, champion_version: str | None = None) -> GateDecision:
+           metric: str, champion_version: str | None = None, overlap: dict | None = None) -> GateDecision:
     """Apply the gate. Absolute bounds always; with a champion (evaluated on the same test
     set) also: beat it on ``metric`` by ``gate.min_delta``, and let no shared slice regress
-    on ``metric`` by more than ``gate.max_slice_regression``. Every check is run."""
+    on ``metric`` by more than ``gate.max_slice_regression``; and (``overlap``, from
+    ``champion_overlap``) the champion must not have been trained on more than
+    ``gate.max_champion_overlap`` of those test rows. Every check is run."""
     checks = [_absolute_check(bound, name, limit, candidate.metrics)
               for bound, limits in (("min", gate.min), ("max", gate.max))
               for name, limit in limits.items()]
@@ -421,6 +447,8 @@ def decide(candidate: EvaluationReport, champion: EvaluationReport | None, gate:
         checks.append(_champion_check(metric, direction, candidate, champion, gate.min_delta, who))
         checks += _slice_checks(metric, direction, candidate, champion, gate.max_slice_regression, who,
                                 gate.min_slice_rows)
+        if overlap is not None:
+            checks.append(_overlap_check(overlap, gate.max_champion_overlap, who))
     failures = [c["message"] for c in checks if not c["passed"]]
     return GateDecision(passed=not failures, failures=failures, checks=checks,
                         champion_version=champion_version)
@@ -522,7 +550,7 @@ def check_gate_metrics(gate: GateConfig, task: str) -> None:
             key = f"gate.{bound}.{name}"
             if name not in produced:
                 problems.append(f"{key}: task {task!r} does not produce {name!r}"
-                                f"{_did_you_mean(name, produced)}; valid names: {', '.join(produced)}")
+                                f"{did_you_mean(name, produced)}; valid names: {', '.join(produced)}")
                 continue
             lo, hi = _RANGE[name]
             if bound == "min" and limit > hi:
@@ -545,7 +573,7 @@ def check_metric(metric: str, mode: str, task: str) -> None:
     choices = ", ".join(f"{m} ({METRIC_DIRECTION[m]})" for m in produced if m in METRIC_DIRECTION)
     if metric not in produced or metric not in METRIC_DIRECTION:
         why = (f"{metric!r} describes the test data and has no better direction" if metric in produced
-               else f"task {task!r} does not produce {metric!r}{_did_you_mean(metric, produced)}")
+               else f"task {task!r} does not produce {metric!r}{did_you_mean(metric, produced)}")
         raise ConfigError(f"tune.metric: {why}; set tune.metric to one of {choices} "
                           "and tune.mode to the direction in brackets")
     want = METRIC_DIRECTION[metric]
@@ -592,11 +620,6 @@ def _champion_name(version: str | None) -> str:
         return "the champion"
     version = str(version)
     return f"champion v{version}" if version.isdigit() else f"champion {version}"
-
-
-def _did_you_mean(name: str, options) -> str:
-    guess = difflib.get_close_matches(name, list(options), n=1)
-    return f" (did you mean {guess[0]!r}?)" if guess else ""
 
 
 def _json_safe(obj: Any) -> Any:

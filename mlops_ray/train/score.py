@@ -20,7 +20,8 @@ def _score_batch(table: pa.Table, *, data: DataConfig, cutoffs, models: dict, cl
 
     from mlops_ray.bundle import predict_features
     test = table if split_done else table.filter(pa.array(feat.split_codes(table, data, cutoffs) == 2))
-    out = {"y": feat.label_codes(test.column(data.label), classes).astype(np.float64)}
+    out = {"y": feat.label_codes(test.column(data.label), classes).astype(np.float64),
+           "key": feat.row_keys(test, data)}           # for the gate's champion-overlap check
     df = feat.frame(test)
     for name, (raw, spec_dict) in models.items():
         spec = feat.FeatureSpec.from_dict(spec_dict)

@@ -46,3 +46,90 @@ def test_evaluate_scores_the_test_rows_featurize_kept_not_the_source(tx, tmp_pat
     monkeypatch.setattr(ingest, "read_into_object_store", no_reread)
     again = run_pipeline(cfg, RunOptions(from_step="tune"))      # the data steps are cached
     assert again.data.cached and again.evaluation["n_test"] == first.evaluation["n_test"]
+
+
+def test_a_column_named_prediction_is_data_and_monitor_scores_the_window(tx, tmp_path):
+    """A user's column called `prediction` (an earlier model's output) was taken for this model's
+    prediction by `monitor --data`: every window flagged the prediction distribution."""
+    from mlops_ray.monitor.drift import run_monitor
+    rng = __import__("numpy").random.default_rng(4)
+    df = tx.assign(prediction=rng.uniform(0, 1, len(tx)))
+    train, window = df.iloc[:2000], df.iloc[2000:].assign(prediction=7.5)   # same period; their column moved
+    pq.write_table(pa.Table.from_pandas(train, preserve_index=False), tmp_path / "train.parquet")
+    pq.write_table(pa.Table.from_pandas(window, preserve_index=False), tmp_path / "window.parquet")
+    cfg = make_config(str(tmp_path / "train.parquet"), store=str(tmp_path / "store"), tune=FAST, model=MODEL,
+                      features={"min_frequency": 2, "exclude": ["prediction"]},
+                      monitor={"domain_classifier": {"enabled": False}})
+    run_pipeline(cfg)
+    report = run_monitor(cfg, data=str(tmp_path / "window.parquet"))
+    pred = report["prediction"]
+    assert pred is not None and pred["rows"] == len(window) and pred["verdict"] == "ok", pred
+    assert report["window"]["prediction"] == "the window scored with version 1"
+    assert not report["drift"], [f["name"] for f in report["features"] if f.get("drifted")]
+
+
+def test_a_misspelt_exclusion_stops_the_run_before_it_leaks_the_column(tx, tmp_path):
+    """features.exclude: [predicton] was ignored, and 'prediction' (another model's score) became a
+    feature of the champion."""
+    import mlops_ray
+    from mlops_ray.errors import ConfigError
+    pq.write_table(pa.Table.from_pandas(tx.assign(prediction=tx["is_fraud"] * 0.9), preserve_index=False),
+                   tmp_path / "tx.parquet")
+    cfg = make_config(str(tmp_path / "tx.parquet"), store=str(tmp_path / "store"), tune=FAST, model=MODEL,
+                      features={"exclude": ["predicton"]})
+    with pytest.raises(ConfigError, match=r"features.exclude lists 'predicton', which is not a column of the "
+                                          r"data \(did you mean 'prediction'\?\)"):
+        mlops_ray.validate(cfg)
+    assert not (tmp_path / "store" / "t" / "runs").exists()
+
+
+def test_files_with_different_columns_train_with_their_union_when_the_config_says_so(tx, tmp_path):
+    d = tmp_path / "months"
+    d.mkdir()
+    half = len(tx) // 2
+    pq.write_table(pa.Table.from_pandas(tx.iloc[:half], preserve_index=False), d / "a.parquet")
+    pq.write_table(pa.Table.from_pandas(tx.iloc[half:].drop(columns=["device"]).assign(note="later"),
+                                        preserve_index=False), d / "b.parquet")
+    cfg = make_config(str(d), store=str(tmp_path / "store"), tune=FAST, model=MODEL,
+                      data={"missing_columns": "null"}, features={"min_frequency": 2},
+                      schema={"max_null_fraction": 0.6})
+    res = run_pipeline(cfg)
+    assert res.version == "1" and res.data.validation.rows == len(tx)
+    assert {"device", "note"} <= set(res.data.spec.input_columns)
+
+
+def test_a_cached_rejection_is_still_a_rejection(tx, tmp_path):
+    """The first run exited 4; an unchanged rerun printed '✓ registered version 1: rejected' and exited 0."""
+    from mlops_ray.errors import GateRejected
+    pq.write_table(pa.Table.from_pandas(tx, preserve_index=False), tmp_path / "tx.parquet")
+    cfg = make_config(str(tmp_path / "tx.parquet"), store=str(tmp_path / "store"), tune=FAST, model=MODEL,
+                      gate={"min": {"auc": 0.9999}})
+    with pytest.raises(GateRejected, match="gate.min.auc") as first:
+        run_pipeline(cfg)
+    lines = []
+    with pytest.raises(GateRejected, match="gate.min.auc") as again:
+        run_pipeline(cfg, progress=lambda step, msg: lines.append(msg))
+    assert str(again.value) == str(first.value) and again.value.exit_code == 4
+    assert any("registered as version 1, rejected by the gate" in m for m in lines), lines
+
+
+def test_the_gate_sees_a_champion_trained_on_the_test_rows(tx, tmp_path):
+    """No id column: the split hashed the whole row, so changing one column's type reshuffled it and
+    the challenger was judged against a champion trained on most of its test rows, with no word."""
+    from mlops_ray.errors import GateRejected
+    store, path = str(tmp_path / "store"), tmp_path / "tx.parquet"
+    no_id = tx.drop(columns=["transaction_id"])
+    pq.write_table(pa.Table.from_pandas(no_id, preserve_index=False), path)
+    kw = dict(store=store, tune=FAST, model=MODEL, features={"min_frequency": 2}, gate={"min": {}})
+    first = run_pipeline(make_config(str(path), data={"id_column": None}, **kw))
+    assert first.version == "1"
+    # a column's type changes in the next export: rows keep their keys, so their split
+    pq.write_table(pa.Table.from_pandas(no_id.assign(num_txn_24h=no_id["num_txn_24h"].astype("float64")),
+                                        preserve_index=False), path)
+    again = run_pipeline(make_config(str(path), data={"id_column": None}, **kw))
+    assert again.data.key != first.data.key
+    assert not [c for c in again.gate["checks"] if c["check"] == "gate.max_champion_overlap" and c["observed"]]
+    # another split seed does reshuffle: the champion saw most of the test rows, and the gate says so
+    with pytest.raises(GateRejected, match=r"champion v\d was trained on [\d,]+ of the [\d,]+ test rows it is "
+                                           r"judged on \(\d+%; gate.max_champion_overlap 0.05\)"):
+        run_pipeline(make_config(str(path), data={"id_column": None, "split": {"seed": 7}}, **kw))

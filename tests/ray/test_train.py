@@ -351,10 +351,20 @@ def test_a_text_multiclass_label_is_encoded_and_answers_by_class_name(data_dir, 
     lg.flush()
     lg.close()
     truth = seen["device"].tolist()
-    truth[0] = "a device nobody trained on"
+    # a misspelt class (case) would overwrite good labels and read as wrong answers: refused, nothing stored
+    typo = tmp_path / "typo.csv"
+    pd.DataFrame({"request_id": [f"r{i}" for i in range(40)],
+                  "device": [truth[0].upper()] + truth[1:]}).to_csv(typo, index=False)
+    from mlops_ray.errors import MonitorError
+    with pytest.raises(MonitorError, match=rf"holds 1 class\(es\) no version of this pipeline knows: "
+                                           rf"'{truth[0].upper()}' \(1 rows, did you mean '{truth[0]}'\?\)\. "
+                                           rf"Known classes: .* Nothing was stored"):
+        feedback(cfg, str(typo))
+    assert not os.path.exists(os.path.join(cfg.store, cfg.name, "labels"))
+    truth[0] = "a device nobody trained on"       # a class new in the world: stored when the user says so
     labels = tmp_path / "labels.csv"
     pd.DataFrame({"request_id": [f"r{i}" for i in range(40)], "device": truth}).to_csv(labels, index=False)
-    fb = feedback(cfg, str(labels))
+    fb = feedback(cfg, str(labels), new_classes=True)
     v = fb["versions"][str(res.version)]
     right = [bundle.spec.classes[int(np.argmax(probs[i]))] == truth[i] for i in range(40)]
     assert fb["unknown_classes"] == ["a device nobody trained on"] and v["labelled"] == 40

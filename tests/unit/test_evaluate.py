@@ -446,3 +446,31 @@ def test_slice_noise_is_the_paired_bootstrap_spread_and_shrinks_with_rows():
     assert 0 < noise["big"] < noise["small"]
     assert noise["small"] == pytest.approx(noise["small"], rel=0)           # deterministic (seeded)
     assert slice_noise("binary", "logloss", y, a, b, sl, (0.5, 0.5), ["small"])["small"] > 0
+
+
+def test_champion_overlap_exact_and_estimated():
+    from mlops_ray.train.evaluate import champion_overlap
+    rng = np.random.default_rng(0)
+    champ = np.unique(rng.integers(0, 2**63, 50_000, dtype=np.uint64) * np.uint64(2))
+    test = np.concatenate([rng.choice(champ, 300, replace=False), rng.integers(0, 2**63, 700, dtype=np.uint64) * np.uint64(2) + np.uint64(1)])
+    assert champion_overlap(test, champ, 1.0) == {"rows": 300, "test_rows": 1000, "share": 0.3, "exact": True}
+    rate = 0.25                                  # a sample: only keys below a quarter of the range were kept
+    kept = champ[champ < np.uint64(rate * 2.0 ** 64)]
+    est = champion_overlap(test, kept, rate)
+    assert not est["exact"] and 200 <= est["rows"] <= 400
+
+
+def test_a_champion_trained_on_the_test_rows_rejects_with_the_count_and_the_fix():
+    from mlops_ray.config import GateConfig
+    from mlops_ray.train.evaluate import EvaluationReport, decide
+    cand = EvaluationReport("binary", {"auc": 0.80})
+    champ = EvaluationReport("binary", {"auc": 0.79})
+    overlap = {"rows": 472, "test_rows": 599, "share": 0.788, "exact": True}
+    d = decide(cand, champ, GateConfig(), "auc", champion_version="1", overlap=overlap)
+    assert not d.passed and d.failures == [
+        "champion v1 was trained on 472 of the 599 test rows it is judged on (79%; gate.max_champion_overlap "
+        "0.05): the comparison would favour it. The split keeps a row where it was only by its key: set "
+        "data.id_column (or data.split.key_columns) so rows keep their split when columns change, or set "
+        "gate.max_champion_overlap: 1 to compare anyway"]
+    small = {**overlap, "rows": 3, "share": 0.005}
+    assert decide(cand, champ, GateConfig(), "auc", champion_version="1", overlap=small).passed

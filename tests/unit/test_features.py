@@ -269,3 +269,32 @@ def test_a_monitoring_window_is_read_without_the_label_expression(tmp_path):
         ingest.inspect_source(cfg.data)
     src = ingest.inspect_source(window_data_config(cfg, str(tmp_path / "w.parquet")))
     assert src.schema.names == ["amount"]
+
+
+def _coded(small_df):
+    """A survey-style export: region as integer codes 1..3 and smoker as 1 = yes, 2 = no."""
+    rng = np.random.default_rng(0)
+    return pa.Table.from_pandas(small_df.assign(region=rng.integers(1, 4, len(small_df)),
+                                                smoker=rng.integers(1, 3, len(small_df))), preserve_index=False)
+
+
+def test_integer_codes_declared_categorical_are_categories_not_numbers(small_df):
+    from mlops_ray.pipeline import declared_categorical
+    table = _coded(small_df)
+    cfg = make_config("x", schema={"columns": {"region": {"dtype": "categorical"}, "smoker": {"dtype": "categorical"}}})
+    roles = feat.assign_roles(table.schema, cfg.data, cfg.features, declared_categorical(cfg))
+    assert {"region", "smoker"} <= set(roles.categorical) and not {"region", "smoker"} & set(roles.numeric)
+    assert roles.input_types["region"] == "int"         # requests send the codes as numbers
+    plain = feat.assign_roles(table.schema, cfg.data, cfg.features)
+    assert "region" in plain.numeric                      # undeclared integers stay numbers
+
+
+def test_integer_codes_listed_in_features_categorical_are_not_also_numeric(small_df):
+    """features.categorical: [region] with features.numeric: auto kept region numeric (auto took it first)."""
+    table = _coded(small_df)
+    cfg = make_config("x", features={"categorical": ["region", "merchant_category"]})
+    roles = feat.assign_roles(table.schema, cfg.data, cfg.features)
+    assert "region" in roles.categorical and "region" not in roles.numeric
+    spec = feat.fit_merge([feat.fit_partial(table, roles, cfg.features)], roles, cfg.data, cfg.features)
+    codes = feat.transform(feat.frame(table.slice(0, 50)), spec)["region"]
+    assert set(np.unique(codes)) <= {1.0, 2.0, 3.0}       # vocabulary codes, not the raw numbers' bins

@@ -103,7 +103,26 @@ def test_csv_files_with_different_headers(small_df, tmp_path):
     d.mkdir()
     small_df.head(5).to_csv(d / "a.csv", index=False)
     small_df.head(5).drop(columns=["amount"]).to_csv(d / "b.csv", index=False)
-    expect(d, "all files must share one header")
+    expect(d, f"1 of 2 differ from the others' {small_df.shape[1]} columns: '{d}/b.csv' lacks amount. Move files "
+              "that are not this data elsewhere, or list the shared ones in data.columns, or re-export the CSV "
+              "files with one header")
+
+
+def test_parquet_files_with_different_columns_are_named_before_any_row_is_read(small_df, tmp_path):
+    """Validation crashed with KeyError: 'Field "amount" does not exist in schema' (exit 1)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    d = tmp_path / "months"
+    for name, df in (("2026-01.parquet", small_df), ("2026-02.parquet", small_df.drop(columns=["amount"])),
+                     ("2026-03.parquet", small_df.assign(note="x")), ("2026-04.parquet", small_df)):
+        d.mkdir(exist_ok=True)
+        pq.write_table(pa.Table.from_pandas(df.head(20), preserve_index=False), d / name)
+    expect(d, f"2 of 4 differ from the others' {small_df.shape[1]} columns: '{d}/2026-02.parquet' lacks amount; "
+              f"'{d}/2026-03.parquet' lacks nothing and adds note. Move files that are not this data elsewhere, "
+              "or set data.missing_columns: null to read the union")
+    assert inspect(d, columns=[c for c in small_df.columns if c != "amount"]).rows == 80   # not among those read
+    src = inspect(d, missing_columns="null")
+    assert src.rows == 80 and {"amount", "note"} <= set(src.schema.names)
 
 
 def test_unknown_format(tmp_path):

@@ -1,8 +1,11 @@
 """Every bad input of the data-plane issue gets a clear message naming the column and the fix."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 
 from mlops_ray.data.validate import validate_table
 from tests.conftest import make_config
@@ -126,3 +129,56 @@ def test_all_failures_reported_together(small_df):
     report = run(df)
     assert len(report.failures) == 2
     assert "2 of" in report.summary()
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"features": {"exclude": ["predicton"]}},
+     "features.exclude lists 'predicton', which is not a column of the data (did you mean 'prediction'?)"),
+    ({"features": {"categorical": ["merchant_categroy"]}},
+     "features.categorical lists 'merchant_categroy', which is not a column of the data (did you mean "
+     "'merchant_category'?)"),
+    ({"schema": {"columns": {"amonut": {"min": 0}}}},
+     "schema.columns.amonut lists 'amonut', which is not a column of the data (did you mean 'amount'?)"),
+    ({"model": {"slice_column": "chanel"}},
+     "model.slice_column lists 'chanel', which is not a column of the data (did you mean 'channel'?)"),
+    ({"retrain": {"key_features": ["amount", "distanse_km"]}},
+     "retrain.key_features lists 'distanse_km', which is not a column of the data (did you mean 'distance_km'?)"),
+    ({"monitor": {"min_effect": {"credit_scor": 0.1}}},
+     "monitor.min_effect.credit_scor lists 'credit_scor', which is not a column of the data (did you mean "
+     "'credit_score'?)"),
+])
+def test_every_column_name_the_config_lists_must_be_in_the_data(small_df, sections, message):
+    from mlops_ray.data.validate import check_config_columns
+    from mlops_ray.errors import ConfigError
+    names = list(small_df.columns) + ["prediction"]
+    cfg = make_config("x", **sections)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_config_columns(names, cfg)
+    check_config_columns(names + [message.split("'")[1]], cfg)     # spelt right: no error
+
+
+def test_a_derived_feature_may_be_named_where_columns_are(small_df):
+    from mlops_ray.data.validate import check_config_columns
+    cfg = make_config("x", features={"derived": {"log_amount": "log1p(amount)"}},
+                      retrain={"key_features": ["log_amount"]})
+    check_config_columns(list(small_df.columns), cfg)
+
+
+def test_a_categorical_dtype_rule_accepts_integer_codes():
+    from mlops_ray.data.validate import plan_checks
+    cfg = make_config("x", schema={"columns": {"smoker": {"dtype": "categorical"}, "bmi": {"dtype": "categorical"}}})
+    schema = pa.schema([("smoker", pa.int64()), ("bmi", pa.float64()), ("is_fraud", pa.int64()),
+                        ("transaction_id", pa.int64()), ("event_time", pa.timestamp("us"))])
+    static, _ = plan_checks(schema, cfg.data, cfg.schema_)
+    dtype = {c.column: c for c in static if c.rule == "dtype"}
+    assert dtype["smoker"].passed
+    assert not dtype["bmi"].passed and "fix schema.columns.bmi.dtype" in dtype["bmi"].message
+
+
+def test_csv_column_types_read_integer_codes_as_text(tmp_path):
+    from mlops_ray.data.ingest import inspect_source, read_table_local
+    (tmp_path / "survey.csv").write_text("id,region,zip,y\n1,1,01234,0\n2,3,90210,1\n")
+    cfg = make_config(str(tmp_path / "survey.csv"), data={"csv": {"column_types": {"region": "string", "zip": "string"}},
+                                                          "label": "y", "id_column": "id", "time_column": None})
+    t = read_table_local(inspect_source(cfg.data), cfg.data)
+    assert t.column("region").to_pylist() == ["1", "3"] and t.column("zip").to_pylist() == ["01234", "90210"]
