@@ -44,6 +44,9 @@ rows (seed 0); windows are 1,000,000 rows drawn with other seeds (``--quick``: 1
    25 further seeded windows in which the column is flagged (``drift._judge_column``, the
    per-column code of ``compare``, with the same alpha and null draws).
 
+The same false-alarm table for a model with datetime parts (later calendar months of the same
+behaviour, the domain classifier included, and a six-hour shift) is ``benchmarks/drift_calendar.py``.
+
 Run (from the repository root)::
 
     .venv/bin/python -m benchmarks drift                # 1M rows; ~6-8 minutes on 2 cores

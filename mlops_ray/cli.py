@@ -20,7 +20,23 @@ from rich.table import Table
 
 from mlops_ray.errors import ConfigError, DataValidationError, ExitCode, MlopsError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# the options of the top-level callback (``_main``): accepted after the command too
+GLOBAL_FLAGS = ("--verbose", "-v", "--debug")
+
+
+class _Group(typer.core.TyperGroup):
+    """Moves the global flags written after the command (`mlops-ray run CONFIG --debug`, as the error
+    message's "rerun with --debug" invites) to before it, where click expects a group's options. Words
+    after ``--`` (the command `submit` forwards) are left alone."""
+
+    def parse_args(self, ctx, args):
+        end = args.index("--") if "--" in args else len(args)
+        flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+        rest = [a for a in args[:end] if a not in GLOBAL_FLAGS]
+        return super().parse_args(ctx, flags + rest + args[end:])
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mlops-ray: ingest, validate, featurize, tune, gate, register, serve and "
                        "monitor models on Ray.")
 config_app = typer.Typer(no_args_is_help=True, help="Check a config or print its JSON Schema.")
@@ -225,6 +241,9 @@ def _print_validation(report, to: Console = out) -> None:
         rules = Counter(c.rule for c in report.checks)
         to.print(f"[green]✓[/] validation: {len(report.checks)} checks passed on {report.rows:,} rows "
                  f"({', '.join(f'{r} {n}' for r, n in rules.items())})")
+        for c in report.checks:
+            if c.message:             # a passed check that has something to say (a date format inferred)
+                to.print(f"  {c.message}")
         return
     t = Table(title=f"Validation: {report.rows:,} rows, {len(report.checks)} checks, "
                     f"{len(report.failures)} failed", title_justify="left")
@@ -433,10 +452,16 @@ def deploy_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
             _emit_json(res)
             return
         out.print(f"[green]✓[/] serving {res['model']} version {res['version']} ({res['seconds']:.1f} s)")
-        out.print(f"  POST {res['url']}" + "".join(f"\n  POST {u}  (direct to the replica)" for u in res["direct"]))
+        _print_addresses(res)
         if res.get("local_head"):
             out.print(f"  local Ray head pid {res['local_head']['pid']} keeps running; stop it with "
                       f"`mlops-ray serve stop {config}`")
+
+
+def _print_addresses(res: dict) -> None:
+    """The addresses ``endpoints`` found, the fastest first."""
+    for a in res.get("addresses") or []:
+        out.print(f"  POST {a['url']}  ({a['note']})")
 
 
 @app.command("status")
@@ -448,16 +473,18 @@ def status_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
     with _guard(json_out):
         cfg = _load(config, set_)
         from mlops_ray.reports import monitor_summary
+        from mlops_ray import thresholds
         res = control.status(cfg)
         res["monitor"] = monitor_summary(cfg)
+        st = res.get("state") or {}
+        res["thresholds"] = thresholds.recorded(cfg, [v for v in (st.get("stable"), st.get("canary")) if v])
         if json_out:
             _emit_json(res)
             return
         out.print(f"[bold]{cfg.name}[/]: {res['summary']}" + ("" if res["running"] else "  [yellow](not running)[/]"))
         if isinstance(res.get("serve"), str):
             out.print(f"  {res['serve']}")
-        for u in ([res["url"]] if res.get("url") else []) + res.get("direct", []):
-            out.print(f"  POST {u}")
+        _print_addresses(res)
         if res["versions"]:
             t = Table(title="Traffic since the replicas started", title_justify="left")
             for c in ("version", "requests", "errors", "p50 ms", "p99 ms"):
@@ -473,6 +500,9 @@ def status_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
         for h in (res["state"] or {}).get("history", [])[-5:]:
             info = ", ".join(f"{k}={v}" for k, v in h.items() if k not in ("t", "event", "metrics"))
             out.print(f"  {h['event']}: {info}")
+        for v, h in res["thresholds"].items():
+            out.print(f"  threshold of v{v}: {thresholds.describe(h[-1])}; registered {h[0]['value']:.4f}, "
+                      f"{len(h) - 1} re-choice(s)")
         mon = res["monitor"]
         if mon["drift"]:
             d = mon["drift"]
@@ -583,6 +613,10 @@ def predict_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
                 alias: Optional[str] = typer.Option(None, "--alias", help="Alias to use (default: champion)."),
                 log: bool = typer.Option(False, "--log", help="Also append the rows to the prediction log."),
                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files in --out."),
+                keep: Optional[str] = typer.Option(None, "--keep", help="Input columns to copy into the "
+                                                   "predictions, comma-separated (e.g. --keep 'Title,Release Date'). "
+                                                   "Without data.id_column the output also has 'row', the input "
+                                                   "row's position."),
                 json_out: bool = typer.Option(False, "--json"),
                 set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
     """Score --data with a registered version on Ray Data; write Parquet predictions to --out.
@@ -596,7 +630,8 @@ def predict_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
             raise ConfigError("give --version or --alias, not both")
         cfg = _load(config, set_)
         res = batch_predict(cfg, data, output, version or (f"@{alias}" if alias else "champion"), log=log,
-                            overwrite=overwrite, verbose=State.verbose, progress=_progress(json_out))
+                            overwrite=overwrite, keep=[c.strip() for c in keep.split(",") if c.strip()] if keep else None,
+                            verbose=State.verbose, progress=_progress(json_out))
         if json_out:
             _emit_json(res)
             return
@@ -650,18 +685,35 @@ def feedback_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
                                                   help="Store labels of classes no version knows (a class that "
                                                        "is new in the world; scored as wrong answers). Without "
                                                        "it such a file is refused, as a misspelling would be."),
+                 since: Optional[str] = typer.Option(None, "--since", help="Re-choose the decision threshold on "
+                                                     "the labelled predictions since then: a duration back from "
+                                                     "now (7d) or an ISO time; default: all of the version's."),
                  json_out: bool = typer.Option(False, "--json"),
                  set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
-    """Labels arrived: store them, report label completeness and the live metric per version."""
+    """Labels arrived: store them, report label completeness and the live metric per version, and
+    re-choose each served binary version's decision threshold on its labelled predictions."""
+    from mlops_ray import thresholds
+    from mlops_ray.monitor.drift import window_bounds
     from mlops_ray.monitor.labels import feedback
     with _guard(json_out):
         cfg = _load(config, set_)
+        start = window_bounds(cfg, since, None)[0].timestamp() if since else None
         res = feedback(cfg, labels, new_classes=new_classes)
+        res["thresholds"] = thresholds.follow_base_rate(cfg, since=start)
         if json_out:
             _emit_json(res)
             return
-        out.print(f"[green]✓[/] {res['labels']:,} labels stored (key {res['key']}); {res['unknown_ids']:,} with ids "
-                  f"never predicted (ignored), {res['duplicates']:,} duplicates (the last one counts)")
+        out.print(f"[green]✓[/] {res['labels']:,} labels stored (key {res['key']}); {res['duplicates']:,} "
+                  "duplicates (the last one counts)")
+        if res["unknown_ids"]:
+            mon = cfg.monitor
+            later = ("they count once those rows are written" if res["key"] == "request_id" else
+                     "run feedback again with this file once those rows are written, so each id is matched "
+                     "to its request")
+            out.print(f"  [yellow]![/] {res['unknown_ids']:,} label(s) name {res['key']} values not in the prediction "
+                      f"log (yet): stored all the same. Serving writes the log every monitor.predlog_flush_s "
+                      f"({mon.predlog_flush_s:g} s) or monitor.predlog_flush_rows ({mon.predlog_flush_rows:,} rows) "
+                      f"per replica, so labels sent right after the traffic find no prediction yet: {later}")
         if res.get("unknown_classes"):
             out.print(f"  [yellow]![/] classes no logged version knows: {', '.join(res['unknown_classes'])} "
                       "(scored as wrong answers)")
@@ -669,6 +721,15 @@ def feedback_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
             val = "-" if m["value"] is None else f"{m['value']:.4f}"
             out.print(f"  version {v}: {m['labelled']:,} of {m['predictions']:,} predictions labelled "
                       f"({m['completeness']:.0%}); live {m['metric']} {val}")
+        for v, e in res["thresholds"].items():
+            if e["kept"]:
+                value = f" {e['value']:.4f}" if e["value"] is not None else ""
+                out.print(f"  [yellow]![/] version {v}: threshold{value} kept"
+                          + (f" ({e['rule']})" if e["rule"] else "") + f": {e['reason']}")
+            else:
+                out.print(f"  version {v}: threshold {e['previous']:.4f} → {e['value']:.4f} ({e['rule']} on "
+                          f"{e['rows']:,} rows, {e['positive_rate']:.1%} positive); serving picks it up without "
+                          "a redeploy")
 
 
 @app.command("loop")
@@ -716,13 +777,40 @@ def demo_cmd(config: str = typer.Argument("configs/quickstart.yaml", help="Pipel
              html: str = typer.Option("demo-report.html", "--html", help="The report written at the end."),
              set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
     """The whole loop: train v1, serve it, drifted traffic, labels, monitor, retrain v2, canary, promote, report."""
-    from mlops_ray.demo import run_demo
+    from mlops_ray.demo import demo_paths, run_demo
     with _guard(False):
         cfg = _load(config, set_)
         say = _progress(False)
         res = run_demo(cfg, data_dir, rows, say=say, verbose=State.verbose, html=html)
         times = ", ".join(f"{k} {v:.0f}s" for k, v in res["timings_s"].items())
         out.print(f"[green]✓[/] demo done in {res['seconds']:.0f} s ({times}); report {html}")
+        month1 = os.path.abspath(demo_paths(data_dir)["month1"])
+        out.print(_demo_next_steps(res, config, html, any(os.path.abspath(s) == month1 for s in cfg.data.sources)),
+                  markup=False)
+
+
+def _demo_next_steps(res: dict, config: str, html: str, trains_on_month1: bool) -> str:
+    """Where the demo's results are and the commands that show them: the demo runs on its own store
+    (a `status` of the quickstart config shows nothing of it), so they take the config it ran."""
+    demo_cfg, store = _rel(res["config"]), _rel(res["store"])
+    lines = [f"  the demo's models, runs, prediction log, drift checks and loop decisions are in {store} (its own "
+             f"store); the config it ran is {demo_cfg}. Look at them with:",
+             f"    mlops-ray status {demo_cfg}    # versions, rollout history, last drift check, loop decision",
+             f"    mlops-ray report {demo_cfg} --html {html}",
+             f"    mlops-ray deploy {demo_cfg}    # serve its champion again; then mlops-ray serve stop {demo_cfg}"]
+    if "://" not in res["store"]:
+        lines.append(f"    mlflow ui --backend-store-uri sqlite:///{store}/mlflow.db")
+    if trains_on_month1:
+        lines.append(f"  {config} trains on the demo's month 1, in its own store: mlops-ray run {config}")
+    return "\n".join(lines)
+
+
+def _rel(path: str) -> str:
+    """``path`` relative to the current directory when it lies under it (shorter commands to copy)."""
+    if "://" in path or not os.path.isabs(path):
+        return path
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 # ---------------------------------------------------------------------- jobs
@@ -789,13 +877,26 @@ def _print_drift(rep: dict, html: str | None) -> None:
                   _num(f.get("value")), _num(f.get("threshold")), _num(f.get("p_value")),
                   f"{_num(f.get('effect'))}/{_num(f.get('min_effect'))}", f"[{colour}]{f['verdict']}[/]")
     out.print(t)
-    for f in rows:
+    excluded = rep.get("excluded") or []
+    for f in rows + excluded:
         for flag in f.get("quality", {}).get("flags", []):
             out.print(f"  [yellow]quality[/] {f['name']}: {flag}")
+    for f in rep["features"]:
+        if f.get("field") and f["verdict"] == "insufficient":      # a datetime part over too short a span
+            out.print(f"  {f['name']}: {f['note']}", markup=False)
+    calendar = [e["name"] for e in excluded if e["kind"] == "calendar"]
+    if calendar:
+        out.print(f"  not tested for drift (calendar positions, data quality only): {', '.join(calendar)}",
+                  markup=False)
+    for e in excluded:
+        if e["kind"] != "calendar":
+            out.print(f"  {e['name']}: {e['reason']}", markup=False)
     mv = rep.get("multivariate")
     if mv and mv.get("auc") is not None:
         top = ", ".join(f"{n} {g:.0%}" for n, g in mv["top_features"][:3])
-        out.print(f"  domain classifier AUC {mv['auc']:.3f} (drift above {mv['threshold']:.3f}); moved most: {top}")
+        left = f"; without {', '.join(c for c, _ in mv['excluded'])}" if mv.get("excluded") else ""
+        out.print(f"  domain classifier AUC {mv['auc']:.3f} (drift above {mv['threshold']:.3f}); moved most: {top}"
+                  f"{left}", markup=False)
     verdict = (f"[red]drift[/] in {len(rep['drifted'])} of {len(rep['features']) - len(rep['insufficient'])} columns "
                f"({rep['drift_share']:.0%}): {', '.join(rep['drifted'])}") if rep["drift"] else "[green]no drift[/]"
     out.print(f"{verdict}; report {rep['path']}" + (f", HTML {html}" if html else ""))

@@ -103,6 +103,12 @@ class DataConfig(_Model):
         "fail", description="Files of one source whose columns differ: 'fail' stops before reading, naming each "
         "file's missing and extra columns; 'null' reads Parquet files with the union of their columns (a "
         "column a file lacks is null in its rows).")
+    datetime_formats: dict[str, str] = Field(
+        default_factory=dict, description="How date-times stored as text are read, by column: a strftime "
+        "format such as {date: \"%m/%d/%Y\"} (12/31/2012), \"%d.%m.%Y %H:%M\" (31.10.2020 08:00), \"%b %d %Y\" "
+        "(Jul 17 1998), or ISO8601. A column not listed that the config says is a date-time (data.time_column, "
+        "a datetime dtype rule, features.datetime) is read with a format inferred from its first rows, and "
+        "validation says which. The format is kept with the model: serving and batch scoring read the same way.")
     split: SplitConfig = Field(SplitConfig(), description="How rows are split into train, valid and test.")
     content_hash_max_mb: float = Field(
         64.0, ge=0, description="Fingerprint data up to this size by content hash; larger data by "
@@ -140,6 +146,16 @@ class DataConfig(_Model):
             return (self.label,)
         from mlops_ray import expr
         return expr.parse(self.label_expr).columns
+
+    @field_validator("datetime_formats")
+    @classmethod
+    def _formats_read_back(cls, v: dict[str, str]):
+        from mlops_ray.data.dates import check_format
+        for col, fmt in v.items():
+            why = check_format(fmt)
+            if why:
+                raise ValueError(f"data.datetime_formats.{col} {fmt!r} is not a date format: {why}")
+        return v
 
     @field_validator("source")
     @classmethod
@@ -239,9 +255,14 @@ class FeaturesConfig(_Model):
         description="Features made of each datetime column: hour, minute, time_of_day (hour + minute/60 + "
         "second/3600), minute_of_day, dayofweek (Monday 0), day, month, year, dayofyear, weekofyear (ISO), "
         "is_weekend, epoch_days (days since 1970), and cyclical pairs hour_sin/hour_cos (of the time of day), "
-        "dayofweek_sin/dayofweek_cos, dayofyear_sin/dayofyear_cos (23:59 is next to 00:00, December to January).")
+        "dayofweek_sin/dayofweek_cos, dayofyear_sin/dayofyear_cos (23:59 is next to 00:00, December to January). "
+        "Drift checks test the cyclic parts (hour, minute, time_of_day, minute_of_day, dayofweek, is_weekend, the "
+        "hour and day-of-week sin/cos) per part, as FIELD.PART; the calendar positions (day, month, year, "
+        "dayofyear, weekofyear, epoch_days, dayofyear_sin/cos) differ in any later period, so they are checked "
+        "for values outside training's range only and never given to the domain classifier.")
     derived: dict[str, str] = Field(default_factory=dict, description="name: expression, e.g. "
-                                    "'log1p(amount)'. A safe arithmetic language; never eval.")
+                                    "'log1p(amount)'. A safe arithmetic language; never eval. A column name "
+                                    "with spaces or dots goes in backticks: 'log1p(`Production Budget`)'.")
 
     @field_validator("derived")
     @classmethod
@@ -264,18 +285,21 @@ class ThresholdSpec(_Model):
                                         "whose precision is at least this.")
     min_recall: float | None = Field(None, gt=0, le=1, description="The threshold with the most precision "
                                      "whose recall is at least this.")
+    top_rate: float | None = Field(None, gt=0, lt=1, description="Flag this share of traffic: the threshold is "
+                                   "the (1 - top_rate) quantile of the scores (for a fixed review capacity).")
 
     @model_validator(mode="after")
     def _one(self):
-        if (self.min_precision is None) == (self.min_recall is None):
-            raise ValueError("give exactly one of min_precision or min_recall, e.g. {min_precision: 0.9}")
+        if sum(x is not None for x in (self.min_precision, self.min_recall, self.top_rate)) != 1:
+            raise ValueError("give exactly one of min_precision, min_recall or top_rate, e.g. {min_precision: 0.9}")
         return self
 
 
 class ModelConfig(_Model):
     task: Literal["binary", "regression", "multiclass"] = Field(
         "binary", description="'binary': a 0/1 label (binary:logistic); 'regression': a number "
-        "(reg:squarederror); 'multiclass': labels 0..k-1 (multi:softprob).")
+        "(reg:squarederror); 'multiclass': any label values, text or numbers (multi:softprob); the classes are "
+        "kept in order (numbers numerically, text alphabetically) and predictions name them.")
     strategy: Literal["auto", "single", "distributed", "external"] = Field(
         "auto", description="'single': one xgboost process per trial, the splits in memory; 'distributed': "
         "Ray Train XGBoostTrainer, data-parallel; 'external': one process streaming the training split from "
@@ -308,8 +332,11 @@ class ModelConfig(_Model):
     threshold: Union[Literal["auto", "max_f1"], float, ThresholdSpec] = Field(
         "auto", description="Decision threshold of a binary model, chosen on the validation split (by a model "
         "fitted on the training split only) and stored in the bundle: 'max_f1' (the best F1), "
-        "{min_precision: P} or {min_recall: R}, or a fixed probability such as 0.5; 'auto' is max_f1. "
-        "Accuracy, precision, recall and F1 on test (and the gate) use it; /predict returns labels with it.")
+        "{min_precision: P}, {min_recall: R}, {top_rate: S} (flag the share S of traffic with the highest "
+        "scores), or a fixed probability such as 0.5; 'auto' is max_f1. Accuracy, precision, recall and F1 on "
+        "test (and the gate) use it; /predict returns labels with it. `mlops-ray feedback` re-chooses it by the "
+        "same rule on the served version's labelled predictions (at least monitor.min_rows of them), and "
+        "serving picks the new value up without a redeploy.")
     slice_column: str | None = Field(None, description="Test metrics per value of this column (values with "
                                      "at least 50 test rows); the gate checks that no slice regresses against "
                                      "the champion (gate.max_slice_regression).")
@@ -317,7 +344,8 @@ class ModelConfig(_Model):
     @field_validator("threshold", mode="before")
     @classmethod
     def _threshold(cls, v):
-        fix = "use auto, max_f1, a probability such as 0.5, {min_precision: 0.9} or {min_recall: 0.8}"
+        fix = ("use auto, max_f1, a probability such as 0.5, {min_precision: 0.9}, {min_recall: 0.8} or "
+               "{top_rate: 0.02}")
         if isinstance(v, str):
             if v not in ("auto", "max_f1"):
                 raise ValueError(f"{v!r} is not a threshold rule; {fix}")
@@ -326,12 +354,16 @@ class ModelConfig(_Model):
                 raise ValueError(f"a fixed threshold is a probability between 0 and 1 (exclusive), got {v}; {fix}")
         elif isinstance(v, dict):
             v = {k: x for k, x in v.items() if x is not None}      # a dumped ThresholdSpec holds both keys
-            unknown = sorted(set(v) - {"min_precision", "min_recall"})
+            unknown = sorted(set(v) - {"min_precision", "min_recall", "top_rate"})
             if unknown or len(v) != 1:
                 raise ValueError(f"{'unknown key ' + repr(unknown[0]) if unknown else 'give exactly one target'}"
                                  f" in {v}; {fix}")
             (k, x), = v.items()
-            if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x <= 1:
+            if k == "top_rate":
+                if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < 1:
+                    raise ValueError(f"top_rate is the share of traffic to flag, strictly between 0 and 1, got "
+                                     f"{x!r}; e.g. {{top_rate: 0.02}} flags the 2 % of rows with the highest scores")
+            elif isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x <= 1:
                 raise ValueError(f"{k} is a share in (0, 1], got {x!r}")
         elif not isinstance(v, ThresholdSpec):
             raise ValueError(f"{v!r} is not a threshold; {fix}")
@@ -537,7 +569,8 @@ class RolloutConfig(_Model):
 # --------------------------------------------------------------------------- monitor / retrain
 class DomainClassifierConfig(_Model):
     enabled: bool = Field(True, description="Multivariate drift: XGBoost trained to tell reference rows from "
-                          "window rows; its cross-validated AUC is the drift score.")
+                          "window rows; its cross-validated AUC is the drift score. Its inputs leave out calendar-"
+                          "position datetime parts and cyclic ones whose cycle the window does not cover.")
     sample_rows: int = Field(20000, ge=200, description="Rows drawn from each side (reference, window).")
     min_auc: float = Field(0.6, gt=0.5, lt=1.0, description="Drift when the AUC exceeds this and its noise band.")
 

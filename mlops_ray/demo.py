@@ -34,6 +34,14 @@ DEMO_OVERRIDES = {"rollout.steps": [20, 60, 100], "rollout.min_requests": 80, "r
                   "rollout.p99_floor_ms": 100}
 
 
+def demo_paths(data_dir: str) -> dict[str, str]:
+    """What the demo writes under ``data_dir``, each apart: month 1 (the quickstart's ``data.source``,
+    ``data/demo/month1``, holds nothing else), month 2, the labels that arrive for it, and the config
+    the demo ran (its own store, its months) for the commands that look at its results afterwards."""
+    return {"month1": os.path.join(data_dir, "month1"), "month2": os.path.join(data_dir, "month2"),
+            "labels": os.path.join(data_dir, "labels-month2.parquet"), "config": os.path.join(data_dir, "demo.yaml")}
+
+
 def synthesize(out_dir: str, rows: int, seed: int = 7) -> tuple[str, str]:
     """Month 1 (stationary) and month 2 (covariate + concept drift from its first day)."""
     from mlops_ray.data.synth import SynthSpec, generate_chunk, to_arrow
@@ -41,7 +49,7 @@ def synthesize(out_dir: str, rows: int, seed: int = 7) -> tuple[str, str]:
                      drift_start="2026-01-31")
     paths = []
     for i, name in enumerate(("month1", "month2")):
-        d = os.path.join(out_dir, name)
+        d = demo_paths(out_dir)[name]
         paths.append(d)
         if os.path.isdir(d) and os.listdir(d):
             continue
@@ -150,7 +158,7 @@ def run_demo(cfg: Config, data_dir: str, rows: int, *, say: Say, verbose: bool =
     raw = cfg.model_dump(mode="json", by_alias=True)
     # the demo's own store, new every run, so the story starts from nothing whatever was run before
     raw["store"] = cfg.store.rstrip("/") + "-demo"
-    raw["data"]["source"], raw["retrain"]["data"] = m1, [m2]
+    raw["data"]["source"], raw["retrain"]["data"] = os.path.abspath(m1), [os.path.abspath(m2)]
     raw["registry"]["tracking_uri"] = None
     Store(raw["store"]).clear(Store(raw["store"]).root)
     for key, value in DEMO_OVERRIDES.items():
@@ -160,18 +168,22 @@ def run_demo(cfg: Config, data_dir: str, rows: int, *, say: Say, verbose: bool =
             node = node[p]
         node[last] = value
     cfg = config_from_dict(raw)
+    with open(demo_paths(data_dir)["config"], "w") as f:
+        f.write("# the config `mlops-ray demo` ran: look at its results with it (mlops-ray status THIS)\n"
+                + cfg.to_yaml())
 
     t = time.perf_counter()
     res = pipeline.run_pipeline(cfg, pipeline.RunOptions(verbose=verbose), progress=say)
     lap("train v1", t)
     say("register", f"version {res.version} is {'champion' if 'champion' in res.aliases else 'registered'}")
-    summary: dict = {"v1": res.version, "timings_s": timings}
+    summary: dict = {"v1": res.version, "timings_s": timings, "store": cfg.store,
+                     "config": demo_paths(data_dir)["config"]}
     try:
         t = time.perf_counter()
         dep = control.deploy(cfg, "champion", verbose=verbose, on_progress=lambda m: say("deploy", m))
         lap("deploy", t)
-        url = (dep.get("direct") or [dep["url"]])[0]
-        say("deploy", f"serving version {dep['version']} at {dep['url']}")
+        url = dep["addresses"][0]["url"]          # the fastest
+        say("deploy", f"serving version {dep['version']} at {url} ({dep['addresses'][0]['note']})")
 
         t = time.perf_counter()
         month2 = pq.read_table(m2).to_pandas()
@@ -187,7 +199,7 @@ def run_demo(cfg: Config, data_dir: str, rows: int, *, say: Say, verbose: bool =
         say("traffic", f"{len(traffic.answered):,} month-2 rows answered ({traffic.errors} errors)")
 
         t = time.perf_counter()
-        fb = feedback(cfg, traffic.labels_file(os.path.join(data_dir, "labels-month2.parquet"), cfg.data.label))
+        fb = feedback(cfg, traffic.labels_file(demo_paths(data_dir)["labels"], cfg.data.label))
         lap("labels", t)
         v = fb["versions"].get(str(res.version), {})
         say("labels", f"{fb['labels']:,} labels arrived; live {v.get('metric')} of v{res.version} "

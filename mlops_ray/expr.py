@@ -1,6 +1,8 @@
 """A small, safe expression language for derived feature columns.
 
 ``amount / (balance + 1)``, ``log1p(amount)``, ``where(country == "US", 1, 0)``.
+A column whose name is not an identifier (spaces, dots, other symbols) goes in backticks, as
+in pandas' ``query``: ``log1p(`Production Budget`)``.
 Expressions are parsed with :mod:`ast` and only a whitelist of node types, operators and
 functions is accepted; nothing is ever passed to ``eval``. Evaluation is vectorised with
 NumPy over a pandas DataFrame, so one row and a million rows go through the same code.
@@ -10,7 +12,9 @@ In: an expression string and a DataFrame. Out: a float64 NumPy array (NaN where 
 from __future__ import annotations
 
 import ast
+import keyword
 import operator
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -87,20 +91,85 @@ class Expression:
         return arr
 
 
+_QUOTED = "__col{}__"
+# words joined by spaces or dots: what a column name with spaces or dots looks like unquoted
+_SPACED = re.compile(r"[^\W\d]\w*(?:(?: +|\.)\w+)+")
+
+
+def _unquote(source: str) -> tuple[str, dict[str, str]]:
+    """``source`` with each backticked column name replaced by a placeholder identifier, and the
+    placeholders' column names. Backticks inside string literals are left alone."""
+    out, names, i, quote = [], {}, 0, None
+    while i < len(source):
+        ch = source[i]
+        if quote:
+            out.append(ch)
+            if ch == "\\":
+                out.append(source[i + 1:i + 2])
+                i += 1
+            elif ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+            out.append(ch)
+        elif ch == "`":
+            end = source.find("`", i + 1)
+            if end < 0:
+                raise ExpressionError(f"unclosed backtick in {source!r}: a column name goes between two "
+                                      "backticks, e.g. `Production Budget`")
+            name = source[i + 1:end]
+            if not name.strip():
+                raise ExpressionError(f"empty column name `` in {source!r}")
+            key = next((k for k, v in names.items() if v == name), None) or _QUOTED.format(len(names))
+            names[key] = name
+            out.append(f" {key} ")
+            i = end
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out), names
+
+
+def _backtick_hint(source: str) -> str:
+    """For a syntax error: the expression with its spaced or dotted names in backticks, if that
+    parses (``log1p(Production Budget)`` -> ``log1p(`Production Budget`)``)."""
+    def quote(m):
+        words = re.split(r" +|\.", m.group(0))
+        return m.group(0) if any(keyword.iskeyword(w) for w in words) else f"`{m.group(0)}`"
+    fixed = _SPACED.sub(quote, source)
+    if fixed == source:
+        return ""
+    try:
+        parse(fixed)
+    except ExpressionError:
+        return ""
+    names = ", ".join(f"`{n}`" for n in _unquote(fixed)[1].values())
+    return (f"; a column name with spaces or dots goes in backticks: write {fixed!r} "
+            f"(if {names} {'is a column' if names.count('`') == 2 else 'are columns'})")
+
+
 def parse(source: str) -> Expression:
     """Parse and check an expression; raise ExpressionError naming the offending part."""
     if not isinstance(source, str) or not source.strip():
         raise ExpressionError("expression is empty")
     if len(source) > _MAX_LEN:
         raise ExpressionError(f"expression is longer than {_MAX_LEN} characters")
+    text, quoted = _unquote(source.strip())
     try:
-        tree = ast.parse(source.strip(), mode="eval")
+        tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as e:
-        raise ExpressionError(f"syntax error in {source!r}: {e.msg} (column {e.offset})") from None
+        hint = _backtick_hint(source)
+        raise ExpressionError(f"syntax error in {source!r}: " + (
+            f"invalid syntax{hint}" if hint else f"{e.msg} (column {e.offset})")) from None
+    for node in ast.walk(tree):        # a backticked name is a column like any other from here on
+        if isinstance(node, ast.Name) and node.id in quoted:
+            node.id = quoted[node.id]
     nodes = list(ast.walk(tree))
     if len(nodes) > _MAX_NODES:
         raise ExpressionError(f"expression has more than {_MAX_NODES} parts")
     func_nodes = {id(n.func) for n in nodes if isinstance(n, ast.Call)}
+    # strings are values to compare a column with (country == "US"), nothing else
+    compared = {id(c) for n in nodes if isinstance(n, ast.Compare) for c in (n.left, *n.comparators)}
     columns: list[str] = []
     for node in nodes:
         if isinstance(node, ast.Name):
@@ -121,6 +190,14 @@ def parse(source: str) -> Expression:
         elif isinstance(node, ast.Constant):
             if not isinstance(node.value, (int, float, str)) or isinstance(node.value, bool):
                 raise ExpressionError(f"constant {node.value!r} is not allowed in {source!r}")
+            if isinstance(node.value, str) and id(node) not in compared:
+                raise ExpressionError(
+                    f"{node.value!r} in {source!r} is a string, which only a comparison takes (country == "
+                    f"\"US\"); if {node.value!r} is a column, put its name in backticks: `{node.value}`")
+        elif isinstance(node, ast.Attribute):
+            dotted = ast.unparse(node)
+            raise ExpressionError(f"Attribute is not allowed in {source!r}: if {dotted!r} is a column name with a "
+                                  f"dot, put it in backticks: `{dotted}`")
         elif isinstance(node, ast.BinOp) and type(node.op) not in _BINOPS:
             raise ExpressionError(f"operator {type(node.op).__name__} is not allowed in {source!r}")
         elif isinstance(node, ast.Compare) and any(type(o) not in _CMPOPS for o in node.ops):

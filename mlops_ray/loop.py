@@ -125,17 +125,19 @@ def retrain_config(cfg: Config, progress: Progress = lambda s, m: None, verbose:
             parts = [ds]
             start = None
             if tcol and tcol in src.schema.names:
-                newest = ds.max(tcol)
+                fmt = _time_format(ds, tcol, cfg)      # a time column stored as text: read as training reads it
+                newest = (ds.map_batches(_parsed_time, fn_kwargs={"col": tcol, "fmt": fmt}, batch_format="pyarrow",
+                                         batch_size=None) if fmt else ds).max(tcol)
                 if newest is None:
                     raise MonitorError(f"the retrain window is empty: {tcol} has no values in "
                                        f"{', '.join(dcfg.sources)}")
                 start = newest - dt.timedelta(seconds=parse_duration(rc.window))
-                parts = [ds.map_batches(_time_filter, fn_kwargs={"col": tcol, "start": start, "keep": "after"},
-                                        batch_format="pyarrow", batch_size=None)]
+                parts = [ds.map_batches(_time_filter, fn_kwargs={"col": tcol, "start": start, "keep": "after",
+                                                                 "fmt": fmt}, batch_format="pyarrow", batch_size=None)]
                 if rc.previous_sample > 0:
                     old_src = ingest.inspect_source(cfg.data)
                     old = ingest.read_dataset(old_src, cfg.data).map_batches(
-                        _time_filter, fn_kwargs={"col": tcol, "start": start, "keep": "before"},
+                        _time_filter, fn_kwargs={"col": tcol, "start": start, "keep": "before", "fmt": fmt},
                         batch_format="pyarrow", batch_size=None)
                     parts.append(old.random_sample(rc.previous_sample, seed=cfg.tune.seed))
             window = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
@@ -154,10 +156,36 @@ def retrain_config(cfg: Config, progress: Progress = lambda s, m: None, verbose:
     return cfg.model_copy(update={"data": data})
 
 
-def _time_filter(table, col: str, start, keep: str):
+def _time_format(ds, col: str, cfg: Config) -> str | None:
+    """The format of a time column the data holds as text (data.datetime_formats, else inferred
+    from its first rows, as the pipeline does); None when it holds timestamps."""
+    from mlops_ray.data import dates
+    if col in cfg.data.datetime_formats:
+        return cfg.data.datetime_formats[col]
+    values = [r[col] for r in ds.select_columns([col]).take(dates.SAMPLE_ROWS)]
+    if not any(isinstance(v, str) for v in values):
+        return None
+    fmt, _ = dates.infer_format(values)
+    if fmt is None:
+        raise MonitorError(f"data.time_column '{col}' holds text that no known date format reads (e.g. "
+                           f"{next(v for v in values if isinstance(v, str))!r}); give its format as "
+                           f"data.datetime_formats: {{{col!r}: \"%m/%d/%Y\"}}")
+    return fmt
+
+
+def _parsed_time(table, col: str, fmt: str):
+    from mlops_ray.data import dates
+    return dates.parse_table(table.select([col]), {col: fmt})
+
+
+def _time_filter(table, col: str, start, keep: str, fmt: str | None = None):
+    """The rows of ``table`` at or after ``start`` (keep="after") or before it; the rows keep their
+    columns as they are (a text date stays text: the retrained model reads it as this one did)."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    t = table.column(col)
+
+    from mlops_ray.data import dates
+    t = dates.parse(table.column(col), fmt) if fmt else table.column(col)
     if not pa.types.is_timestamp(t.type):
         t = pc.cast(t, pa.timestamp("us"))
     s = pa.scalar(start.replace(tzinfo=None) if t.type.tz is None and getattr(start, "tzinfo", None) else start,

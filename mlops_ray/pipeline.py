@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from mlops_ray.config import Config
 from mlops_ray.data import features as feat
-from mlops_ray.data import ingest, validate
+from mlops_ray.data import dates, ingest, validate
 from mlops_ray.data.profile import profile_pass
 from mlops_ray.errors import DataValidationError, FeatureError
 from mlops_ray.runtime import ray_runtime, require_shared_store
@@ -73,10 +73,23 @@ def step_ingest(cfg: Config, source: ingest.Source):
     return ds
 
 
+def step_dates(cfg: Config, source: ingest.Source, ds, progress: Progress = _noop) -> dates.Parsing:
+    """How each date-time column stored as text is read (data.datetime_formats, else a format
+    inferred from the first rows); the source's schema becomes the parsed one."""
+    wanted = dates.date_columns(source.schema, cfg)
+    if not wanted:
+        return dates.Parsing()
+    missing = [c for c in wanted if c not in cfg.data.datetime_formats]
+    sample = pa.Table.from_pylist(ds.select_columns(missing).take(dates.SAMPLE_ROWS)) if missing else None
+    parsing = dates.resolve(source.schema, cfg, sample)
+    for note in parsing.notes():
+        progress("validate", note)
+    source.schema = dates.parsed_schema(source.schema, parsing.formats)
+    return parsing
+
+
 def step_check_schema(cfg: Config, source: ingest.Source):
-    """Checks on the schema alone (the config's column names, required columns, dtypes): before any
-    row is read."""
-    validate.check_config_columns(source.schema.names, cfg)
+    """Checks on the schema alone (required columns, dtypes): before any row is read."""
     static, plan = validate.plan_checks(source.schema, cfg.data, cfg.schema_, cfg.model.task)
     missing = [c for c in static if not c.passed and c.rule == "required"]
     if missing:
@@ -85,13 +98,28 @@ def step_check_schema(cfg: Config, source: ingest.Source):
     return static, plan
 
 
-def step_validate(cfg: Config, source: ingest.Source, ds, static, plan, extra: dict | None = None):
-    """Validation counts (+ any extra partials computed in the same pass)."""
+def step_validate(cfg: Config, source: ingest.Source, ds, static, plan, extra: dict | None = None,
+                  parsing: dates.Parsing | None = None):
+    """Validation counts (+ any extra partials computed in the same pass). Date-times stored as
+    text are parsed in the pass (each partial sees timestamps) and their unreadable values counted."""
     fns = {"validate": _bind(validate.partial, plan=plan), **(extra or {})}
-    parts = profile_pass(ds, fns)
+    formats = parsing.formats if parsing else {}
+    if formats:                       # one parse per block, shared by every partial
+        both = profile_pass(ds, {"parsed": _Parsed(fns, formats, cfg.schema_.sample_rows)})["parsed"]
+        parts = {k: [p[k] for p in both] for k in [*fns, "dates"]}
+    else:
+        parts = profile_pass(ds, fns)
     merged = validate.merge(parts.pop("validate"), cfg.schema_.sample_rows)
+    if parsing:
+        static = static + parsing.static_checks()
+    bad_dates = dates.merge_failures(parts.pop("dates", []), cfg.schema_.sample_rows)
+    if bad_dates:
+        static = static + dates.failure_checks(bad_dates, parsing, dates.locate(source, cfg.data, bad_dates,
+                                                                               cfg.schema_.sample_rows))
     report = validate.evaluate(merged, plan, cfg.data, cfg.schema_, static,
                                fetch_duplicates=validate.fetch_duplicates_ray(ds))
+    if source.rows < 0:
+        source.rows = merged["rows"]      # a CSV's rows are known once they are read
     report.source = source.describe()
     return report, parts
 
@@ -144,31 +172,54 @@ def _exact_cutoffs(ds, cfg: Config, sketches) -> tuple[int, int]:
 def step_reference(cfg: Config, ds, spec: feat.FeatureSpec, cutoffs) -> dict:
     """The raw-input reference profile of the training rows (``monitor/drift.py`` compares
     prediction-log windows with it): two mergeable passes, sketches then counts."""
+    from mlops_ray.monitor.calendar import spec_parts
     from mlops_ray.monitor.drift import profile_inputs
     return profile_inputs(ds, spec.input_types, cfg.monitor, profile_pass,
-                          wrap=lambda fn: _bind(_on_train, cfg=cfg, cutoffs=cutoffs, partial_fn=fn))
+                          wrap=lambda fn: _bind(_on_train, cfg=cfg, cutoffs=cutoffs, partial_fn=fn),
+                          dt_parts=spec_parts(spec))
 
 
 # --------------------------------------------------------------------------- the data plane
+def inspect(cfg: Config, progress: Progress = _noop) -> ingest.Source:
+    """The source on metadata only (paths, footers, fingerprint): no Ray, no row read. Every column
+    name the config lists is checked against it here, before any cache is trusted."""
+    progress("ingest", f"reading {', '.join(cfg.data.sources)}")
+    source = ingest.inspect_source(cfg.data)
+    validate.check_config_columns(source.schema.names, cfg)
+    return source
+
+
+def cached_data(cfg: Config, source: ingest.Source, progress: Progress = _noop) -> DataResult | None:
+    """The featurized data of an unchanged source and config, from the store (no Ray), or None."""
+    store, key = Store(cfg.store), _data_key(cfg, source)
+    if not (store.exists(store.path(cfg.name, "data", key, "_SUCCESS"))
+            and store.exists(store.path(cfg.name, "data", key, "reference_inputs.json"))):
+        return None
+    progress("featurize", f"cached: data {key} is unchanged (ingest, validate, featurize skipped)")
+    return _load_data_result(store, cfg, key)
+
+
 def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _noop,
-                 write: bool = True, force: bool = False) -> DataResult:
-    """ingest → validate → featurize. Raises DataValidationError (exit 3) before featurizing."""
+                 write: bool = True, force: bool = False, source: ingest.Source | None = None) -> DataResult:
+    """ingest → validate → featurize. Raises DataValidationError (exit 3) before featurizing.
+    Ray starts only when there is something to read: an unchanged source's cached result is
+    found on the metadata alone. ``source``: already inspected (by ``run_pipeline``)."""
     store = Store(cfg.store)
     timings: dict[str, float] = {}
+    t = time.perf_counter()
+    source = source or inspect(cfg, progress)
+    key = _data_key(cfg, source)
+    if write and not force:
+        cached = cached_data(cfg, source, progress)
+        if cached is not None:
+            return cached
     with ray_runtime(cfg.ray, verbose=verbose):
         require_shared_store(cfg)
-        t = time.perf_counter()
-        progress("ingest", f"reading {', '.join(cfg.data.sources)}")
-        source = ingest.inspect_source(cfg.data)          # metadata only: paths, footers, fingerprint
-        key = _data_key(cfg, source)
-        if write and not force and store.exists(store.path(cfg.name, "data", key, "_SUCCESS")) \
-                and store.exists(store.path(cfg.name, "data", key, "reference_inputs.json")):
-            progress("featurize", f"cached: data {key} is unchanged (ingest, validate, featurize skipped)")
-            return _load_data_result(store, cfg, key)
         if source.format == "parquet":
             static, plan = step_check_schema(cfg, source)   # before a row is read
         ds = step_ingest(cfg, source)
-        if source.format == "csv":
+        parsing = step_dates(cfg, source, ds, progress)
+        if source.format == "csv" or parsing.formats:
             static, plan = step_check_schema(cfg, source)
         timings["ingest"] = time.perf_counter() - t
 
@@ -177,7 +228,8 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
         extra = {}
         if cfg.model.task == "multiclass" and write:
             extra["classes"] = _bind(feat.class_partial, label=cfg.data.label)
-        if cfg.data.split.method == "time" and cfg.data.time_column in source.schema.names:
+        if cfg.data.split.method == "time" and cfg.data.time_column in source.schema.names and \
+                feat._kind(source.schema.field(cfg.data.time_column).type) == "datetime":
             extra["time"] = _bind(feat.time_partial, time_column=cfg.data.time_column)
         elif write:
             try:
@@ -185,7 +237,7 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
                 extra["fit"] = _bind(_fit_train, cfg=cfg, roles=roles, cutoffs=None, key_rate=_key_rate(source))
             except FeatureError:
                 pass   # reported by the featurize step after validation
-        report, pre = step_validate(cfg, source, ds, static, plan, extra)
+        report, pre = step_validate(cfg, source, ds, static, plan, extra, parsing)
         timings["validate"] = time.perf_counter() - t
         store.write_json(store.path(cfg.name, "data", key, "validation.json"), report.to_dict())
         if not report.passed:
@@ -195,10 +247,12 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
             return result
 
         t = time.perf_counter()
+        ds = _parse_dates(ds, source, parsing.formats)
         out_dir = store.uri(cfg.name, "data", key, "features")
         spec, split_rows, cutoffs, fitted = step_featurize(cfg, source, ds, out_dir,
                                                            store.uri(cfg.name, "data", key, "test_raw"), pre, progress)
         write_train_keys(store, store.path(cfg.name, "data", key, "train_keys.parquet"), fitted, _key_rate(source))
+        spec.datetime_formats = dict(parsing.formats)
         progress("featurize", "profiling the training rows' raw inputs (the drift reference)")
         store.write_json(store.path(cfg.name, "data", key, "reference_inputs.json"),
                          step_reference(cfg, ds, spec, cutoffs))
@@ -237,6 +291,19 @@ class _bind:
 
     def __call__(self, table):
         return self.fn(table, **self.kwargs)
+
+
+class _Parsed:
+    """Partial functions that see the block with its text date-times parsed (once), and the
+    count of the values their format does not read (under "dates")."""
+
+    def __init__(self, fns: dict, formats: dict, k: int):
+        self.fns, self.formats, self.k = fns, formats, k
+
+    def __call__(self, table) -> dict:
+        parsed = dates.parse_table(table, self.formats)
+        return {"dates": dates.failure_partial(table, self.formats, self.k, parsed),
+                **{key: fn(parsed) for key, fn in self.fns.items()}}
 
 
 TRAIN_KEYS = 1_000_000      # training-row keys kept for the gate's overlap check (8 bytes each); beyond, a sample
@@ -292,6 +359,16 @@ def declared_categorical(cfg: Config) -> set[str]:
     return {c for c, rule in cfg.schema_.columns.items() if rule.dtype == "categorical"}
 
 
+def _parse_dates(ds, source: ingest.Source, formats: dict):
+    """The dataset with its date-times stored as text parsed, once (kept in the object store when
+    it fits, so later passes do not parse again)."""
+    if not formats:
+        return ds
+    ds = ds.map_batches(dates.parse_table, fn_kwargs={"formats": formats}, batch_format="pyarrow",
+                        batch_size=None, zero_copy_batch=True)
+    return ds.materialize() if _fits_in_memory(source) else ds
+
+
 def _fits_in_memory(source: ingest.Source) -> bool:
     import ray
 
@@ -319,6 +396,7 @@ def _data_key(cfg: Config, source: ingest.Source) -> str:
 
 # =========================================================================== training half
 STEPS = ("ingest", "validate", "featurize", "tune", "evaluate", "register")
+DATA_STEPS = STEPS[:3]
 
 
 @dataclass
@@ -358,21 +436,28 @@ class RunResult:
 
 
 def preflight(cfg: Config, opts: RunOptions):
-    """Everything that can fail without data or training: config cross-checks, the registry."""
+    """What can fail before anything is read: the steps named, the store, the registry."""
     from mlops_ray.errors import ConfigError
     from mlops_ray.registry import Registry
-    from mlops_ray.train import evaluate as ev
-    from mlops_ray.train import xgb as X
 
     for name, step in (("--from", opts.from_step), ("--only", opts.only)):
         if step is not None and step not in STEPS:
             raise ConfigError(f"{name} {step!r} is not a step; steps: {', '.join(STEPS)}")
-    X.check_model_config(cfg.model, cfg.tune)
-    ev.check_gate_metrics(cfg.gate, cfg.model.task)
     Store(cfg.store).check_writable(cfg.name)
     registry = Registry(cfg.registry, cfg.store, cfg.name)
     registry.check_reachable()
     return registry
+
+
+def check_training_config(cfg: Config) -> None:
+    """The model, search and gate cross-checks, before any row is read. A cached registration passed
+    them (its key holds these sections and the package version): a rerun with every step cached
+    skips them, and the XGBoost and scikit-learn imports they need (0.9 s of a 3.7 s rerun)."""
+    from mlops_ray.train import evaluate as ev
+    from mlops_ray.train import xgb as X
+
+    X.check_model_config(cfg.model, cfg.tune)
+    ev.check_gate_metrics(cfg.gate, cfg.model.task)
 
 
 def run_pipeline(cfg: Config, opts: RunOptions | None = None, progress: Progress = _noop) -> RunResult:
@@ -383,38 +468,53 @@ def run_pipeline(cfg: Config, opts: RunOptions | None = None, progress: Progress
     opts = opts or RunOptions()
     registry = preflight(cfg, opts)
     store = Store(cfg.store)
+    data_forced = any(opts.forced(s) for s in DATA_STEPS)
+    # the caches are checked on the source's metadata before Ray starts: an unchanged rerun starts none
+    source = inspect(cfg, progress)
+    data = None if data_forced else cached_data(cfg, source, progress)
+    if data is not None:
+        result = RunResult(data=data, cached_steps=list(DATA_STEPS))
+        if opts.only in DATA_STEPS or _cached_registration(cfg, opts, registry, result, progress):
+            return result
+    check_training_config(cfg)
     with ray_runtime(cfg.ray, verbose=opts.verbose):
         require_shared_store(cfg)
         require_resources(gpus=cfg.tune.gpus_per_trial, cpus=cfg.tune.cpus_per_trial)
-        data_forced = any(opts.forced(s) for s in ("ingest", "validate", "featurize"))
-        data = prepare_data(cfg, verbose=opts.verbose, progress=progress, force=data_forced)
-        result = RunResult(data=data, cached_steps=["ingest", "validate", "featurize"] if data.cached else [])
-        if opts.only in ("ingest", "validate", "featurize"):
-            return result
+        if data is None:
+            data = prepare_data(cfg, verbose=opts.verbose, progress=progress, force=data_forced, source=source)
+            result = RunResult(data=data, cached_steps=list(DATA_STEPS) if data.cached else [])
+            if opts.only in DATA_STEPS or _cached_registration(cfg, opts, registry, result, progress):
+                return result
         train_key = _train_key(cfg, data.key)
-        run_dir = store.path(cfg.name, "runs", train_key)
-        done = f"{run_dir}/registered.json"
-        if store.exists(done) and not any(opts.forced(s) for s in ("tune", "evaluate", "register")):
-            rec = store.read_json(done)
-            progress("register", f"cached: this data and config are already registered as version "
-                                 f"{rec['version']}{'' if rec['promoted'] else ', rejected by the gate'} "
-                                 f"(tune, evaluate, register skipped; --force to redo)")
-            result.cached_steps += ["tune", "evaluate", "register"]
-            result.search, result.evaluation, result.gate = rec.get("search"), rec.get("evaluation"), rec.get("gate")
-            result.version, result.promoted, result.run_id = rec["version"], rec["promoted"], rec.get("run_id")
-            result.aliases = registry.aliases_of(result.version)
-            if not rec["promoted"] and rec.get("gate"):     # a cached rejection is still a rejection (exit 4)
-                from mlops_ray.train import evaluate as ev
-                g = rec["gate"]
-                ev.raise_if_rejected(ev.GateDecision(passed=False, failures=list(g.get("failures") or []),
-                                                     checks=list(g.get("checks") or []),
-                                                     champion_version=g.get("champion_version")))
-            return result
         try:
             return _train_evaluate_register(cfg, opts, registry, store, data, train_key, result, progress)
         finally:
             if result.version:
                 result.aliases = registry.aliases_of(result.version)
+
+
+def _cached_registration(cfg: Config, opts: RunOptions, registry, result: RunResult, progress: Progress) -> bool:
+    """Fill ``result`` from the registration of this data and config, when there is one and no step
+    after featurize is forced; False otherwise. Reads the store and the registry, never Ray."""
+    store = Store(cfg.store)
+    done = store.path(cfg.name, "runs", _train_key(cfg, result.data.key), "registered.json")
+    if not store.exists(done) or any(opts.forced(s) for s in ("tune", "evaluate", "register")):
+        return False
+    rec = store.read_json(done)
+    progress("register", f"cached: this data and config are already registered as version "
+                         f"{rec['version']}{'' if rec['promoted'] else ', rejected by the gate'} "
+                         f"(tune, evaluate, register skipped; --force to redo)")
+    result.cached_steps += ["tune", "evaluate", "register"]
+    result.search, result.evaluation, result.gate = rec.get("search"), rec.get("evaluation"), rec.get("gate")
+    result.version, result.promoted, result.run_id = rec["version"], rec["promoted"], rec.get("run_id")
+    result.aliases = registry.aliases_of(result.version)
+    if not rec["promoted"] and rec.get("gate"):     # a cached rejection is still a rejection (exit 4)
+        from mlops_ray.train import evaluate as ev
+        g = rec["gate"]
+        ev.raise_if_rejected(ev.GateDecision(passed=False, failures=list(g.get("failures") or []),
+                                             checks=list(g.get("checks") or []),
+                                             champion_version=g.get("champion_version")))
+    return True
 
 
 def _train_evaluate_register(cfg, opts, registry, store, data, train_key, result, progress) -> RunResult:
@@ -552,9 +652,15 @@ def _evaluate(cfg: Config, data: DataResult, booster, champion, choice: dict | N
     if cfg.model.slice_column and "slice" in scored:
         import pandas as pd
         slices = pd.Series(scored["slice"], name=cfg.model.slice_column)
-    cand = ev.evaluate(cfg.model.task, scored["y"], scored["p_candidate"], choice["value"] if choice else 0.5, slices)
+    cand = ev.evaluate(cfg.model.task, scored["y"], scored["p_candidate"], choice["value"] if choice else 0.5, slices,
+                       classes=data.spec.classes)
     cand.threshold_choice = choice
-    champ = ev.evaluate(cfg.model.task, scored["y"], scored["p_champion"], champion[1].threshold, slices) \
+    champ_threshold = None
+    if champion:        # the champion's threshold as it is served now (feedback may have re-chosen it)
+        from mlops_ray import thresholds
+        champ_threshold = thresholds.current(Store(cfg.store), cfg.name, str(champion[0]), champion[1].metadata) \
+            if cfg.model.task == "binary" else champion[1].threshold
+    champ = ev.evaluate(cfg.model.task, scored["y"], scored["p_champion"], champ_threshold, slices) \
         if champion else None
     if champ is not None and slices is not None:
         gated = [k for k in set(cand.slices) & set(champ.slices) - {ev.SKIPPED}

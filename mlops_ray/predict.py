@@ -6,12 +6,16 @@ uses; the label may be absent), an output directory (local path or URI) and a mo
 reference (a version number, an alias such as ``champion``, ``models:/NAME/VERSION``).
 
 Out: Parquet part files under ``out``, one row per input row, in no particular order (join
-on the id column):
+on the id column, or on ``row``):
 
-- the id column (``data.id_column``), when the input has it;
+- the id column (``data.id_column``), when the input has it; else ``row`` (int64), the row's
+  position in the input (files in path order, rows in file order, from 0);
+- the input columns named in ``keep`` (``--keep``), as they are in the input;
 - ``prediction`` (float64): probability of the positive class (binary) or the value
-  (regression); for multiclass the argmax class (int64), plus ``p_<k>`` (float64) per class;
-- ``label`` (bool, binary only): the prediction at the bundle's decision threshold;
+  (regression); for multiclass the argmax class (int64), plus ``p_<class>`` (float64) per
+  class, named by the class (``p_rain``; see ``proba_columns``);
+- ``label`` (bool, binary only): the prediction at the version's decision threshold (its newest,
+  ``thresholds.current``: re-chosen by ``feedback``, else the one it was registered with);
 - ``model_version`` (string).
 
 With ``log=True`` the scored rows are also appended to the prediction log
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import posixpath
 import secrets
 import time
@@ -53,12 +58,13 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from mlops_ray.config import Config
-from mlops_ray.data import ingest
+from mlops_ray.data import dates, ingest
 from mlops_ray.errors import ConfigError, DataSourceError, DataValidationError
 
 Progress = Callable[[str, str], None]   # (step, message), as in pipeline.py
 STEP = "predict"
-ROW_INDEX = "__mlops_row_index__"      # global row index, added only when logging without an id column
+ROW_INDEX = "__mlops_row_index__"      # global row index, added when the input has no id column
+ROW = "row"                             # the output's name for it
 MAX_BATCH_ROWS = 131_072                # as Ray Data's own Arrow batches
 MIN_BATCH_ROWS = 1024
 ROWS_PER_ACTOR = 500_000               # default pool size: about one actor per this many rows
@@ -79,7 +85,7 @@ def predlog_root(cfg: Config) -> str:
 # --------------------------------------------------------------------------- the API
 def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, log: bool = False,
                   overwrite: bool = False, batch_size: int | None = None, concurrency: int | None = None,
-                  verbose: bool = False, progress: Progress | None = _noop) -> dict:
+                  keep: list[str] | None = None, verbose: bool = False, progress: Progress | None = _noop) -> dict:
     """Score ``data`` with model ``ref`` into Parquet under ``out``; see the module docstring.
 
     ``batch_size`` (rows per batch) and ``concurrency`` (Scorer actors, one CPU each) default
@@ -94,16 +100,26 @@ def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, lo
     version = registry.resolve(ref)
     bundle = registry.load_bundle(version)           # once, on the driver
     spec, task = bundle.spec, bundle.task
+    metadata = bundle.metadata
+    if task == "binary":            # the version's newest decision threshold (re-chosen by feedback)
+        from mlops_ray import thresholds
+        from mlops_ray.store import Store
+        current = thresholds.current(Store(cfg.store), cfg.name, version, metadata)
+        metadata = {**metadata, "threshold": {**(metadata.get("threshold") or {}), "value": current}}
     progress(STEP, f"model {registry.model_name} version {version} ({task}, "
-                   f"{len(spec.input_columns)} input columns)")
+                   f"{len(spec.input_columns)} input columns"
+                   + (f", decision threshold {metadata['threshold']['value']:.4f}" if task == "binary" else "") + ")")
 
-    data_cfg = cfg.data.model_copy(update={"source": data, "columns": None})   # the label is not needed
+    # the label is not needed; files may differ in columns the model does not read (check_inputs
+    # names a file that lacks one it does)
+    data_cfg = cfg.data.model_copy(update={"source": data, "columns": None, "missing_columns": "null"})
     source = ingest.inspect_source(data_cfg)
     check_inputs(source, spec.input_columns, data, version)
     id_col = cfg.data.id_column if cfg.data.id_column in source.schema.names else None
+    keep = check_keep(keep or [], source, data, output_columns(bundle, id_col))
     out_fs, out_path = ingest.filesystem_for(out)
     existing = check_out(out_fs, out_path, out, overwrite, source)
-    columns = list(dict.fromkeys(([id_col] if id_col else []) + spec.input_columns))
+    columns = list(dict.fromkeys(([id_col] if id_col else []) + spec.input_columns + keep))
     read_cfg = data_cfg.model_copy(update={"columns": columns})
     run_token = secrets.token_hex(4)
     log_root, log_types = None, None
@@ -119,8 +135,8 @@ def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, lo
         from mlops_ray.pipeline import step_ingest
 
         payload = ray.put({"model": bytes(bundle.booster.save_raw("ubj")), "spec": spec.to_dict(),
-                           "metadata": bundle.metadata, "version": version, "classes": num_classes(bundle)})
-        if log and id_col is None:
+                           "metadata": metadata, "version": version, "classes": num_classes(bundle)})
+        if id_col is None:            # the row's position: the key the output is joined back by
             ds = read_with_row_index(source, read_cfg, rt.num_cpus)
         else:                     # the pipeline's ingest: into the object store when it fits, else streaming
             ds = step_ingest(cfg.model_copy(update={"data": read_cfg}), source)
@@ -139,8 +155,9 @@ def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, lo
         t_log = time.time()
         scored = ds.map_batches(
             Scorer, fn_constructor_kwargs={"model": [payload], "id_column": id_col, "log_root": log_root,
-                                           "log_types": log_types, "run_token": run_token},
-            concurrency=actors, batch_size=rows_per_batch, batch_format="pyarrow", num_cpus=1)
+                                           "log_types": log_types, "run_token": run_token, "keep": keep},
+            concurrency=actors, batch_size=rows_per_batch, batch_format="pyarrow", num_cpus=1,
+            **restarts(local))
         scored.write_parquet(out_path, filesystem=out_fs)
         t_end = time.time()
         del payload
@@ -152,9 +169,61 @@ def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, lo
     return {"rows": rows, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds, 1) if seconds else None,
             "version": version, "model": registry.model_name, "task": task, "out": out,
             "logged": logged, "log": log_root, "run_token": run_token,
+            "threshold": (metadata.get("threshold") or {}).get("value") if task == "binary" else None,
             "input": {"source": data, "format": source.format, "files": len(source.files),
                       "fingerprint": source.fingerprint},
             "actors": actors, "batch_size": rows_per_batch}
+
+
+def restarts(local: bool) -> dict:
+    """Restart options of the Scorer actors. Ray Data 2.60 creates every actor of a pool with its
+    constructor arguments in the object store (its DataContext and map transformer are ObjectRefs)
+    and, by default, ``max_restarts=-1``; the driver's core worker then logs, at ERROR level, that a
+    restart could fail ("has constructor arguments in the object store and max_restarts > 0"), and
+    Ray copies every ERROR line of the driver's C++ log to its stderr whatever ``log_to_driver`` and
+    the Python log levels say: the user saw Ray's line among the progress. On a local Ray a Scorer
+    dies only with its process (an out-of-memory kill or a crash a restart would repeat): no
+    restarts, so the run fails with the cause and a rerun with ``--overwrite`` redoes it (the log
+    de-duplicates). On a cluster, where a node can go away under a long run, Ray Data's restarts stay."""
+    return {"max_restarts": 0} if local else {}
+
+
+def proba_columns(classes: list[str] | None, k: int) -> list[str]:
+    """The output's class-probability columns: ``p_<class>`` with the class name made a plain
+    identifier (``light rain`` -> ``p_light_rain``); ``p_<k>_<name>`` for every class when two
+    names would be the same column (``Rain`` and ``rain``), ``p_<k>`` without class names."""
+    if not classes or len(classes) != k:
+        return [f"p_{i}" for i in range(k)]
+    names = [re.sub(r"\W+", "_", str(c)).strip("_") or "_" for c in classes]
+    if len({n.lower() for n in names}) < len(names):
+        return [f"p_{i}_{n}" for i, n in enumerate(names)]
+    return [f"p_{n}" for n in names]
+
+
+def output_columns(bundle, id_col: str | None) -> list[str]:
+    """The columns batch scoring writes (before the kept input columns)."""
+    cols = [id_col or ROW, "prediction"]
+    if bundle.task == "multiclass":
+        cols += proba_columns(bundle.spec.classes, num_classes(bundle)) + (["label"] if bundle.spec.classes else [])
+    elif bundle.task == "binary":
+        cols.append("label")
+    return cols + ["model_version"]
+
+
+def check_keep(keep: list[str], source: ingest.Source, data: str, taken: list[str]) -> list[str]:
+    """The input columns ``--keep`` names: each in the input, none named like an output column."""
+    import difflib
+    names = source.schema.names
+    for c in keep:
+        if c not in names:
+            close = difflib.get_close_matches(c, names, n=1)
+            raise ConfigError(f"--keep names column {c!r}, which is not in {data!r}"
+                              + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + f"; its columns: {', '.join(names[:30])}")
+        if c in taken:
+            raise ConfigError(f"--keep names column {c!r}, which the predictions already have (their columns: "
+                              f"{', '.join(taken)}); rename it in the input or leave it out of --keep")
+    return list(dict.fromkeys(keep))
 
 
 def num_classes(bundle) -> int:
@@ -289,7 +358,7 @@ class Scorer:
     serving uses, and optionally appends them to the prediction log."""
 
     def __init__(self, model, id_column: str | None, log_root: str | None = None,
-                 log_types: dict[str, str] | None = None, run_token: str = ""):
+                 log_types: dict[str, str] | None = None, run_token: str = "", keep: list[str] | None = None):
         import ray
         import xgboost as xgb
 
@@ -309,7 +378,9 @@ class Scorer:
         self.threshold = float((payload["metadata"].get("threshold") or {}).get("value", 0.5))
         self.classes = int(payload.get("classes") or 0)
         self.class_names = self.spec.classes
+        self.proba_columns = proba_columns(self.class_names, self.classes)
         self.id_column = id_column
+        self.keep = list(keep or [])
         self.log = None
         if log_root:
             self.log = _BatchLog(log_root, log_types or self.spec.input_types, self.multiclass, run_token)
@@ -318,6 +389,9 @@ class Scorer:
         from mlops_ray.bundle import predict_features
         from mlops_ray.data.features import frame, transform
 
+        raw = batch
+        if isinstance(batch, pa.Table) and self.spec.datetime_formats:
+            batch = dates.parse_table(batch, self.spec.datetime_formats)   # text dates, read as training read them
         df = frame(batch) if isinstance(batch, pa.Table) else batch
 
         n = len(df)
@@ -325,11 +399,15 @@ class Scorer:
         cols: dict[str, pa.Array] = {}
         if self.id_column:
             cols[self.id_column] = pa.Array.from_pandas(df[self.id_column])
+        elif ROW_INDEX in df.columns:
+            cols[ROW] = pa.array(df[ROW_INDEX].to_numpy(), pa.int64())
+        for c in self.keep:
+            cols[c] = raw.column(c) if isinstance(raw, pa.Table) else pa.Array.from_pandas(raw[c])
         if self.multiclass:
             p = np.asarray(p, dtype=np.float64).reshape(n, -1) if n else np.empty((0, self.classes))
             cols["prediction"] = pa.array(p.argmax(axis=1) if n else np.empty(0, np.int64), pa.int64())
             for k in range(p.shape[1]):
-                cols[f"p_{k}"] = pa.array(p[:, k], pa.float64())
+                cols[self.proba_columns[k]] = pa.array(p[:, k], pa.float64())
             if self.class_names:          # the class each prediction names (p_<k> is classes[k])
                 cols["label"] = pa.array(np.asarray(self.class_names, dtype=object)[p.argmax(axis=1)] if n else [],
                                          pa.string())

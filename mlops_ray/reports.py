@@ -9,6 +9,7 @@ from mlops_ray.config import Config
 
 
 def report_context(cfg: Config, *, version: str | None = None, run_id: str | None = None) -> dict:
+    from mlops_ray import thresholds
     from mlops_ray.monitor.retrain import read_decisions
     from mlops_ray.registry import Registry
     from mlops_ray.serve.state import read_state, state_path
@@ -30,14 +31,40 @@ def report_context(cfg: Config, *, version: str | None = None, run_id: str | Non
         "pipeline": cfg.name, "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {"name": registry.model_name, "version": v, "aliases": registry.aliases_of(v), "run_id": run_id,
                   "task": bundle.task, "metrics": (meta.get("evaluation") or {}).get("metrics", {}),
-                  "gate": meta.get("gate"), "threshold": meta.get("threshold")},
+                  "gate": meta.get("gate"), "threshold": meta.get("threshold"),
+                  "confusion": (meta.get("evaluation") or {}).get("confusion"),
+                  "threshold_history": thresholds.history(store, cfg.name, v, meta)},
         "validation": validation, "tuning": tuning or meta.get("tuning"),
         "importance": bundle.booster.get_score(importance_type="gain"),
         "curves": meta.get("curves"),
         "drift": store.read_json(latest) if store.exists(latest) else None,
+        "drift_windows": drift_windows(cfg),
         "rollout": state.to_dict() if state else None,
         "decisions": read_decisions(cfg)[-50:],
     }
+
+
+def drift_windows(cfg: Config, limit: int = 10) -> list[dict]:
+    """The ``limit`` most recent drift checks, newest first, whatever they looked at (the prediction
+    log, or data given to ``monitor --data``): the summary of each report under monitor/reports/."""
+    from pyarrow import fs as pafs
+
+    from mlops_ray.store import Store
+    store = Store(cfg.store)
+    folder = store.path(cfg.name, "monitor", "reports")
+    if not store.exists(folder):
+        return []
+    names = sorted((i.path for i in store.fs.get_file_info(pafs.FileSelector(folder))
+                    if i.type == pafs.FileType.File and i.path.endswith(".json")), reverse=True)[:limit]
+    out = []
+    for path in names:                 # named by their UTC time stamp: newest first
+        r = store.read_json(path)
+        w = r.get("window") or {}
+        out.append({"created": r.get("created"), "source": w.get("source"), "path": w.get("path"),
+                    "since": w.get("since"), "until": w.get("until"), "rows": w.get("rows"),
+                    "version": r.get("version"), "drift": r.get("drift"), "drift_share": r.get("drift_share"),
+                    "drifted": r.get("drifted"), "auc": (r.get("multivariate") or {}).get("auc"), "report": path})
+    return out
 
 
 def monitor_summary(cfg: Config) -> dict:

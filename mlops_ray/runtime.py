@@ -108,7 +108,15 @@ def ray_runtime(cfg: RayConfig, *, verbose: bool = False) -> Iterator[RuntimeInf
             forget_stale_ray_address()
             # address="local": always a new embedded Ray. Without it ray.init() attaches to any
             # `ray start` head on this machine, such as the serving head `deploy` leaves running.
-            ray.init(address="local", **kwargs, **common)
+            try:
+                ray.init(address="local", **kwargs, **common)
+            except Exception as e:   # e.g. "The current node timed out during startup" on a busy machine
+                if "timed out" not in str(e) and "failed to start" not in str(e).lower():
+                    raise
+                raise ResourceError(
+                    f"the embedded Ray did not start ({str(e).splitlines()[0][:200]}); the machine is probably "
+                    "too busy or short of memory: retry when it is quieter, lower ray.num_cpus, or set "
+                    "ray.address to a running cluster") from None
         started = True
     configure_data_context(verbose)
     try:

@@ -18,22 +18,31 @@ def request_rows(df, n: int, drop=("transaction_id", "is_fraud")) -> list[dict]:
     return rows.astype(object).where(rows.notna(), None).to_dict("records")
 
 
-def free_base() -> int:
-    for _ in range(200):
-        base = 20000 + (os.getpid() * 7919 + int(time.time() * 1000)) % 9000
-        ok = True
-        for p in range(base, base + 6):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
+def free_range(count: int, lo: int = 20000, hi: int = 32000) -> int:
+    """The first of ``count`` consecutive loopback ports that are all free (each can be bound now),
+    searched from a start that differs per process and moment, below Linux's ephemeral range, so
+    concurrent test sessions rarely pick the same block."""
+    span = hi - lo - count
+    start = (os.getpid() * 7919 + int(time.time() * 1000)) % span
+    for k in range(0, span, max(1, count // 2)):
+        base = lo + (start + k) % span
+        if all(_bindable(p) for p in range(base, base + count)):
             return base
-        time.sleep(0.01)
-    raise RuntimeError("no free port range")
+    raise RuntimeError(f"no {count} consecutive free ports on 127.0.0.1 in {lo}-{hi}")
 
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_base() -> int:
+    """serve.port and the direct-ingress ports above it."""
+    return free_range(6)
 
 
 class Load(threading.Thread):

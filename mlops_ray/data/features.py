@@ -13,6 +13,7 @@ derived columns come from the safe expression language in ``mlops_ray.expr``.
 """
 from __future__ import annotations
 
+import difflib
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ import pyarrow.compute as pc
 
 from mlops_ray import expr
 from mlops_ray.config import DataConfig, FeaturesConfig
+from mlops_ray.data import dates
 from mlops_ray.data.profile import merged_quantiles, sketch
 from mlops_ray.errors import FeatureError
 
@@ -73,6 +75,7 @@ class FeatureSpec:
     train_rows: int = 0
     version: int = SPEC_VERSION
     classes: list[str] | None = None      # multiclass: the label's values, code k = classes[k]
+    datetime_formats: dict[str, str] = field(default_factory=dict)   # date-time inputs stored as text
 
     # ---- derived views
     @property
@@ -114,7 +117,8 @@ class FeatureSpec:
                    datetime=[DatetimeFeature(**x) for x in d["datetime"]],
                    derived=[DerivedFeature(**x) for x in d["derived"]],
                    input_types=dict(d["input_types"]), train_rows=d.get("train_rows", 0),
-                   version=d["version"], classes=d.get("classes"))
+                   version=d["version"], classes=d.get("classes"),
+                   datetime_formats=dict(d.get("datetime_formats") or {}))
 
     @classmethod
     def from_json(cls, text: str) -> "FeatureSpec":
@@ -136,6 +140,11 @@ def _kind(t: pa.DataType) -> str | None:
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
         return "datetime"
     return None
+
+
+def _kind_text(t: pa.DataType) -> str:
+    k = _kind(t)
+    return {"categorical": "text", "int": "integers", "float": "numbers", "bool": "booleans"}.get(k, str(t))
 
 
 @dataclass(frozen=True)
@@ -172,14 +181,23 @@ def assign_roles(schema: pa.Schema, data: DataConfig, cfg: FeaturesConfig,
                                f"expression ({data.label_expr!r}) reads: it would give the label away; remove "
                                f"features.derived.{name}")
 
-    listed = {c for key in ("categorical", "datetime") if getattr(cfg, key) != "auto" for c in getattr(cfg, key)}
+    # a column listed as a date-time is one, whatever "auto" would have made of it
+    claimed = set(cfg.datetime) if cfg.datetime != "auto" else set()
+    not_dates = [c for c in claimed if c in kinds and kinds[c] != "datetime"]
+    if not_dates:
+        c = not_dates[0]
+        raise FeatureError(f"features.datetime lists {c!r}, which the data holds as {_kind_text(schema.field(c).type)}, "
+                           f"not date-times; give its format as data.datetime_formats: {{{c!r}: \"%m/%d/%Y\"}} "
+                           "(strftime directives) or remove it from features.datetime")
+    listed = claimed | (set(cfg.categorical) if cfg.categorical != "auto" else set())
 
     def pick(spec, wanted: set[str]) -> tuple[str, ...]:
         if spec == "auto":     # integer codes declared categorical, and columns listed as another kind, are not numbers
             if "categorical" in wanted:
-                return tuple(c for c, k in kinds.items() if c not in reserved and (k in wanted or c in codes))
+                return tuple(c for c, k in kinds.items() if c not in reserved and c not in claimed
+                             and (k in wanted or c in codes))
             return tuple(c for c, k in kinds.items() if c not in reserved and k in wanted
-                         and c not in codes and not ("int" in wanted and c in listed))
+                         and c not in codes and c not in listed)
         missing = [c for c in spec if c not in kinds]
         if missing:
             raise FeatureError(f"features lists column(s) {missing} that are not in the data; "
@@ -196,8 +214,10 @@ def assign_roles(schema: pa.Schema, data: DataConfig, cfg: FeaturesConfig,
     for name, source in cfg.derived.items():
         for c in expr.parse(source).columns:
             if c not in kinds:
-                raise FeatureError(f"features.derived.{name} uses column '{c}', which is not in the data; "
-                                   f"available: {list(kinds)}")
+                close = difflib.get_close_matches(c, list(kinds), n=1, cutoff=0.6)
+                raise FeatureError(f"features.derived.{name} uses column '{c}', which is not in the data"
+                                   + (f" (did you mean {close[0]!r}? a name with spaces or dots goes in "
+                                      f"backticks: `{close[0]}`)" if close else "") + f"; available: {list(kinds)}")
             used.add(c)
     if not numeric and not categorical and not datetime and not cfg.derived:
         raise FeatureError("no feature columns: every column is the label, the id or excluded; "
@@ -302,8 +322,10 @@ def _numeric_array(col) -> np.ndarray:
     return np.asarray(col, dtype=np.float64)
 
 
-def _coerce_inputs(df: pd.DataFrame, input_types: dict) -> pd.DataFrame:
-    """Raw inputs to the types the spec was fitted on; bad values become missing, never errors."""
+def _coerce_inputs(df: pd.DataFrame, input_types: dict, formats: dict | None = None) -> pd.DataFrame:
+    """Raw inputs to the types the spec was fitted on; bad values become missing, never errors.
+    A date-time input stored as text is read with its format in ``formats`` (the spec's), the
+    way ingest read the training rows; without one, as ISO 8601."""
     out = {}
     n = len(df)
     for c, kind in input_types.items():
@@ -324,7 +346,7 @@ def _coerce_inputs(df: pd.DataFrame, input_types: dict) -> pd.DataFrame:
             out[c] = pd.Series(arr, index=df.index)
         elif kind == "datetime":
             if not pd.api.types.is_datetime64_any_dtype(s.dtype):
-                s = pd.to_datetime(s, errors="coerce", utc=True, format="ISO8601")
+                s = dates.parse_series(s, (formats or {}).get(c, dates.ISO))
             if getattr(s.dt, "tz", None) is not None:
                 s = s.dt.tz_convert("UTC").dt.tz_localize(None)
             out[c] = _as_ns(s)
@@ -386,6 +408,39 @@ _DT_PARTS = {
     "epoch_days": lambda s: (s.astype("datetime64[ns]").astype("int64") / 86400e9).where(s.notna()),
 }
 
+# What a part says about a moment. A *cyclic* part is a position within a cycle that every
+# period of traffic goes through again (the hour of the day, the day of the week): training saw
+# every value a later window can hold, so it is profiled and tested for drift per part. A
+# *calendar position* (the day of the month, the month, the year, the day or week of the year,
+# the days since 1970, the season as dayofyear_sin/cos) names where in the calendar a row lies:
+# a later period has other values by construction, so drift tests and the domain classifier
+# would tell any later window from the training rows (monitor/calendar.py keeps them apart).
+CALENDAR_PARTS = frozenset({"day", "month", "year", "dayofyear", "weekofyear", "epoch_days",
+                            "dayofyear_sin", "dayofyear_cos"})
+MONOTONE_PARTS = frozenset({"year", "epoch_days"})        # calendar positions that only grow with time
+_DAY_S, _WEEK_S = 86400.0, 7 * 86400.0
+PART_CYCLE_S = {"hour": _DAY_S, "time_of_day": _DAY_S, "minute_of_day": _DAY_S, "hour_sin": _DAY_S,
+                "hour_cos": _DAY_S, "minute": 3600.0, "dayofweek": _WEEK_S, "is_weekend": _WEEK_S,
+                "dayofweek_sin": _WEEK_S, "dayofweek_cos": _WEEK_S}    # the cycle each cyclic part repeats
+
+
+def part_kind(part: str) -> str:
+    """'calendar' (a calendar position) or 'cyclic'."""
+    return "calendar" if part in CALENDAR_PARTS else "cyclic"
+
+
+def as_datetime(values) -> pd.Series:
+    """Raw datetime values (an Arrow column or a pandas Series of timestamps, dates or ISO text, any
+    time zone) as ``transform`` reads them: naive UTC nanoseconds, NaT for missing or unreadable."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        values = frame(pa.table({"t": values}))["t"]
+    return _coerce_inputs(pd.DataFrame({"t": values}), {"t": "datetime"})["t"]
+
+
+def datetime_part(s: pd.Series, part: str) -> np.ndarray:
+    """One part of ``as_datetime`` values, as the model sees it (float64, NaN for missing)."""
+    return _DT_PARTS[part](s).to_numpy(dtype=np.float64, na_value=np.nan)
+
 
 def transform(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     """Raw rows -> model input (float32 columns in ``spec.output_columns`` order). Pure.
@@ -393,7 +448,7 @@ def transform(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     Works the same on one row and on a million: unknown categories map to the OOV code,
     unparseable numbers and infinities become missing, absent optional columns become missing.
     """
-    raw = _coerce_inputs(df, spec.input_types)
+    raw = _coerce_inputs(df, spec.input_types, spec.datetime_formats)
     if spec.derived:
         raw = _derive(raw, {d.name: d.expr for d in spec.derived})
     out: dict[str, np.ndarray] = {}
@@ -419,7 +474,7 @@ def transform(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     for d in spec.datetime:
         s = raw[d.name]
         for p in d.parts:
-            out[f"{d.name}__{p}"] = _DT_PARTS[p](s).to_numpy(dtype=np.float64, na_value=np.nan)
+            out[f"{d.name}__{p}"] = datetime_part(s, p)
     return pd.DataFrame({c: out[c].astype(np.float32) for c in spec.output_columns}, index=df.index)
 
 

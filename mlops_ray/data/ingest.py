@@ -251,15 +251,12 @@ def _parquet_meta(fs: pafs.FileSystem, entry: FileEntry, delimiter: str = ",") -
 def _csv_header(fs: pafs.FileSystem, entry: FileEntry, cfg: DataConfig) -> list[str]:
     if entry.size == 0:
         raise DataSourceError(f"CSV file {entry.path!r} is empty (0 bytes); remove it or re-export it")
-    with fs.open_input_stream(entry.path) as f:
-        head = f.read(64 * 1024)
-    if entry.path.lower().endswith(".gz"):
-        import gzip
-        import zlib
-        try:
-            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head)
-        except zlib.error:
-            head = gzip.decompress(head)
+    try:          # pyarrow decompresses by the name (.gz, .bz2, .zst, ...), as the read itself does
+        with fs.open_input_stream(entry.path) as f:
+            head = f.read(64 * 1024)
+    except OSError as e:
+        raise DataSourceError(f"CSV file {entry.path!r} cannot be read ({e}); a compressed file must be whole and "
+                              "named by its compression (.csv.gz)") from None
     first = head.decode("utf-8", errors="replace").splitlines()[0] if head.strip() else ""
     if not first.strip():
         raise DataSourceError(f"CSV file {entry.path!r} has no header line; the first line must name the columns")

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from mlops_ray import expr
+from mlops_ray.data.dates import ISO
 from mlops_ray.data.features import _DT_PARTS, FeatureSpec, _as_str, _coerce_inputs, transform
 
 _NAN = float("nan")
@@ -316,6 +317,8 @@ class RowEncoder:
         dt_series: dict[str, pd.Series] = {}
         for c in self._dt_inputs:
             try:
+                if self.spec.datetime_formats.get(c, ISO) != ISO and any(type(r.get(c)) is str for r in rows):
+                    raise _Slow           # text in the model's own date format: read as transform reads it
                 dt_ns[c] = [_datetime_ns(r.get(c)) for r in rows]
             except _Slow:
                 dt_series[c] = self._pandas_column(rows, c, "datetime")
@@ -426,13 +429,12 @@ class RowEncoder:
         out[:] = vals
         return out
 
-    @staticmethod
-    def _pandas_column(rows, c: str, kind: str) -> pd.Series:
+    def _pandas_column(self, rows, c: str, kind: str) -> pd.Series:
         """Column ``c`` exactly as transform's ``_coerce_inputs`` makes it: pandas infers a column's
         dtype from that column's values alone, so a one-column frame (missing keys left out,
         not turned into None) gives the same Series."""
         sub = pd.DataFrame([{c: r[c]} if c in r else {} for r in rows], index=range(len(rows)))
-        return _coerce_inputs(sub, {c: kind})[c]
+        return _coerce_inputs(sub, {c: kind}, self.spec.datetime_formats)[c]
 
 
 class _Unsupported(Exception):

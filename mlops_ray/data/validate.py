@@ -137,8 +137,12 @@ def check_config_columns(names: list[str], cfg) -> None:
         listed.append(("model.slice_column", cfg.model.slice_column))
     listed += [("retrain.key_features", c) for c in cfg.retrain.key_features]
     listed += [(f"monitor.min_effect.{c}", c) for c in cfg.monitor.min_effect if c not in ("numeric", "categorical")]
+    from mlops_ray.data.features import _DT_PARTS
+    parts = {f"{c}.{p}" for c in known for p in _DT_PARTS}     # a datetime field's part: event_time.hour
+    drift_keys = ("retrain.key_features", "monitor.min_effect.")
     bad = [f"{key} lists {c!r}, which is not a column of the data{did_you_mean(c, sorted(known))}"
-           for key, c in listed if c not in known and c not in cfg.features.derived]
+           for key, c in listed if c not in known and c not in cfg.features.derived
+           and not (key.startswith(drift_keys) and c in parts)]
     if bad:
         shown = ", ".join(sorted(known)[:40]) + (" …" if len(known) > 40 else "")
         raise ConfigError("; ".join(bad) + f". Fix the name (columns: {shown})")
@@ -172,7 +176,11 @@ def plan_checks(schema: pa.Schema, data: DataConfig, rules: SchemaConfig,
             static.append(CheckResult(col, "dtype", ok, observed=type_name(schema.field(col).type),
                                       threshold=rule.dtype, message="" if ok else
                                       f"column '{col}' has type {type_name(schema.field(col).type)}, expected "
-                                      f"{rule.dtype}; convert it upstream, fix schema.columns.{col}.dtype"
+                                      f"{rule.dtype}; " + (
+                                          f"give the format of its text as data.datetime_formats: {{{col!r}: "
+                                          "\"%m/%d/%Y\"}, convert it upstream, or fix "
+                                          if rule.dtype == "datetime" and _is_str(schema.field(col).type)
+                                          else "convert it upstream or fix ") + f"schema.columns.{col}.dtype"
                                       + (f", or read it as {rule.dtype} with data.csv.column_types: "
                                          f"{{{col}: {rule.dtype}}}" if rule.dtype in _CSV_TYPES else "")))
     if data.time_column and data.time_column in names:
@@ -182,7 +190,8 @@ def plan_checks(schema: pa.Schema, data: DataConfig, rules: SchemaConfig,
                                       observed=type_name(schema.field(data.time_column).type), threshold="datetime",
                                       message=f"data.time_column '{data.time_column}' has type "
                                       f"{type_name(schema.field(data.time_column).type)}, not a timestamp; "
-                                      "store it as a timestamp or ISO 8601 text"))
+                                      "store it as a timestamp, or as text with its format given in "
+                                      f"data.datetime_formats: {{{data.time_column!r}: \"%m/%d/%Y\"}}"))
 
     present = [c for c in schema.names]
     ranges = {c: (r.min, r.max) for c, r in rules.columns.items()
@@ -442,8 +451,9 @@ def evaluate(merged: dict, plan: Plan, data: DataConfig, rules: SchemaConfig,
     if lab:
         checks.append(CheckResult(data.label, "label_not_null", lab["null"] == 0, lab["null"], 0,
                                   "" if lab["null"] == 0 else
-                                  f"label column '{data.label}' is null in {lab['null']:,} row(s); drop or "
-                                  "fill those rows before training" + (
+                                  f"label column '{data.label}' is null in {lab['null']:,} row(s); set "
+                                  "data.unlabelled: drop to leave them out of training and evaluation, or "
+                                  "drop or fill those rows upstream" + (
                                       f" (data.label expr {data.label_expr!r} has no value where a column "
                                       "it reads is missing; fillna(column, value) in the expression gives one)"
                                       if data.label_expr else ""), lab["null_samples"]))

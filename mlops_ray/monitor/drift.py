@@ -6,7 +6,9 @@ profile ``inputs`` and the prediction distribution). Out: a drift report (a JSON
 dict; ``monitor/report.py`` renders it) with, per input column and for the prediction,
 the statistic, its calibrated threshold and p-value, the effect size and a verdict, the
 data-quality counts (nulls, values outside the schema's min/max, unseen categories), the
-share of drifted columns and a domain classifier's multivariate score.
+share of drifted columns and a domain classifier's multivariate score. A datetime input is
+judged by the model's parts of it: cyclic parts per part, calendar positions apart
+(``monitor/calendar.py``).
 
 How: one Ray Data pass (``profile_pass``) bins every block of the window with the
 reference's own layout; only the per-block counts reach the driver. Thresholds follow the
@@ -25,6 +27,7 @@ import pyarrow as pa
 
 from mlops_ray.config import Config, MonitorConfig, parse_duration
 from mlops_ray.errors import MonitorError
+from mlops_ray.monitor import calendar as C
 from mlops_ray.monitor import reference as R
 from mlops_ray.monitor import stats as S
 
@@ -52,15 +55,26 @@ def compare(reference: dict, window: dict, mon: MonitorConfig, *, seed: int = 0)
     rng = np.random.default_rng(seed)
     cols = reference["inputs"]["columns"]
     testable = [n for n, lay in cols.items() if lay["kind"] in ("numeric", "categorical")]
-    has_pred = PREDICTION in window and reference.get("prediction", {}).get("kind") == "numeric"
+    has_pred = PREDICTION in window and reference.get("prediction", {}).get("kind") in ("numeric", "categorical")
     m = len(testable) + (1 if has_pred else 0)
     alpha = S.bonferroni(mon.alpha, m) if mon.correction == "bonferroni" else mon.alpha
     draws = mon.null_draws or S.required_draws(alpha)
     features = []
     for name in testable:
-        features.append(_judge_column(name, cols[name], window.get(name), mon, alpha, draws, rng))
+        lay, win, note = cols[name], window.get(name), None
+        if "field" in lay:       # a cyclic datetime part: judged over whole cycles of its field
+            lay, win, note = C.cyclic_inputs(name, lay, win, cols.get(lay["field"]), window.get(lay["field"]))
+        features.append(_judge_column(name, lay, win, mon, alpha, draws, rng, note))
+    excluded = [C.calendar_entry(n, lay, window.get(n), mon) for n, lay in cols.items() if lay["kind"] == "calendar"]
     prediction = None
-    if has_pred:
+    if has_pred and reference["prediction"]["kind"] == "categorical":     # multiclass: the predicted class
+        p = reference["prediction"]
+        n_ref = int(p.get("n", 0)) or 1
+        shares = [p["shares"].get(str(k), 0.0) for k in range(len(p["shares"]))]
+        lay = {"kind": "categorical", "categories": list(reference.get("classes") or map(str, range(len(shares)))),
+               "counts": [round(s * n_ref) for s in shares] + [0], "n": n_ref, "nulls": 0}
+        prediction = _judge_column("prediction", lay, window[PREDICTION], mon, alpha, draws, rng)
+    elif has_pred:
         p = reference["prediction"]
         n_ref = int(p.get("n", 0)) or 1
         bounded = reference.get("task", "binary") != "regression" and p["edges"] and 0 < p["edges"][0] < p["edges"][-1] < 1
@@ -70,16 +84,17 @@ def compare(reference: dict, window: dict, mon: MonitorConfig, *, seed: int = 0)
         prediction = _judge_column("prediction", lay, window[PREDICTION], mon, alpha, draws, rng)
     judged = [f for f in features if f["verdict"] != "insufficient"]
     drifted = [f["name"] for f in judged if f["verdict"] == "drift"]
-    quality = [f for f in features if f["quality"].get("flags")]
+    quality = [f for f in features + excluded if f["quality"].get("flags")]
     return {"alpha": mon.alpha, "alpha_per_test": alpha, "method": mon.method, "null_draws": draws,
             "features": features, "prediction": prediction,
             "drifted": drifted, "drift_share": round(len(drifted) / len(judged), 4) if judged else 0.0,
             "insufficient": [f["name"] for f in features if f["verdict"] == "insufficient"],
-            "quality_flags": {f["name"]: f["quality"]["flags"] for f in quality},
+            "quality_flags": {f["name"]: f["quality"]["flags"] for f in quality}, "excluded": excluded,
             "drift": bool(drifted) or bool(prediction and prediction["verdict"] == "drift")}
 
 
-def _judge_column(name: str, lay: dict, win: dict | None, mon: MonitorConfig, alpha: float, draws: int, rng) -> dict:
+def _judge_column(name: str, lay: dict, win: dict | None, mon: MonitorConfig, alpha: float, draws: int, rng,
+                  note: str | None = None) -> dict:
     kind = lay["kind"]
     win = win or {"n": 0, "nulls": 0, "counts": [0] * len(lay["counts"])}
     ref_c = np.asarray(lay["counts"], dtype=np.int64)
@@ -88,7 +103,15 @@ def _judge_column(name: str, lay: dict, win: dict | None, mon: MonitorConfig, al
     quality = _quality(lay, win, mon)
     entry = {"name": name, "kind": kind, "rows": rows, "quality": quality,
              "reference_hist": _hist(lay, ref_c.tolist()), "window_hist": _hist(lay, win_c.tolist())}
+    if "field" in lay:
+        entry.update({"field": lay["field"], "part": lay["part"]})
     min_effect = mon.effect_for(name, kind)
+    if note and note.startswith("insufficient"):
+        entry.update({"verdict": "insufficient", "statistic": None, "value": None, "threshold": None,
+                      "p_value": None, "effect": None, "min_effect": min_effect, "tests": {}, "note": note})
+        return entry
+    if note:
+        entry["note"] = note
     if rows < mon.min_rows or ref_c.sum() == 0:
         entry.update({"verdict": "insufficient", "statistic": None, "value": None, "threshold": None,
                       "p_value": None, "effect": None, "min_effect": min_effect, "tests": {},
@@ -250,6 +273,17 @@ class _Scored:
         return self.fn(table, predictions=p)
 
 
+def window_layout(columns: dict) -> dict:
+    """What ``count_partial`` bins a window with, from the reference profile's columns (a calendar
+    position brings training's range, to count the values outside it)."""
+    out = {}
+    for name, lay in columns.items():
+        out[name] = {k: v for k, v in lay.items() if k in ("kind", "type", "edges", "categories", "field", "part")}
+        if lay["kind"] == "calendar":
+            out[name].update({"lo": lay.get("min"), "hi": lay.get("max")})
+    return out
+
+
 def schema_limits(cfg: Config) -> dict:
     return {c: (rule.min, rule.max) for c, rule in cfg.schema_.columns.items()
             if getattr(rule, "min", None) is not None or getattr(rule, "max", None) is not None}
@@ -317,7 +351,7 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
     with ray_runtime(cfg.ray, verbose=verbose):
         import ray
 
-        reference = {**bundle.reference, "task": bundle.task}
+        reference = {**bundle.reference, "task": bundle.task, "classes": bundle.spec.classes}
         saved = store.path(cfg.name, "monitor", "reference", f"v{version}.json")
         if reference_data:
             progress("reference", f"profiling {reference_data} as the reference of version {version}")
@@ -330,14 +364,15 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
                 f"version {version}'s bundle has no reference profile of its raw inputs (it was registered "
                 f"before monitoring existed); build one from its training data with `mlops-ray monitor CONFIG "
                 f"--reference-data PATH`")
-        layout = {n: {k: v for k, v in lay.items() if k in ("kind", "type", "edges", "categories")}
-                  for n, lay in reference["inputs"]["columns"].items()}
+        layout = window_layout(reference["inputs"]["columns"])
         known = {**known_categories(spec), **{n: set(lay["seen"]) for n, lay in reference["inputs"]["columns"].items()
                                               if lay.get("seen") is not None}}
         pred_edges = reference.get("prediction", {}).get("edges") if reference.get("prediction", {}).get(
             "kind") == "numeric" else None
+        pred_classes = len(reference["prediction"]["shares"]) if reference.get("prediction", {}).get(
+            "kind") == "categorical" else None
         count = _Bind(R.count_partial, layout=layout, known=known, limits=schema_limits(cfg),
-                      prediction_edges=pred_edges)
+                      prediction_edges=pred_edges, prediction_classes=pred_classes)
         if data:
             from mlops_ray.data import ingest
             dcfg = window_data_config(cfg, data)
@@ -346,10 +381,10 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
             if missing:
                 raise MonitorError(f"{data} lacks the model's input column(s) {', '.join(missing)}; the window "
                                    f"must hold every column the model was trained on")
-            ds = ingest.read_dataset(source, dcfg)
+            ds = _parsed_dates(ingest.read_dataset(source, dcfg), spec)
             desc = {"source": "data", "path": data, "since": None, "until": None,
                     "prediction": f"the window scored with version {version}"}
-            if pred_edges is not None:
+            if pred_edges is not None or pred_classes:
                 count = _Scored(count, bytes(bundle.booster.save_raw("ubj")), spec.to_dict())
         else:
             root = store.uri(cfg.name, "predlog")
@@ -377,10 +412,14 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
                                f"(--since 7d) or send traffic first")
         desc["rows"] = rows
         report = compare(reference, counts, cfg.monitor, seed=cfg.tune.seed)
+        report["excluded"] += C.missing_parts(spec, reference["inputs"]["columns"], version)
         report["multivariate"] = None
         if cfg.monitor.domain_classifier.enabled:
             progress("monitor", "domain classifier: reference rows vs window rows")
-            report["multivariate"] = _domain(cfg, store, bundle, merge_sample(parts["sample"], n_sample))
+            fields = [d.name for d in spec.datetime]
+            exclude = C.domain_exclusions(spec, {f: reference["inputs"]["columns"].get(f) for f in fields},
+                                          {f: counts.get(f) for f in fields})
+            report["multivariate"] = _domain(cfg, store, bundle, merge_sample(parts["sample"], n_sample), exclude)
     if report["multivariate"] and report["multivariate"].get("drifted"):
         report["drift"] = True
     report.update({"pipeline": cfg.name, "version": str(version), "window": desc,
@@ -392,6 +431,17 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
     store.write_json(store.path(cfg.name, "monitor", "reports", f"{stamp}.json"), report)
     store.write_json(store.path(cfg.name, "monitor", "latest.json"), report)
     return report
+
+
+def _parsed_dates(ds, spec):
+    """A window's date-times stored as text, read with the formats the model was trained with
+    (``data.datetime_formats`` or inferred at training), so their parts are profiled as training's were."""
+    from mlops_ray.data import dates
+    formats = getattr(spec, "datetime_formats", None) or {}
+    if not formats:
+        return ds
+    return ds.map_batches(dates.parse_table, fn_kwargs={"formats": formats}, batch_format="pyarrow",
+                          batch_size=None, zero_copy_batch=True)
 
 
 def _span(a, b) -> str:
@@ -434,21 +484,24 @@ def build_reference_from(cfg: Config, spec, path: str) -> dict:
     from mlops_ray.data.profile import profile_pass
     dcfg = window_data_config(cfg, path)
     source = ingest.inspect_source(dcfg)
-    ds = ingest.read_dataset(source, dcfg)
-    return profile_inputs(ds, spec.input_types, cfg.monitor, profile_pass)
+    ds = _parsed_dates(ingest.read_dataset(source, dcfg), spec)
+    return profile_inputs(ds, spec.input_types, cfg.monitor, profile_pass, dt_parts=C.spec_parts(spec))
 
 
-def profile_inputs(ds, input_types: dict, mon: MonitorConfig, pass_fn, wrap=lambda f: f) -> dict:
-    """Two passes: sketches fix the layout, counts fill it (``wrap`` may cut blocks to train rows)."""
-    parts = pass_fn(ds, {"s": wrap(_Bind(R.sketch_partial, input_types=input_types))})["s"]
-    layout = R.merge_layout(parts, input_types, mon.bins, mon.top_categories)
+def profile_inputs(ds, input_types: dict, mon: MonitorConfig, pass_fn, wrap=lambda f: f,
+                   dt_parts: dict[str, list[str]] | None = None) -> dict:
+    """Two passes: sketches fix the layout, counts fill it (``wrap`` may cut blocks to train rows).
+    ``dt_parts`` (datetime column -> the model's parts of it) adds a profile per part."""
+    parts = pass_fn(ds, {"s": wrap(_Bind(R.sketch_partial, input_types=input_types, parts=dt_parts))})["s"]
+    layout = R.merge_layout(parts, input_types, mon.bins, mon.top_categories, dt_parts)
     counts = R.merge_counts(pass_fn(ds, {"c": wrap(_Bind(R.count_partial, layout=layout))})["c"])
     return R.input_profile(layout, counts)
 
 
-def _domain(cfg: Config, store, bundle, window: pa.Table | None) -> dict:
+def _domain(cfg: Config, store, bundle, window: pa.Table | None, exclude: dict[str, str] | None = None) -> dict:
     """Model-input rows: a sample of the training split (read batch by batch) vs the window's sample
-    (transformed as the model's inputs are)."""
+    (transformed as the model's inputs are), without the model columns in ``exclude`` (column ->
+    why: calendar positions, cyclic parts the window does not cover once; ``monitor/calendar.py``)."""
     from mlops_ray.data.features import frame, transform
     from mlops_ray.train import xgb as X
     n = cfg.monitor.domain_classifier.sample_rows
@@ -459,11 +512,18 @@ def _domain(cfg: Config, store, bundle, window: pa.Table | None) -> dict:
                 "note": "the training split of this version is no longer in the store"}
     if window is None or not window.num_rows:
         return {"auc": None, "drifted": False, "top_features": [], "note": "no window rows sampled"}
-    names = list(bundle.spec.output_columns)
+    exclude = exclude or {}
+    left_out = [[c, why] for c, why in exclude.items()]
+    keep = [i for i, c in enumerate(bundle.spec.output_columns) if c not in exclude]
+    if not keep:
+        return {"auc": None, "drifted": False, "top_features": [], "excluded": left_out,
+                "note": "every model input is a calendar position or a cycle the window does not cover"}
+    names = [bundle.spec.output_columns[i] for i in keep]
+    types = [bundle.spec.feature_types[i] for i in keep]
     win_X = transform(frame(window), bundle.spec)[names].to_numpy(np.float32)
-    ref_X = X.sample_rows(train_dir, bundle.spec, n, seed=cfg.tune.seed, filesystem=store.fs)
-    return domain_classifier(ref_X, win_X, names, list(bundle.spec.feature_types),
-                             cfg.monitor.domain_classifier.min_auc, seed=cfg.tune.seed)
+    ref_X = X.sample_rows(train_dir, bundle.spec, n, seed=cfg.tune.seed, filesystem=store.fs)[:, keep]
+    out = domain_classifier(ref_X, win_X, names, types, cfg.monitor.domain_classifier.min_auc, seed=cfg.tune.seed)
+    return {**out, "excluded": left_out}
 
 
 class WindowSample:

@@ -30,6 +30,7 @@ import math
 import os
 import posixpath
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
@@ -307,6 +308,23 @@ def live_metric(predlog_root: str, labels_root: str, label: str, task: str, stab
     return out
 
 
+def scored_with_labels(predlog_root: str, labels_root: str, label: str, version: str,
+                       since: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A binary version's logged predictions (``ts >= since``) and their labels, NaN where none
+    arrived yet: ``(p, y)``, aligned. The join of ``live_metric`` (the last label per key wins)."""
+    preds = _read_predictions(predlog_root, "binary", [str(version)], since)
+    p = pc.fill_null(preds["prediction"], math.nan).to_numpy(zero_copy_only=False).astype(np.float64)
+    y = np.full(p.size, math.nan)
+    labels = _read_labels(labels_root, label, pc.unique(preds["request_id"])) if preds.num_rows else None
+    if labels is not None and labels.num_rows:
+        left = pa.table({"request_id": preds["request_id"], "row": preds["row"],
+                         "_li": pa.array(np.arange(preds.num_rows, dtype=np.int64))})
+        joined = left.join(labels, keys=["request_id", "row"], join_type="inner", use_threads=False)
+        y[joined["_li"].to_numpy()] = joined[_LABEL].to_numpy().astype(np.float64)
+    ok = np.isfinite(p)
+    return p[ok], y[ok]
+
+
 class LiveMetric:
     """The live metric of a step, from the prediction log joined with labels that arrived under
     ``{store}/{name}/labels/`` (request_id, row, label). Recomputed at most every ``every_s``;
@@ -406,7 +424,8 @@ def feedback(cfg, labels_path: str, *, now: float | None = None, new_classes: bo
     known = pc.is_in(rid, value_set=pc.unique(preds["request_id"])) if preds.num_rows else pa.array(
         np.zeros(t.num_rows, bool))
     unknown = int(t.num_rows - pc.sum(pc.cast(known, pa.int64())).as_py() or 0)
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now or time.time())) + f"-{os.getpid()}"
+    # unique per call: two feedback calls within one second (one process) must not overwrite each other
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now or time.time())) + f"-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     dest = store.path(cfg.name, "labels", f"labels-{stamp}.parquet")
     store.fs.create_dir(posixpath.dirname(dest), recursive=True)
     import pyarrow.parquet as pq

@@ -8,7 +8,9 @@ distribution.
 
 Also, below: the profile of each *raw input column* as requests carry it (``inputs``), built
 from mergeable per-block partials; ``monitor/drift.py`` bins a window of the prediction log
-with the same layout and compares counts.
+with the same layout and compares counts. A datetime column brings its first and last time,
+and each datetime part the model uses an entry of its own (``event_time.hour``): bins for a
+cyclic part, the range for a calendar position (``monitor/calendar.py``).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mlops_ray.data import features as feat
 from mlops_ray.data.features import OOV_CODE, FeatureSpec
 from mlops_ray.monitor.histograms import prediction_edges
 
@@ -88,6 +91,32 @@ TRUNCATED = "\x00truncated"
 MAX_SEEN = 10_000        # categories remembered per column for "never seen in training"
 
 
+def part_column(field: str, part: str) -> str:
+    """The name a datetime part goes by in profiles and drift reports: ``event_time.hour``."""
+    return f"{field}.{part}"
+
+
+def _part_values(cols: dict, parts: dict[str, list[str]] | None) -> dict[str, tuple[dict, np.ndarray]]:
+    """Per datetime part of a batch: ({"field", "part", "kind"}, its values as the model sees them)."""
+    out = {}
+    for field, names in (parts or {}).items():
+        if field not in cols or not names:
+            continue
+        s = feat.as_datetime(cols[field])
+        for part in names:
+            out[part_column(field, part)] = ({"field": field, "part": part, "kind": feat.part_kind(part)},
+                                             feat.datetime_part(s, part))
+    return out
+
+
+def _epoch_s(col: pa.ChunkedArray) -> np.ndarray:
+    """A datetime column as seconds since 1970 (NaN for missing), for the span a window covers."""
+    s = feat.as_datetime(col)
+    v = s.to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(np.float64) / 1e9
+    v[s.isna().to_numpy()] = np.nan
+    return v
+
+
 def column_kind(input_type: str) -> str:
     if input_type in NUMERIC_TYPES:
         return "numeric"
@@ -130,10 +159,15 @@ def _value_counts(col: pa.ChunkedArray) -> dict[str, int]:
     return dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))
 
 
-def sketch_partial(table: pa.Table, input_types: dict[str, str], keep: int = 2000) -> dict:
-    """Per block: a quantile sketch per numeric column, the top ``keep`` category counts."""
+def sketch_partial(table: pa.Table, input_types: dict[str, str], keep: int = 2000,
+                   parts: dict[str, list[str]] | None = None) -> dict:
+    """Per block: a quantile sketch per numeric column and per cyclic datetime part (``parts``:
+    datetime column -> the model's parts of it), the top ``keep`` category counts."""
     from mlops_ray.data.profile import sketch
     cols, out = input_columns(table), {}
+    for name, (info, v) in _part_values(cols, parts).items():
+        if info["kind"] == "cyclic":
+            out[name] = sketch(v)
     for name, kind in input_types.items():
         if name not in cols:
             continue
@@ -148,8 +182,10 @@ def sketch_partial(table: pa.Table, input_types: dict[str, str], keep: int = 200
     return out
 
 
-def merge_layout(parts: list[dict], input_types: dict[str, str], bins: int, top: int) -> dict:
-    """Bin edges per numeric column, kept categories per categorical column."""
+def merge_layout(parts: list[dict], input_types: dict[str, str], bins: int, top: int,
+                 dt_parts: dict[str, list[str]] | None = None) -> dict:
+    """Bin edges per numeric column and cyclic datetime part, kept categories per categorical
+    column; a calendar-position part is only counted (its range, for data quality)."""
     from mlops_ray.data.profile import merged_quantiles
     layout = {}
     for name, kind in input_types.items():
@@ -169,23 +205,51 @@ def merge_layout(parts: list[dict], input_types: dict[str, str], bins: int, top:
                             "seen": sorted(total) if complete else None}
         else:
             layout[name] = {"kind": k, "type": kind}
+    for field, names in (dt_parts or {}).items():
+        for part in names:
+            name = part_column(field, part)
+            if feat.part_kind(part) == "calendar":
+                layout[name] = {"kind": "calendar", "type": "float", "field": field, "part": part}
+                continue
+            qs = merged_quantiles([p[name] for p in parts if name in p], list(np.linspace(0, 1, bins + 1)[1:-1]))
+            layout[name] = {"kind": "numeric", "type": "float", "field": field, "part": part,
+                            "edges": sorted({q for q in qs if q is not None})}
     return layout
 
 
 def count_partial(table: pa.Table, layout: dict, known: dict | None = None, limits: dict | None = None,
-                  prediction_edges: list | None = None, predictions: np.ndarray | None = None) -> dict:
+                  prediction_edges: list | None = None, prediction_classes: int | None = None,
+                  predictions: np.ndarray | None = None) -> dict:
     """Per block: counts in the layout's bins, nulls, extremes, moments and data-quality counts
-    (values outside ``limits[col] = (min, max)``, categories outside ``known[col]``). The prediction
-    distribution (``prediction_edges``) comes from ``predictions`` (the block scored by the caller)
-    or, for a prediction-log block, from the log's own ``prediction`` column; never from the inputs."""
+    (values outside ``limits[col] = (min, max)``, categories outside ``known[col]``, a calendar
+    position's values below or above the layout's ``lo``/``hi``); for a datetime column its
+    first and last time (seconds since 1970); the prediction's counts in ``prediction_edges``, or
+    for a multiclass model (class probabilities) per predicted class of ``prediction_classes``.
+    The predictions are ``predictions`` (the block scored by the caller) or, for a prediction-log
+    block, the log's own ``prediction`` column; never a column of the inputs, whatever it is called."""
     cols, out = input_columns(table), {}
+    wanted: dict[str, list[str]] = {}
+    for lay in layout.values():
+        if "field" in lay:
+            wanted.setdefault(lay["field"], []).append(lay["part"])
+    derived = _part_values(cols, wanted)
     for name, lay in layout.items():
-        if name not in cols:
+        if name not in cols and name not in derived:
             continue
-        col = cols[name]
-        n = len(col)
+        col = cols.get(name)
+        n = len(col) if col is not None else len(derived[name][1])
+        if "field" in lay:
+            v = derived[name][1]
+            if lay["kind"] == "calendar":
+                f = v[np.isfinite(v)]
+                lo, hi = lay.get("lo"), lay.get("hi")
+                out[name] = {"n": n, "nulls": int(n - f.size), "min": float(f.min()) if f.size else None,
+                             "max": float(f.max()) if f.size else None,
+                             "below": int((f < lo).sum()) if lo is not None else 0,
+                             "above": int((f > hi).sum()) if hi is not None else 0}
+                continue
         if lay["kind"] == "numeric":
-            v = _floats(col)
+            v = v if "field" in lay else _floats(col)
             ok = np.isfinite(v)
             f = v[ok]
             edges = np.asarray(lay["edges"], dtype=np.float64)
@@ -207,21 +271,52 @@ def count_partial(table: pa.Table, layout: dict, known: dict | None = None, limi
             d["unseen"] = int(sum(c for val, c in counts.items() if val not in vocab)) if vocab is not None else 0
             d["unseen_values"] = sorted((val for val in counts if vocab is not None and val not in vocab),
                                         key=lambda val: -counts[val])[:5]
-        else:
-            d = {"n": n, "nulls": int(col.null_count)}
+        else:                # a datetime column: its span (seconds since 1970), which the cycles are judged by
+            t = _epoch_s(col)
+            ok = t[np.isfinite(t)]
+            d = {"n": n, "nulls": int(n - ok.size), "min": float(ok.min()) if ok.size else None,
+                 "max": float(ok.max()) if ok.size else None}
         out[name] = d
-    if predictions is None and is_log_batch(table) and "prediction" in table.column_names:
-        p = table.column("prediction")
-        predictions = _top_probability(p) if pa.types.is_list(p.type) else _floats(p)
-    if prediction_edges is not None and predictions is not None:
-        v = np.asarray(predictions, dtype=np.float64)
-        v = v.max(axis=1) if v.ndim == 2 else v               # multiclass: the top probability
+    logged = table.column("prediction") if predictions is None and is_log_batch(table) \
+        and "prediction" in table.column_names else None
+    listed = logged is not None and pa.types.is_list(logged.type)
+    if predictions is not None:
+        predictions = np.asarray(predictions, dtype=np.float64)
+    if prediction_classes and (listed or (predictions is not None and predictions.ndim == 2)):
+        top = _top_class(logged) if listed else predictions.argmax(axis=1)
+        top = top[top >= 0]
+        out["__prediction__"] = {"n": int(top.size), "nulls": 0, "unseen": int((top >= prediction_classes).sum()),
+                                 "counts": np.bincount(np.minimum(top, prediction_classes),
+                                                       minlength=prediction_classes + 1).tolist()}
+    elif prediction_edges is not None and (logged is not None or predictions is not None):
+        if logged is not None:
+            v = _top_probability(logged) if listed else _floats(logged)
+        else:
+            v = predictions.max(axis=1) if predictions.ndim == 2 else predictions   # multiclass: top probability
         v = v[np.isfinite(v)]
         e = np.asarray(prediction_edges, dtype=np.float64)
         out["__prediction__"] = {"n": int(v.size), "nulls": 0, "counts": np.bincount(
             np.searchsorted(e, v, side="right"), minlength=e.size + 1).tolist(),
             "min": float(v.min()) if v.size else None, "max": float(v.max()) if v.size else None,
             "sum": float(v.sum()), "m2": _m2(v)}
+    return out
+
+
+def _top_class(col: pa.ChunkedArray) -> np.ndarray:
+    """Multiclass predictions (lists of class probabilities) -> the predicted class per row (-1
+    for a row without one)."""
+    arr = col.combine_chunks()
+    lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False)
+    values = np.asarray(pc.list_flatten(arr).to_numpy(zero_copy_only=False), dtype=np.float64)
+    out = np.full(len(arr), -1, dtype=np.int64)
+    has = lengths > 0
+    k = int(lengths[has][0]) if has.any() else 0
+    if k and (lengths[has] == k).all():            # every row has k probabilities: one argmax
+        out[has] = values.reshape(-1, k).argmax(axis=1)
+        return out
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    for i in np.flatnonzero(has):
+        out[i] = int(np.argmax(values[starts[i]:starts[i] + lengths[i]]))
     return out
 
 
@@ -286,6 +381,6 @@ def input_profile(layout: dict, counts: dict) -> dict:
     for name, lay in layout.items():
         c = counts.get(name, {"n": 0, "nulls": 0})
         entry = {**lay, **{k: v for k, v in c.items() if k not in ("sum", "m2", "unseen", "unseen_values",
-                                                                      "out_of_range")}}
+                                                                      "out_of_range", "below", "above")}}
         cols[name] = entry
     return {"version": 1, "rows": max((c.get("n", 0) for c in counts.values()), default=0), "columns": cols}

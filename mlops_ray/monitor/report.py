@@ -8,6 +8,8 @@ short "not available" line):
 - ``validation``: ValidationReport.to_dict();  ``tuning``: SearchResult.to_dict();
 - ``importance``: {feature: gain};  ``curves``: {"roc": roc_points(), "pr": pr_points()};
 - ``drift``: a drift report (window, reference, per-feature tests and histograms, prediction, multivariate);
+- ``drift_windows``: the recent drift checks, newest first, each {created, source, path, since, until, rows,
+  version, drift, drift_share, drifted, auc} (``reports.drift_windows``);
 - ``rollout``: ServingState.to_dict() (its ``history`` events draw the canary timeline);
 - ``decisions``: retrain decisions [{time, trigger, reasons, action, run_id, version, outcome, error}].
 
@@ -76,6 +78,8 @@ def _num(v, digits: int = 4) -> str:
     if isinstance(v, (int, float)):
         if isinstance(v, float) and math.isnan(v):
             return "NaN"
+        if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+            v = int(v)                  # a count stored as a float (rows 10000.0): 10,000, not 1e+04
         return f"{v:.{digits}g}" if isinstance(v, float) else f"{v:,}"
     if isinstance(v, (dict, list)):
         return json.dumps(v, default=str, separators=(", ", ": "))
@@ -144,6 +148,18 @@ def _na(what: str) -> str:
 
 
 # --------------------------------------------------------------------------- sections
+def _threshold_history(history: list[dict]) -> str:
+    """The decision threshold's history (thresholds.py), newest first; nothing until it was re-chosen."""
+    if len(history) < 2:
+        return ""
+    rows = [[_when(e.get("time")) if e.get("time") else "registration", e.get("source"), e.get("value"),
+             e.get("rule"), e.get("rows"), e.get("positive_rate"), (e.get("metrics") or {}).get("recall"),
+             "kept: " + str(e.get("reason")) if e.get("kept") else "re-chosen" if e.get("time") else "chosen"]
+            for e in reversed(history)]
+    return (f"<h3>Decision threshold: {history[-1]['value']:.4f} now, re-chosen on the most recent labels</h3>"
+            + _table(["when", "source", "threshold", "rule", "rows", "positive rate", "recall", "outcome"], rows))
+
+
 def _model(m: dict) -> str:
     aliases = ", ".join(str(a) for a in m.get("aliases") or []) or "–"
     info = _kv([("model", m.get("name")), ("version", m.get("version")), ("aliases", aliases),
@@ -153,6 +169,9 @@ def _model(m: dict) -> str:
     metrics = m.get("metrics") or {}
     table = _table(["test metric", "value"], [[k, v] for k, v in metrics.items()]) if metrics else ""
     out = _row(info, table)
+    if m.get("confusion"):
+        out += _confusion(m["confusion"])
+    out += _threshold_history(m.get("threshold_history") or [])
     gate = m.get("gate")
     if gate is None:
         return out + _na("Gate decision")
@@ -306,10 +325,25 @@ def _hist_plot(e: dict):
     return fig
 
 
-def _drift(d: dict) -> str:
+def _drift_windows(windows: list[dict]) -> str:
+    """The recent drift checks, newest first: of the prediction log and of data (``monitor --data``)."""
+    def drifted(w):
+        names = [str(n) for n in w.get("drifted") or []]
+        return ", ".join(names[:6]) + (f" (+{len(names) - 6})" if len(names) > 6 else "") or "none"
+    return "<h3>Recent windows (newest first; the newest in detail below)</h3>" + _table(
+        ["checked", "source", "window", "rows", "reference", "verdict", "drift share", "drifted", "domain AUC"],
+        [[w.get("created"), w.get("source"), w.get("path") if w.get("source") == "data"
+          else f"{w.get('since') or 'start'} to {w.get('until') or 'now'}", w.get("rows"),
+          f"version {w.get('version')}" if w.get("version") else None,
+          _badge(not w.get("drift"), "no drift", "drift") if w.get("drift") is not None else None,
+          w.get("drift_share"), drifted(w), w.get("auc")] for w in windows])
+
+
+def _drift(d: dict, windows: list[dict] | None = None) -> str:
     win, ref = d.get("window") or {}, d.get("reference") or {}
     since, until = win.get("since"), win.get("until")
-    out = f"<p>{_badge(not d.get('drift'), 'no drift', 'drift')} " \
+    out = _drift_windows(windows) if windows and len(windows) > 1 else ""
+    out += f"<p>{_badge(not d.get('drift'), 'no drift', 'drift')} " \
           f"{_e(_num(len(d.get('drifted') or [])))} drifted ({_e(_num(d.get('drift_share'), 3))} of the " \
           f"judged features): {_e(', '.join(map(str, d.get('drifted') or [])) or 'none')}" \
           f"{'; the prediction drifted' if (d.get('prediction') or {}).get('verdict') == 'drift' else ''}" \
@@ -335,6 +369,12 @@ def _drift(d: dict) -> str:
         fig = _ratio_plot(entries)
         if fig is not None:
             out += "<h3>Statistic relative to its threshold</h3>" + _img(fig, "drift ratio per feature")
+    excluded = list(d.get("excluded") or [])
+    if excluded:
+        out += "<h3>Not tested for drift</h3>" + _table(
+            ["feature", "kind", "reason", "quality", "note"],
+            [[e.get("name"), e.get("kind"), e.get("reason"), _quality(e.get("quality")), e.get("note")]
+             for e in excluded])
     drifted = [f for f in features if f.get("verdict") == "drift"]
     shown = drifted[:MAX_DRIFT_HISTOGRAMS] + ([entries[-1]] if pred else [])
     figs = [f for f in (_hist_plot(e) for e in shown) if f is not None]
@@ -347,14 +387,17 @@ def _drift(d: dict) -> str:
     if mv:
         out += f"<h3>Multivariate (domain classifier) {_badge(not mv.get('drifted'), 'ok', 'drift')}</h3>"
         top = mv.get("top_features") or []
-        out += _row(_kv([("AUC", mv.get("auc")), ("threshold", mv.get("threshold")), ("note", mv.get("note"))]
-                        if mv.get("note") else [("AUC", mv.get("auc")), ("threshold", mv.get("threshold"))]),
+        facts = [("AUC", mv.get("auc")), ("threshold", mv.get("threshold"))]
+        facts += [("note", mv.get("note"))] if mv.get("note") else []
+        facts += [("without", "; ".join(f"{c} ({why})" for c, why in mv["excluded"]))] if mv.get("excluded") else []
+        out += _row(_kv(facts),
                     _table(["top feature", "importance"], [list(t)[:2] for t in top]) if top else "")
     return out
 
 
 _WEIGHT_AFTER = {"deployed": 0.0, "shadow": 0.0, "shadow_passed": 0.0, "rolled_back": 0.0, "promoted": 0.0}
 _EVENT_COLOR = {"rolled_back": "#c62828", "deploy_failed": "#c62828", "promoted": "#2e7d32", "shadow_passed": "#2e7d32"}
+ROLLOUT_EVENTS = ("canary", "shadow", "step", "promoted", "rolled_back", "resumed", "shadow_passed")
 PLOT_GAP_S = 6 * 3600          # the weight plot starts after the last quiet gap this long (e.g. a deploy days ago)
 
 
@@ -461,8 +504,13 @@ def _rollout(s: dict) -> str:
     if not history:
         return out + _na("Rollout history")
     rows = _rollout_rows(history)
-    weight, steps = _weight_plot(rows), _step_plot(rows)
-    out = _row(out, _img(weight, "canary weight") if weight is not None else "")
+    if any(r["event"] in ROLLOUT_EVENTS for r in rows):
+        weight, steps = _weight_plot(rows), _step_plot(rows)
+        out = _row(out, _img(weight, "canary weight") if weight is not None else "")
+    else:           # a chart of a weight that never left 0 is an empty plot
+        weight = steps = None
+        out += ('<p class="na">No canary chart: no rollout has run (only deploys); `mlops-ray rollout CONFIG '
+                '--version N` starts one, and the chart of its canary weight appears here.</p>')
     if steps is not None:
         out += _img(steps, "canary vs stable per step")
 
@@ -493,14 +541,38 @@ def _decisions(ds: list[dict]) -> str:
     rows = sorted(ds, key=key, reverse=True)
     return _table(["time", "trigger", "reasons", "action", "run id", "version", "outcome", "error"],
                   [[d.get("time"), _badge(not d.get("trigger"), "no", "yes") if "trigger" in d else None,
-                    _ul(d.get("reasons")), d.get("action"), d.get("run_id"), d.get("version"),
+                    _ul(_why(d)), d.get("action"), d.get("run_id"), d.get("version"),
                     d.get("outcome"), d.get("error")] for d in rows])
+
+
+def _why(d: dict) -> list[str]:
+    """What a decision rests on: the triggers that fired; else what blocked them, what was checked and
+    did not fire, a monitor that could not run, or the pending rollout it retried."""
+    out = list(d.get("reasons") or [])
+    if d.get("blocked"):
+        out.append(f"blocked: {d['blocked']}")
+    if not d.get("reasons"):
+        out += [f"not fired: {c}" for c in d.get("checked") or []]
+    if d.get("monitor_error"):
+        out.append(f"monitor: {d['monitor_error']}")
+    if not out and d.get("action") == "rollout" and d.get("version"):
+        out.append(f"the rollout of version {d['version']} could not start in the last iteration; retried")
+    return out or ["nothing to check (no drift report, no labelled predictions, no schedule)"]
 
 
 SECTIONS = (("model", "Model", _model), ("validation", "Data validation", _validation),
             ("tuning", "Tuning", _tuning), ("importance", "Feature importance", _importance),
             ("curves", "ROC and precision-recall", _curves), ("drift", "Drift", _drift),
             ("rollout", "Serving and rollout", _rollout), ("decisions", "Retrain decisions", _decisions))
+
+
+def _confusion(c: dict) -> str:
+    """A multiclass confusion matrix: a row per true class, a column per predicted class."""
+    names, matrix = c["classes"], c["matrix"]
+    rows = [[f"true {t}", *row, sum(row), f"{row[i] / sum(row):.1%}" if sum(row) else "–"]
+            for i, (t, row) in enumerate(zip(names, matrix))]
+    return ("<h3>Confusion matrix (test split)</h3>"
+            + _table(["", *[f"predicted {p}" for p in names], "rows", "recall"], rows))
 
 
 def _section(key: str, title: str, fn, value) -> str:
@@ -518,7 +590,8 @@ def _section(key: str, title: str, fn, value) -> str:
 def render_report(ctx: dict) -> str:
     """The whole report as one HTML string (see the module docstring for ``ctx``)."""
     pipeline = ctx.get("pipeline") or "pipeline"
-    sections = "".join(_section(k, title, fn, ctx.get(k)) for k, title, fn in SECTIONS)
+    fns = {"drift": lambda d: _drift(d, ctx.get("drift_windows"))}
+    sections = "".join(_section(k, title, fns.get(k, fn), ctx.get(k)) for k, title, fn in SECTIONS)
     m = ctx.get("model") if isinstance(ctx.get("model"), dict) else None
     summary = "no model" if m is None else (
         f"{_e(m.get('name'))} v{_e(m.get('version'))} ({_e(m.get('task') or '?')})"

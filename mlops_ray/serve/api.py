@@ -36,6 +36,8 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Optional, Union
 
+from mlops_ray.data.dates import ISO, parse_value
+
 __all__ = ["RequestError", "RequestParser", "KINDS"]
 
 KINDS = ("int", "float", "bool", "string", "datetime")
@@ -100,7 +102,8 @@ class RequestParser:
     """Validates and normalizes ``POST /predict`` bodies for one model's input columns."""
 
     def __init__(self, input_types: dict[str, str], *, max_batch_rows: int, max_body_bytes: int,
-                 extra_fields: str = "reject", passthrough: tuple = ()):
+                 extra_fields: str = "reject", passthrough: tuple = (), task: str | None = None,
+                 classes: list | None = None, datetime_formats: dict | None = None):
         bad = {c: k for c, k in input_types.items() if k not in _KIND_CODE}
         if bad:
             raise ValueError(f"unknown input kind(s) {bad}; expected one of {list(KINDS)}")
@@ -111,6 +114,9 @@ class RequestParser:
         if max_batch_rows < 1 or max_body_bytes < 1:
             raise ValueError("max_batch_rows and max_body_bytes must be >= 1")
         self.input_types = dict(input_types)
+        # date-times the model was trained on as text: read with the training data's format (ISO 8601 too)
+        self._formats = {c: f for c, f in (datetime_formats or {}).items()
+                         if self.input_types.get(c) == "datetime" and f != ISO}
         self.max_batch_rows = int(max_batch_rows)
         self.max_body_bytes = int(max_body_bytes)
         self.extra_fields = extra_fields
@@ -122,8 +128,12 @@ class RequestParser:
         # fields accepted beside the inputs and kept (as text) for the prediction log, never features:
         # the data's id column, so labels keyed by it join later
         self._passthrough = tuple(p for p in passthrough if p and p not in self._name_set)
+        # the response: a binary model's labels are 0/1 at its threshold, a multiclass model's the class
+        # names, its probabilities in the order of ``classes``
+        self.task, self.classes = task, list(classes) if classes else None
         self.row_model, self.request_model, self.response_model, self.error_model = _models(
-            self.input_types, self.max_batch_rows, self._reject)
+            self.input_types, self.max_batch_rows, self._reject, self._passthrough, task, self.classes,
+            self._formats)
 
     @classmethod
     def from_bundle(cls, bundle, serve_cfg=None, passthrough: tuple = ()) -> "RequestParser":
@@ -134,7 +144,18 @@ class RequestParser:
             serve_cfg = ServeConfig()
         return cls(bundle.spec.input_types, max_batch_rows=serve_cfg.max_batch_rows,
                    max_body_bytes=serve_cfg.max_body_bytes, extra_fields=serve_cfg.extra_fields,
-                   passthrough=passthrough)
+                   passthrough=passthrough, task=bundle.task,
+                   classes=bundle.spec.classes if bundle.task == "multiclass" else None,
+                   datetime_formats=getattr(bundle.spec, "datetime_formats", None))
+
+    def schema(self) -> dict:
+        """What ``GET /schema`` answers: the request and response JSON Schemas, and for a multiclass
+        model its classes in the order of each row's probabilities."""
+        out = {"request": self.request_model.model_json_schema(),
+               "response": self.response_model.model_json_schema(), "task": self.task}
+        if self.classes:
+            out["classes"] = self.classes
+        return out
 
     # ------------------------------------------------------------------ transport checks
     def check_content_type(self, content_type: str | None) -> None:
@@ -249,7 +270,12 @@ class RequestParser:
                 elif kind == _DT:
                     if t is not str:
                         raise _Invalid
-                    v = datetime.fromisoformat(v)       # ValueError: not ISO
+                    if name in self._formats:
+                        v = parse_value(v, self._formats[name])
+                        if v is None:
+                            raise _Invalid
+                    else:
+                        v = datetime.fromisoformat(v)   # ValueError: not ISO
                     if v.tzinfo is not None:
                         v = v.astimezone(_UTC).replace(tzinfo=None)
                     if not _DT_MIN <= v < _DT_MAX:
@@ -305,7 +331,8 @@ class RequestParser:
                 continue
             v = d[name]
             try:
-                out[name] = None if v is None else _convert(v, kind)
+                out[name] = None if v is None else (
+                    _convert_formatted(v, self._formats[name]) if name in self._formats else _convert(v, kind))
             except _Problem as p:
                 problems.append((p.code, path, f"{path}: {p.text}"))
         if missing:           # one problem naming every missing field, not the first few of many
@@ -338,6 +365,26 @@ class RequestParser:
         return (f"{prefix[:-1] or 'the row'}: {len(names)} of {self._n} input fields missing: {', '.join(names)}{hint}; "
                 f"every input field must be present in every row (null if unknown); GET /schema gives the "
                 "whole request format")
+
+
+def _convert_formatted(v: Any, fmt: str) -> datetime:
+    """A date-time field the model read as text with ``fmt``: that format (as training read it),
+    else ISO 8601."""
+    if type(v) is str:
+        dt = parse_value(v, fmt)
+        if dt is None:
+            dt = _parse_datetime(v)
+        if dt is not None:
+            if not _DT_MIN <= dt < _DT_MAX:
+                raise _Problem("out_of_range", f"{_short(v, 40)!r} is outside the supported years "
+                                               f"{_DT_MIN.year}..{_DT_MAX.year - 1}")
+            return dt
+    example = datetime(2026, 1, 31, 12, 0).strftime(fmt) if fmt != ISO else "2026-01-31T12:00:00Z"
+    raise _Problem("invalid_datetime" if type(v) is str else "invalid_type",
+                   f"expected a date-time as text in the model's format {fmt!r} (e.g. {example!r}) or ISO 8601, "
+                   f"or null; got {_short(v, 40)!r}" if type(v) is str else
+                   f"expected a date-time as text in the model's format {fmt!r} (e.g. {example!r}) or null, "
+                   f"got {_describe(v)}")
 
 
 class _Problem(Exception):
@@ -467,7 +514,8 @@ def _short(v: Any, n: int) -> str:
 
 
 # --------------------------------------------------------------------------- OpenAPI models
-def _models(input_types: dict[str, str], max_rows: int, reject: bool):
+def _models(input_types: dict[str, str], max_rows: int, reject: bool, passthrough: tuple = (),
+            task: str | None = None, classes: list | None = None, formats: dict | None = None):
     """pydantic models of a row, the request, the response and the error body, for docs
     (OpenAPI). Validation is ``RequestParser.parse``: the models only describe it."""
     from typing import Annotated
@@ -479,20 +527,45 @@ def _models(input_types: dict[str, str], max_rows: int, reject: bool):
     for i, (col, kind) in enumerate(input_types.items()):
         desc = f"{kind} input; null if unknown (the field itself is required)"
         typ = Optional[py[kind]]
+        if col in (formats or {}):
+            desc = f"datetime input as text in the format {formats[col]!r} (or ISO 8601); null if unknown"
+            typ = Optional[str]
         if col.isidentifier() and not keyword.iskeyword(col) and not col.startswith(("_", "model_")) \
                 and not hasattr(BaseModel, col):
             fields[col] = (typ, Field(..., description=desc))
         else:
             fields[f"field_{i}"] = (typ, Field(..., alias=col, description=desc))
+    for j, col in enumerate(passthrough):          # the data's id column: optional, logged, never a feature
+        desc = ("the row's id (data.id_column), optional: logged with the prediction so that labels keyed by "
+                "it join later (mlops-ray feedback); never an input of the model")
+        typ = Optional[Union[str, int, float]]
+        if col.isidentifier() and not keyword.iskeyword(col) and not col.startswith(("_", "model_")) \
+                and not hasattr(BaseModel, col) and col not in fields:
+            fields[col] = (typ, Field(None, description=desc))
+        else:
+            fields[f"id_{j}"] = (typ, Field(None, alias=col, description=desc))
     row = create_model("PredictRow", __config__=ConfigDict(extra="forbid" if reject else "ignore",
                                                            populate_by_name=True), **fields)
     rows = Annotated[list[row], Field(min_length=1, max_length=max_rows)]
     request = type("PredictRequest", (RootModel[Union[row, rows]],), {
         "__doc__": f"One row object, or an array of 1..{max_rows} row objects."})
+    predictions = {"binary": "One per row: the probability of the positive class",
+                   "regression": "One per row: the predicted value",
+                   "multiclass": f"One per row: the probabilities of the classes, in this order: {classes}"}
+    labels = {"binary": (list[int], "One per row: 1 where the probability reaches the version's decision "
+                                    "threshold (model.threshold, chosen at training), else 0"),
+              "multiclass": (list[Union[str, int]], "One per row: the most probable class, by name")}
+    extra = {}
+    if task in labels:
+        extra["labels"] = (labels[task][0], Field(..., description=labels[task][1]))
+    elif task is None:
+        extra["labels"] = (Optional[list[Union[int, str]]], Field(None, description=(
+            "Classification only, one per row: binary 0/1 at the version's threshold; multiclass the class name")))
     response = create_model(
         "PredictResponse",
-        predictions=(list[Union[float, list[float]]],
-                     Field(..., description="One per row: a probability or value, or class probabilities")),
+        predictions=(list[Union[float, list[float]]], Field(..., description=predictions.get(
+            task, "One per row: a probability or value, or class probabilities"))),
+        **extra,
         model_version=(str, Field(..., description="Registered model version that answered")),
         request_id=(str, Field(..., description="Echoed in logs and the prediction log")),
     )

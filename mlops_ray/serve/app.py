@@ -28,6 +28,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from mlops_ray import thresholds
 from mlops_ray.bundle import Bundle, predict_features
 from mlops_ray.config import Config, config_from_dict
 from mlops_ray.data.rows import RowEncoder
@@ -42,6 +43,7 @@ log = logging.getLogger("mlops_ray.serve")
 
 DEFAULT_LOADER = "mlops_ray.serve.app:load_from_registry"
 DEPLOYMENT = "predictor"
+THRESHOLD_POLL_S = 5.0       # how often a replica reads the served versions' decision thresholds
 INLINE_MAX_MS = 2.0          # a version whose batches cost more predicts in its own thread
 MAX_SHADOW_IN_FLIGHT = 256   # mirrored requests beyond this are not mirrored (counted nowhere else)
 _REQUEST_ID_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
@@ -177,13 +179,14 @@ class Predictor:
     """The ingress deployment (wrapped by ``serve.deployment`` in ``build_app``)."""
 
     async def __init__(self, config: dict, loader: str = DEFAULT_LOADER, faults: dict | None = None,
-                       poll_s: float = 0.25, stats_s: float = 1.0):
+                       poll_s: float = 0.25, stats_s: float = 1.0, threshold_poll_s: float = THRESHOLD_POLL_S):
         from ray import serve
 
         self.cfg = config_from_dict(config)
         self.loader = _import(loader)
         self.faults = {str(k): v for k, v in (faults or {}).items()}
-        self.poll_s, self.stats_s = poll_s, stats_s
+        self.poll_s, self.stats_s, self.threshold_poll_s = poll_s, stats_s, threshold_poll_s
+        self.store = Store(self.cfg.store)
         ctx = serve.get_replica_context()
         self.replica = f"{ctx.deployment}-{ctx.replica_id.unique_id}"
         self.state_file = state_path(self.cfg.store, self.cfg.name)
@@ -211,7 +214,8 @@ class Predictor:
         if recovered:
             log.info("recovered %d prediction-log records from stopped replicas", recovered)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._follow_state()), loop.create_task(self._write_stats())]
+        self._tasks = [loop.create_task(self._follow_state()), loop.create_task(self._write_stats()),
+                       loop.create_task(self._follow_thresholds())]
 
     # ------------------------------------------------------------------ models and routing
     async def _ensure(self, version: str) -> ServedModel:
@@ -224,6 +228,9 @@ class Predictor:
                 flush_rows=self.cfg.monitor.predlog_flush_rows, flush_s=self.cfg.monitor.predlog_flush_s,
                 multiclass=bundle.task == "multiclass")
             m = ServedModel(version, bundle, self.cfg, self.faults.get(version), log_)
+            if m.binary:                # the newest re-chosen threshold, else the registered one
+                m.threshold = await asyncio.to_thread(thresholds.current, self.store, self.cfg.name, version,
+                                                      bundle.metadata)
             await m.warm_up()
             self.models[version] = m
         return m
@@ -283,6 +290,31 @@ class Predictor:
                 log.exception("following the serving state failed; retrying")
                 await asyncio.sleep(max(self.poll_s, 1.0))
 
+    async def _follow_thresholds(self) -> None:
+        """A binary version's decision threshold follows its history in the store (re-chosen by
+        `mlops-ray feedback`): every ``threshold_poll_s`` a worker thread stats the history file and
+        reads it only when it changed. A request only reads the attribute, so the refresh costs no
+        latency on the request path."""
+        seen: dict[str, tuple | None] = {}
+        while True:
+            await asyncio.sleep(self.threshold_poll_s)
+            for m in [m for m in list(self.models.values()) if m.binary]:
+                try:
+                    now = await asyncio.to_thread(thresholds.stamp, self.store, self.cfg.name, m.version)
+                    if m.version in seen and now == seen[m.version]:
+                        continue
+                    t = await asyncio.to_thread(thresholds.current, self.store, self.cfg.name, m.version,
+                                                m.bundle.metadata)
+                    seen[m.version] = now
+                except asyncio.CancelledError:
+                    raise
+                except Exception:                          # keep the threshold it has
+                    log.exception("reading the threshold of version %s failed", m.version)
+                    continue
+                if t != m.threshold:
+                    log.info("version %s: decision threshold %.4f -> %.4f", m.version, m.threshold, t)
+                    m.threshold = t
+
     async def _retire(self, model: ServedModel, grace_s: float = 30.0) -> None:
         """Requests already routed to a retired version still finish and are logged."""
         self._retiring.add(model)
@@ -339,14 +371,13 @@ class Predictor:
             return _json({"status": "ok", "stable": self.route.stable.version, "replica": self.replica,
                           "pipeline": self.cfg.name})
         if method == "GET" and path.endswith("/schema"):
-            p = self.route.stable.parser
-            return _json({"request": p.request_model.model_json_schema(),
-                          "response": p.response_model.model_json_schema(), "version": self.route.stable.version})
+            return _json({**self.route.stable.parser.schema(), "version": self.route.stable.version})
         if method == "GET" and path.endswith("/version"):
             r = self.route
             return _json({"stable": r.stable.version, "canary": r.canary.version if r.canary else None,
                           "weights": {r.stable.version: 100 - r.weight, **({r.canary.version: r.weight} if r.canary else {})},
-                          "shadow": r.shadow.version if r.shadow else None, "revision": r.revision})
+                          "shadow": r.shadow.version if r.shadow else None, "revision": r.revision,
+                          "thresholds": {v: m.threshold for v, m in self.models.items() if m.binary}})
         return _json(_err("not_found", f"no route {method} {path}; use POST /predict, GET /healthz, /version or /schema"),
                      404)
 
@@ -408,7 +439,7 @@ class Predictor:
             self._shadow_tasks.add(task)
             task.add_done_callback(self._shadow_tasks.discard)
         body = {"predictions": preds, "model_version": model.version, "request_id": rid}
-        if model.binary:               # the version's own decision threshold (model.threshold, in its bundle)
+        if model.binary:               # the version's decision threshold: its newest (thresholds.py)
             body["labels"] = [int(p >= model.threshold) for p in preds]
         elif getattr(model, "classes", None):      # multiclass: the most probable class, by its name
             body["labels"] = [model.classes[max(range(len(p)), key=p.__getitem__)] for p in preds]

@@ -206,6 +206,7 @@ class EvaluationReport:
     threshold_choice: dict | None = None     # how the threshold was chosen (choose_threshold's answer)
     leaks: list = field(default_factory=list)  # leak_suspects on the validation split
     slice_noise: dict = field(default_factory=dict)   # slice -> bootstrap sd of (champion - candidate)
+    confusion: dict | None = None            # multiclass: {"classes", "matrix"}: rows true, columns predicted
 
     def to_dict(self) -> dict:
         """JSON-able: NaN metrics become None."""
@@ -218,36 +219,70 @@ class EvaluationReport:
         return cls(task=d["task"], metrics=_nan_back(d["metrics"]), slices=slices,
                    threshold=d.get("threshold", 0.5), n_test=d.get("n_test", 0),
                    slice_column=d.get("slice_column"), threshold_choice=d.get("threshold_choice"),
-                   leaks=d.get("leaks") or [], slice_noise=d.get("slice_noise") or {})
+                   leaks=d.get("leaks") or [], slice_noise=d.get("slice_noise") or {},
+                   confusion=d.get("confusion"))
 
 
 def evaluate(task: str, y_true, y_pred, threshold: float = 0.5, slices=None,
-             min_slice_rows: int = 50) -> EvaluationReport:
-    """The report of one model on the test split; ``slices`` is the slice column's values."""
+             min_slice_rows: int = 50, classes: list[str] | None = None) -> EvaluationReport:
+    """The report of one model on the test split; ``slices`` is the slice column's values;
+    ``classes`` names a multiclass model's classes (code k is classes[k]) in its confusion matrix."""
     metrics = metrics_for(task, y_true, y_pred, threshold)
     by_slice = {} if slices is None else slice_metrics(task, y_true, y_pred, slices, threshold, min_slice_rows)
     name = getattr(slices, "name", None)
     return EvaluationReport(task=task, metrics=metrics, slices=by_slice, threshold=float(threshold),
-                            n_test=int(metrics["n"]), slice_column=None if name is None else str(name))
+                            n_test=int(metrics["n"]), slice_column=None if name is None else str(name),
+                            confusion=confusion(y_true, y_pred, classes) if task == "multiclass" else None)
+
+
+def confusion(y_true, y_pred, classes: list[str] | None = None) -> dict:
+    """A multiclass confusion matrix: ``matrix[i][j]`` test rows of true class i predicted as j
+    (the most probable class), with the classes' names."""
+    p = np.asarray(y_pred, dtype=float)
+    k = p.shape[1]
+    names = [str(c) for c in classes] if classes and len(classes) == k else [str(i) for i in range(k)]
+    m = skm.confusion_matrix(_vector(y_true, "y_true").astype(int), p.argmax(axis=1), labels=np.arange(k))
+    return {"classes": names, "matrix": m.tolist()}
 
 
 # --------------------------------------------------------------------------- decision threshold
 MIN_PREDICTED = 10
-def choose_threshold(y_valid, p_valid, rule) -> dict:
-    """The decision threshold ``rule`` (``model.threshold``) picks on validation predictions:
-    ``{"value", "rule", "valid": {precision, recall, f1}}``. A fixed number is kept as it is.
-    A target no threshold meets is a ConfigError naming the best reachable."""
-    from mlops_ray.errors import ConfigError
-    if isinstance(rule, (int, float)):
-        return {"value": float(rule), "rule": "fixed"}
-    target = getattr(rule, "min_precision", None), getattr(rule, "min_recall", None)
-    name = ("max_f1" if rule in ("auto", "max_f1") else
-            f"min_precision {target[0]:g}" if target[0] is not None else f"min_recall {target[1]:g}")
+
+
+def threshold_rule(rule) -> tuple[str, Any]:
+    """(name, spec) of a ``model.threshold`` rule: the name shown (``max_f1``, ``min_precision 0.9``,
+    ``top_rate 0.02``, ``fixed``) and the rule as the config writes it, JSON-able (``"max_f1"``,
+    ``{"min_precision": 0.9}``, ``0.5``), so that a version's own rule can be applied again later."""
+    if isinstance(rule, (int, float)) and not isinstance(rule, bool):
+        return "fixed", float(rule)
+    if rule in ("auto", "max_f1"):
+        return "max_f1", "max_f1"
+    items = rule.items() if isinstance(rule, dict) else \
+        ((k, getattr(rule, k, None)) for k in ("min_precision", "min_recall", "top_rate"))
+    (key, value), = [(k, v) for k, v in items if v is not None]
+    return f"{key} {value:g}", {key: float(value)}
+
+
+def choose_threshold(y_valid, p_valid, rule, where: str = "the validation split") -> dict:
+    """The decision threshold ``rule`` (``model.threshold``) picks on predictions with labels (by default
+    the validation split's): ``{"value", "rule", "spec", "valid": {precision, recall, f1, n, positive_rate}}``.
+    A fixed number is kept as it is; ``top_rate`` is the ``1 - top_rate`` quantile of the scores (labels
+    are not needed for it). A target no threshold meets is a ConfigError naming the best reachable."""
+    name, spec = threshold_rule(rule)
+    if name == "fixed":
+        return {"value": spec, "rule": "fixed", "spec": spec}
     y = np.asarray(y_valid if y_valid is not None else [], dtype=float).astype(int)
     p = np.asarray(p_valid if p_valid is not None else [], dtype=float)
+    if isinstance(spec, dict) and "top_rate" in spec:
+        if len(p) == 0:
+            return {"value": 0.5, "rule": f"{name}: {where} has no rows, 0.5 kept", "spec": spec}
+        t = float(np.quantile(p, 1 - spec["top_rate"], method="higher"))
+        return {"value": t, "rule": name, "spec": spec, "valid": metrics_at(y, p, t) if len(y) == len(p) else
+                {"n": int(len(p)), "flagged": float(np.mean(p >= t))}}
     if len(y) == 0 or len(np.unique(y)) < 2:
-        return {"value": 0.5, "rule": f"{name}: validation has {'no rows' if len(y) == 0 else 'one class'}, "
-                                      "0.5 kept"}
+        return {"value": 0.5, "rule": f"{name}: {where} has {'no rows' if len(y) == 0 else 'one class'}, "
+                                      "0.5 kept", "spec": spec}
+    target = (spec.get("min_precision"), spec.get("min_recall")) if isinstance(spec, dict) else (None, None)
     prec, rec, thr = skm.precision_recall_curve(y, p)
     prec, rec = prec[:-1], rec[:-1]          # the last point (recall 0) has no threshold
     f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-300), 0.0)
@@ -262,16 +297,28 @@ def choose_threshold(y_valid, p_valid, rule) -> dict:
         if not len(ok):
             cand = np.flatnonzero(support)
             b = int(cand[np.argmax(prec[cand])]) if len(cand) else int(np.argmax(prec))
-            raise ConfigError(f"model.threshold: no threshold reaches precision {target[0]:g} on the validation "
-                              f"split (over at least {MIN_PREDICTED} rows predicted positive); the best "
+            raise ConfigError(f"model.threshold: no threshold reaches precision {target[0]:g} on {where} "
+                              f"(over at least {MIN_PREDICTED} rows predicted positive); the best "
                               f"reachable is {prec[b]:.3f} (threshold {thr[b]:.4f}, recall {rec[b]:.3f}). "
                               "Lower min_precision or use max_f1")
         i = int(ok[np.argmax(rec[ok])])
     else:
         ok = np.flatnonzero(rec >= target[1])
         i = int(ok[np.argmax(prec[ok])])      # recall 1 at the lowest threshold: always reachable
-    return {"value": float(thr[i]), "rule": name,
-            "valid": {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "n": int(len(y))}}
+    return {"value": float(thr[i]), "rule": name, "spec": spec,
+            "valid": {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "n": int(len(y)),
+                      "positive_rate": float(y.mean())}}
+
+
+def metrics_at(y: np.ndarray, p: np.ndarray, t: float) -> dict:
+    """Precision, recall, F1, rows, positive rate and the share flagged of labelled scores at threshold ``t``."""
+    hard = p >= t
+    both = len(y) > 0
+    return {"precision": float(skm.precision_score(y, hard, zero_division=0)) if both else math.nan,
+            "recall": float(skm.recall_score(y, hard, zero_division=0)) if both else math.nan,
+            "f1": float(skm.f1_score(y, hard, zero_division=0)) if both else math.nan,
+            "n": int(len(y)), "positive_rate": float(y.mean()) if both else math.nan,
+            "flagged": float(hard.mean()) if both else math.nan}
 
 
 # --------------------------------------------------------------------------- slice noise

@@ -4,15 +4,14 @@ one worker, 2 CPUs each), started once per module.
 Drivers never run in the pytest process: tests start ``python -m mlops_ray ...`` (or a
 ``python -c`` script) as a subprocess with the cluster's environment (``two_nodes.env``: token
 authentication) and ``ray.address`` set, so a Ray the pytest process may hold (tests/ray starts
-one) is untouched. Ports: 6700-6719 and workers 18700-18749 (tests/cluster/nodes.py shows which).
+one) is untouched. Ports: a free block found when the module starts (``cluster_ports``).
 """
 from __future__ import annotations
 
 import pytest
 
 from tests.cluster.nodes import LocalCluster
-
-HEAD_PORT, WORKER_PORTS = 6700, 18700
+from tests.cluster.ports import cluster_ports, start_or_fail
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +19,8 @@ def two_nodes():
     """A started ``LocalCluster``: ``.address``, ``.env`` (for drivers), ``.node_ids()`` (name -> Ray
     node id, nodes told apart by their ``mlops_node_<name>`` resource), ``.kill_node("w1")`` (SIGKILL
     its process group). Every process it started is stopped at the end, by process group."""
-    cluster = LocalCluster(names=("head", "w1"), num_cpus=2, base=HEAD_PORT, worker_base=WORKER_PORTS)
-    taken = cluster.ports_in_use()
-    if taken:
-        pytest.skip(f"ports {taken} on 127.0.0.1 are in use (another test cluster?); tests/cluster needs "
-                    f"{HEAD_PORT}-{HEAD_PORT + 19}")
+    cluster = LocalCluster(names=("head", "w1"), num_cpus=2, **cluster_ports())
+    start_or_fail(cluster)
     with cluster:
         print(f"2-node cluster at {cluster.address}: nodes up in {cluster.start_s} s, logs in {cluster.root}")
         yield cluster

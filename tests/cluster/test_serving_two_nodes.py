@@ -28,12 +28,12 @@ import pytest
 import yaml
 
 from tests.cluster.nodes import LocalCluster
+from tests.cluster.ports import cluster_ports, start_or_fail
 from tests.conftest import make_bundle
 from tests.http_load import Load, free_base, request_rows
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
-HEAD_PORT, WORKER_PORTS = 6740, 18760          # tests/cluster/conftest.py's cluster uses 6700-6719
 FLUSH_S = 2.0
 
 
@@ -42,11 +42,9 @@ def cluster():
     # Serve's proxy prefers replicas on its own node (RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING, on by
     # default) and with direct ingress it runs on the head only: the head's replica took every request
     # of a CI run (5030 to 0). Off, the proxy balances over both nodes' replicas.
-    c = LocalCluster(names=("head", "w1"), num_cpus=2, base=HEAD_PORT, worker_base=WORKER_PORTS,
-                     node_env={"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"})
-    taken = c.ports_in_use()
-    if taken:
-        pytest.skip(f"ports {taken} on 127.0.0.1 are in use; this module needs {HEAD_PORT}-{HEAD_PORT + 19}")
+    c = LocalCluster(names=("head", "w1"), num_cpus=2, node_env={"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"},
+                     **cluster_ports())
+    start_or_fail(c)
     with c:
         print(f"2-node cluster at {c.address}: nodes up in {c.start_s} s, logs in {c.root}")
         yield c

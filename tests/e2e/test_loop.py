@@ -44,7 +44,7 @@ def story(tmp_path_factory):
 def _demo_config(work: Path, cfg: Path) -> Path:
     """The config the demo ran (its own store, month 1 as data, month 2 as the retrain window)."""
     text = cfg.read_text().replace(f"store: {work}/st", f"store: {work}/st-demo") \
-        .replace("source: data/demo", f"source: {work}/data/month1")
+        .replace("source: data/demo/month1", f"source: {work}/data/month1")
     text += f"\nretrain:\n  data: [{work}/data/month2]\n  cooldown: 1s\n"
     out = work / "demo.yaml"
     out.write_text(text)
@@ -62,6 +62,23 @@ def test_the_story_retrains_on_drift_and_promotes_the_challenger(story):
     sys.path.insert(0, str(ROOT))
     from mlops_ray.runtime import read_head
     assert read_head(str(story["work"] / "st-demo"), "fraud-quickstart") is None      # no head left running
+
+
+def test_the_demo_ends_with_where_its_results_are_and_commands_that_show_them(story):
+    """After `make demo`, `mlops-ray status configs/quickstart.yaml` showed nothing: the demo keeps a store
+    of its own. Its last lines name that store, the config it ran, and commands that work."""
+    out = story["out"]
+    assert "in st-demo (its own store)" in out and "the config it ran is data/demo.yaml" in out, out[-3000:]
+    commands = [ln.split("#")[0].split()[1:] for ln in out.splitlines() if ln.strip().startswith("mlops-ray ")]
+    status = next(c for c in commands if c[0] == "status")
+    p = cli(*status, cwd=story["work"], check=0)
+    assert "promoted: version=2" in p.stdout and "monitor (" in p.stdout and "loop (" in p.stdout, p.stdout
+    report = next(c for c in commands if c[0] == "report")
+    cli(*report[:-1], str(story["work"] / "again.html"), cwd=story["work"], check=0)
+    assert (story["work"] / "again.html").stat().st_size > 10_000
+    served = next(ln for ln in out.splitlines() if "serving version 1 at" in ln)
+    port = int(next(s for s in SMALL if s.startswith("serve.port=")).split("=")[1])
+    assert f"http://127.0.0.1:{port + 1}/predict (direct to one replica, fastest)" in served, served
 
 
 def test_the_drift_report_names_the_moved_columns_and_the_report_is_self_contained(story):

@@ -19,6 +19,7 @@ from mlops_ray.bundle import dmatrix
 from mlops_ray.config import RegistryConfig
 from mlops_ray.errors import RegistryError
 from mlops_ray.registry import Registry
+from tests.conftest import missing
 from tests.unit.test_registry import breast_cancer, train_bundle
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,7 @@ def mlflow_server(tmp_path_factory):
     """URL of a fresh `mlflow server` on a free loopback port; stopped (whole process group) at teardown."""
     cli = subprocess.run([sys.executable, "-m", "mlflow", "server", "--help"], capture_output=True, timeout=60)
     if cli.returncode != 0:
-        pytest.skip(f"the mlflow server CLI is not usable in this environment: {cli.stderr.decode()[-300:]}")
+        missing(f"the mlflow server CLI is not usable in this environment: {cli.stderr.decode()[-300:]}")
     root = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
     url = f"http://127.0.0.1:{port}"

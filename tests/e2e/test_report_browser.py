@@ -1,5 +1,6 @@
 """The report in a real browser: headless Chromium renders it, every inline image decodes and
-the screenshot is not blank. Skipped when Chromium is not installed (CI installs it)."""
+the screenshot is not blank. Skipped when Chromium is not installed; with CI=true it fails instead
+(.ci/run installs it)."""
 from __future__ import annotations
 
 import re
@@ -9,6 +10,7 @@ import subprocess
 import pytest
 
 from mlops_ray.monitor.report import write_report
+from tests.conftest import missing
 from tests.unit.test_report import make_ctx
 
 pytestmark = pytest.mark.slow
@@ -31,7 +33,7 @@ window.addEventListener("load", function () {
 def chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if not exe:
-        pytest.skip("headless Chromium not installed (Debian package 'chromium'; .ci/run installs it)")
+        missing("headless Chromium not installed (Debian package 'chromium'; .ci/run installs it)")
     return exe
 
 

@@ -129,6 +129,34 @@ def test_deploy_serves_the_champion(served):
         assert post(info["direct"][0], served["rows"][:5])[1]["predictions"] == body["predictions"]
 
 
+def test_a_threshold_rechosen_by_feedback_is_served_without_a_redeploy(served, tmp_path):
+    """Labels of served predictions through `mlops-ray feedback`: the threshold is re-chosen on them and
+    every replica applies it within its poll (5 s), with no deploy; the answers' labels follow it."""
+    import numpy as np
+    import pandas as pd
+    answers = [post(served["url"], served["rows"][i], headers={"x-request-id": f"lab{i}"})[1]["predictions"][0]
+               for i in range(150)]
+    p = np.array(answers)
+    cut = float(np.quantile(p, 0.7))
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"request_id": [f"lab{i}" for i in range(150)], "is_fraud": (p >= cut).astype(int)}).to_csv(
+        labels, index=False)
+    time.sleep(3)                            # the replicas flush their log every 2 s (monitor.predlog_flush_s)
+    out = " ".join(cli("feedback", served["cfg_path"], "--labels", str(labels), check=0).stdout.split())
+    new = float(p[p >= cut].min())         # max F1 on these labels: every positive and nothing else
+    assert f"version 1: threshold 0.5000 → {new:.4f} (max_f1 on 150 rows" in out, out
+    deadline = time.time() + 20
+    while time.time() < deadline and not all(get(served["base"] + "/version")["thresholds"]["1"] == new
+                                              for _ in range(6)):
+        time.sleep(0.5)
+    assert all(get(served["base"] + "/version")["thresholds"]["1"] == new for _ in range(6))
+    order = np.argsort(p)
+    picked = [served["rows"][i] for i in [*order[:4], *order[-4:]]]    # 4 below the new threshold, 4 above
+    status, body = post(served["url"], picked)
+    assert status == 200, body
+    assert body["labels"] == [int(x >= new) for x in body["predictions"]] == [0] * 4 + [1] * 4
+
+
 def test_the_readme_first_prediction_works_when_pasted(served):
     import re
     text = (ROOT / "README.md").read_text()

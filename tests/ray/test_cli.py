@@ -72,3 +72,23 @@ def test_data_synth(tmp_path):
     assert again.exit_code == 3 and "is not empty; pass --overwrite" in again.stderr
     bad = runner.invoke(app, ["data", "synth", "--rows", "10", "--out", str(out), "--drift", "sideways"])
     assert bad.exit_code == 2 and "--drift 'sideways'" in bad.stderr
+
+
+def test_validate_reads_text_dates_and_names_an_unreadable_one(tmp_path):
+    """`validate` on a weather export with 12/31/2012 dates: the inferred format is printed; a
+    value written another way fails it (exit 3) naming the value, its row and the fix."""
+    from tests.unit.test_dates import weather
+    df = weather(300)
+    path = tmp_path / "weatherAUS.csv"
+    df.to_csv(path, index=False)
+    data = {"label": "RainTomorrow", "time_column": "Date", "id_column": None, "split": {"method": "time"}}
+    r = runner.invoke(app, ["validate", write_cfg(tmp_path, path, data=data)])
+    assert r.exit_code == 0, r.output
+    assert "column 'Date' read as date-times with format '%m/%d/%Y', inferred from 300 values" in r.stdout
+    df.loc[41, "Date"] = "Feb 11 2012"
+    df.to_csv(path, index=False)
+    r = runner.invoke(app, ["validate", write_cfg(tmp_path, path, data=data)])
+    assert r.exit_code == 3 and "a bug" not in r.output
+    assert ("column 'Date' has 1 value(s) that the format '%m/%d/%Y' inferred from the first 300 values does not "
+            "read, e.g. 'Feb 11 2012' at weatherAUS.csv row 42 (line 43); set data.datetime_formats") in \
+        " ".join(r.stderr.split())

@@ -17,7 +17,7 @@ from mlops_ray.errors import ConfigError, DataSourceError, DataValidationError
 from mlops_ray.monitor.predlog import log_schema, read_log
 from mlops_ray.predict import batch_predict, predlog_root
 from mlops_ray.registry import Registry
-from tests.conftest import base_raw, make_bundle, make_config, write_parquet
+from tests.conftest import base_raw, config_file, make_bundle, make_config, write_parquet
 
 ID = "transaction_id"
 FAST = {"batch_size": 1000, "concurrency": 2}      # several batches and two actors on 4,000 rows
@@ -135,7 +135,10 @@ def test_log_without_id_uses_the_global_row_index(env, tmp_path):
     data = write_parquet(df.drop(columns=["is_fraud", ID]), tmp_path / "noid", parts=3)
     res = batch_predict(cfg, str(data), str(tmp_path / "out"), log=True, **FAST)
     assert res["logged"] == 4000
-    assert list(read_out(tmp_path / "out").columns) == ["prediction", "label", "model_version"]
+    out = read_out(tmp_path / "out")
+    assert list(out.columns) == ["row", "prediction", "label", "model_version"]   # the row key joins back
+    np.testing.assert_allclose(out.sort_values("row")["prediction"].to_numpy(),
+                               env["reg"].load_bundle("1").predict(df), rtol=1e-6, atol=1e-7)
     prefix = f"batch-{res['run_token']}-"
     log = read_log(predlog_root(cfg)).to_pandas()
     log = log[log["request_id"].str.startswith(prefix)]
@@ -214,3 +217,72 @@ def test_cli_predict_json_and_missing_column(env, tmp_path):
     r = runner.invoke(app, ["predict", str(cfg), "--data", str(bad), "--out", str(tmp_path / "o2"),
                             "--version", "1", "--alias", "champion"])
     assert r.exit_code == 2
+
+
+def test_scoring_prints_no_line_of_rays_own(env, tmp_path, capfd):
+    """`predict` printed `core_worker.cc:2465: Actor ... has constructor arguments in the object store and
+    max_restarts > 0` (the driver's C++ log copies its ERROR lines to stderr): users see progress and results."""
+    capfd.readouterr()
+    batch_predict(env["cfg"], str(env["data"]), str(tmp_path / "out"), **FAST)
+    err = capfd.readouterr().err
+    assert "core_worker" not in err and "max_restarts" not in err, err
+
+
+def test_without_an_id_rows_are_keyed_by_position_and_classes_name_the_probabilities(small_df, tmp_path):
+    """No data.id_column in the data: each prediction carries its input row's position and the
+    columns --keep names; a multiclass model's probabilities are named by class."""
+    from mlops_ray import bundle as B
+    path = multiclass_bundle(small_df, tmp_path / "b")
+    loaded = B.load_bundle(path)
+    loaded.spec.classes = ["drizzle", "light rain", "Sunny"]
+    path = B.write_bundle(str(tmp_path / "named"), loaded.booster, loaded.spec, {}, {"task": "multiclass"})
+    cfg = make_config(str(tmp_path / "unused"), store=str(tmp_path / "store"))
+    reg = Registry(cfg.registry, cfg.store, cfg.name)
+    with reg.start_run("r") as run:
+        version = reg.register(run, path)
+    df = small_df.drop(columns=["is_fraud", ID])
+    data = write_parquet(df, tmp_path / "score", parts=3)
+    out = tmp_path / "out"
+    res = batch_predict(cfg, str(data), str(out), str(version), keep=["channel", "amount"], **FAST)
+    assert res["rows"] == len(df)
+    got = read_out(out).sort_values("row").reset_index(drop=True)
+    assert list(read_out(out).columns) == ["row", "channel", "amount", "prediction", "p_drizzle", "p_light_rain",
+                                           "p_Sunny", "label", "model_version"]
+    assert got["row"].tolist() == list(range(len(df)))
+    pd.testing.assert_series_equal(got["amount"], df["amount"].reset_index(drop=True), check_names=False)
+    expected = loaded.predict(df)
+    np.testing.assert_allclose(got[["p_drizzle", "p_light_rain", "p_Sunny"]].to_numpy(), expected, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ConfigError, match=r"--keep names column 'amout', which is not in .* \(did you mean 'amount'\?\)"):
+        batch_predict(cfg, str(data), str(tmp_path / "out2"), str(version), keep=["amout"])
+
+
+def test_feedback_command_joins_labels_by_id_and_reports_the_live_metric(env, tmp_path):
+    """predict --log, then `feedback` with labels keyed by data.id_column: completeness per version
+    and the live AUC, which must equal sklearn's on the scored rows and their true labels."""
+    from sklearn.metrics import roc_auc_score
+    runner = CliRunner()
+    cfg_path, cfg, reg = config_file(tmp_path / "fb.yaml", tmp_path / "store")
+    with reg.start_run("r") as run:
+        reg.register(run, str(env["tmp"] / "b1"))
+    reg.set_alias("champion", "1")
+    out = tmp_path / "out"
+    p = runner.invoke(app, ["predict", str(cfg_path), "--data", str(env["data"]), "--out", str(out), "--log",
+                            "--json"])
+    assert p.exit_code == 0, p.output
+    assert json.loads(p.stdout)["logged"] == 4000
+    df = env["df"]
+    never_scored = pd.DataFrame({ID: [10 ** 9], "is_fraud": [1]})
+    labels = pd.concat([df[[ID, "is_fraud"]], never_scored])
+    labels.to_parquet(tmp_path / "labels.parquet", index=False)
+    r = runner.invoke(app, ["feedback", str(cfg_path), "--labels", str(tmp_path / "labels.parquet"), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert (res["labels"], res["key"], res["unknown_ids"], res["duplicates"]) == (4001, ID, 1, 0)
+    v1 = res["versions"]["1"]
+    assert (v1["predictions"], v1["labelled"], v1["completeness"], v1["metric"]) == (4000, 4000, 1.0, "auc")
+    scored = read_out(out).set_index(ID).loc[df[ID]]
+    assert v1["value"] == pytest.approx(roc_auc_score(df["is_fraud"], scored["prediction"]), abs=1e-9)
+    text = runner.invoke(app, ["feedback", str(cfg_path), "--labels", str(tmp_path / "labels.parquet")])
+    assert text.exit_code == 0 and "4,001 labels stored (key transaction_id); 1 with ids never predicted" in text.stdout
+    bad = runner.invoke(app, ["feedback", str(cfg_path), "--labels", str(out)])
+    assert bad.exit_code == 10 and "has no label column 'is_fraud'" in bad.stderr

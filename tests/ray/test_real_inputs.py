@@ -133,3 +133,29 @@ def test_the_gate_sees_a_champion_trained_on_the_test_rows(tx, tmp_path):
     with pytest.raises(GateRejected, match=r"champion v\d was trained on [\d,]+ of the [\d,]+ test rows it is "
                                            r"judged on \(\d+%; gate.max_champion_overlap 0.05\)"):
         run_pipeline(make_config(str(path), data={"id_column": None, "split": {"seed": 7}}, **kw))
+
+
+def test_monitor_reads_a_windows_text_dates_with_the_models_format(tx, tmp_path):
+    """Dates exported as text ('%m/%d/%Y %H:%M'): the window's parts must be computed as training's were,
+    or the hour part of the datetime field goes untested."""
+    from mlops_ray.monitor.drift import run_monitor
+    df = tx.assign(event_time=tx["event_time"].dt.strftime("%m/%d/%Y %H:%M"))
+    pq.write_table(pa.Table.from_pandas(df.iloc[:2000], preserve_index=False), tmp_path / "train.parquet")
+    pq.write_table(pa.Table.from_pandas(df.iloc[2000:], preserve_index=False), tmp_path / "window.parquet")
+    cfg = make_config(str(tmp_path / "train.parquet"), store=str(tmp_path / "store"), tune=FAST, model=MODEL,
+                      data={"datetime_formats": {"event_time": "%m/%d/%Y %H:%M"}},
+                      features={"min_frequency": 2, "datetime_parts": ["hour", "dayofweek"]},
+                      monitor={"domain_classifier": {"enabled": False}, "min_rows": 50})
+    run_pipeline(cfg)
+    report = run_monitor(cfg, data=str(tmp_path / "window.parquet"))
+    hour = {f["name"]: f for f in report["features"]}["event_time.hour"]
+    assert hour["rows"] == len(df) - 2000 and hour["verdict"] == "ok", hour
+
+
+def test_a_gzipped_csv_export_validates(tx, tmp_path):
+    import mlops_ray
+    path = tmp_path / "export.csv.gz"
+    tx.to_csv(path, index=False, compression="gzip")
+    cfg = make_config(str(path), store=str(tmp_path / "store"))
+    report = mlops_ray.validate(cfg)
+    assert report.passed and report.rows == len(tx)

@@ -38,7 +38,12 @@ def test_bundle_round_trip_has_no_pickle(trained, small_df, tmp_path):
     ref = build_reference(X, spec, bst.inplace_predict(X), "binary")
     path = bundle.write_bundle(str(tmp_path / "b"), bst, spec, ref, {"task": "binary"})
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == sorted(bundle.FILES)
-    assert b"pickle" not in (tmp_path / "b" / "model.ubj").read_bytes()[:64]
+    # no pickle anywhere: the model is UBJSON (an object whose first key, "learner", has an int64
+    # length: a pickle starts with its protocol byte 0x80), every other file is JSON
+    model = (tmp_path / "b" / "model.ubj").read_bytes()
+    assert model[:1] == b"{" and model[1:2] == b"L" and model[10:17] == b"learner", model[:20]
+    for name in set(bundle.FILES) - {"model.ubj"}:
+        json.loads((tmp_path / "b" / name).read_text())
     loaded = bundle.load_bundle(path)
     rows = small_df.head(50)
     np.testing.assert_array_equal(loaded.predict(rows), bundle.predict_features(bst, X[:50], spec))
@@ -54,3 +59,14 @@ def test_incomplete_bundle_is_named(trained, tmp_path):
     (tmp_path / "b" / "features.json").unlink()
     with pytest.raises(RegistryError, match="incomplete: missing features.json"):
         bundle.load_bundle(path)
+
+
+@pytest.mark.parametrize("classes, k, names", [
+    (["drizzle", "light rain", "Sunny"], 3, ["p_drizzle", "p_light_rain", "p_Sunny"]),
+    (["0", "1", "2"], 3, ["p_0", "p_1", "p_2"]),
+    (["Rain", "rain", "fog/mist"], 3, ["p_0_Rain", "p_1_rain", "p_2_fog_mist"]),     # same column twice: indexed
+    (None, 2, ["p_0", "p_1"]),
+])
+def test_batch_probability_columns_are_named_by_class(classes, k, names):
+    from mlops_ray.predict import proba_columns
+    assert proba_columns(classes, k) == names

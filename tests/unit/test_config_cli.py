@@ -169,3 +169,58 @@ def test_reads_and_the_reachability_probe_leave_an_empty_store_without_a_databas
             read()
     reg.check_reachable()
     assert not (tmp_path / "store").exists()
+
+
+# --------------------------------------------------------------------------- global flags
+@pytest.mark.parametrize("flag", ["--debug", "--verbose", "-v"])
+def test_the_global_flags_are_accepted_after_the_command(tmp_path, flag):
+    """The error says "rerun with --debug"; `mlops-ray run CONFIG --debug` is how people write that."""
+    missing = str(tmp_path / "missing.yaml")
+    res, text = cli("config", "check", missing, flag)
+    assert "No such option" not in text
+    assert res.exit_code == ExitCode.CONFIG, text
+    assert "missing.yaml" in text
+
+
+def test_debug_after_the_command_shows_the_traceback(tmp_path):
+    res = CliRunner().invoke(app, ["config", "check", str(tmp_path / "missing.yaml"), "--debug"])
+    assert res.exit_code == ExitCode.CONFIG
+    assert "Traceback" in res.output
+
+
+def test_the_words_after_a_double_dash_are_not_taken_as_global_flags(monkeypatch):
+    """`submit CONFIG -- run --verbose` forwards --verbose to the job's command; it is not this command's."""
+    from mlops_ray import cli as cli_module
+    seen = {}
+
+    def fake_submit(cfg, config, command, **kw):
+        seen["command"], seen["verbose"] = command, kw["verbose"]
+        return {"job_id": "j", "upload_files": 0, "upload_bytes": 0, "working_dir": ".", "dashboard_url": "-",
+                "follow": ["a", "b", "c"]}
+    monkeypatch.setattr("mlops_ray.jobs.submit", fake_submit)
+    monkeypatch.setattr(cli_module, "_load", lambda path, sets: None)
+    res = CliRunner().invoke(app, ["submit", QUICKSTART, "--", "run", "--verbose"])
+    assert res.exit_code == 0, res.output
+    assert seen == {"command": ["run", "--verbose"], "verbose": False}
+
+
+# --------------------------------------------------------------------------- internal errors
+def test_an_internal_error_exits_1_and_debug_prints_its_traceback(small, monkeypatch):
+    """An exception that is not one of the project's errors is a bug: exit 1 and a plain message that
+    points to --debug; with --debug the traceback itself (the CLI's error handler, not the config)."""
+    import mlops_ray.config
+
+    def load_config_with_a_bug(*args, **kwargs):
+        raise KeyError("slot_the_code_forgot")
+
+    monkeypatch.setattr(mlops_ray.config, "load_config", load_config_with_a_bug)
+    res = CliRunner().invoke(app, ["config", "check", small])
+    assert res.exit_code == ExitCode.UNEXPECTED == 1
+    assert "Unexpected error (KeyError): 'slot_the_code_forgot'" in res.stderr
+    assert "This is a bug in mlops-ray; rerun with --debug for the traceback." in res.stderr
+    assert "Traceback" not in res.stderr
+    res = CliRunner().invoke(app, ["--debug", "config", "check", small])
+    assert res.exit_code == 1
+    assert "Traceback" in res.stderr and "load_config_with_a_bug" in res.stderr
+    assert "KeyError" in res.stderr and "slot_the_code_forgot" in res.stderr
+    assert "This is a bug in mlops-ray" not in res.stderr

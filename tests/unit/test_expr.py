@@ -54,3 +54,57 @@ def test_rejects_everything_else(source, message):
 def test_unknown_column_is_named():
     with pytest.raises(ExpressionError, match=r"uses column\(s\) \['zz'\]"):
         parse("zz + 1").evaluate(DF)
+
+
+FILMS = pd.DataFrame({"Production Budget": [1.5e7, 9.0e7, None], "Worldwide Gross": [4.2e7, 3.1e8, 1.2e6],
+                      "MPAA Rating": ["R", "PG-13", "R"], "imdb.rating": [7.1, 6.4, 5.9]})
+
+
+def test_backticks_name_any_column():
+    e = parse("log1p(`Worldwide Gross`) - log1p(`Production Budget`) + where(`MPAA Rating` == 'R', 1, 0)")
+    assert e.columns == ("Worldwide Gross", "Production Budget", "MPAA Rating")
+    expected = np.log1p(FILMS["Worldwide Gross"]) - np.log1p(FILMS["Production Budget"]) + [1, 0, 1]
+    np.testing.assert_allclose(e.evaluate(FILMS), expected, equal_nan=True)
+    assert parse("`imdb.rating` * 10").evaluate(FILMS).tolist() == [71.0, 64.0, 59.0]
+    assert parse("'a `b`' == `MPAA Rating`").columns == ("MPAA Rating",)   # backticks in a string stay text
+
+
+@pytest.mark.parametrize("source, message", [
+    ("log1p(Production Budget)", "syntax error in 'log1p(Production Budget)': invalid syntax; a column name with "
+                                 "spaces or dots goes in backticks: write 'log1p(`Production Budget`)' (if "
+                                 "`Production Budget` is a column)"),
+    ('log1p("Worldwide Gross")', "'Worldwide Gross' in 'log1p(\"Worldwide Gross\")' is a string, which only a "
+                                 "comparison takes (country == \"US\"); if 'Worldwide Gross' is a column, put its "
+                                 "name in backticks: `Worldwide Gross`"),
+    ("imdb.rating * 10", "Attribute is not allowed in 'imdb.rating * 10': if 'imdb.rating' is a column name with a "
+                         "dot, put it in backticks: `imdb.rating`"),
+    ("log1p(`Production Budget)", "unclosed backtick"),
+])
+def test_a_column_name_with_spaces_quoted_wrong_says_to_use_backticks(source, message):
+    with pytest.raises(ExpressionError) as info:
+        parse(source)
+    assert str(info.value) == message or (message == "unclosed backtick" and str(info.value).startswith(message))
+
+
+def test_config_check_catches_a_quoted_column_in_an_expression():
+    from mlops_ray.errors import ConfigError
+    from tests.conftest import make_config
+    with pytest.raises(ConfigError, match=r"put its name in backticks: `Worldwide Gross`"):
+        make_config("films.parquet", data={"label": "hit", "id_column": None, "time_column": None},
+                    features={"derived": {"log_gross": 'log1p("Worldwide Gross")'}})
+    with pytest.raises(ConfigError, match=r"write 'log1p\(`Production Budget`\) > 16'"):
+        make_config("films.parquet", data={"label": {"name": "big", "expr": "log1p(Production Budget) > 16"},
+                                           "id_column": None, "time_column": None})
+
+
+def test_a_backticked_derived_column_serves_as_it_trains():
+    from mlops_ray.data import features as feat
+    from mlops_ray.data.rows import RowEncoder
+    spec = feat.FeatureSpec(label="hit", numeric=[feat.NumericFeature("Production Budget")],
+                            derived=[feat.DerivedFeature("roi", "log1p(`Worldwide Gross`) - log1p(`Production Budget`)")],
+                            input_types={"Production Budget": "float", "Worldwide Gross": "float"})
+    rows = FILMS[["Production Budget", "Worldwide Gross"]].astype(object).where(FILMS.notna(), None)
+    rows = rows.to_dict(orient="records")
+    enc = RowEncoder(spec)
+    assert enc.fast
+    np.testing.assert_array_equal(enc.encode(rows), feat.transform(pd.DataFrame(rows), spec).to_numpy(np.float32))

@@ -137,7 +137,7 @@ def test_prepare_data_leaves_only_feature_errors_to_the_featurize_step(monkeypat
     schema = pa.Table.from_pandas(small_df.head(5), preserve_index=False).schema
     source = SimpleNamespace(format="parquet", schema=schema, rows=5, fingerprint="f")
 
-    def validate(cfg, source, ds, static, plan, extra):
+    def validate(cfg, source, ds, static, plan, extra, parsing=None):
         assert "fit" not in extra
         raise _Validated()
 

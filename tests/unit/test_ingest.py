@@ -145,3 +145,14 @@ def test_hidden_files_are_ignored(parquet_dir):
     (parquet_dir / ".part-000.parquet.crc").write_text("x")
     assert len(inspect(parquet_dir).files) == 2
     assert os.path.exists(parquet_dir / "_SUCCESS")
+
+
+def test_a_gzipped_csv_is_read(small_df, tmp_path):
+    """pyarrow's stream already decompresses .gz by the name; decompressing again crashed (BadGzipFile)."""
+    from mlops_ray.data.ingest import read_table_local
+    path = tmp_path / "export.csv.gz"
+    small_df.head(50).to_csv(path, index=False, compression="gzip")
+    cfg = make_config(str(path))
+    source = inspect_source(cfg.data)
+    assert source.format == "csv" and source.schema.names == list(small_df.columns)
+    assert read_table_local(source, cfg.data).num_rows == 50

@@ -225,3 +225,85 @@ def test_write_report(tmp_path):
     path = write_report(ctx, str(tmp_path / "sub" / "report.html"))
     text = open(path, encoding="utf-8").read()
     assert text == render_report(ctx) and text.endswith("</html>")
+
+
+# --------------------------------------------------------------------------- what a newcomer saw
+def test_a_count_stored_as_a_float_prints_as_an_integer():
+    ctx = make_ctx()
+    ctx["model"]["metrics"] = {"auc": 0.9123456, "n": 10000.0}
+    model = render_report(ctx).split('<section id="model">')[1].split("</section>")[0]
+    assert "1e+04" not in model and '<td class=num>10,000</td>' in model and "0.9123" in model
+
+
+def test_without_a_rollout_the_canary_chart_is_left_out_and_the_report_says_why():
+    ctx = make_ctx()
+    ctx["rollout"] = {"name": "fraud", "stable": "1", "phase": "STABLE", "weight": 0.0,
+                      "history": [{"t": 1_760_000_000.0, "event": "deployed", "version": "1"}]}
+    rollout = render_report(ctx).split('<section id="rollout">')[1].split("</section>")[0]
+    assert "<img" not in rollout and "No canary chart: no rollout has run" in rollout
+    assert re.search(r"<td>deployed</td>", rollout)           # the timeline stays
+    with_rollout = render_report(make_ctx()).split('<section id="rollout">')[1].split("</section>")[0]
+    assert with_rollout.count("<img") == 2
+
+
+def test_every_decision_says_why_even_when_nothing_fired():
+    ctx = make_ctx()
+    ctx["decisions"] = [
+        {"time": "2025-10-08T10:00:00+00:00", "trigger": False, "reasons": [], "blocked": None, "action": "none",
+         "checked": ["drift share 3% (trigger at 30%)", "live auc: 12 labelled predictions (needs 200)"]},
+        {"time": "2025-10-09T10:00:00+00:00", "trigger": False, "reasons": ["drift share 50% (trigger at 30%)"],
+         "blocked": "cool-down (1h) until 2025-10-09 11:00 UTC", "action": "none", "checked": []}]
+    decisions = render_report(ctx).split('<section id="decisions">')[1].split("</section>")[0]
+    assert '<ul class="tight"></ul>' not in decisions
+    assert "not fired: drift share 3% (trigger at 30%)" in decisions
+    assert "drift share 50% (trigger at 30%)</li><li>blocked: cool-down (1h)" in decisions
+
+
+def test_the_drift_section_lists_the_recent_windows_newest_first_with_their_source():
+    """Only the newest window was shown, not the ones `monitor --data` wrote."""
+    ctx = make_ctx()
+    ctx["drift_windows"] = [
+        {"created": "2025-10-09T12:00:00+00:00", "source": "predlog", "path": "/store/fraud/predlog",
+         "since": "2025-10-08T00:00:00Z", "until": None, "rows": 5000, "version": "4", "drift": True,
+         "drift_share": 0.5, "drifted": ["amount"], "auc": 0.71},
+        {"created": "2025-10-09T11:00:00+00:00", "source": "data", "path": "/data/october.parquet", "rows": 2000,
+         "version": "4", "drift": False, "drift_share": 0.0, "drifted": [], "auc": 0.51}]
+    drift = render_report(ctx).split('<section id="drift">')[1].split("</section>")[0]
+    table = drift.split("Recent windows")[1]
+    assert table.index("2025-10-09T12:00") < table.index("2025-10-09T11:00")
+    assert "<td>data</td><td>/data/october.parquet</td>" in table and "<td>predlog</td>" in table
+
+
+def test_the_report_context_reads_the_recent_drift_reports_newest_first(tmp_path):
+    from mlops_ray.reports import drift_windows
+    from mlops_ray.store import Store
+    from tests.conftest import make_config
+    cfg = make_config("x", store=str(tmp_path))
+    store = Store(cfg.store)
+    for stamp, source, path in (("20251009T110000000000Z", "data", "/data/october.parquet"),
+                                ("20251009T120000000000Z", "predlog", "/store/predlog"),
+                                ("20251008T100000000000Z", "predlog", "/store/predlog")):
+        store.write_json(store.path(cfg.name, "monitor", "reports", f"{stamp}.json"),
+                         {"created": stamp, "version": "4", "drift": source == "data", "drift_share": 0.1,
+                          "drifted": [], "window": {"source": source, "path": path, "rows": 100}})
+    got = drift_windows(cfg, limit=2)
+    assert [(w["created"], w["source"], w["path"]) for w in got] == [
+        ("20251009T120000000000Z", "predlog", "/store/predlog"), ("20251009T110000000000Z", "data", "/data/october.parquet")]
+    assert drift_windows(make_config("x", store=str(tmp_path / "empty"))) == []
+
+
+def test_the_threshold_history_is_shown_newest_first_once_it_was_rechosen():
+    from mlops_ray import thresholds as th
+    meta = {"task": "binary", "threshold": {"value": 0.8, "rule": "max_f1", "spec": "max_f1",
+                                            "valid": {"n": 900, "positive_rate": 0.14}}}
+    first = th.registered(meta)
+    later = {**first, "value": 0.3123, "source": "feedback", "time": "2026-05-28T20:27:40+00:00", "rows": 600,
+             "positive_rate": 0.27, "metrics": {"recall": 0.61}}
+    kept = {**later, "kept": True, "reason": "40 labelled predictions, fewer than monitor.min_rows (100)",
+            "time": "2026-05-29T08:00:00+00:00", "rows": 40}
+    ctx = make_ctx()
+    assert "Decision threshold:" not in render_report({**ctx, "model": {**ctx["model"], "threshold_history": [first]}})
+    page = render_report({**ctx, "model": {**ctx["model"], "threshold_history": [first, later, kept]}})
+    assert "Decision threshold: 0.3123 now" in page
+    body = page.split("Decision threshold: 0.3123 now", 1)[1].split("</table>", 1)[0]
+    assert body.index("kept: 40 labelled predictions") < body.index("<td>re-chosen") < body.index("registration")

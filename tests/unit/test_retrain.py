@@ -143,3 +143,15 @@ def test_pending_rollout_is_retried():
     hist = [{"action": "retrain", "version": "2", "pending_rollout": "2"}, {"action": "none"}]
     assert _pending_rollout(hist) == "2"
     assert _pending_rollout(hist + [{"action": "rollout", "version": "2", "outcome": "rollout promoted"}]) is None
+
+
+def test_two_label_files_in_the_same_second_are_both_kept(served):
+    """Label files were named by the second and the pid: a second call within that second overwrote
+    the first one's labels."""
+    cfg, tmp = served
+    for i, part in enumerate((range(0, 100), range(100, 200))):
+        path = tmp / f"labels-{i}.csv"
+        pd.DataFrame({"request_id": [f"r{j}" for j in part], "is_fraud": [j % 2 for j in part]}).to_csv(path, index=False)
+        res = feedback(cfg, str(path), now=1_800_000_000.0)
+    assert res["versions"]["1"]["labelled"] == 200
+    assert len(os.listdir(os.path.dirname(res["stored"]))) == 2

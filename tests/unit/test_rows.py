@@ -205,39 +205,39 @@ def _spec(**kw) -> FeatureSpec:
     return FeatureSpec(**base)
 
 
-@pytest.mark.parametrize("spec_kw,rows", [
+@pytest.mark.parametrize("spec_kw,rows,path", [
     # a categorical over a datetime input: transform stringifies Timestamps; not reproduced
     ({"categorical": [CategoricalFeature("t", ["2026-01-01 00:00:00"])]},
-     [{"x": 1.0, "t": "2026-01-01"}, {"t": "2026-01-02T00:00:00Z"}, {}]),
+     [{"x": 1.0, "t": "2026-01-01"}, {"t": "2026-01-02T00:00:00Z"}, {}], "fallback"),
     # a derived column using one defined after it: transform raises, and so must the encoder
-    ({"derived": [DerivedFeature("a", "b + 1"), DerivedFeature("b", "x * 2")]}, [{"x": 1.0}]),
+    ({"derived": [DerivedFeature("a", "b + 1"), DerivedFeature("b", "x * 2")]}, [{"x": 1.0}], "raises"),
     # control: the same small spec without a trap stays on the fast path
     ({"derived": [DerivedFeature("x2", "x * 2")], "numeric": [NumericFeature("x")],
       "datetime": [DatetimeFeature("t", ["hour"])],
-      "categorical": [CategoricalFeature("s", ["a"])]}, [{"x": 2.0, "s": "a"}]),
+      "categorical": [CategoricalFeature("s", ["a"])]}, [{"x": 2.0, "s": "a"}], "fast"),
     # a derived name that shadows an input: repeated output names, transform drops a column
-    ({"derived": [DerivedFeature("x", "x * 2")]}, [{"x": 2.0}]),
+    ({"derived": [DerivedFeature("x", "x * 2")]}, [{"x": 2.0}], "fallback"),
     # a bare column as an expression: transform fails writing into pandas' read-only array
-    ({"derived": [DerivedFeature("d", "+x")]}, [{"x": 1.0}]),
-    ({"derived": [DerivedFeature("d", "s")]}, [{"x": 1.0, "s": 3}]),
+    ({"derived": [DerivedFeature("d", "+x")]}, [{"x": 1.0}], "fallback"),
+    ({"derived": [DerivedFeature("d", "s")]}, [{"x": 1.0, "s": 3}], "fallback"),
     # datetime parts over a numeric input
-    ({"datetime": [DatetimeFeature("x", ["hour"])]}, [{"x": 2.0}]),
+    ({"datetime": [DatetimeFeature("x", ["hour"])]}, [{"x": 2.0}], "raises"),
 ])
-def test_specs_the_fast_path_cannot_reproduce_fall_back_to_transform(spec_kw, rows):
+def test_specs_the_fast_path_cannot_reproduce_fall_back_to_transform(spec_kw, rows, path):
+    """``path``: which way each spec goes is known, so every branch below is run by some case."""
     spec = _spec(**spec_kw)
     enc = RowEncoder(spec)
-    try:
-        want = expected(rows, spec)
-    except Exception as e:                 # transform refuses: the encoder refuses the same way
-        assert not enc.fast
-        with pytest.raises(type(e)):
+    assert enc.fast == (path == "fast"), enc.reason
+    if path == "raises":                   # transform refuses: the encoder refuses the same way
+        with pytest.raises(Exception) as refused:
+            expected(rows, spec)
+        with pytest.raises(refused.type):
             enc.encode(rows)
-        return
-    if enc.fast:                           # the control case
+    elif path == "fast":                   # the control case
         check(rows, spec, enc)
     else:
         assert enc.reason
-        np.testing.assert_array_equal(enc.encode(rows), want)
+        np.testing.assert_array_equal(enc.encode(rows), expected(rows, spec))
 
 
 def test_values_transform_rejects_are_rejected_too(spec, small_df):

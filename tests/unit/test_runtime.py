@@ -49,3 +49,23 @@ def test_stopping_our_head_removes_its_record_and_only_its(address_file):
     assert address_file.exists()
     assert runtime.stop_head({"pid": 0, "address": "127.0.0.1:47519"}) is False     # not running any more
     assert not address_file.exists()
+
+
+def test_a_ray_that_does_not_start_in_time_is_a_resources_error(monkeypatch):
+    """On a busy machine ray.init raised 'The current node timed out during startup', reported as a bug."""
+    import ray
+
+    from mlops_ray.config import RayConfig
+    from mlops_ray.errors import ExitCode, ResourceError
+    from mlops_ray.runtime import ray_runtime
+
+    def slow_start(*a, **k):
+        raise Exception("The current node timed out during startup. This could happen because some of the "
+                        "Ray processes failed to startup.")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", slow_start)
+    with pytest.raises(ResourceError, match=r"the embedded Ray did not start \(The current node timed out during "
+                                            r"startup.*retry when it is quieter, lower ray.num_cpus") as e:
+        with ray_runtime(RayConfig(num_cpus=2)):
+            pass
+    assert e.value.exit_code == ExitCode.RESOURCES

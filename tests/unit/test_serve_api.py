@@ -316,7 +316,7 @@ def test_openapi_models(parser, row):
     arr = next(s for s in schema["anyOf"] if s.get("type") == "array")
     assert arr["maxItems"] == MAX_ROWS and arr["minItems"] == 1
     parser.request_model.model_validate_json(dumps(row))
-    resp = parser.response_model(predictions=[0.1, [0.2, 0.8]], model_version="3", request_id="r")
+    resp = parser.response_model(predictions=[0.1, [0.2, 0.8]], labels=[0, 1], model_version="3", request_id="r")
     assert resp.model_dump()["predictions"] == [0.1, [0.2, 0.8]]
     err = RequestError(422, "missing_field", "amount: missing", "amount")
     assert parser.error_model.model_validate(err.body()).error.field == "amount"
@@ -450,3 +450,41 @@ def test_a_multiclass_answer_names_the_most_probable_class(parser, row):
     m.binary, m.classes = False, ["cat", "dog", "eel"]
     body = json.loads(asyncio.run(replica(m)._predict(_Request(dumps([row, row])))).body)
     assert body["predictions"] == [[0.1, 0.7, 0.2]] * 2 and body["labels"] == ["dog", "dog"]
+
+
+def _get(p, path: str) -> dict:
+    import json
+    req = SimpleNamespace(method="GET", url=SimpleNamespace(path=path), headers={})
+    resp = asyncio.run(p(req))
+    assert resp.status_code == 200
+    return json.loads(resp.body)
+
+
+def test_schema_lists_the_id_column_predict_accepts_and_the_labels_it_answers(bundle, row):
+    """GET /schema omitted the id column /predict accepts and the labels its answers carry."""
+    p = RequestParser.from_bundle(bundle, ServeConfig(max_batch_rows=MAX_ROWS), passthrough=("transaction_id",))
+    schema = _get(replica(_Model("1", p, _Log())), "/schema")
+    props = schema["request"]["$defs"]["PredictRow"]["properties"]
+    assert "transaction_id" in props and "data.id_column" in props["transaction_id"]["description"]
+    assert "transaction_id" not in schema["request"]["$defs"]["PredictRow"]["required"]
+    labels = schema["response"]["properties"]["labels"]
+    assert labels["items"]["type"] == "integer" and "threshold" in labels["description"]
+    assert "labels" in schema["response"]["required"] and schema["task"] == "binary" and schema["version"] == "1"
+    assert "classes" not in schema
+    # and what it describes is what /predict does
+    p.request_model.model_validate_json(dumps([{**row, "transaction_id": 17}]))
+    answered = asyncio.run(replica(_Model("1", p, _Log()))._predict(_Request(dumps({**row, "transaction_id": 17}))))
+    p.response_model.model_validate_json(answered.body)
+
+
+def test_schema_of_a_multiclass_model_gives_the_class_order():
+    p = RequestParser({"x": "float"}, max_batch_rows=2, max_body_bytes=2000, task="multiclass",
+                      classes=["cat", "dog", "eel"])
+    schema = p.schema()
+    assert schema["classes"] == ["cat", "dog", "eel"]
+    assert "['cat', 'dog', 'eel']" in schema["response"]["properties"]["predictions"]["description"]
+    assert "class" in schema["response"]["properties"]["labels"]["description"]
+    p.response_model.model_validate({"predictions": [[0.1, 0.7, 0.2]], "labels": ["dog"], "model_version": "1",
+                                     "request_id": "r"})
+    regression = RequestParser({"x": "float"}, max_batch_rows=2, max_body_bytes=2000, task="regression").schema()
+    assert "labels" not in regression["response"]["properties"]

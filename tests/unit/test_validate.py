@@ -74,6 +74,18 @@ def test_null_labels(small_df):
     assert len(f.samples) == 3 and "transaction_id" in f.samples[0]
 
 
+def test_the_null_label_message_names_data_unlabelled_drop_and_that_fix_works(small_df):
+    df = small_df.assign(is_fraud=small_df["is_fraud"].astype("float"))
+    df.loc[df.index[:3], "is_fraud"] = np.nan
+    f = failures(run(df))[("is_fraud", "label_not_null")]
+    assert "set data.unlabelled: drop to leave them out of training and evaluation" in f.message
+    from mlops_ray.data.ingest import add_label       # where data.unlabelled: drop leaves the rows out
+    cfg = make_config("unused", schema=SCHEMA, data={"unlabelled": "drop"})
+    kept = add_label(pa.Table.from_pandas(df, preserve_index=False), cfg.data)
+    report = validate_table(kept, cfg.data, cfg.schema_, cfg.model.task)
+    assert report.passed and report.rows == len(df) - 3, report.summary()
+
+
 def test_label_not_binary(small_df):
     df = small_df.assign(is_fraud=small_df["is_fraud"].astype("int64"))
     df.loc[df.index[:2], "is_fraud"] = 7
@@ -182,3 +194,13 @@ def test_csv_column_types_read_integer_codes_as_text(tmp_path):
                                                           "label": "y", "id_column": "id", "time_column": None})
     t = read_table_local(inspect_source(cfg.data), cfg.data)
     assert t.column("region").to_pylist() == ["1", "3"] and t.column("zip").to_pylist() == ["01234", "90210"]
+
+
+def test_drift_settings_may_name_a_datetime_fields_part(small_df):
+    from mlops_ray.data.validate import check_config_columns
+    from mlops_ray.errors import ConfigError
+    cfg = make_config("x", retrain={"key_features": ["event_time.hour"]}, monitor={"min_effect": {"event_time.hour": 0.1}})
+    check_config_columns(list(small_df.columns), cfg)
+    bad = make_config("x", retrain={"key_features": ["event_time.hour"]}, features={"exclude": ["event_time.hour"]})
+    with pytest.raises(ConfigError, match="features.exclude lists 'event_time.hour'"):
+        check_config_columns(list(small_df.columns), bad)
