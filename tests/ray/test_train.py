@@ -127,7 +127,7 @@ def test_an_unchanged_rerun_starts_no_ray(first_run, monkeypatch):
     def no_ray(*args, **kwargs):
         raise AssertionError("a cached rerun entered ray_runtime")
     monkeypatch.setattr(pipeline, "ray_runtime", no_ray)
-    cfg, store, first = first_run
+    cfg, store, first, _ = first_run
     said = []
     res = run_pipeline(cfg, progress=lambda step, message: said.append((step, message)))
     assert res.cached_steps == list(pipeline.STEPS) and res.version == first.version
@@ -520,7 +520,7 @@ def test_a_retrain_chooses_its_threshold_on_its_own_validation_split(first_run, 
 
     from mlops_ray import thresholds
     from mlops_ray.store import Store
-    cfg, store, res1 = first_run
+    cfg, store, res1, _ = first_run
     df = pq.read_table(cfg.data.source).to_pandas()
     pos = df[df["is_fraud"] == 1]
     window = pd.concat([df] + [pos.assign(transaction_id=pos["transaction_id"] + (k + 1) * 10**7) for k in range(3)])
