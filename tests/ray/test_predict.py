@@ -283,6 +283,7 @@ def test_feedback_command_joins_labels_by_id_and_reports_the_live_metric(env, tm
     scored = read_out(out).set_index(ID).loc[df[ID]]
     assert v1["value"] == pytest.approx(roc_auc_score(df["is_fraud"], scored["prediction"]), abs=1e-9)
     text = runner.invoke(app, ["feedback", str(cfg_path), "--labels", str(tmp_path / "labels.parquet")])
-    assert text.exit_code == 0 and "4,001 labels stored (key transaction_id); 1 with ids never predicted" in text.stdout
+    assert text.exit_code == 0 and "4,001 labels stored (key transaction_id); 0 duplicates" in text.stdout
+    assert "1 label(s) name transaction_id values not in the prediction log (yet): stored all the same" in text.stdout
     bad = runner.invoke(app, ["feedback", str(cfg_path), "--labels", str(out)])
     assert bad.exit_code == 10 and "has no label column 'is_fraud'" in bad.stderr
