@@ -59,7 +59,7 @@ from pyarrow import fs as pafs
 
 from mlops_ray.config import Config
 from mlops_ray.data import dates, ingest
-from mlops_ray.errors import ConfigError, DataSourceError, DataValidationError
+from mlops_ray.errors import ConfigError, DataSourceError, DataValidationError, did_you_mean
 
 Progress = Callable[[str, str], None]   # (step, message), as in pipeline.py
 STEP = "predict"
@@ -213,14 +213,11 @@ def output_columns(bundle, id_col: str | None) -> list[str]:
 
 def check_keep(keep: list[str], source: ingest.Source, data: str, taken: list[str]) -> list[str]:
     """The input columns ``--keep`` names: each in the input, none named like an output column."""
-    import difflib
     names = source.schema.names
     for c in keep:
         if c not in names:
-            close = difflib.get_close_matches(c, names, n=1)
-            raise ConfigError(f"--keep names column {c!r}, which is not in {data!r}"
-                              + (f" (did you mean {close[0]!r}?)" if close else "")
-                              + f"; its columns: {', '.join(names[:30])}")
+            raise ConfigError(f"--keep names column {c!r}, which is not in {data!r}{did_you_mean(c, names)}"
+                              f"; its columns: {', '.join(names[:30])}")
         if c in taken:
             raise ConfigError(f"--keep names column {c!r}, which the predictions already have (their columns: "
                               f"{', '.join(taken)}); rename it in the input or leave it out of --keep")

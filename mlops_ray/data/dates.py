@@ -245,12 +245,11 @@ def _key(c: str) -> str:
 def resolve(schema: pa.Schema, cfg, sample: pa.Table | None) -> Parsing:
     """The format of each date column stored as text: the configured one, else inferred from
     ``sample`` (the first rows of the data)."""
-    import difflib
+    from mlops_ray.errors import did_you_mean
     p = Parsing()
     for c in cfg.data.datetime_formats:
         if c not in schema.names:
-            close = difflib.get_close_matches(c, schema.names, n=1)
-            p.unknown[c] = f" (did you mean {close[0]!r}?)" if close else f"; its columns: {', '.join(schema.names[:30])}"
+            p.unknown[c] = did_you_mean(c, schema.names) or f"; its columns: {', '.join(schema.names[:30])}"
     for c, key in date_columns(schema, cfg).items():
         if c in cfg.data.datetime_formats:
             p.formats[c] = cfg.data.datetime_formats[c]

@@ -13,7 +13,6 @@ derived columns come from the safe expression language in ``mlops_ray.expr``.
 """
 from __future__ import annotations
 
-import difflib
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -27,7 +26,7 @@ from mlops_ray import expr
 from mlops_ray.config import DataConfig, FeaturesConfig
 from mlops_ray.data import dates
 from mlops_ray.data.profile import merged_quantiles, sketch
-from mlops_ray.errors import FeatureError
+from mlops_ray.errors import FeatureError, closest
 
 SPEC_VERSION = 1
 OOV_CODE = 0
@@ -214,10 +213,10 @@ def assign_roles(schema: pa.Schema, data: DataConfig, cfg: FeaturesConfig,
     for name, source in cfg.derived.items():
         for c in expr.parse(source).columns:
             if c not in kinds:
-                close = difflib.get_close_matches(c, list(kinds), n=1, cutoff=0.6)
+                close = closest(c, kinds)
                 raise FeatureError(f"features.derived.{name} uses column '{c}', which is not in the data"
-                                   + (f" (did you mean {close[0]!r}? a name with spaces or dots goes in "
-                                      f"backticks: `{close[0]}`)" if close else "") + f"; available: {list(kinds)}")
+                                   + (f" (did you mean {close!r}? a name with spaces or dots goes in "
+                                      f"backticks: `{close}`)" if close else "") + f"; available: {list(kinds)}")
             used.add(c)
     if not numeric and not categorical and not datetime and not cfg.derived:
         raise FeatureError("no feature columns: every column is the label, the id or excluded; "
