@@ -310,9 +310,10 @@ TRAIN_KEYS = 1_000_000      # training-row keys kept for the gate's overlap chec
 
 
 def _fit_train(table: pa.Table, cfg: Config, roles: feat.Roles, cutoffs, key_rate: float = 1.0) -> dict:
-    codes = feat.split_codes(table, cfg.data, cutoffs)
+    all_keys = feat.row_keys(table, cfg.data)                 # hashed once: the split and the gate's keys
+    codes = feat.split_codes(table, cfg.data, cutoffs, keys=all_keys)
     train = table.filter(pa.array(codes == 0))
-    keys = feat.row_keys(table, cfg.data)[codes < 2]          # the rows a model of this data learns from
+    keys = all_keys[codes < 2]                                 # the rows a model of this data learns from
     if key_rate < 1.0:
         keys = keys[keys < np.uint64(key_rate * 2.0 ** 64)]
     return {"splits": np.bincount(codes, minlength=3).tolist(),

@@ -503,8 +503,10 @@ def _as_str(v) -> str:
 SPLITS = ("train", "valid", "test")
 
 
-def split_codes(table_or_df, data: DataConfig, cutoffs: tuple[int, int] | None) -> np.ndarray:
-    """0 train / 1 valid / 2 test for each row: a seeded hash (random) or time cut-offs (time)."""
+def split_codes(table_or_df, data: DataConfig, cutoffs: tuple[int, int] | None,
+                keys: np.ndarray | None = None) -> np.ndarray:
+    """0 train / 1 valid / 2 test for each row: a seeded hash (random) or time cut-offs (time).
+    ``keys``: the rows' ``row_keys`` when the caller has them already."""
     s = data.split
     if s.method == "time":
         col = table_or_df[data.time_column] if isinstance(table_or_df, pd.DataFrame) else \
@@ -516,7 +518,7 @@ def split_codes(table_or_df, data: DataConfig, cutoffs: tuple[int, int] | None) 
         codes[t >= test_cut] = 2
         codes[t == np.iinfo(np.int64).min] = 0   # rows without a time train
         return codes
-    h = _mix(row_keys(table_or_df, data), s.seed)
+    h = _mix(row_keys(table_or_df, data) if keys is None else keys, s.seed)
     u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     codes = np.zeros(len(u), dtype=np.int8)
     codes[u < s.test_fraction + s.valid_fraction] = 1
