@@ -427,12 +427,16 @@ def test_killed_replica_is_replaced_and_every_answer_is_logged_once(served):
     assert all(post(served["url"], served["rows"][0])[0] == 200 for _ in range(20))
     ok = {rid for status, _, rid in load.results if status == 200}
     assert len(ok) > 2000
-    # the direct ports (the fast address the README shows) are the same after the replacement
+    # two direct ports answer again; the survivor's is unchanged. The replacement's may be another
+    # one: Serve frees a dead replica's port when its control loop prunes it, which can come after
+    # the replacement has asked for one (seen in CI), so endpoints() finds ports, never assumes them
     from mlops_ray.serve.control import endpoints
-    want, deadline = sorted(served["info"]["direct"]), time.time() + 60
-    while time.time() < deadline and sorted(endpoints(served["cfg"])["direct"]) != want:
+    deadline = time.time() + 60
+    while time.time() < deadline and len(endpoints(served["cfg"])["direct"]) != 2:
         time.sleep(1)
-    assert sorted(endpoints(served["cfg"])["direct"]) == want
+    now = endpoints(served["cfg"])["direct"]
+    assert len(now) == 2 and set(now) & set(served["info"]["direct"]), (now, served["info"]["direct"])
+    assert all(post(u, served["rows"][0])[0] == 200 for u in now)
     # stop flushes the live replicas; the replacement recovered the killed replica's spool
     cli("serve", "stop", served["cfg_path"], check=0, timeout=120)
     log = read_log(os.path.join(served["cfg"].store, "svc", "predlog"))
