@@ -86,7 +86,7 @@ def run(opts: Options) -> list[dict]:
     from mlops_ray.monitor import calendar as C
     from mlops_ray.monitor import drift as D
     from mlops_ray.monitor import reference as R
-    from mlops_ray.store import Store
+    from mlops_ray.storage.store import Store
 
     rate = QUICK_RATE if opts.quick else (opts.rows // 31 if opts.rows else RATE)
     windows = QUICK_WINDOWS if opts.quick else WINDOWS

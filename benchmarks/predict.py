@@ -1,4 +1,4 @@
-"""Batch scoring: ``mlops_ray.predict.batch_predict`` on Ray Data vs a single-process pandas loop.
+"""Batch scoring: ``mlops_ray.lifecycle.predict.batch_predict`` on Ray Data vs a single-process pandas loop.
 
 Both score the same synthetic Parquet (``mlops_ray.synth``, reused from ``benchmarks/.data/synth-<rows>/``
 as the data_plane benchmark generates it; the label column is there and ignored) with the same
@@ -108,7 +108,7 @@ def baseline(cfg, reg, data: Path, out: Path) -> dict:
 
 
 def ray_run(cfg, data: Path, out: Path, log: bool = False, concurrency: int | None = None) -> dict:
-    from mlops_ray.predict import batch_predict
+    from mlops_ray.lifecycle.predict import batch_predict
     return batch_predict(cfg, str(data), str(out), "1", overwrite=True, log=log, concurrency=concurrency)
 
 

@@ -136,10 +136,10 @@ def base_of(url: str) -> str:
 
 def direct_url(cfg, other_than: str | None = None, timeout_s: float = 60.0) -> tuple[str, str]:
     """(direct-ingress /predict URL, replica id) of a replica that is not ``other_than``."""
-    from mlops_ray.serve import control
+    from mlops_ray.serve import endpoints
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for url in control.endpoints(cfg)["direct"]:
+        for url in endpoints.endpoints(cfg)["direct"]:
             url = base_of(url) + "/predict"
             try:
                 replica = get(base_of(url) + "/healthz")["replica"]
@@ -153,7 +153,7 @@ def direct_url(cfg, other_than: str | None = None, timeout_s: float = 60.0) -> t
 
 def set_state(cfg, url: str, timeout_s: float = 90.0, **changes) -> float:
     """Change the serving state and wait until the replica at ``url`` routes by it; returns seconds."""
-    from mlops_ray.serve.state import read_state, state_path, write_state
+    from mlops_ray.storage.state import read_state, state_path, write_state
     path = state_path(cfg.store, cfg.name)
     s = read_state(path)
     for k, v in changes.items():

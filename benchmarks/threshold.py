@@ -49,7 +49,7 @@ WINDOW_SHARE = 1 / 3
 def _scores(cfg, data: str, out: str, log: bool) -> tuple[pd.DataFrame, float]:
     """Batch predictions of the champion over ``data`` (id, prediction, label) and the threshold its
     labels used: the real predict path."""
-    from mlops_ray.predict import batch_predict
+    from mlops_ray.lifecycle.predict import batch_predict
     res = batch_predict(cfg, data, out, "champion", log=log, overwrite=True, progress=None)
     return pd.read_parquet(out), res["threshold"]
 
@@ -64,9 +64,9 @@ def _at(y: np.ndarray, flagged: np.ndarray) -> dict:
 
 def one_case(ds, rows_cap: int | None, trials: int, store: str) -> list[dict]:
     import mlops_ray
-    from mlops_ray import thresholds
+    from mlops_ray.monitor import thresholds
     from mlops_ray.monitor.labels import feedback, scored_with_labels
-    from mlops_ray.store import Store
+    from mlops_ray.storage.store import Store
     from mlops_ray.train.evaluate import choose_threshold
 
     source, rows = ensure_data(ds, rows_cap)
@@ -139,10 +139,10 @@ def serving_latency(opts: Options, rounds: int = 4) -> list[dict]:
     from pathlib import Path
 
     from benchmarks.serving import Runner, config_for, direct_url, free_base, get, make_rows, setup_store
-    from mlops_ray import thresholds
+    from mlops_ray.monitor import thresholds
     from mlops_ray.registry import Registry
     from mlops_ray.serve import control
-    from mlops_ray.store import Store
+    from mlops_ray.storage.store import Store
 
     tmp = Path(tempfile.mkdtemp(prefix="mlops-bench-threshold-serving-"))
     runner, cfg = Runner(opts), None

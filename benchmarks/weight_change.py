@@ -157,10 +157,10 @@ class Replicas:
 
     @classmethod
     def ours(cls, cfg, want: int = 2, timeout_s: float = 90.0) -> "Replicas":
-        from mlops_ray.serve import control
+        from mlops_ray.serve import endpoints
         deadline = time.monotonic() + timeout_s
         while True:
-            urls = control.endpoints(cfg)["direct"]
+            urls = endpoints.endpoints(cfg)["direct"]
             if len(urls) >= want:
                 return cls([int(u.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]) for u in urls], "/version")
             if time.monotonic() > deadline:
@@ -233,7 +233,7 @@ def _probe(port: int, path: str) -> dict | None:
 
 def change_weights(cfg, reps: Replicas, n: int) -> list[dict]:
     """``n`` weight changes through the serving state; one dict per change."""
-    from mlops_ray.serve.state import read_state, state_path, write_state
+    from mlops_ray.storage.state import read_state, state_path, write_state
     path = state_path(cfg.store, cfg.name)
     out = []
     for i in range(n):
@@ -255,8 +255,8 @@ def same_second_probe(cfg, reps: Replicas, tries: int = 8) -> str:
     """Write, wait until some replica has read that write, write again within the same second with
     the same size (so the object's Last-Modified and size are unchanged), and report whether every
     replica picks up the second write."""
-    from mlops_ray.data.ingest import filesystem_for
-    from mlops_ray.serve.state import read_state, state_path, write_state
+    from mlops_ray.storage.fs import filesystem_for
+    from mlops_ray.storage.state import read_state, state_path, write_state
     path = state_path(cfg.store, cfg.name)
     fs, p = filesystem_for(path)
     for _ in range(tries):
@@ -293,7 +293,7 @@ def same_second_probe(cfg, reps: Replicas, tries: int = 8) -> str:
 
 def canary_on(cfg, reps: Replicas) -> float:
     """Put version 2 in as a canary at 1 % and wait until every replica holds it."""
-    from mlops_ray.serve.state import read_state, state_path, write_state
+    from mlops_ray.storage.state import read_state, state_path, write_state
     path = state_path(cfg.store, cfg.name)
     s = read_state(path)
     s.phase, s.canary, s.weight = "CANARY", "2", 1.0
@@ -334,7 +334,8 @@ def make_cfg(tmp: Path, store: str, port: int):
 
 def start_head(cfg, base: int) -> dict:
     """The local serving head ``control.deploy`` would start, on fixed ports from ``base``."""
-    from mlops_ray.runtime import read_head, start_head as start
+    from mlops_ray.serve.head import start_head as start
+    from mlops_ray.storage.state import read_head
     if read_head(cfg.store, cfg.name) is not None:
         raise RuntimeError(f"a serving head for {cfg.store} is already running")
     return start(cfg.store, cfg.name, cfg.ray.num_cpus, cfg.serve, ports=[base + i for i in range(6)])
@@ -393,7 +394,7 @@ def summary(case: str, changes: list[dict], extra: dict | None = None, note: str
 
 # --------------------------------------------------------------------------- the cases
 def run_local_and_serve(tmp: Path, n: int, n_run: int) -> list[dict]:
-    from mlops_ray.runtime import serving_runtime
+    from mlops_ray.serve.head import serving_runtime
     from mlops_ray.serve import control
     cfg = make_cfg(tmp, str(tmp / "store"), PORT_LOCAL)
     rows: list[dict] = []
@@ -533,7 +534,7 @@ def run_s3(tmp: Path, n: int) -> list[dict]:
         if cfg is not None:
             try:
                 print(f"   stopping the s3 head: {control.stop(cfg)}", flush=True)
-                from mlops_ray.runtime import head_file      # an s3 store's head record lives in ~/.cache
+                from mlops_ray.storage.state import head_file      # an s3 store's head record lives in ~/.cache
                 shutil.rmtree(os.path.dirname(os.path.dirname(head_file(cfg.store, cfg.name))), ignore_errors=True)
             except Exception as e:         # noqa: BLE001
                 print(f"   control.stop FAILED: {type(e).__name__}: {e}", flush=True)

@@ -9,10 +9,9 @@ Python API (the CLI only calls these)::
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from mlops_ray.config import Config, load_config  # noqa: E402
-from mlops_ray.errors import MlopsError  # noqa: E402
+from mlops_ray._version import __version__
+from mlops_ray.config import Config, load_config
+from mlops_ray.errors import MlopsError
 
 
 def run(cfg: Config, *, options=None, verbose: bool = False, progress=None):

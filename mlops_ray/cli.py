@@ -59,7 +59,7 @@ def cluster_check(files: List[str] = typer.Argument(..., help="Manifests: KubeRa
                   json_out: bool = typer.Option(False, "--json")):
     """Validate manifests against KubeRay's CRDs / Ray's ray-schema.json and the rules only the
     controller checks; exit 2 with every problem named."""
-    from mlops_ray.manifests import check_files
+    from mlops_ray.cluster.manifests import check_files
     with _guard(json_out):
         res = check_files(files, root=root, crd_dir=crds)
         _emit_json({"ok": True, "files": res}) if json_out else [
@@ -472,8 +472,8 @@ def status_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
     from mlops_ray.serve import control
     with _guard(json_out):
         cfg = _load(config, set_)
-        from mlops_ray.reports import monitor_summary
-        from mlops_ray import thresholds
+        from mlops_ray.lifecycle.reports import monitor_summary
+        from mlops_ray.monitor import thresholds
         res = control.status(cfg)
         res["monitor"] = monitor_summary(cfg)
         st = res.get("state") or {}
@@ -624,7 +624,7 @@ def predict_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
     Exit 3: the data lacks an input column of the model, or --out is not empty (without
     --overwrite); 6: no such version or alias.
     """
-    from mlops_ray.predict import batch_predict
+    from mlops_ray.lifecycle.predict import batch_predict
     with _guard(json_out):
         if version and alias:
             raise ConfigError("give --version or --alias, not both")
@@ -692,7 +692,7 @@ def feedback_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
                  set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
     """Labels arrived: store them, report label completeness and the live metric per version, and
     re-choose each served binary version's decision threshold on its labelled predictions."""
-    from mlops_ray import thresholds
+    from mlops_ray.monitor import thresholds
     from mlops_ray.monitor.drift import window_bounds
     from mlops_ray.monitor.labels import feedback
     with _guard(json_out):
@@ -740,7 +740,7 @@ def loop_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
              json_out: bool = typer.Option(False, "--json"),
              set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
     """monitor → (trigger?) → retrain → gate → rollout, until stopped (SIGTERM stops between steps)."""
-    from mlops_ray.loop import run_loop
+    from mlops_ray.lifecycle.loop import run_loop
     with _guard(json_out):
         cfg = _load(config, set_)
         entries = run_loop(cfg, once=once, interval=interval, since=since, verbose=State.verbose,
@@ -762,7 +762,7 @@ def report_cmd(config: str = typer.Argument(..., help="Pipeline YAML."),
                set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
     """One HTML file: validation, tuning, importance, ROC/PR, drift, rollout timeline, loop decisions."""
     from mlops_ray.monitor.report import write_report
-    from mlops_ray.reports import report_context
+    from mlops_ray.lifecycle.reports import report_context
     with _guard(False):
         cfg = _load(config, set_)
         ctx = report_context(cfg, version=version, run_id=run)
@@ -777,7 +777,7 @@ def demo_cmd(config: str = typer.Argument("configs/quickstart.yaml", help="Pipel
              html: str = typer.Option("demo-report.html", "--html", help="The report written at the end."),
              set_: Optional[List[str]] = typer.Option(None, "--set", help="Override: key.path=value")):
     """The whole loop: train v1, serve it, drifted traffic, labels, monitor, retrain v2, canary, promote, report."""
-    from mlops_ray.demo import demo_paths, run_demo
+    from mlops_ray.lifecycle.demo import demo_paths, run_demo
     with _guard(False):
         cfg = _load(config, set_)
         say = _progress(False)
@@ -836,7 +836,7 @@ def submit_cmd(config: str = typer.Argument(..., help="Pipeline YAML, inside the
     Exit 0: submitted (with --wait: SUCCEEDED); 11: the job FAILED or was STOPPED; 7: the
     dashboard is unreachable, is not a Ray dashboard or refuses the token; 2: bad command or upload.
     """
-    from mlops_ray import jobs
+    from mlops_ray.cluster import jobs
     with _guard(json_out):
         cfg = _load(config, jobs.set_args(command or []))
         logs = err.file if json_out else sys.stdout

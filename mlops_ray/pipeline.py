@@ -28,7 +28,9 @@ from mlops_ray.data import dates, ingest, validate
 from mlops_ray.data.profile import profile_pass
 from mlops_ray.errors import DataValidationError, FeatureError
 from mlops_ray.runtime import ray_runtime, require_shared_store
-from mlops_ray.store import Store
+from mlops_ray.storage.store import Store
+from mlops_ray.storage.fs import for_ray
+from mlops_ray.storage.catalog import Catalog
 
 Progress = Callable[[str, str], None]   # (step, message)
 DATA_LAYOUT = "2"     # 2: featurize keeps the raw test rows (test_raw/) for the gate; older caches are refit
@@ -141,14 +143,14 @@ def step_featurize(cfg: Config, source: ingest.Source, ds, out_dir: str, test_di
     progress("featurize", f"writing {sum(split_rows.values()):,} rows as train/valid/test")
     out = ds.map_batches(_transform_batch, fn_kwargs={"cfg": cfg, "spec": spec, "cutoffs": cutoffs},
                          batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
-    path, fs = ingest.for_ray(out_dir)
+    path, fs = for_ray(out_dir)
     out.write_parquet(path, filesystem=fs, partition_cols=["split"], mode="overwrite")
     if split_rows["test"]:
         # the gate scores each model's own features on the raw test rows: kept here, so evaluate never
         # re-reads a source that may have changed (or been renamed) since its fingerprint was taken
         raw = ds.map_batches(_raw_test_batch, fn_kwargs={"cfg": cfg, "cutoffs": cutoffs},
                              batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
-        path, fs = ingest.for_ray(test_dir)
+        path, fs = for_ray(test_dir)
         raw.write_parquet(path, filesystem=fs, mode="overwrite")
     return spec, split_rows, cutoffs, pre["fit"]
 
@@ -192,8 +194,8 @@ def inspect(cfg: Config, progress: Progress = _noop) -> ingest.Source:
 def cached_data(cfg: Config, source: ingest.Source, progress: Progress = _noop) -> DataResult | None:
     """The featurized data of an unchanged source and config, from the store (no Ray), or None."""
     store, key = Store(cfg.store), _data_key(cfg, source)
-    if not (store.exists(store.path(cfg.name, "data", key, "_SUCCESS"))
-            and store.exists(store.path(cfg.name, "data", key, "reference_inputs.json"))):
+    if not (store.exists(Catalog(store, cfg.name).data_done(key))
+            and store.exists(Catalog(store, cfg.name).reference_inputs(key))):
         return None
     progress("featurize", f"cached: data {key} is unchanged (ingest, validate, featurize skipped)")
     return _load_data_result(store, cfg, key)
@@ -239,7 +241,7 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
                 pass   # reported by the featurize step after validation
         report, pre = step_validate(cfg, source, ds, static, plan, extra, parsing)
         timings["validate"] = time.perf_counter() - t
-        store.write_json(store.path(cfg.name, "data", key, "validation.json"), report.to_dict())
+        store.write_json(Catalog(store, cfg.name).validation(key), report.to_dict())
         if not report.passed:
             raise DataValidationError(report.summary(), report=report)
         result = DataResult(source=source.describe(), validation=report, timings=timings)
@@ -248,37 +250,37 @@ def prepare_data(cfg: Config, *, verbose: bool = False, progress: Progress = _no
 
         t = time.perf_counter()
         ds = _parse_dates(ds, source, parsing.formats)
-        out_dir = store.uri(cfg.name, "data", key, "features")
+        out_dir = Catalog(store, cfg.name).features_dir(key, uri=True)
         spec, split_rows, cutoffs, fitted = step_featurize(cfg, source, ds, out_dir,
-                                                           store.uri(cfg.name, "data", key, "test_raw"), pre, progress)
-        write_train_keys(store, store.path(cfg.name, "data", key, "train_keys.parquet"), fitted, _key_rate(source))
+                                                           Catalog(store, cfg.name).test_raw_dir(key, uri=True), pre, progress)
+        write_train_keys(store, Catalog(store, cfg.name).train_keys(key), fitted, _key_rate(source))
         spec.datetime_formats = dict(parsing.formats)
         progress("featurize", "profiling the training rows' raw inputs (the drift reference)")
-        store.write_json(store.path(cfg.name, "data", key, "reference_inputs.json"),
+        store.write_json(Catalog(store, cfg.name).reference_inputs(key),
                          step_reference(cfg, ds, spec, cutoffs))
         timings["featurize"] = time.perf_counter() - t
-        store.write_json(store.path(cfg.name, "data", key, "feature_spec.json"), spec.to_dict())
-        store.write_json(store.path(cfg.name, "data", key, "source.json"),
+        store.write_json(Catalog(store, cfg.name).feature_spec(key), spec.to_dict())
+        store.write_json(Catalog(store, cfg.name).source_record(key),
                          {**source.describe(), "split_rows": split_rows,
                           "time_cutoffs": [str(np.datetime64(c, "ns")) for c in cutoffs] if cutoffs else None,
                           "config_hash": cfg.config_hash,
                           "created": dt.datetime.now(dt.timezone.utc).isoformat()})
-        store.write_json(store.path(cfg.name, "data", key, "_SUCCESS"), {"key": key})
-        result.spec, result.split_rows, result.out_dir = spec, split_rows, store.uri(cfg.name, "data", key)
+        store.write_json(Catalog(store, cfg.name).data_done(key), {"key": key})
+        result.spec, result.split_rows, result.out_dir = spec, split_rows, Catalog(store, cfg.name).data_dir(key, uri=True)
         result.key, result.cutoffs = key, cutoffs
         return result
 
 
 def _load_data_result(store: Store, cfg: Config, key: str) -> DataResult:
-    src = store.read_json(store.path(cfg.name, "data", key, "source.json"))
-    val = store.read_json(store.path(cfg.name, "data", key, "validation.json"))
+    src = store.read_json(Catalog(store, cfg.name).source_record(key))
+    val = store.read_json(Catalog(store, cfg.name).validation(key))
     report = validate.ValidationReport(rows=val["rows"], checks=[validate.CheckResult(**c) for c in val["checks"]],
                                        source=val.get("source", {}))
-    spec = feat.FeatureSpec.from_dict(store.read_json(store.path(cfg.name, "data", key, "feature_spec.json")))
+    spec = feat.FeatureSpec.from_dict(store.read_json(Catalog(store, cfg.name).feature_spec(key)))
     cut = src.get("time_cutoffs")
     cutoffs = tuple(int(np.datetime64(c, "ns").astype(np.int64)) for c in cut) if cut else None
     return DataResult(source=src, validation=report, spec=spec, split_rows=src["split_rows"],
-                      out_dir=store.uri(cfg.name, "data", key),
+                      out_dir=Catalog(store, cfg.name).data_dir(key, uri=True),
                       timings={}, key=key, cutoffs=cutoffs, cached=True)
 
 
@@ -389,7 +391,7 @@ def _arrow_schema(ds) -> pa.Schema:
 def _data_key(cfg: Config, source: ingest.Source) -> str:
     import hashlib
 
-    from mlops_ray import __version__
+    from mlops_ray._version import __version__
     h = hashlib.sha256("|".join([DATA_LAYOUT, source.fingerprint, cfg.data.section_hash(), cfg.schema_.section_hash(),
                                  cfg.features.section_hash(), cfg.model.task, __version__]).encode())
     return h.hexdigest()[:16]
@@ -498,7 +500,7 @@ def _cached_registration(cfg: Config, opts: RunOptions, registry, result: RunRes
     """Fill ``result`` from the registration of this data and config, when there is one and no step
     after featurize is forced; False otherwise. Reads the store and the registry, never Ray."""
     store = Store(cfg.store)
-    done = store.path(cfg.name, "runs", _train_key(cfg, result.data.key), "registered.json")
+    done = Catalog(store, cfg.name).registered_record(_train_key(cfg, result.data.key))
     if not store.exists(done) or any(opts.forced(s) for s in ("tune", "evaluate", "register")):
         return False
     rec = store.read_json(done)
@@ -525,18 +527,18 @@ def _train_evaluate_register(cfg, opts, registry, store, data, train_key, result
     from mlops_ray.train import tune as T
     from mlops_ray.train import xgb as X
 
-    run_dir = store.path(cfg.name, "runs", train_key)
+    run_dir = Catalog(store, cfg.name).run_dir(train_key)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     node_mem = min((n["Resources"].get("memory", 8e9) for n in nodes), default=8e9)
     n_features = len(data.spec.output_columns)
     strategy = X.choose_strategy(cfg.model, int(data.split_rows.get("train", 0)), n_features, len(nodes), node_mem)
     if strategy == "external":      # before reading anything: the cache directory must take the pages
         X.check_cache_dir(cfg.model, sum(int(data.split_rows.get(k, 0)) for k in ("train", "valid")), n_features)
-    splits = X.load_splits(store.path(cfg.name, "data", data.key, "features"), data.spec, cfg.model.task,
+    splits = X.load_splits(Catalog(store, cfg.name).features_dir(data.key), data.spec, cfg.model.task,
                            filesystem=store.fs, external=strategy == "external")
-    features_dir = store.uri(cfg.name, "data", data.key, "features")     # a URI Ray workers can open
+    features_dir = Catalog(store, cfg.name).features_dir(data.key, uri=True)     # a URI Ray workers can open
     X.check_labels(splits, cfg.model.task, cfg.data.label)
-    storage = store.uri(cfg.name, "runs", train_key, "tune")
+    storage = Catalog(store, cfg.name).tune_dir(train_key)
 
     champion = registry.champion()
     decision = None
@@ -644,7 +646,7 @@ def _evaluate(cfg: Config, data: DataResult, booster, champion, choice: dict | N
     if champion:
         models["champion"] = (bytes(champion[1].booster.save_raw("ubj")), champion[1].spec.to_dict())
     if data.split_rows.get("test"):     # the raw test rows featurize kept (not the source, which may have changed)
-        path, fs = ingest.for_ray(Store(cfg.store).uri(cfg.name, "data", data.key, "test_raw"))
+        path, fs = for_ray(Catalog(cfg.store, cfg.name).test_raw_dir(data.key, uri=True))
         scored = score_test(ray.data.read_parquet(path, filesystem=fs), cfg.data, None, models,
                             cfg.model.slice_column, split_done=True)
     else:
@@ -658,7 +660,7 @@ def _evaluate(cfg: Config, data: DataResult, booster, champion, choice: dict | N
     cand.threshold_choice = choice
     champ_threshold = None
     if champion:        # the champion's threshold as it is served now (feedback may have re-chosen it)
-        from mlops_ray import thresholds
+        from mlops_ray.monitor import thresholds
         champ_threshold = thresholds.current(Store(cfg.store), cfg.name, str(champion[0]), champion[1].metadata) \
             if cfg.model.task == "binary" else champion[1].threshold
     champ = ev.evaluate(cfg.model.task, scored["y"], scored["p_champion"], champ_threshold, slices) \
@@ -682,7 +684,7 @@ def _champion_overlap(cfg: Config, champion, test_keys) -> dict | None:
     from mlops_ray.train import evaluate as ev
     store = Store(cfg.store)
     key = champion.metadata.get("data_key")
-    path = store.path(cfg.name, "data", key, "train_keys.parquet") if key else None
+    path = Catalog(store, cfg.name).train_keys(key) if key else None
     if test_keys is None or not path or not store.exists(path):
         return None
     with store.fs.open_input_file(path) as f:
@@ -694,7 +696,9 @@ def _champion_overlap(cfg: Config, champion, test_keys) -> dict | None:
 def _register(cfg, registry, data, splits, search, booster, evaluation, champ_eval, decision, strategy, progress):
     import tempfile
 
-    from mlops_ray import __version__, bundle
+    from mlops_ray import bundle
+
+    from mlops_ray._version import __version__
     from mlops_ray.monitor.reference import SAMPLE, build_reference
     from mlops_ray.registry import lineage
     from mlops_ray.train import evaluate as ev
@@ -705,7 +709,7 @@ def _register(cfg, registry, data, splits, search, booster, evaluation, champ_ev
     reference = build_reference(splits.train_sample(SAMPLE, cfg.tune.seed), data.spec, valid_pred,
                                 cfg.model.task, bins=cfg.monitor.bins, seed=cfg.tune.seed)
     store = Store(cfg.store)
-    reference["inputs"] = store.read_json(store.path(cfg.name, "data", data.key, "reference_inputs.json"))
+    reference["inputs"] = store.read_json(Catalog(store, cfg.name).reference_inputs(data.key))
     metadata = {
         "pipeline": cfg.name, "task": cfg.model.task, "label": cfg.data.label, "mlops_ray": __version__,
         "config_hash": cfg.config_hash, "data_key": data.key, "dataset": {
@@ -772,8 +776,8 @@ def _register(cfg, registry, data, splits, search, booster, evaluation, champ_ev
 def _serving(cfg: Config) -> bool:
     """Is a version of this pipeline served (a serving state in the store)? Then a gate pass only
     makes a challenger: the champion is what a rollout promoted."""
-    from mlops_ray.runtime import read_head
-    from mlops_ray.serve.state import read_state, state_path
+    from mlops_ray.storage.state import read_head
+    from mlops_ray.storage.state import read_state, state_path
     try:
         return read_state(state_path(cfg.store, cfg.name)) is not None and (
             bool(cfg.ray.address) or read_head(cfg.store, cfg.name) is not None)
@@ -784,7 +788,7 @@ def _serving(cfg: Config) -> bool:
 def _train_key(cfg: Config, data_key: str) -> str:
     import hashlib
 
-    from mlops_ray import __version__
+    from mlops_ray._version import __version__
     parts = [data_key, cfg.model.section_hash(), cfg.tune.section_hash(), cfg.gate.section_hash(),
              cfg.registry.section_hash(), __version__]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]

@@ -70,7 +70,7 @@ def lineage() -> dict:
         except metadata.PackageNotFoundError:
             packages[key] = None
     if packages["mlops_ray"] is None:
-        from mlops_ray import __version__
+        from mlops_ray._version import __version__
         packages["mlops_ray"] = __version__
     return {"git_commit": git_commit(os.getcwd()), "python": platform.python_version(), "packages": packages}
 

@@ -163,7 +163,7 @@ class SynthReport:
 
 def _write_part(spec: SynthSpec, start: int, n: int, out: str, part: int) -> tuple[str, int, int, int]:
     import pyarrow.parquet as pq
-    from mlops_ray.data.ingest import filesystem_for
+    from mlops_ray.storage.fs import filesystem_for
 
     fs, base = filesystem_for(out)
     df = generate_chunk(spec, start, n)
@@ -178,7 +178,7 @@ def run_synth(spec: SynthSpec, out: str, *, rows_per_file: int = 500_000, overwr
     import ray
     from pyarrow import fs as pafs
 
-    from mlops_ray.data.ingest import filesystem_for
+    from mlops_ray.storage.fs import filesystem_for
     from mlops_ray.errors import DataSourceError
 
     fs, base = filesystem_for(out)

@@ -30,6 +30,7 @@ from mlops_ray.errors import MonitorError
 from mlops_ray.monitor import calendar as C
 from mlops_ray.monitor import reference as R
 from mlops_ray.monitor import stats as S
+from mlops_ray.storage.catalog import Catalog
 
 Progress = Callable[[str, str], None]
 PREDICTION = "__prediction__"
@@ -339,7 +340,7 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
     from mlops_ray.data.profile import profile_pass
     from mlops_ray.registry import Registry
     from mlops_ray.runtime import ray_runtime
-    from mlops_ray.store import Store
+    from mlops_ray.storage.store import Store
 
     t0 = time.perf_counter()
     store = Store(cfg.store)
@@ -352,7 +353,7 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
         import ray
 
         reference = {**bundle.reference, "task": bundle.task, "classes": bundle.spec.classes}
-        saved = store.path(cfg.name, "monitor", "reference", f"v{version}.json")
+        saved = Catalog(store, cfg.name).reference_profile(version)
         if reference_data:
             progress("reference", f"profiling {reference_data} as the reference of version {version}")
             reference["inputs"] = build_reference_from(cfg, spec, reference_data)
@@ -387,7 +388,7 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
             if pred_edges is not None or pred_classes:
                 count = _Scored(count, bytes(bundle.booster.save_raw("ubj")), spec.to_dict())
         else:
-            root = store.uri(cfg.name, "predlog")
+            root = Catalog(store, cfg.name).predlog_dir()
             fs, files = predlog_files(root, since_t, until_t)
             desc = {"source": "predlog", "path": root, "since": since_t.isoformat() if since_t else None,
                     "until": until_t.isoformat() if until_t else None}
@@ -427,9 +428,9 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
                    "created": dt.datetime.now(dt.timezone.utc).isoformat(),
                    "seconds": round(time.perf_counter() - t0, 2)})
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    report["path"] = store.uri(cfg.name, "monitor", "reports", f"{stamp}.json")
-    store.write_json(store.path(cfg.name, "monitor", "reports", f"{stamp}.json"), report)
-    store.write_json(store.path(cfg.name, "monitor", "latest.json"), report)
+    report["path"] = Catalog(store, cfg.name).report(stamp, uri=True)
+    store.write_json(Catalog(store, cfg.name).report(stamp), report)
+    store.write_json(Catalog(store, cfg.name).latest_report(), report)
     return report
 
 
@@ -449,7 +450,7 @@ def _span(a, b) -> str:
 
 
 def _served_or_champion(cfg: Config) -> str:
-    from mlops_ray.serve.state import read_state, state_path
+    from mlops_ray.storage.state import read_state, state_path
     try:
         st = read_state(state_path(cfg.store, cfg.name))
     except Exception:
@@ -506,7 +507,7 @@ def _domain(cfg: Config, store, bundle, window: pa.Table | None, exclude: dict[s
     from mlops_ray.train import xgb as X
     n = cfg.monitor.domain_classifier.sample_rows
     key = bundle.metadata.get("data_key")
-    train_dir = store.path(cfg.name, "data", key, "features", "split=train") if key else None
+    train_dir = Catalog(store, cfg.name).features_split(key, "train") if key else None
     if not train_dir or not store.exists(train_dir):
         return {"auc": None, "drifted": False, "top_features": [],
                 "note": "the training split of this version is no longer in the store"}

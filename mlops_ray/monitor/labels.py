@@ -43,6 +43,7 @@ from pyarrow import fs as pafs
 from mlops_ray.data.features import label_text
 from mlops_ray.errors import MlopsError, MonitorError, ServingError, closest
 from mlops_ray.monitor.predlog import _PARTITIONING, TS_TYPE, filesystem_for
+from mlops_ray.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -331,10 +332,10 @@ class LiveMetric:
     unreadable labels are reported once and skipped, never the end of a rollout."""
 
     def __init__(self, cfg, every_s: float = 10.0):
-        from mlops_ray.store import Store
+        from mlops_ray.storage.store import Store
         self.cfg, self.every_s = cfg, every_s
         store = Store(cfg.store)
-        self.predlog, self.labels = store.uri(cfg.name, "predlog"), store.uri(cfg.name, "labels")
+        self.predlog, self.labels = Catalog(store, cfg.name).predlog_dir(), Catalog(store, cfg.name).labels_dir()
         self._at, self._value, self._key, self.problem = 0.0, None, None, None
         self._classes: dict = {}          # version -> class names (multiclass), fetched once
 
@@ -380,7 +381,7 @@ def feedback(cfg, labels_path: str, *, now: float | None = None, new_classes: bo
     last label; a label of the wrong type is refused naming the column and the fix, and so is a
     multiclass label of a class no version knows (``Rain`` for ``rain``), unless ``new_classes``
     says such classes are real. Nothing is stored when the file is refused."""
-    from mlops_ray.store import Store
+    from mlops_ray.storage.store import Store
     label, task = cfg.data.label, cfg.model.task
     t = _read_any(labels_path)
     key = "request_id" if "request_id" in t.column_names else cfg.data.id_column
@@ -416,17 +417,17 @@ def feedback(cfg, labels_path: str, *, now: float | None = None, new_classes: bo
     rid = pc.cast(t[key], pa.string())
     row = pc.cast(t["row"], pa.int64()) if "row" in t.column_names else pa.array(np.zeros(t.num_rows, np.int64))
     if key != "request_id":
-        rid, row = _ids_to_requests(store.uri(cfg.name, "predlog"), key, rid, row)
+        rid, row = _ids_to_requests(Catalog(store, cfg.name).predlog_dir(), key, rid, row)
     clean = pa.table({"request_id": rid, "row": row, label: pa.array(y)})
     keys = pa.table({"k": rid, "r": row}).group_by(["k", "r"]).aggregate([("k", "count")])
     duplicates = int(t.num_rows - keys.num_rows)
-    preds = _read_predictions(store.uri(cfg.name, "predlog"), task, versions, None)
+    preds = _read_predictions(Catalog(store, cfg.name).predlog_dir(), task, versions, None)
     known = pc.is_in(rid, value_set=pc.unique(preds["request_id"])) if preds.num_rows else pa.array(
         np.zeros(t.num_rows, bool))
     unknown = int(t.num_rows - pc.sum(pc.cast(known, pa.int64())).as_py() or 0)
     # unique per call: two feedback calls within one second (one process) must not overwrite each other
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now or time.time())) + f"-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    dest = store.path(cfg.name, "labels", f"labels-{stamp}.parquet")
+    dest = Catalog(store, cfg.name).labels_file(stamp)
     store.fs.create_dir(posixpath.dirname(dest), recursive=True)
     import pyarrow.parquet as pq
     with store.fs.open_output_stream(dest) as f:
@@ -488,7 +489,7 @@ def _ids_to_requests(root: str, id_column: str, ids: pa.Array, rows: pa.Array) -
 
 
 def _versions(store, cfg) -> list[str]:
-    fs, root = filesystem_for(store.uri(cfg.name, "predlog"))
+    fs, root = filesystem_for(Catalog(store, cfg.name).predlog_dir())
     if fs.get_file_info(root).type != pafs.FileType.Directory:
         return []
     ds = pads.dataset(root, filesystem=fs, format="parquet", partitioning=_PARTITIONING)
@@ -498,15 +499,15 @@ def _versions(store, cfg) -> list[str]:
 def completeness(cfg, since: float | None = None, classes: dict | None = None) -> dict:
     """Per version: logged predictions, how many have labels, and the live metric on those.
     ``classes``: the versions' class names when the caller has them (``version_classes``)."""
-    from mlops_ray.store import Store
+    from mlops_ray.storage.store import Store
     store = Store(cfg.store)
     out = {}
     versions = sorted(_versions(store, cfg), key=lambda s: (len(s), s))
     if classes is None:
         classes = version_classes(cfg, versions)
     for v in versions:
-        logged = _read_predictions(store.uri(cfg.name, "predlog"), cfg.model.task, [v], since).num_rows
-        m = live_metric(store.uri(cfg.name, "predlog"), store.uri(cfg.name, "labels"), cfg.data.label,
+        logged = _read_predictions(Catalog(store, cfg.name).predlog_dir(), cfg.model.task, [v], since).num_rows
+        m = live_metric(Catalog(store, cfg.name).predlog_dir(), Catalog(store, cfg.name).labels_dir(), cfg.data.label,
                         cfg.model.task, v, v, since or 0.0, min_rows=1, classes=classes)
         labelled = (m or {}).get("rows", {}).get(v, 0)
         out[v] = {"predictions": logged, "labelled": labelled,

@@ -300,7 +300,7 @@ def _hour_dir(root: str, hour: int) -> str:
 
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path): the store's resolution (URIs once per process), with POSIX separators."""
-    from mlops_ray.data.ingest import filesystem_for as resolve
+    from mlops_ray.storage.fs import filesystem_for as resolve
     fs, path = resolve(uri)
     return fs, path.replace(os.sep, "/")
 

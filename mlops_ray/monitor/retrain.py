@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 
 from mlops_ray.config import Config, RetrainConfig, parse_duration
 from mlops_ray.errors import MonitorError
+from mlops_ray.storage import procs
+from mlops_ray.storage.catalog import Catalog
 
 
 @dataclass
@@ -78,14 +80,13 @@ def should_retrain(report: dict | None, live: dict | None, policy: RetrainConfig
 
 # --------------------------------------------------------------------------- decision log + lock
 def _dir(cfg: Config) -> str:
-    from mlops_ray.store import Store
-    return Store(cfg.store).path(cfg.name, "monitor")
+    return Catalog(cfg.store, cfg.name).monitor_dir()
 
 
 def read_decisions(cfg: Config) -> list[dict]:
-    from mlops_ray.store import Store
+    from mlops_ray.storage.store import Store
     store = Store(cfg.store)
-    path = store.path(cfg.name, "monitor", "decisions.jsonl")
+    path = Catalog(store, cfg.name).decisions()
     if not store.exists(path):
         return []
     with store.fs.open_input_stream(path) as f:
@@ -94,11 +95,11 @@ def read_decisions(cfg: Config) -> list[dict]:
 
 def record(cfg: Config, entry: dict) -> None:
     """Append one decision (object stores have no append: the log is rewritten, it stays small)."""
-    from mlops_ray.store import Store
+    from mlops_ray.storage.store import Store
     store = Store(cfg.store)
-    path = store.path(cfg.name, "monitor", "decisions.jsonl")
+    path = Catalog(store, cfg.name).decisions()
     lines = [json.dumps(e, default=str) for e in read_decisions(cfg)] + [json.dumps(entry, default=str)]
-    store.fs.create_dir(store.path(cfg.name, "monitor"), recursive=True)
+    store.fs.create_dir(Catalog(store, cfg.name).monitor_dir(), recursive=True)
     with store.fs.open_output_stream(path) as f:
         f.write(("\n".join(lines) + "\n").encode())
 
@@ -107,16 +108,16 @@ class LoopLock:
     """One loop per pipeline: a lock file naming host and pid; a dead holder's lock is taken over."""
 
     def __init__(self, cfg: Config):
-        from mlops_ray.store import Store
+        from mlops_ray.storage.store import Store
         self.store = Store(cfg.store)
-        self.path = self.store.path(cfg.name, "monitor", "loop.lock")
-        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        self.path = Catalog(self.store, cfg.name).loop_lock()
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+                   "pid_started": procs.started(os.getpid())}
 
     def __enter__(self):
-        from mlops_ray.runtime import _alive
         if self.store.exists(self.path):
             held = self.store.read_json(self.path)
-            if held.get("host") != self.me["host"] or _alive(held.get("pid")):
+            if held.get("host") != self.me["host"] or procs.alive(held.get("pid"), held.get("pid_started")):
                 raise MonitorError(f"a loop already runs for this pipeline (pid {held.get('pid')} on "
                                    f"{held.get('host')}); stop it first (kill -TERM {held.get('pid')}), or delete "
                                    f"{self.path} if that host is gone")

@@ -28,7 +28,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from mlops_ray import thresholds
+from mlops_ray.monitor import thresholds
 from mlops_ray.bundle import Bundle, predict_features
 from mlops_ray.config import Config, config_from_dict
 from mlops_ray.data.rows import RowEncoder
@@ -36,8 +36,9 @@ from mlops_ray.monitor import histograms as hist
 from mlops_ray.serve import stats as st
 from mlops_ray.serve.api import RequestError, RequestParser
 from mlops_ray.monitor.predlog import PredictionLog, log_id_column, recover_orphans
-from mlops_ray.serve.state import ServingState, read_state, spool_dir, state_path, stats_dir
-from mlops_ray.store import Store
+from mlops_ray.storage.state import ServingState, read_state, spool_dir, state_path, stats_dir
+from mlops_ray.storage.store import Store
+from mlops_ray.storage.catalog import Catalog
 
 log = logging.getLogger("mlops_ray.serve")
 
@@ -190,7 +191,7 @@ class Predictor:
         ctx = serve.get_replica_context()
         self.replica = f"{ctx.deployment}-{ctx.replica_id.unique_id}"
         self.state_file = state_path(self.cfg.store, self.cfg.name)
-        self.predlog_root = Store(self.cfg.store).uri(self.cfg.name, "predlog")
+        self.predlog_root = Catalog(self.cfg.store, self.cfg.name).predlog_dir()
         self.spool = spool_dir(self.cfg.store, self.cfg.name)
         self._remote = "://" in self.state_file        # object store: poll in a thread, at most once a second
         self.models: dict[str, ServedModel] = {}

@@ -1,7 +1,7 @@
 """Serving lifecycle: deploy, status, stop, build a Serve config, and run rollouts.
 
 Each function takes the config (and a registry), talks to Ray Serve through
-``runtime.serving_runtime`` and returns a plain dict for the CLI to print. A failed
+``serve.head.serving_runtime`` and returns a plain dict for the CLI to print. A failed
 deploy leaves the serving state and the running application as they were.
 """
 from __future__ import annotations
@@ -12,14 +12,18 @@ from typing import Callable
 
 from mlops_ray.config import Config
 from mlops_ray.errors import ConfigError, MlopsError, ServingError
-from mlops_ray.runtime import read_head, require_shared_store, serving_runtime, stop_head
+from mlops_ray.runtime import require_shared_store
+from mlops_ray.serve.head import serving_runtime, stop_head
+from mlops_ray.storage.state import read_head
 from mlops_ray.monitor.labels import LiveMetric
 from mlops_ray.serve import rollout as ro
+from mlops_ray.serve.endpoints import endpoints, port_holder
 from mlops_ray.serve import stats as st
 from mlops_ray.serve.app import DEFAULT_LOADER, build_app
-from mlops_ray.serve.state import (ServingState, describe, read_state, remove_state, spool_dir, state_path, stats_dir,
+from mlops_ray.storage.state import (ServingState, describe, read_state, remove_state, spool_dir, state_path, stats_dir,
                                    write_state)
-from mlops_ray.store import Store
+from mlops_ray.storage.store import Store
+from mlops_ray.storage.catalog import Catalog
 
 
 def _registry(cfg: Config):
@@ -57,72 +61,6 @@ def resolve_servable(cfg: Config, registry, ref: str, *, force: bool = False, by
                                f"model that failed its checks in front of traffic — pass --force to do it anyway")
     registry.load_bundle(version)
     return version
-
-
-def endpoints(cfg: Config) -> dict:
-    """Where to send requests: the Serve proxy on serve.port (``url``), the replicas' own ports (direct
-    ingress, allocated from serve.port + 1, found by asking each candidate port for /healthz), and
-    ``addresses``: all of them, the fastest first (``ordered_addresses``)."""
-    prefix = cfg.serve.route_prefix.rstrip("/")
-    out = {"url": f"http://{cfg.serve.host}:{cfg.serve.port}{prefix}/predict", "direct": []}
-    if cfg.serve.direct_ingress:
-        out["direct"] = _direct_ports(cfg)
-    out["addresses"] = ordered_addresses(out["url"], out["direct"], cfg.serve.ingress)
-    return out
-
-
-def ordered_addresses(url: str, direct: list[str], ingress: str) -> list[dict]:
-    """Every address, the fastest that keeps working first. With ``serve.ingress: haproxy`` serve.port
-    forwards straight to the replicas' ports and survives replica restarts: it leads. With Serve's
-    Python proxy it reaches about a tenth of a replica's own port (README, benchmarks/serving.py), so
-    the replicas' ports lead and the proxy, the address that stays whatever the replicas do, follows
-    (a restarted replica usually takes its port back, ports are not quarantined on a local head, but
-    Serve may hand it another one when it asks before the dead replica's port is pruned)."""
-    if ingress == "haproxy":
-        return [{"url": url, "kind": "haproxy", "note": "HAProxy to every replica"}] + [
-            {"url": u, "kind": "direct", "note": "direct to one replica"} for u in direct]
-    return [{"url": u, "kind": "direct", "note": "direct to one replica, fastest"} for u in direct] + [
-        {"url": url, "kind": "proxy", "note": "Serve's proxy to every replica"
-                                             + (", about a tenth of the direct port's throughput" if direct else "")}]
-
-
-def _direct_ports(cfg: Config) -> list[str]:
-    import http.client
-    import json
-    import socket
-    import urllib.request
-    found = []
-    host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
-    for port in range(cfg.serve.port + 1, cfg.serve.port + 65):
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                pass
-            with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=1) as r:
-                health = json.loads(r.read())
-                if "replica" in health and health.get("pipeline") == cfg.name:    # not another pipeline's
-                    found.append(f"http://{host}:{port}/predict")
-        except (OSError, ValueError, http.client.HTTPException):   # not HTTP: e.g. a Ray gRPC port in the range
-            continue
-    return found
-
-
-def port_holder(host: str, port: int) -> str | None:
-    """Who listens on ``host:port``: None when nobody does; else what its /healthz says, if anything."""
-    import json
-    import socket
-    import urllib.request
-    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            pass
-    except OSError:
-        return None
-    try:
-        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=2) as r:
-            name = json.loads(r.read()).get("pipeline")
-            return f"the serving app of pipeline {name!r}" if name else "another HTTP server"
-    except Exception:                  # noqa: BLE001 - anything that is not our app
-        return "another process"
 
 
 def app_routes() -> dict[str, str]:
@@ -293,7 +231,7 @@ def recover_spools(cfg: Config) -> int:
     spool = spool_dir(cfg.store, cfg.name)
     if not os.path.isdir(spool):
         return 0
-    return recover_orphans(spool, Store(cfg.store).uri(cfg.name, "predlog"))
+    return recover_orphans(spool, Catalog(cfg.store, cfg.name).predlog_dir())
 
 
 def build(cfg: Config, out_path: str, ref: str = "champion") -> dict:

@@ -18,7 +18,9 @@ from mlops_ray.config import Config, RolloutConfig
 from mlops_ray.errors import RolloutAborted, ServingError
 from mlops_ray.monitor import histograms as hist
 from mlops_ray.serve import stats as st
-from mlops_ray.serve.state import ServingState, StateConflict, read_state, state_path, stats_dir, write_state
+from mlops_ray.serve.endpoints import endpoints
+from mlops_ray.storage import procs
+from mlops_ray.storage.state import ServingState, StateConflict, read_state, state_path, stats_dir, write_state
 
 MIN_LATENCY_SAMPLES = 50        # p99 of fewer samples is the single slowest request
 MIN_PSI_ROWS = 100
@@ -153,8 +155,7 @@ def _controller_alive(cid: str | None) -> bool:
     host, _, pid = cid.rpartition(":")
     if host != socket.gethostname():
         return True                           # cannot tell; assume it runs
-    from mlops_ray.runtime import _alive
-    return _alive(pid)
+    return procs.alive(pid)
 
 
 def _offline_counts(registry, version: str, task: str) -> list | None:
@@ -255,7 +256,6 @@ def run_rollout(cfg: Config, registry, version: str, *, shadow: bool = False, po
 
 
 def no_traffic_message(cfg: Config, idle_s: float) -> str:
-    from mlops_ray.serve.control import endpoints
     where = endpoints(cfg)
     urls = [where["url"], *where["direct"]]
     return (f"no request has reached {cfg.name!r} for {idle_s:.0f} s: the rollout advances only on traffic. "

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 from pyarrow import fs as pafs
 
-from mlops_ray.data.ingest import filesystem_for
-from mlops_ray.store import write_atomic
+from mlops_ray.storage.fs import filesystem_for
+from mlops_ray.storage.store import write_atomic
 
 # latency buckets: 0.05 ms .. ~60 s, 8 per doubling (p99 resolution about 9 %)
 LATENCY_EDGES_MS = [0.05 * 2 ** (i / 8) for i in range(162)]

@@ -29,7 +29,7 @@ import pyarrow.dataset as pads
 
 from mlops_ray.config import ModelConfig, TuneConfig
 from mlops_ray.data.features import FeatureSpec
-from mlops_ray.data.ingest import for_ray
+from mlops_ray.storage.fs import for_ray
 from mlops_ray.train import xgb as X
 from mlops_ray.train.progress import Progress, SearchWatch
 

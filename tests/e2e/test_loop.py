@@ -62,7 +62,7 @@ def test_the_story_retrains_on_drift_and_promotes_the_challenger(story):
     assert state["stable"] == "2" and state["phase"] == "PROMOTED"
     assert "serving head stopped" in story["out"]
     sys.path.insert(0, str(ROOT))
-    from mlops_ray.runtime import read_head
+    from mlops_ray.storage.state import read_head
     assert read_head(str(story["work"] / "st-demo"), "fraud-quickstart") is None      # no head left running
 
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from mlops_ray.config import load_config
-from mlops_ray.serve.state import read_state, state_path, write_state
+from mlops_ray.storage.state import read_state, state_path, write_state
 from tests.conftest import make_bundle
 from tests.http_load import Load as _Load, free_base as _free_base, request_rows
 
@@ -216,7 +216,7 @@ def test_a_second_pipeline_on_the_same_port_is_refused_naming_the_holder(served,
 
 
 def test_endpoints_list_only_this_pipelines_replicas(served):
-    from mlops_ray.serve.control import endpoints
+    from mlops_ray.serve.endpoints import endpoints
     mine = endpoints(served["cfg"])["direct"]
     assert mine and mine == served["info"]["direct"]
     assert endpoints(served["cfg"].model_copy(update={"name": "other"}))["direct"] == []
@@ -430,7 +430,7 @@ def test_killed_replica_is_replaced_and_every_answer_is_logged_once(served):
     # two direct ports answer again; the survivor's is unchanged. The replacement's may be another
     # one: Serve frees a dead replica's port when its control loop prunes it, which can come after
     # the replacement has asked for one (seen in CI), so endpoints() finds ports, never assumes them
-    from mlops_ray.serve.control import endpoints
+    from mlops_ray.serve.endpoints import endpoints
     deadline = time.time() + 60
     while time.time() < deadline and len(endpoints(served["cfg"])["direct"]) != 2:
         time.sleep(1)

@@ -158,7 +158,7 @@ def test_a_release_date_listed_in_features_datetime_becomes_date_parts(tmp_path)
 def test_the_retrain_window_reads_a_text_time_column_as_training_does(tmp_path):
     """retrain.window over a weather export's 12/31/2012 dates: the newest 30 days by date (not by
     the text's sort order, where 12/31/2012 comes after 01/13/2013), the rows kept as text."""
-    from mlops_ray.loop import retrain_config
+    from mlops_ray.lifecycle.loop import retrain_config
     from tests.unit.test_dates import weather
     path = tmp_path / "weatherAUS.csv"
     weather(400).to_csv(path, index=False)           # 2012-01-01 .. 2013-02-03

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from mlops_ray.cli import app
 from mlops_ray.errors import ConfigError, DataSourceError, DataValidationError
 from mlops_ray.monitor.predlog import log_schema, read_log
-from mlops_ray.predict import batch_predict, predlog_root
+from mlops_ray.lifecycle.predict import batch_predict, predlog_root
 from mlops_ray.registry import Registry
 from tests.conftest import base_raw, config_file, make_bundle, make_config, write_parquet
 
@@ -93,7 +93,7 @@ def test_multiclass_has_one_column_per_class_and_argmax(env, tmp_path):
     np.testing.assert_allclose(probs, expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(got["prediction"].to_numpy(), expected.argmax(axis=1))
     # the log of a multiclass version holds the class probabilities, as the replicas' log does
-    from mlops_ray.predict import _BatchLog
+    from mlops_ray.lifecycle.predict import _BatchLog
     spec = env["reg"].load_bundle("2").spec
     blog = _BatchLog(str(tmp_path / "log"), spec.input_types, True, "t0")
     assert blog.write(env["df"].iloc[:10], expected[:10], "2", ID) == 10

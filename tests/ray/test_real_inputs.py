@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlops_ray.pipeline import run_pipeline
-from mlops_ray.store import Store
+from mlops_ray.storage.store import Store
 from tests.conftest import make_config
 
 FAST = {"num_samples": 2, "report_every": 5, "seed": 1, "baselines": 2}
@@ -32,7 +32,7 @@ def test_a_parquet_file_named_pq_trains_and_is_gated_on_the_rows_ingest_kept(tx,
     assert store.exists(store.path(cfg.name, "data", res.data.key, "test_raw"))
     # the other readers of a user's file: monitor --data and batch scoring
     from mlops_ray.monitor.drift import run_monitor
-    from mlops_ray.predict import batch_predict
+    from mlops_ray.lifecycle.predict import batch_predict
     assert run_monitor(cfg, data=str(src))["window"]["rows"] == len(tx)
     out = tmp_path / "scored"
     assert batch_predict(cfg, str(src), str(out))["rows"] == len(tx)
@@ -171,7 +171,7 @@ def test_a_gzipped_csv_export_validates(tx, tmp_path):
 def test_batch_scoring_with_a_label_expression_needs_none_of_its_columns(tx, tmp_path):
     """predict kept data.label's expression while reading only the model's inputs: KeyError on the
     column the expression reads, reported as a bug."""
-    from mlops_ray.predict import batch_predict
+    from mlops_ray.lifecycle.predict import batch_predict
     pq.write_table(pa.Table.from_pandas(tx, preserve_index=False), tmp_path / "tx.parquet")
     cfg = make_config(str(tmp_path / "tx.parquet"), store=str(tmp_path / "store"), tune=FAST, model=MODEL,
                       data={"label": {"name": "big", "expr": "amount > 100"}, "unlabelled": "drop"},

@@ -163,8 +163,8 @@ def cli_config(data_dir, store, tmp_path, **sections) -> str:
 
 def test_a_version_the_gate_rejected_is_not_deployed_without_force(first_run, data_dir, tmp_path):
     """Refused before anything starts: exit 8, the gate's reason, and the flag that overrides it."""
-    from mlops_ray.runtime import read_head
-    from mlops_ray.serve.state import read_state, state_path
+    from mlops_ray.storage.state import read_head
+    from mlops_ray.storage.state import read_state, state_path
     cfg, store, *_ = first_run
     reg = Registry(cfg.registry, cfg.store, cfg.name)
     rejected = reg.get_alias("challenger")            # the previous test's version, rejected by the gate
@@ -518,8 +518,8 @@ def test_a_retrain_chooses_its_threshold_on_its_own_validation_split(first_run, 
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from mlops_ray import thresholds
-    from mlops_ray.store import Store
+    from mlops_ray.monitor import thresholds
+    from mlops_ray.storage.store import Store
     cfg, store, res1, _ = first_run
     df = pq.read_table(cfg.data.source).to_pandas()
     pos = df[df["is_fraud"] == 1]

@@ -68,5 +68,5 @@ def test_incomplete_bundle_is_named(trained, tmp_path):
     (None, 2, ["p_0", "p_1"]),
 ])
 def test_batch_probability_columns_are_named_by_class(classes, k, names):
-    from mlops_ray.predict import proba_columns
+    from mlops_ray.lifecycle.predict import proba_columns
     assert proba_columns(classes, k) == names

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlops_ray import manifests as m
+from mlops_ray.cluster import manifests as m
 from mlops_ray.errors import ConfigError, ExitCode
 
 pytestmark = pytest.mark.unit

@@ -197,7 +197,7 @@ def test_the_words_after_a_double_dash_are_not_taken_as_global_flags(monkeypatch
         seen["command"], seen["verbose"] = command, kw["verbose"]
         return {"job_id": "j", "upload_files": 0, "upload_bytes": 0, "working_dir": ".", "dashboard_url": "-",
                 "follow": ["a", "b", "c"]}
-    monkeypatch.setattr("mlops_ray.jobs.submit", fake_submit)
+    monkeypatch.setattr("mlops_ray.cluster.jobs.submit", fake_submit)
     monkeypatch.setattr(cli_module, "_load", lambda path, sets: None)
     res = CliRunner().invoke(app, ["submit", QUICKSTART, "--", "run", "--verbose"])
     assert res.exit_code == 0, res.output

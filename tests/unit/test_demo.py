@@ -6,7 +6,7 @@ import pandas as pd
 
 from mlops_ray.config import load_config
 from mlops_ray.data import ingest
-from mlops_ray.demo import demo_paths, synthesize
+from mlops_ray.lifecycle.demo import demo_paths, synthesize
 
 ROOT = Path(__file__).resolve().parents[2]
 

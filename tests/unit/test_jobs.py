@@ -14,7 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from mlops_ray import jobs
+from mlops_ray.cluster import jobs
 from mlops_ray.cli import app
 from mlops_ray.errors import ConfigError, ExitCode, JobFailed, ResourceError
 from tests.conftest import base_raw, make_config

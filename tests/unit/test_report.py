@@ -275,8 +275,8 @@ def test_the_drift_section_lists_the_recent_windows_newest_first_with_their_sour
 
 
 def test_the_report_context_reads_the_recent_drift_reports_newest_first(tmp_path):
-    from mlops_ray.reports import drift_windows
-    from mlops_ray.store import Store
+    from mlops_ray.lifecycle.reports import drift_windows
+    from mlops_ray.storage.store import Store
     from tests.conftest import make_config
     cfg = make_config("x", store=str(tmp_path))
     store = Store(cfg.store)
@@ -293,7 +293,7 @@ def test_the_report_context_reads_the_recent_drift_reports_newest_first(tmp_path
 
 
 def test_the_threshold_history_is_shown_newest_first_once_it_was_rechosen():
-    from mlops_ray import thresholds as th
+    from mlops_ray.monitor import thresholds as th
     meta = {"task": "binary", "threshold": {"value": 0.8, "rule": "max_f1", "spec": "max_f1",
                                             "valid": {"n": 900, "positive_rate": 0.14}}}
     first = th.registered(meta)

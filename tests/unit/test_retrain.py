@@ -139,7 +139,7 @@ def test_labels_keyed_by_the_id_column_join_the_requests_that_carried_it(tmp_pat
 
 
 def test_pending_rollout_is_retried():
-    from mlops_ray.loop import _pending_rollout
+    from mlops_ray.lifecycle.loop import _pending_rollout
     hist = [{"action": "retrain", "version": "2", "pending_rollout": "2"}, {"action": "none"}]
     assert _pending_rollout(hist) == "2"
     assert _pending_rollout(hist + [{"action": "rollout", "version": "2", "outcome": "rollout promoted"}]) is None

@@ -9,7 +9,7 @@ from mlops_ray.config import RolloutConfig
 from mlops_ray.serve import rollout as ro
 from mlops_ray.monitor import histograms as hist
 from mlops_ray.serve import stats as st
-from mlops_ray.serve.state import StateConflict, ServingState, read_state, write_state
+from mlops_ray.storage.state import StateConflict, ServingState, read_state, write_state
 
 POLICY = RolloutConfig(steps=[5, 50, 100], min_requests=100, min_seconds=1, keep_previous_s=60)
 
@@ -200,7 +200,7 @@ def test_prediction_baseline_reference_compares_the_canary_with_its_own_validati
 
 def test_a_rollout_in_progress_names_the_rollback_command_the_cli_accepts(tmp_path):
     from mlops_ray.errors import ServingError
-    from mlops_ray.serve.state import state_path
+    from mlops_ray.storage.state import state_path
     from tests.conftest import make_config
     cfg = make_config("x", store=str(tmp_path), rollout={"prediction_baseline": "stable"})
     write_state(state_path(cfg.store, cfg.name), ro.start(ServingState(name="m", stable="1"), "2", POLICY,

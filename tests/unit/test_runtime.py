@@ -4,6 +4,7 @@ import socket
 import pytest
 
 from mlops_ray import runtime
+from mlops_ray.serve import head
 
 
 @pytest.fixture
@@ -45,9 +46,9 @@ def test_an_unreadable_record_or_none_is_left_alone(address_file):
 
 def test_stopping_our_head_removes_its_record_and_only_its(address_file):
     address_file.write_text("192.0.2.2:47519")           # another head's (the node IP form ray start writes)
-    assert runtime.stop_head({"pid": 0, "address": "127.0.0.1:6390"}) is False
+    assert head.stop_head({"pid": 0, "address": "127.0.0.1:6390"}) is False
     assert address_file.exists()
-    assert runtime.stop_head({"pid": 0, "address": "127.0.0.1:47519"}) is False     # not running any more
+    assert head.stop_head({"pid": 0, "address": "127.0.0.1:47519"}) is False     # not running any more
     assert not address_file.exists()
 
 

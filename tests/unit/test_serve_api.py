@@ -421,7 +421,7 @@ def test_a_binary_answer_has_labels_at_the_versions_threshold(parser, row):
 
 def test_the_replica_keeps_each_retiring_version_task_until_it_ends(parser, tmp_path):
     # the event loop holds tasks weakly: one nobody references can be collected mid-run
-    from mlops_ray.serve.state import ServingState, write_state
+    from mlops_ray.storage.state import ServingState, write_state
     old, new = _Model("1", parser, _Log()), _Model("2", parser, _Log())
     p = replica(new, old)
     p.state_file, p._remote, p._mtime, p.poll_s = str(tmp_path / "state.json"), False, None, 0.01

@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 
 from mlops_ray.cli import app
 from mlops_ray.serve import rollout as ro
-from mlops_ray.serve.control import endpoints, ordered_addresses, port_holder
-from mlops_ray.serve.state import ServingState, read_state, state_path, write_state
+from mlops_ray.serve.endpoints import endpoints, ordered_addresses, port_holder
+from mlops_ray.storage.state import ServingState, read_state, state_path, write_state
 from tests.conftest import config_file, make_config
 
 

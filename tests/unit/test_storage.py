@@ -7,10 +7,11 @@ import yaml
 
 from mlops_ray.config import config_from_dict, literal_secrets, load_config
 from mlops_ray.errors import ConfigError
-from mlops_ray.runtime import head_file, node_local_store_problem
+from mlops_ray.runtime import node_local_store_problem
+from mlops_ray.storage.state import head_file
 from mlops_ray.serve import control
-from mlops_ray.serve.state import ServingState, read_state, spool_dir, state_path, write_state
-from mlops_ray.store import Store, _why
+from mlops_ray.storage.state import ServingState, read_state, spool_dir, state_path, write_state
+from mlops_ray.storage.store import Store, _why
 
 BASE = {"name": "p", "data": {"source": "x", "label": "y"}}
 
@@ -97,7 +98,7 @@ def test_haproxy_ingress_without_a_binary_is_a_config_error_naming_the_fix(monke
     import ray.serve._private.haproxy as hap
     from mlops_ray.config import ServeConfig
     from mlops_ray.errors import ConfigError
-    from mlops_ray.runtime import require_haproxy
+    from mlops_ray.serve.head import require_haproxy
 
     def missing():
         raise FileNotFoundError("Could not find an HAProxy binary.")
@@ -110,7 +111,7 @@ def test_haproxy_ingress_without_a_binary_is_a_config_error_naming_the_fix(monke
 
 def test_haproxy_files_go_to_the_heads_own_directory_and_ports():
     from mlops_ray.config import ServeConfig
-    from mlops_ray.runtime import serving_env
+    from mlops_ray.serve.head import serving_env
     env = serving_env(ServeConfig(ingress="haproxy", port=9000), "/tmp/mlops-haproxy-x", [41001, 41002])
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert env["RAY_SERVE_HAPROXY_SOCKET_PATH"] == "/tmp/mlops-haproxy-x/admin.sock"
@@ -154,39 +155,39 @@ def _gcs_options(fs) -> dict:
 
 
 def test_a_gs_uri_gets_a_bounded_retry_and_its_parameters(monkeypatch):
-    from mlops_ray.data import ingest
+    from mlops_ray.storage import fs as sfs
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
-    ingest._from_uri.cache_clear()
-    fs, path = ingest.filesystem_for("gs://b/pre/fix/?project_id=proj&retry_limit_seconds=7")
+    sfs._from_uri.cache_clear()
+    fs, path = sfs.filesystem_for("gs://b/pre/fix/?project_id=proj&retry_limit_seconds=7")
     assert path == "b/pre/fix"
     o = _gcs_options(fs)
     assert o["project_id"] == "proj" and o["retry_time_limit"].total_seconds() == 7 and not o["anonymous"]
-    fs, _ = ingest.filesystem_for("gs://b/x")
-    assert _gcs_options(fs)["retry_time_limit"].total_seconds() == ingest.GCS_RETRY_S     # not pyarrow's 15 min
+    fs, _ = sfs.filesystem_for("gs://b/x")
+    assert _gcs_options(fs)["retry_time_limit"].total_seconds() == sfs.GCS_RETRY_S     # not pyarrow's 15 min
 
 
 def test_storage_emulator_host_points_gs_at_an_emulator_unauthenticated(monkeypatch):
-    from mlops_ray.data import ingest
+    from mlops_ray.storage import fs as sfs
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:4443")
-    ingest._from_uri.cache_clear()
+    sfs._from_uri.cache_clear()
     try:
-        fs, path = ingest.filesystem_for("gs://bucket/store")
+        fs, path = sfs.filesystem_for("gs://bucket/store")
         o = _gcs_options(fs)
         assert (o["anonymous"], o["endpoint_override"], o["scheme"]) == (True, "127.0.0.1:4443", "http")
-        assert ingest.for_ray("gs://bucket/store/p") == ("bucket/store/p", ingest.filesystem_for("gs://bucket/store/p")[0])
-        assert ingest.for_ray("/abs/local") == ("/abs/local", None)       # Ray's own handling of local paths
+        assert sfs.for_ray("gs://bucket/store/p") == ("bucket/store/p", sfs.filesystem_for("gs://bucket/store/p")[0])
+        assert sfs.for_ray("/abs/local") == ("/abs/local", None)       # Ray's own handling of local paths
     finally:
-        ingest._from_uri.cache_clear()
+        sfs._from_uri.cache_clear()
 
 
 def test_an_unknown_gs_parameter_is_named_with_the_known_ones():
-    from mlops_ray.data import ingest
+    from mlops_ray.storage import fs as sfs
     from mlops_ray.errors import DataSourceError
     with pytest.raises(DataSourceError, match=r"unknown gs:// parameter 'anonymous'; the known ones are .*"
                                               r"endpoint_override.*STORAGE_EMULATOR_HOST"):
-        ingest.filesystem_for("gs://b/x?anonymous=true")
+        sfs.filesystem_for("gs://b/x?anonymous=true")
     with pytest.raises(DataSourceError, match=r"retry_limit_seconds='soon' is not a number"):
-        ingest.filesystem_for("gs://b/x?retry_limit_seconds=soon")
+        sfs.filesystem_for("gs://b/x?retry_limit_seconds=soon")
 
 
 def test_gs_store_errors_say_what_to_do(monkeypatch, tmp_path):
@@ -200,5 +201,5 @@ def test_gs_store_errors_say_what_to_do(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="no Google Cloud credentials are set.*STORAGE_EMULATOR_HOST"):
         Store("gs://b/x").check_writable("p")
     (tmp_path / "application_default_credentials.json").write_text("{}")      # `gcloud auth application-default login`
-    from mlops_ray.data.ingest import gcs_credentials_missing
+    from mlops_ray.storage.fs import gcs_credentials_missing
     assert not gcs_credentials_missing()

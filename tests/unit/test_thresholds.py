@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_ray import thresholds as th
+from mlops_ray.monitor import thresholds as th
 from mlops_ray.config import ThresholdSpec, config_from_dict
 from mlops_ray.errors import ConfigError
 from mlops_ray.monitor.labels import feedback
 from mlops_ray.monitor.predlog import PredictionLog
-from mlops_ray.store import Store
+from mlops_ray.storage.store import Store
 from mlops_ray.train.evaluate import choose_threshold, metrics_for
 from tests.conftest import make_config
 
@@ -178,7 +178,7 @@ def test_feedback_prints_the_threshold_kept_or_rechosen_and_status_shows_the_new
 
     from mlops_ray.cli import app
     from mlops_ray.registry import Registry
-    from mlops_ray.serve.state import ServingState, state_path, write_state
+    from mlops_ray.storage.state import ServingState, state_path, write_state
     from tests.unit.test_registry import breast_cancer, train_bundle
 
     cfg, p, y = _served(tmp_path)

@@ -20,6 +20,8 @@ from mlops_ray.config import Config, parse_duration
 from mlops_ray.errors import GateRejected, Interrupted, MlopsError, MonitorError
 from mlops_ray.monitor.retrain import LoopLock, read_decisions, record, should_retrain
 from mlops_ray.runtime import ray_runtime, require_shared_store
+from mlops_ray.storage.fs import for_ray
+from mlops_ray.storage.catalog import Catalog
 
 Progress = Callable[[str, str], None]
 
@@ -108,7 +110,7 @@ def retrain_config(cfg: Config, progress: Progress = lambda s, m: None, verbose:
     import hashlib
 
     from mlops_ray.data import ingest
-    from mlops_ray.store import Store
+    from mlops_ray.storage.store import Store
 
     rc, store = cfg.retrain, Store(cfg.store)
     dcfg = cfg.data.model_copy(update={"source": list(rc.data)}) if rc.data else cfg.data
@@ -119,7 +121,7 @@ def retrain_config(cfg: Config, progress: Progress = lambda s, m: None, verbose:
             raise MonitorError(f"the retrain window is empty: {', '.join(dcfg.sources)} holds no rows; point "
                                f"retrain.data at the fresh labelled data")
         key = hashlib.sha256(f"{src.fingerprint}|{rc.window}|{rc.previous_sample}|{tcol}".encode()).hexdigest()[:16]
-        out = store.path(cfg.name, "retrain", key)
+        out = Catalog(store, cfg.name).retrain_dir(key)
         if not store.exists(f"{out}/_SUCCESS"):
             ds = ingest.read_dataset(src, dcfg)
             parts = [ds]
@@ -147,12 +149,12 @@ def retrain_config(cfg: Config, progress: Progress = lambda s, m: None, verbose:
                                    f"{rc.window} of the newest {tcol}; widen retrain.window")
             if cfg.data.label_expr is not None:       # raw columns only: the retrain run computes it again
                 window = window.drop_columns([cfg.data.label])
-            path, fs = ingest.for_ray(store.uri(cfg.name, "retrain", key, "data"))
+            path, fs = for_ray(Catalog(store, cfg.name).retrain_data(key))
             window.write_parquet(path, filesystem=fs)
             store.write_json(f"{out}/_SUCCESS", {"rows": rows, "start": str(start), "sources": dcfg.sources})
         info = store.read_json(f"{out}/_SUCCESS")
     progress("retrain", f"training window: {info['rows']:,} rows from {info['start']} ({', '.join(dcfg.sources)})")
-    data = cfg.data.model_copy(update={"source": store.uri(cfg.name, "retrain", key, "data"), "format": "parquet"})
+    data = cfg.data.model_copy(update={"source": Catalog(store, cfg.name).retrain_data(key), "format": "parquet"})
     return cfg.model_copy(update={"data": data})
 
 

@@ -17,15 +17,15 @@ import fcntl
 import json
 import os
 import time
-import tempfile
-import zlib
 from dataclasses import asdict, dataclass, field
 
 from pyarrow import fs as pafs
 
-from mlops_ray.data.ingest import filesystem_for
+from mlops_ray.storage.fs import filesystem_for
 from mlops_ray.errors import ServingError
-from mlops_ray.store import Store, write_atomic
+from mlops_ray.storage import procs
+from mlops_ray.storage.catalog import Catalog
+from mlops_ray.storage.store import write_atomic
 
 PHASES = ("STABLE", "CANARY", "SHADOW", "PROMOTED", "ROLLED_BACK")
 
@@ -77,27 +77,19 @@ class ServingState:
 
 
 def serving_dir(store_root: str, name: str) -> str:
-    """The serving directory as the store names it: an absolute path, or a URI for object stores."""
-    return Store(store_root).uri(name, "serving")
+    return Catalog(store_root, name).serving_dir()
 
 
 def state_path(store_root: str, name: str) -> str:
-    return Store(store_root).uri(name, "serving", "state.json")
+    return Catalog(store_root, name).serving_state()
 
 
 def stats_dir(store_root: str, name: str) -> str:
-    """Per-replica statistics snapshots (one JSON per replica, rewritten every second)."""
-    return Store(store_root).uri(name, "serving", "stats")
+    return Catalog(store_root, name).replica_stats_dir()
 
 
 def spool_dir(store_root: str, name: str) -> str:
-    """Where replicas spool prediction-log records before Parquet: always a local directory. In the
-    store's serving directory when the store is a path; in /tmp on the replica's node for object
-    stores (a lost node loses at most its unflushed interval, see monitor/predlog.py)."""
-    d = serving_dir(store_root, name)
-    if "://" not in d:
-        return os.path.join(d, "spool")
-    return os.path.join(tempfile.gettempdir(), "mlops-ray-spool", f"{zlib.crc32(d.encode()):08x}")
+    return Catalog(store_root, name).spool_dir()
 
 
 class StateConflict(ServingError):
@@ -171,3 +163,19 @@ def describe(state: ServingState | None) -> str:
     if state.phase in ("PROMOTED", "ROLLED_BACK"):
         return f"{state.phase} stable v{state.stable}" + (f" ({state.reason})" if state.reason else "")
     return f"STABLE v{state.stable}"
+
+
+# --------------------------------------------------------------------------- the serving head's record
+def head_file(store: str, name: str) -> str:
+    return Catalog(store, name).head_record()
+
+
+def read_head(store: str, name: str) -> dict | None:
+    """The record of the local serving head of ``name``, or None when there is none or its process
+    is gone (or its pid now belongs to another process)."""
+    try:
+        with open(head_file(store, name)) as f:
+            head = json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+    return head if procs.alive(head.get("pid"), head.get("pid_started")) else None

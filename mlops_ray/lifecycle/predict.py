@@ -60,6 +60,8 @@ from pyarrow import fs as pafs
 from mlops_ray.config import Config
 from mlops_ray.data import dates, ingest
 from mlops_ray.errors import ConfigError, DataSourceError, DataValidationError, did_you_mean
+from mlops_ray.storage.fs import filesystem_for
+from mlops_ray.storage.catalog import Catalog
 
 Progress = Callable[[str, str], None]   # (step, message), as in pipeline.py
 STEP = "predict"
@@ -78,8 +80,7 @@ def _noop(step: str, message: str) -> None:
 def predlog_root(cfg: Config) -> str:
     """Where the serving replicas (and batch scoring with ``log``) write the prediction log: an
     absolute path or URI, so that the actors find it whatever their working directory."""
-    from mlops_ray.store import Store
-    return Store(cfg.store).uri(cfg.name, "predlog")
+    return Catalog(cfg.store, cfg.name).predlog_dir()
 
 
 # --------------------------------------------------------------------------- the API
@@ -102,8 +103,8 @@ def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, lo
     spec, task = bundle.spec, bundle.task
     metadata = bundle.metadata
     if task == "binary":            # the version's newest decision threshold (re-chosen by feedback)
-        from mlops_ray import thresholds
-        from mlops_ray.store import Store
+        from mlops_ray.monitor import thresholds
+        from mlops_ray.storage.store import Store
         current = thresholds.current(Store(cfg.store), cfg.name, version, metadata)
         metadata = {**metadata, "threshold": {**(metadata.get("threshold") or {}), "value": current}}
     progress(STEP, f"model {registry.model_name} version {version} ({task}, "
@@ -118,7 +119,7 @@ def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, lo
     check_inputs(source, spec.input_columns, data, version)
     id_col = cfg.data.id_column if cfg.data.id_column in source.schema.names else None
     keep = check_keep(keep or [], source, data, output_columns(bundle, id_col))
-    out_fs, out_path = ingest.filesystem_for(out)
+    out_fs, out_path = filesystem_for(out)
     existing = check_out(out_fs, out_path, out, overwrite, source)
     columns = list(dict.fromkeys(([id_col] if id_col else []) + spec.input_columns + keep))
     read_cfg = data_cfg.model_copy(update={"columns": columns})
@@ -294,7 +295,7 @@ def check_out(fs: pafs.FileSystem, path: str, out: str, overwrite: bool, source:
     if any(p == root or p.startswith(root + "/") for p in inputs):
         raise ConfigError(f"--out {out!r} contains the data being scored; write the predictions elsewhere")
     for uri in source.uris:           # a directory of input: the predictions would be read with it next time
-        d = ingest.filesystem_for(uri)[1].rstrip("/")
+        d = filesystem_for(uri)[1].rstrip("/")
         if root.startswith(d + "/") and source.filesystem.get_file_info(d).type == pafs.FileType.Directory:
             raise ConfigError(f"--out {out!r} is inside the input directory {uri!r}; write the predictions elsewhere")
     info = fs.get_file_info(path)

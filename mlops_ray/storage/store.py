@@ -13,7 +13,7 @@ import uuid
 import pyarrow as pa
 from pyarrow import fs as pafs
 
-from mlops_ray.data.ingest import filesystem_for, gcs_credentials_missing
+from mlops_ray.storage.fs import filesystem_for, gcs_credentials_missing
 
 
 class Store:

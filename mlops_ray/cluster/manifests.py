@@ -73,7 +73,7 @@ def project_root(start: str | os.PathLike) -> Path:
 
 
 def default_crd_dir() -> Path:
-    """$MLOPS_RAY_KUBERAY_CRDS, else the KubeRay CRDs shipped in the package (mlops_ray/schemas/kuberay)."""
+    """$MLOPS_RAY_KUBERAY_CRDS, else the KubeRay CRDs shipped in the package (mlops_ray/cluster/schemas/kuberay)."""
     env = os.environ.get(CRD_ENV)
     return Path(env) if env else Path(__file__).resolve().parent / "schemas" / "kuberay"
 

@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from mlops_ray.config import Config
+from mlops_ray.storage.catalog import Catalog
 
 Say = Callable[[str, str], None]
 # a demo-sized rollout: three steps of a few seconds (the defaults hold 30 s and 200 requests)
@@ -137,10 +138,10 @@ def run_demo(cfg: Config, data_dir: str, rows: int, *, say: Say, verbose: bool =
              html: str | None = None) -> dict:
     """The story; returns a summary. The serving head is stopped at the end, whatever happens."""
     from mlops_ray import pipeline
-    from mlops_ray.loop import run_loop
+    from mlops_ray.lifecycle.loop import run_loop
     from mlops_ray.monitor.labels import feedback
     from mlops_ray.monitor.report import write_report
-    from mlops_ray.reports import report_context
+    from mlops_ray.lifecycle.reports import report_context
     from mlops_ray.serve import control
 
     t0 = time.perf_counter()
@@ -154,7 +155,7 @@ def run_demo(cfg: Config, data_dir: str, rows: int, *, say: Say, verbose: bool =
     lap("synthesize", t)
     say("data", f"month 1 ({rows:,} rows) in {m1}; month 2 with covariate + concept drift in {m2}")
     from mlops_ray.config import config_from_dict
-    from mlops_ray.store import Store
+    from mlops_ray.storage.store import Store
     raw = cfg.model_dump(mode="json", by_alias=True)
     # the demo's own store, new every run, so the story starts from nothing whatever was run before
     raw["store"] = cfg.store.rstrip("/") + "-demo"
@@ -239,9 +240,8 @@ def pipeline_inputs(cfg: Config, version: str) -> list[str]:
 def _flush_wait(cfg: Config, timeout_s: float = 60.0) -> None:
     """Wait until the replicas' prediction log reached Parquet (they flush every monitor.predlog_flush_s)."""
     from mlops_ray.monitor.drift import predlog_files
-    from mlops_ray.store import Store
     deadline = time.time() + timeout_s
-    root = Store(cfg.store).uri(cfg.name, "predlog")
+    root = Catalog(cfg.store, cfg.name).predlog_dir()
     while time.time() < deadline:
         if predlog_files(root, None, None)[1]:
             return

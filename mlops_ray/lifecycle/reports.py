@@ -6,14 +6,15 @@ from __future__ import annotations
 import datetime as dt
 
 from mlops_ray.config import Config
+from mlops_ray.storage.catalog import Catalog
 
 
 def report_context(cfg: Config, *, version: str | None = None, run_id: str | None = None) -> dict:
-    from mlops_ray import thresholds
+    from mlops_ray.monitor import thresholds
     from mlops_ray.monitor.retrain import read_decisions
     from mlops_ray.registry import Registry
-    from mlops_ray.serve.state import read_state, state_path
-    from mlops_ray.store import Store
+    from mlops_ray.storage.state import read_state, state_path
+    from mlops_ray.storage.store import Store
 
     registry = Registry(cfg.registry, cfg.store, cfg.name)
     store = Store(cfg.store)
@@ -25,7 +26,7 @@ def report_context(cfg: Config, *, version: str | None = None, run_id: str | Non
     run_id = run_id or registry.version_run_id(v)
     tuning = registry.run_json(run_id, "tuning.json") if run_id else None
     validation = registry.run_json(run_id, "validation.json") if run_id else None
-    latest = store.path(cfg.name, "monitor", "latest.json")
+    latest = Catalog(store, cfg.name).latest_report()
     state = read_state(state_path(cfg.store, cfg.name))
     return {
         "pipeline": cfg.name, "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -49,9 +50,9 @@ def drift_windows(cfg: Config, limit: int = 10) -> list[dict]:
     log, or data given to ``monitor --data``): the summary of each report under monitor/reports/."""
     from pyarrow import fs as pafs
 
-    from mlops_ray.store import Store
+    from mlops_ray.storage.store import Store
     store = Store(cfg.store)
-    folder = store.path(cfg.name, "monitor", "reports")
+    folder = Catalog(store, cfg.name).reports_dir()
     if not store.exists(folder):
         return []
     names = sorted((i.path for i in store.fs.get_file_info(pafs.FileSelector(folder))
@@ -70,9 +71,9 @@ def drift_windows(cfg: Config, limit: int = 10) -> list[dict]:
 def monitor_summary(cfg: Config) -> dict:
     """The latest drift verdict and the loop's last decision, for ``mlops-ray status``."""
     from mlops_ray.monitor.retrain import read_decisions
-    from mlops_ray.store import Store
+    from mlops_ray.storage.store import Store
     store = Store(cfg.store)
-    latest = store.path(cfg.name, "monitor", "latest.json")
+    latest = Catalog(store, cfg.name).latest_report()
     out: dict = {"drift": None, "decision": None}
     if store.exists(latest):
         r = store.read_json(latest)

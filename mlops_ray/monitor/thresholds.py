@@ -29,7 +29,8 @@ import time
 import numpy as np
 
 from mlops_ray.errors import ConfigError, MlopsError
-from mlops_ray.store import Store, write_atomic
+from mlops_ray.storage.store import Store, write_atomic
+from mlops_ray.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ MAX_ENTRIES = 200                # the oldest re-choices beyond this are dropped
 
 # --------------------------------------------------------------------------- history
 def history_path(store: Store, name: str, version: str) -> str:
-    return store.path(name, "thresholds", f"v{version}.json")
+    return Catalog(store, name).thresholds(version)
 
 
 def registered(metadata: dict) -> dict | None:
@@ -162,7 +163,7 @@ def follow_base_rate(cfg, *, since: float | None = None, metadata_of=None, now: 
     ``{version: entry}`` (each with ``previous``). ``metadata_of(version)`` gives a version's bundle
     metadata (default: the registry)."""
     from mlops_ray.monitor.labels import _versions, scored_with_labels
-    from mlops_ray.serve.state import read_state, state_path
+    from mlops_ray.storage.state import read_state, state_path
 
     if cfg.model.task != "binary":
         return {}
@@ -182,7 +183,7 @@ def follow_base_rate(cfg, *, since: float | None = None, metadata_of=None, now: 
                       "reason": f"its registered threshold cannot be read ({e.message})"}
             continue
         before = current(store, cfg.name, v, meta)
-        p, y = scored_with_labels(store.uri(cfg.name, "predlog"), store.uri(cfg.name, "labels"), cfg.data.label,
+        p, y = scored_with_labels(Catalog(store, cfg.name).predlog_dir(), Catalog(store, cfg.name).labels_dir(), cfg.data.label,
                                   v, since)
         spec = spec_of(meta.get("threshold"), cfg.model.threshold)
         entry = rechoose(p, y, spec, before, cfg.monitor.min_rows, now=now)
