@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -142,7 +143,6 @@ def forget_stale_ray_address(port: int | None = None) -> bool:
     second, and with a stale record each ask waits for a GCS that is gone, which held every
     distributed fit's end for the cleaner's 12 s stop timeout (a 1-round fit of 200k rows: 21 s
     with the stale record, 11 s without). True if removed."""
-    import socket
 
     from ray._common.utils import get_ray_address_file
     path = get_ray_address_file(None)

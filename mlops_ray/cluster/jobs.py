@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from mlops_ray.errors import ConfigError, JobFailed, JobSubmitError
+from mlops_ray.runtime import read_auth_token
 
 UPLOAD_LIMIT = 100 * 1024 ** 2         # the dashboard's request size limit (ray_constants.DASHBOARD_CLIENT_MAX_SIZE)
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -286,7 +287,6 @@ def default_address() -> str:
 def auth_headers() -> tuple[dict, str | None]:
     """(headers, token source): ``Authorization: Bearer`` when a token is available, so the Jobs
     client sends it whatever RAY_AUTH_MODE says. The source names an env var or a file, never the token."""
-    from mlops_ray.runtime import read_auth_token
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
         return {}, None
     found = read_auth_token()

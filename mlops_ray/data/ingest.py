@@ -10,6 +10,7 @@ delimiter does not match, projected columns that do not exist.
 """
 from __future__ import annotations
 
+import ast
 import fnmatch
 import functools
 import glob as globlib
@@ -19,13 +20,15 @@ import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
+from mlops_ray import expr
 from mlops_ray.config import DataConfig
-from mlops_ray.errors import DataSourceError, did_you_mean
+from mlops_ray.errors import ConfigError, DataSourceError, did_you_mean
 from mlops_ray.storage.fs import filesystem_for
 
 _SUFFIX = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv", ".csv.gz": "csv"}
@@ -352,7 +355,6 @@ def _read_schema(source: Source, cfg: DataConfig) -> pa.Schema:
 def _with_label_field(schema: pa.Schema, cfg: DataConfig) -> pa.Schema:
     """The source schema with the label an expression computes (float64), after checking the
     columns it reads exist and its name is new."""
-    from mlops_ray.errors import ConfigError
     missing = [c for c in cfg.label_columns() if c not in schema.names]
     if missing:
         raise ConfigError(f"data.label expr {cfg.label_expr!r} reads column {missing[0]!r}, which is not in the "
@@ -381,9 +383,7 @@ def _label_expression(source: str):
     """The label expression parsed, and whether it handles missing values itself (calls fillna,
     isnull or where): once per process rather than once per batch. Keyed by the expression's
     text, so Ray still ships only the (picklable) DataConfig and each worker fills its own cache."""
-    import ast
 
-    from mlops_ray import expr
     e = expr.parse(source)
     handles_missing = any(isinstance(n, ast.Call) and getattr(n.func, "id", None) in ("fillna", "isnull", "where")
                           for n in ast.walk(e.tree))
@@ -391,9 +391,7 @@ def _label_expression(source: str):
 
 
 def _computed_label(table: pa.Table, cfg: DataConfig) -> pa.Table:
-    import numpy as np
 
-    from mlops_ray import expr
     e, handles_missing = _label_expression(cfg.label_expr)
     df = table.select(list(e.columns)).to_pandas()
     try:

@@ -19,6 +19,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+
+from mlops_ray.errors import DataSourceError
+from mlops_ray.storage.fs import filesystem_for
 
 Drift = Literal["none", "covariate", "label", "concept", "mixed"]   # mixed: covariate + concept
 
@@ -162,8 +167,6 @@ class SynthReport:
 
 
 def _write_part(spec: SynthSpec, start: int, n: int, out: str, part: int) -> tuple[str, int, int, int]:
-    import pyarrow.parquet as pq
-    from mlops_ray.storage.fs import filesystem_for
 
     fs, base = filesystem_for(out)
     df = generate_chunk(spec, start, n)
@@ -176,10 +179,7 @@ def run_synth(spec: SynthSpec, out: str, *, rows_per_file: int = 500_000, overwr
               progress=None) -> SynthReport:
     """Write the data set as Parquet part files under ``out`` with parallel Ray tasks."""
     import ray
-    from pyarrow import fs as pafs
 
-    from mlops_ray.storage.fs import filesystem_for
-    from mlops_ray.errors import DataSourceError
 
     fs, base = filesystem_for(out)
     info = fs.get_file_info(base)

@@ -22,8 +22,18 @@ from typing import Callable
 import pandas as pd
 import pyarrow.parquet as pq
 
-from mlops_ray.config import Config
+from mlops_ray import pipeline
+from mlops_ray.config import Config, config_from_dict
+from mlops_ray.data.synth import SynthSpec, generate_chunk, to_arrow
+from mlops_ray.lifecycle.loop import run_loop
+from mlops_ray.lifecycle.reports import report_context
+from mlops_ray.monitor.drift import predlog_files
+from mlops_ray.monitor.labels import feedback
+from mlops_ray.monitor.report import write_report
+from mlops_ray.registry import Registry
+from mlops_ray.serve import control
 from mlops_ray.storage.catalog import Catalog
+from mlops_ray.storage.store import Store
 
 Say = Callable[[str, str], None]
 # a demo-sized rollout: three steps of a few seconds (the defaults hold 30 s and 200 requests)
@@ -45,7 +55,6 @@ def demo_paths(data_dir: str) -> dict[str, str]:
 
 def synthesize(out_dir: str, rows: int, seed: int = 7) -> tuple[str, str]:
     """Month 1 (stationary) and month 2 (covariate + concept drift from its first day)."""
-    from mlops_ray.data.synth import SynthSpec, generate_chunk, to_arrow
     spec = SynthSpec(rows=rows * 2, seed=seed, start="2026-01-01", days=60, drift="mixed",
                      drift_start="2026-01-31")
     paths = []
@@ -137,12 +146,6 @@ class Traffic:
 def run_demo(cfg: Config, data_dir: str, rows: int, *, say: Say, verbose: bool = False,
              html: str | None = None) -> dict:
     """The story; returns a summary. The serving head is stopped at the end, whatever happens."""
-    from mlops_ray import pipeline
-    from mlops_ray.lifecycle.loop import run_loop
-    from mlops_ray.monitor.labels import feedback
-    from mlops_ray.monitor.report import write_report
-    from mlops_ray.lifecycle.reports import report_context
-    from mlops_ray.serve import control
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -154,8 +157,6 @@ def run_demo(cfg: Config, data_dir: str, rows: int, *, say: Say, verbose: bool =
     m1, m2 = synthesize(data_dir, rows)
     lap("synthesize", t)
     say("data", f"month 1 ({rows:,} rows) in {m1}; month 2 with covariate + concept drift in {m2}")
-    from mlops_ray.config import config_from_dict
-    from mlops_ray.storage.store import Store
     raw = cfg.model_dump(mode="json", by_alias=True)
     # the demo's own store, new every run, so the story starts from nothing whatever was run before
     raw["store"] = cfg.store.rstrip("/") + "-demo"
@@ -233,13 +234,11 @@ def run_demo(cfg: Config, data_dir: str, rows: int, *, say: Say, verbose: bool =
 
 
 def pipeline_inputs(cfg: Config, version: str) -> list[str]:
-    from mlops_ray.registry import Registry
     return Registry(cfg.registry, cfg.store, cfg.name).load_bundle(version).spec.input_columns
 
 
 def _flush_wait(cfg: Config, timeout_s: float = 60.0) -> None:
     """Wait until the replicas' prediction log reached Parquet (they flush every monitor.predlog_flush_s)."""
-    from mlops_ray.monitor.drift import predlog_files
     deadline = time.time() + timeout_s
     root = Catalog(cfg.store, cfg.name).predlog_dir()
     while time.time() < deadline:

@@ -12,16 +12,28 @@ pipeline is refused; SIGTERM stops the loop between steps.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import signal
 import time
 from typing import Callable
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlops_ray import pipeline
 from mlops_ray.config import Config, parse_duration
-from mlops_ray.errors import GateRejected, Interrupted, MlopsError, MonitorError
+from mlops_ray.data import dates, ingest
+from mlops_ray.errors import GateRejected, Interrupted, MlopsError, MonitorError, RolloutAborted, ServingError
+from mlops_ray.monitor.drift import run_monitor
+from mlops_ray.monitor.labels import completeness
 from mlops_ray.monitor.retrain import LoopLock, read_decisions, record, should_retrain
+from mlops_ray.registry import Registry
 from mlops_ray.runtime import ray_runtime, require_shared_store
-from mlops_ray.storage.fs import for_ray
+from mlops_ray.serve import control
 from mlops_ray.storage.catalog import Catalog
+from mlops_ray.storage.fs import for_ray
+from mlops_ray.storage.store import Store
+from mlops_ray.train.evaluate import metric_direction
 
 Progress = Callable[[str, str], None]
 
@@ -30,11 +42,6 @@ Progress = Callable[[str, str], None]
 def iterate(cfg: Config, *, since: str | None = None, progress: Progress = lambda s, m: None,
             verbose: bool = False, now: float | None = None) -> dict:
     """monitor → decide → (retrain → gate → rollout); returns the recorded decision entry."""
-    from mlops_ray import pipeline
-    from mlops_ray.monitor.drift import run_monitor
-    from mlops_ray.monitor.labels import completeness
-    from mlops_ray.registry import Registry
-    from mlops_ray.train.evaluate import metric_direction
 
     now = now or time.time()
     entry: dict = {"t": now, "time": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(),
@@ -107,10 +114,7 @@ def retrain_config(cfg: Config, progress: Progress = lambda s, m: None, verbose:
     ``data.source``) within ``retrain.window`` of the newest one (by ``data.time_column``), plus
     a ``retrain.previous_sample`` share of the older ``data.source`` rows. The window is written
     once per (input fingerprint, window) under ``{store}/{name}/retrain/`` and reused."""
-    import hashlib
 
-    from mlops_ray.data import ingest
-    from mlops_ray.storage.store import Store
 
     rc, store = cfg.retrain, Store(cfg.store)
     dcfg = cfg.data.model_copy(update={"source": list(rc.data)}) if rc.data else cfg.data
@@ -161,7 +165,6 @@ def retrain_config(cfg: Config, progress: Progress = lambda s, m: None, verbose:
 def _time_format(ds, col: str, cfg: Config) -> str | None:
     """The format of a time column the data holds as text (data.datetime_formats, else inferred
     from its first rows, as the pipeline does); None when it holds timestamps."""
-    from mlops_ray.data import dates
     if col in cfg.data.datetime_formats:
         return cfg.data.datetime_formats[col]
     values = [r[col] for r in ds.select_columns([col]).take(dates.SAMPLE_ROWS)]
@@ -176,17 +179,13 @@ def _time_format(ds, col: str, cfg: Config) -> str | None:
 
 
 def _parsed_time(table, col: str, fmt: str):
-    from mlops_ray.data import dates
     return dates.parse_table(table.select([col]), {col: fmt})
 
 
 def _time_filter(table, col: str, start, keep: str, fmt: str | None = None):
     """The rows of ``table`` at or after ``start`` (keep="after") or before it; the rows keep their
     columns as they are (a text date stays text: the retrained model reads it as this one did)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
-    from mlops_ray.data import dates
     t = dates.parse(table.column(col), fmt) if fmt else table.column(col)
     if not pa.types.is_timestamp(t.type):
         t = pc.cast(t, pa.timestamp("us"))
@@ -197,8 +196,6 @@ def _time_filter(table, col: str, start, keep: str, fmt: str | None = None):
 
 
 def _roll_out(cfg: Config, version: str, progress: Progress, verbose: bool) -> dict:
-    from mlops_ray.errors import RolloutAborted, ServingError
-    from mlops_ray.serve import control
     try:
         # a model retrained because the data moved predicts differently from the one it replaces: its
         # canary must behave online as it did on its own validation window (its bundle's reference)

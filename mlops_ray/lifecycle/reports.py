@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import datetime as dt
 
+from pyarrow import fs as pafs
+
 from mlops_ray.config import Config
+from mlops_ray.monitor import thresholds
+from mlops_ray.monitor.retrain import read_decisions
+from mlops_ray.registry import Registry
 from mlops_ray.storage.catalog import Catalog
+from mlops_ray.storage.state import read_state, state_path
+from mlops_ray.storage.store import Store
 
 
 def report_context(cfg: Config, *, version: str | None = None, run_id: str | None = None) -> dict:
-    from mlops_ray.monitor import thresholds
-    from mlops_ray.monitor.retrain import read_decisions
-    from mlops_ray.registry import Registry
-    from mlops_ray.storage.state import read_state, state_path
-    from mlops_ray.storage.store import Store
 
     registry = Registry(cfg.registry, cfg.store, cfg.name)
     store = Store(cfg.store)
@@ -48,9 +50,7 @@ def report_context(cfg: Config, *, version: str | None = None, run_id: str | Non
 def drift_windows(cfg: Config, limit: int = 10) -> list[dict]:
     """The ``limit`` most recent drift checks, newest first, whatever they looked at (the prediction
     log, or data given to ``monitor --data``): the summary of each report under monitor/reports/."""
-    from pyarrow import fs as pafs
 
-    from mlops_ray.storage.store import Store
     store = Store(cfg.store)
     folder = Catalog(store, cfg.name).reports_dir()
     if not store.exists(folder):
@@ -70,8 +70,6 @@ def drift_windows(cfg: Config, limit: int = 10) -> list[dict]:
 
 def monitor_summary(cfg: Config) -> dict:
     """The latest drift verdict and the loop's last decision, for ``mlops-ray status``."""
-    from mlops_ray.monitor.retrain import read_decisions
-    from mlops_ray.storage.store import Store
     store = Store(cfg.store)
     latest = Catalog(store, cfg.name).latest_report()
     out: dict = {"drift": None, "decision": None}

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from mlops_ray.data import features as feat
+from mlops_ray.monitor.reference import part_column
 
 GRID = 10_080                # points per cycle the coverage is measured on (a minute of a week)
 REASON = ("calendar position: any later period holds other values, so it is not tested for drift, not "
@@ -204,7 +205,6 @@ def spec_parts(spec) -> dict[str, list[str]]:
 def missing_parts(spec, columns: dict, version) -> list[dict]:
     """Report entries for the model's datetime parts that the reference profile lacks (a bundle
     registered before parts were profiled): what they are, and how to have them tested."""
-    from mlops_ray.monitor.reference import part_column
     out = []
     for field, parts in spec_parts(spec).items():
         for part in parts:

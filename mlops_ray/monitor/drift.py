@@ -19,18 +19,32 @@ on noise and a hundred-row window does not alarm on sampling error.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import time
 from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
 
+from mlops_ray.bundle import predict_features
 from mlops_ray.config import Config, MonitorConfig, parse_duration
+from mlops_ray.data import dates, ingest
+from mlops_ray.data.features import FeatureSpec, frame, transform
+from mlops_ray.data.profile import profile_pass
 from mlops_ray.errors import MonitorError
 from mlops_ray.monitor import calendar as C
 from mlops_ray.monitor import reference as R
 from mlops_ray.monitor import stats as S
+from mlops_ray.registry import Registry
+from mlops_ray.runtime import ray_runtime
 from mlops_ray.storage.catalog import Catalog
+from mlops_ray.storage.fs import filesystem_for
+from mlops_ray.storage.state import read_state, state_path
+from mlops_ray.storage.store import Store
+from mlops_ray.train import xgb as X
 
 Progress = Callable[[str, str], None]
 PREDICTION = "__prediction__"
@@ -192,9 +206,7 @@ def _time(text: str, flag: str) -> dt.datetime:
 
 def predlog_files(root_uri: str, since: dt.datetime | None, until: dt.datetime | None) -> tuple[object, list[str]]:
     """Parquet files of the prediction log whose hour partition overlaps [since, until)."""
-    from pyarrow import fs as pafs
 
-    from mlops_ray.monitor.predlog import filesystem_for
     fs, root = filesystem_for(root_uri)
     if fs.get_file_info(root).type != pafs.FileType.Directory:
         return fs, []
@@ -227,7 +239,6 @@ class _InWindow:
             self.compact = fn.compact
 
     def __call__(self, table: pa.Table):
-        import pyarrow.compute as pc
         if "ts" in table.column_names and (self.since or self.until):
             ts = table.column("ts")
             mask = None
@@ -262,8 +273,6 @@ class _Scored:
     def __call__(self, table: pa.Table):
         import xgboost as xgb
 
-        from mlops_ray.bundle import predict_features
-        from mlops_ray.data.features import FeatureSpec, frame, transform
         if self._loaded is None:
             booster = xgb.Booster()
             booster.load_model(bytearray(self.model))
@@ -337,10 +346,6 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
     """Monitor the window; write the report to ``{store}/{name}/monitor/reports/``; return it.
     Raises MonitorError for an empty window, a log that does not match the model or a bundle
     without a reference profile; drift is a result (``report["drift"]``), not an error."""
-    from mlops_ray.data.profile import profile_pass
-    from mlops_ray.registry import Registry
-    from mlops_ray.runtime import ray_runtime
-    from mlops_ray.storage.store import Store
 
     t0 = time.perf_counter()
     store = Store(cfg.store)
@@ -437,7 +442,6 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
 def _parsed_dates(ds, spec):
     """A window's date-times stored as text, read with the formats the model was trained with
     (``data.datetime_formats`` or inferred at training), so their parts are profiled as training's were."""
-    from mlops_ray.data import dates
     formats = getattr(spec, "datetime_formats", None) or {}
     if not formats:
         return ds
@@ -450,7 +454,6 @@ def _span(a, b) -> str:
 
 
 def _served_or_champion(cfg: Config) -> str:
-    from mlops_ray.storage.state import read_state, state_path
     try:
         st = read_state(state_path(cfg.store, cfg.name))
     except Exception:
@@ -459,7 +462,6 @@ def _served_or_champion(cfg: Config) -> str:
 
 
 def _check_log_schema(fs, files: list[str], spec, root: str) -> None:
-    import pyarrow.parquet as pq
     with fs.open_input_file(files[-1]) as f:
         schema = pq.read_schema(f)
     if "inputs" not in schema.names or not pa.types.is_struct(schema.field("inputs").type):
@@ -481,8 +483,6 @@ def window_data_config(cfg: Config, source):
 
 def build_reference_from(cfg: Config, spec, path: str) -> dict:
     """The raw-input profile of every row of a dataset (for a bundle that predates profiles)."""
-    from mlops_ray.data import ingest
-    from mlops_ray.data.profile import profile_pass
     dcfg = window_data_config(cfg, path)
     source = ingest.inspect_source(dcfg)
     ds = _parsed_dates(ingest.read_dataset(source, dcfg), spec)
@@ -503,8 +503,6 @@ def _domain(cfg: Config, store, bundle, window: pa.Table | None, exclude: dict[s
     """Model-input rows: a sample of the training split (read batch by batch) vs the window's sample
     (transformed as the model's inputs are), without the model columns in ``exclude`` (column ->
     why: calendar positions, cyclic parts the window does not cover once; ``monitor/calendar.py``)."""
-    from mlops_ray.data.features import frame, transform
-    from mlops_ray.train import xgb as X
     n = cfg.monitor.domain_classifier.sample_rows
     key = bundle.metadata.get("data_key")
     train_dir = Catalog(store, cfg.name).features_split(key, "train") if key else None
@@ -555,7 +553,6 @@ class WindowSample:
 
 
 def _block_seed(seed: int, table: pa.Table) -> int:
-    import hashlib
     n = table.num_rows
     edge = f"{seed}|{n}|{table.slice(0, 4).to_pylist()}|{table.slice(max(0, n - 4)).to_pylist()}"
     return int.from_bytes(hashlib.blake2b(edge.encode(), digest_size=8).digest(), "little")

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from mlops_ray.data import features as feat
 from mlops_ray.data.features import OOV_CODE, FeatureSpec
+from mlops_ray.data.profile import merged_quantiles, sketch
 from mlops_ray.monitor.histograms import prediction_edges
 
 
@@ -163,7 +164,6 @@ def sketch_partial(table: pa.Table, input_types: dict[str, str], keep: int = 200
                    parts: dict[str, list[str]] | None = None) -> dict:
     """Per block: a quantile sketch per numeric column and per cyclic datetime part (``parts``:
     datetime column -> the model's parts of it), the top ``keep`` category counts."""
-    from mlops_ray.data.profile import sketch
     cols, out = input_columns(table), {}
     for name, (info, v) in _part_values(cols, parts).items():
         if info["kind"] == "cyclic":
@@ -186,7 +186,6 @@ def merge_layout(parts: list[dict], input_types: dict[str, str], bins: int, top:
                  dt_parts: dict[str, list[str]] | None = None) -> dict:
     """Bin edges per numeric column and cyclic datetime part, kept categories per categorical
     column; a calendar-position part is only counted (its range, for data quality)."""
-    from mlops_ray.data.profile import merged_quantiles
     layout = {}
     for name, kind in input_types.items():
         k = column_kind(kind)

@@ -18,6 +18,7 @@ from mlops_ray.config import Config, RetrainConfig, parse_duration
 from mlops_ray.errors import MonitorError
 from mlops_ray.storage import procs
 from mlops_ray.storage.catalog import Catalog
+from mlops_ray.storage.store import Store
 
 
 @dataclass
@@ -84,7 +85,6 @@ def _dir(cfg: Config) -> str:
 
 
 def read_decisions(cfg: Config) -> list[dict]:
-    from mlops_ray.storage.store import Store
     store = Store(cfg.store)
     path = Catalog(store, cfg.name).decisions()
     if not store.exists(path):
@@ -95,7 +95,6 @@ def read_decisions(cfg: Config) -> list[dict]:
 
 def record(cfg: Config, entry: dict) -> None:
     """Append one decision (object stores have no append: the log is rewritten, it stays small)."""
-    from mlops_ray.storage.store import Store
     store = Store(cfg.store)
     path = Catalog(store, cfg.name).decisions()
     lines = [json.dumps(e, default=str) for e in read_decisions(cfg)] + [json.dumps(entry, default=str)]
@@ -108,7 +107,6 @@ class LoopLock:
     """One loop per pipeline: a lock file naming host and pid; a dead holder's lock is taken over."""
 
     def __init__(self, cfg: Config):
-        from mlops_ray.storage.store import Store
         self.store = Store(cfg.store)
         self.path = Catalog(self.store, cfg.name).loop_lock()
         self.me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),

@@ -6,28 +6,30 @@ deploy leaves the serving state and the running application as they were.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
+import urllib.request
 from typing import Callable
 
-from mlops_ray.config import Config
+from mlops_ray.config import Config, literal_secrets
 from mlops_ray.errors import ConfigError, MlopsError, ServingError
-from mlops_ray.runtime import require_shared_store
-from mlops_ray.serve.head import serving_runtime, stop_head
-from mlops_ray.storage.state import read_head
 from mlops_ray.monitor.labels import LiveMetric
+from mlops_ray.monitor.predlog import recover_orphans
+from mlops_ray.registry import Registry
+from mlops_ray.runtime import require_shared_store
 from mlops_ray.serve import rollout as ro
-from mlops_ray.serve.endpoints import endpoints, port_holder
 from mlops_ray.serve import stats as st
-from mlops_ray.serve.app import DEFAULT_LOADER, build_app
-from mlops_ray.storage.state import (ServingState, describe, read_state, remove_state, spool_dir, state_path, stats_dir,
-                                   write_state)
-from mlops_ray.storage.store import Store
+from mlops_ray.serve.app import DEFAULT_LOADER, DEPLOYMENT, build_app, deployment_options
+from mlops_ray.serve.endpoints import endpoints, port_holder
+from mlops_ray.serve.head import serving_runtime, stop_head
 from mlops_ray.storage.catalog import Catalog
+from mlops_ray.storage.state import (ServingState, describe, read_head, read_state, remove_state, spool_dir, state_path,
+                                     stats_dir, write_state)
+from mlops_ray.storage.store import Store
 
 
 def _registry(cfg: Config):
-    from mlops_ray.registry import Registry
     return Registry(cfg.registry, cfg.store, cfg.name)
 
 
@@ -35,7 +37,6 @@ def _config_dict(cfg: Config) -> dict:
     """The config as Serve's app arguments (visible in `serve status` and the dashboard) and in
     `serve build` YAML: ``${ENV}`` references stay references; credentials written literally are
     refused rather than published."""
-    from mlops_ray.config import literal_secrets
     found = literal_secrets(cfg)
     if found:
         raise ConfigError(f"{', '.join(found)} hold{'s' if len(found) == 1 else ''} a credential written into the "
@@ -145,8 +146,6 @@ def deploy(cfg: Config, ref: str = "champion", *, loader: str = DEFAULT_LOADER, 
 
 def wait_for_version(cfg: Config, version: str, timeout_s: float = 60.0) -> None:
     """Until the app answers /version with ``version`` as stable (replicas follow the state file)."""
-    import json
-    import urllib.request
     url = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}/version"
     deadline = time.time() + timeout_s
     last = None
@@ -227,7 +226,6 @@ def recover_spools(cfg: Config) -> int:
     on graceful shutdown and a starting replica recovers its dead neighbours' spools, but after
     the last replica of a store is gone nobody else would. This node's spool: for an object store
     the other nodes' spools are recovered by their next replica (or are lost with the node)."""
-    from mlops_ray.monitor.predlog import recover_orphans
     spool = spool_dir(cfg.store, cfg.name)
     if not os.path.isdir(spool):
         return 0
@@ -238,7 +236,6 @@ def build(cfg: Config, out_path: str, ref: str = "champion") -> dict:
     """Write a Serve config YAML for Ray's own `serve deploy`. Records ``ref`` as the stable version
     in the serving state if nothing is deployed yet (replicas route by that state)."""
     import yaml
-    from mlops_ray.serve.app import DEPLOYMENT, deployment_options
     path = state_path(cfg.store, cfg.name)
     state = read_state(path)
     if state is None:

@@ -13,6 +13,7 @@ import uuid
 import pyarrow as pa
 from pyarrow import fs as pafs
 
+from mlops_ray.errors import ConfigError
 from mlops_ray.storage.fs import filesystem_for, gcs_credentials_missing
 
 
@@ -45,7 +46,6 @@ class Store:
         """Write and delete a small object under ``{store}/{name}/`` before any work starts, so a
         missing bucket, missing credentials or a read-only path fail at once with the fix
         (ConfigError, exit 2) instead of in the middle of a search."""
-        from mlops_ray.errors import ConfigError
         if self.root_uri.split("://", 1)[0] in ("gs", "gcs") and gcs_credentials_missing():
             raise ConfigError(f"store {self.root_uri!r} cannot be used: no Google Cloud credentials are set. Set "
                               "GOOGLE_APPLICATION_CREDENTIALS to a service account key file (or run `gcloud auth "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from mlops_ray.bundle import predict_features
 from mlops_ray.config import DataConfig
 from mlops_ray.data import features as feat
 
@@ -18,7 +19,6 @@ def _score_batch(table: pa.Table, *, data: DataConfig, cutoffs, models: dict, cl
                  slice_column: str | None, split_done: bool = False) -> dict:
     import xgboost as xgb
 
-    from mlops_ray.bundle import predict_features
     test = table if split_done else table.filter(pa.array(feat.split_codes(table, data, cutoffs) == 2))
     out = {"y": feat.label_codes(test.column(data.label), classes).astype(np.float64),
            "key": feat.row_keys(test, data)}           # for the gate's champion-overlap check

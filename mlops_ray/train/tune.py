@@ -16,10 +16,13 @@ at 5.8x plain Optuna):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -29,6 +32,7 @@ import pyarrow.dataset as pads
 
 from mlops_ray.config import ModelConfig, TuneConfig
 from mlops_ray.data.features import FeatureSpec
+from mlops_ray.errors import DataValidationError, ResourceError
 from mlops_ray.storage.fs import for_ray
 from mlops_ray.train import xgb as X
 from mlops_ray.train.progress import Progress, SearchWatch
@@ -48,7 +52,6 @@ class SearchResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SearchResult":
-        import dataclasses
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -303,7 +306,6 @@ def _read_shard(shard: dict, rank: int, world: int, spec: FeatureSpec) -> tuple[
 
 
 def _worker_loop(cfg: dict) -> None:
-    import tempfile
 
     import ray.train
     model_cfg, tcfg = ModelConfig(**cfg["model"]), TuneConfig(**cfg["tune"])
@@ -486,8 +488,6 @@ def _interruptible():
     model from the partial search and cache it. Ours asks Tune to stop with SIGUSR1 (the same graceful
     handler) with Tune's SIGINT handler turned off (TUNE_DISABLE_SIGINT_HANDLER); a second Ctrl-C
     raises KeyboardInterrupt at once. Yields a function that says whether Ctrl-C was pressed."""
-    import signal
-    import threading
     hit: list[float] = []
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
         yield lambda: False          # signals are the main thread's: leave Tune to its own handling
@@ -520,7 +520,6 @@ def _watch_restored(tuner, watch) -> None:
     """A restored Tuner runs with the run config pickled when the search began; its SearchWatch came
     back without a progress function (``Tuner.restore`` takes no run config). Put this run's watch in
     its place, counting the trials that had already ended."""
-    from mlops_ray.train.progress import SearchWatch
     try:
         config = tuner._local_tuner.get_run_config()
     except AttributeError:           # a Ray whose Tuner is laid out otherwise: no display, still resumes
@@ -537,7 +536,6 @@ def _watch_restored(tuner, watch) -> None:
 
 def _summarise(grid, metric: str, mode: str, strategy: str, seconds: float, restored: bool,
                baselines: list[tuple[str, dict]] = ()) -> SearchResult:
-    from mlops_ray.errors import DataValidationError, ResourceError
     # Tune's Trial objects (same order as the grid's results) hold the failure count: public
     # ResultGrid/Result do not expose it
     tune_trials = list(getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or [])

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 
 from mlops_ray.config import ModelConfig, TuneConfig
 from mlops_ray.data.features import FeatureSpec
-from mlops_ray.errors import ConfigError
+from mlops_ray.errors import ConfigError, DataValidationError, ResourceError
 
 OBJECTIVE = {"binary": "binary:logistic", "regression": "reg:squarederror", "multiclass": "multi:softprob"}
 # metric name used across mlops-ray -> XGBoost's eval_metric, per task (what a trial can report)
@@ -163,7 +166,6 @@ def table_arrays(table, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
 
 def check_labels(splits: Splits, task: str, label: str) -> None:
     """A classifier needs at least two classes in its training split."""
-    from mlops_ray.errors import DataValidationError
     if task == "regression":
         return
     y = splits.y["train"]
@@ -232,7 +234,6 @@ def extmem_cache_bytes(rows: int, n_features: int) -> int:
 
 
 def cache_root(model: ModelConfig) -> str:
-    import tempfile
     return os.path.abspath(os.path.expanduser(model.cache_dir or os.path.join(tempfile.gettempdir(),
                                                                            "mlops-ray-extmem")))
 
@@ -240,10 +241,7 @@ def cache_root(model: ModelConfig) -> str:
 def check_cache_dir(model: ModelConfig, rows: int, n_features: int) -> str:
     """Refuse a cache directory that cannot be created, is not writable or has too little room for the
     page cache of ``rows`` x ``n_features``, before anything is trained (ConfigError / ResourceError)."""
-    import shutil
-    import tempfile
 
-    from mlops_ray.errors import ResourceError
     root = cache_root(model)
     fix = "point model.cache_dir at a writable local directory"
     try:
@@ -285,7 +283,6 @@ def external_dmatrix(paths: list[str], spec: FeatureSpec, cache_dir: str, *, fil
     hands XGBoost one batch of about EXTMEM_BATCH_BYTES at a time (two passes: sketch, then bin
     indices into pages under ``cache_dir``), so the split is never whole in memory. The cache files
     go when the matrix is freed."""
-    import tempfile
 
     import xgboost as xgb
     cols = list(spec.output_columns)
@@ -316,7 +313,6 @@ def external_dmatrix(paths: list[str], spec: FeatureSpec, cache_dir: str, *, fil
             chunk = next(self._it, None)
             if chunk is None:
                 return False
-            import pyarrow as pa
             table = pa.Table.from_batches(chunk)
             input_data(data=_matrix(table, cols), feature_names=cols, feature_types=list(spec.feature_types),
                        label=table.column(spec.label).to_numpy(zero_copy_only=False).astype(np.float32)
@@ -343,9 +339,7 @@ def _cache_error(e: Exception, cache_dir: str) -> Exception:
     is what failed: the message says the disk is full (ENOSPC), or, whatever it says, the cache
     directory is no longer writable or has under CACHE_LOW_BYTES free now. Any other error is
     returned as it is (a bug or bad data, not the disk)."""
-    import shutil
 
-    from mlops_ray.errors import ResourceError
     text = str(e)
     full = any(s in text.lower() for s in ("no space left", "disk full", "enospc", "disk quota"))
     try:
