@@ -1,7 +1,7 @@
 """Multi-node search: the same Tune search on 1 local node x 4 CPUs and on 2 local nodes x 2 CPUs.
 
 Diagnostics, not a goal. Both clusters are started with ``ray start`` on this host
-(``tests.cluster.nodes.LocalCluster``: explicit ports 6750-6789 and workers 18750-18798, their own
+(``tests.support.cluster.LocalCluster``: explicit ports 6750-6789 and workers 18750-18798, their own
 temp dirs, one token) and have the same total CPU budget, 4 logical CPUs. Both stay up for the
 whole run and the searches alternate between them (1, 2, 2, 1, ...: load from other processes on
 a shared machine hits both alike; an idle cluster costs little). The driver is this process,
@@ -67,7 +67,7 @@ def _search(p, trials: int, storage: str, name: str) -> dict:
 
 
 def _start(label: str, token: str):
-    from tests.cluster.nodes import LocalCluster
+    from tests.support.cluster import LocalCluster
 
     names, cpus, base, worker_base, worker_ports = SHAPES[label]
     cluster = LocalCluster(names=names, num_cpus=cpus, base=base, worker_base=worker_base,

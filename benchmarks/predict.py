@@ -2,7 +2,7 @@
 
 Both score the same synthetic Parquet (``mlops_ray.synth``, reused from ``benchmarks/.data/synth-<rows>/``
 as the data_plane benchmark generates it; the label column is there and ignored) with the same
-bundle: ``tests.conftest.make_bundle`` (XGBoost, depth 4, ``ROUNDS`` rounds, features fitted on the
+bundle: ``tests.support.configs.make_bundle`` (XGBoost, depth 4, ``ROUNDS`` rounds, features fitted on the
 first 20,000 rows), registered as version 1 of a temporary MLflow (SQLite) registry. Both paths run
 end to end, Parquet in to Parquet out (id, prediction, model_version), in the same run:
 
@@ -73,7 +73,7 @@ def setup_registry(tmp: Path):
     """A config whose store holds version 1 (champion) of a real bundle; returns (cfg, bundle dir)."""
     from mlops_ray.data.synth import SynthSpec, generate_chunk
     from mlops_ray.registry import Registry
-    from tests.conftest import make_bundle, make_config
+    from tests.support.configs import make_bundle, make_config
 
     df = generate_chunk(SynthSpec(rows=20_000, seed=0), 0, 20_000)
     cfg = make_config("unused", store=str(tmp / "store"), name=NAME, ray={"num_cpus": NUM_CPUS})

@@ -1,6 +1,6 @@
 """Serving: our Ray Serve app (direct ingress, canary router, Serve proxy) vs a minimal FastAPI server.
 
-Both serve the same bundle (version 1 of a temp registry, ``tests.conftest.make_bundle`` on
+Both serve the same bundle (version 1 of a temp registry, ``tests.support.configs.make_bundle`` on
 ``generate_chunk(SynthSpec(rows=4000, seed=3))``) in the same run, one after the other, to the same
 closed-loop client (``benchmarks.loadgen``, in its own process, keep-alive, ``--seconds`` measured after
 a warm-up). Bodies are real rows of that data (without transaction_id / is_fraud, datetimes as ISO
@@ -90,7 +90,7 @@ def setup_store(tmp: Path, port: int) -> tuple[dict, str]:
     """Temp store with versions 1 (champion) and 2 registered; returns (raw config, bundle 1 dir)."""
     from mlops_ray.data.synth import SynthSpec, generate_chunk
     from mlops_ray.registry import Registry
-    from tests.conftest import make_bundle
+    from tests.support.configs import make_bundle
 
     df = generate_chunk(SynthSpec(rows=4000, seed=3), 0, 4000)
     raw = {"name": NAME, "store": str(tmp / "store"),

@@ -310,7 +310,7 @@ def setup_registry(tmp: Path) -> None:
     """Versions 1 (champion) and 2 in the SQLite registry of the local store ``tmp/store``."""
     from mlops_ray.data.synth import SynthSpec, generate_chunk
     from mlops_ray.registry import Registry
-    from tests.conftest import make_bundle
+    from tests.support.configs import make_bundle
     df = generate_chunk(SynthSpec(rows=2000, seed=3), 0, 2000)
     cfg = make_cfg(tmp, str(tmp / "store"), PORT_LOCAL)
     reg = Registry(cfg.registry, cfg.store, cfg.name)

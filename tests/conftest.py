@@ -1,74 +1,70 @@
-"""Shared fixtures. Tiers by directory: unit/ (no Ray), ray/ (one local Ray for the whole
-session), e2e/ (subprocesses that start their own Ray; slow)."""
+"""Shared fixtures, and the tiers. Tests mirror the code (``tests/<package>/test_<module>.py``);
+each file says its tier with ``pytestmark``: ``unit`` (no Ray), ``ray`` (the one local Ray of the
+session, started by the first such test), ``slow`` (subprocesses that start their own Ray),
+``cluster`` (a multi-node Ray on this host). Tiers run in that order reversed, as the folders
+did before: cluster, slow, ray, unit — so no test that starts its own Ray runs beside the
+session's. Shared helpers live in ``tests/support``."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from mlops_ray.config import config_from_dict
+from tests.support.cluster import LocalCluster, cluster_ports, start_or_fail
+from tests.support.configs import make_bundle, write_parquet
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def in_ci() -> bool:
-    """CI=true (set by CI services and by .ci/run): the machine .ci/run prepared."""
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+TIERS = ("cluster", "slow", "ray", "unit")        # the order they run in
 
 
-def missing(reason: str) -> None:
-    """A component or condition this test needs is absent: a skip on a developer's machine, a
-    failure in CI, where .ci/run installs every such component (so a green run means it ran)."""
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: .ci/run provides this, so the test fails instead of skipping)",
-                    pytrace=False)
-    pytest.skip(reason)
+def tier_of(item) -> str | None:
+    marks = {m.name for m in item.iter_markers()}
+    if "cluster" in marks:
+        return "cluster"
+    if "ray" in marks:
+        return "ray"
+    return "slow" if "slow" in marks else "unit" if "unit" in marks else None
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        path = str(item.fspath)
-        if f"{os.sep}unit{os.sep}" in path:
-            item.add_marker(pytest.mark.unit)
-        elif f"{os.sep}ray{os.sep}" in path:
-            item.add_marker(pytest.mark.ray)
-        elif f"{os.sep}e2e{os.sep}" in path:
-            item.add_marker(pytest.mark.slow)
+    untiered = sorted({str(item.fspath) for item in items if tier_of(item) is None})
+    if untiered:
+        raise pytest.UsageError("these test files set no tier (pytestmark = pytest.mark.unit, ray, slow or "
+                                f"cluster): {', '.join(untiered)}")
+    items.sort(key=lambda item: TIERS.index(tier_of(item)))          # stable: file order within a tier
 
 
-def base_raw(source: str, **sections) -> dict:
-    raw = {"name": "t", "data": {"source": source, "label": "is_fraud", "id_column": "transaction_id",
-                                 "time_column": "event_time"}}
-    for k, v in sections.items():
-        if k == "data":
-            raw["data"].update(v)
-        else:
-            raw[k] = v
-    return raw
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray (4 logical CPUs) for every ``ray`` test, stopped at the end of the session."""
+    from mlops_ray.config import RayConfig
+    from mlops_ray.runtime import ray_runtime
+    with ray_runtime(RayConfig(num_cpus=4)) as info:
+        yield info
 
 
-def config_file(path: Path, store: Path):
-    """A pipeline YAML at ``path`` (the base config, store ``store``), its Config and its Registry:
-    what CLI tests invoke and then look at."""
-    import yaml
-
-    from mlops_ray.registry import Registry
-    raw = base_raw("unused")
-    raw["store"] = str(store)
-    path.write_text(yaml.safe_dump(raw))
-    cfg = make_config("unused", store=str(store))
-    return path, cfg, Registry(cfg.registry, cfg.store, cfg.name)
+@pytest.fixture(autouse=True)
+def _ray_for_the_ray_tier(request):
+    if request.node.get_closest_marker("ray") is not None:
+        request.getfixturevalue("ray_session")
 
 
-def make_config(source: str, store: str | None = None, **sections):
-    raw = base_raw(source, **sections)
-    if store:
-        raw["store"] = store
-    return config_from_dict(raw)
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A started ``LocalCluster`` (tests/support/cluster.py): ``.address``, ``.env`` (for drivers),
+    ``.node_ids()`` (name -> Ray node id, nodes told apart by their ``mlops_node_<name>`` resource),
+    ``.kill_node("w1")`` (SIGKILL its process group). Every process it started is stopped at the end,
+    by process group. Drivers never run in the pytest process: tests start ``python -m mlops_ray ...``
+    as a subprocess with ``two_nodes.env`` and ``ray.address`` set."""
+    cluster = LocalCluster(names=("head", "w1"), num_cpus=2, **cluster_ports())
+    start_or_fail(cluster)
+    with cluster:
+        print(f"2-node cluster at {cluster.address}: nodes up in {cluster.start_s} s, logs in {cluster.root}")
+        yield cluster
 
 
 @pytest.fixture(scope="session")
@@ -77,41 +73,9 @@ def small_df() -> pd.DataFrame:
     return generate_chunk(SynthSpec(rows=4000, seed=3), 0, 4000)
 
 
-def write_parquet(df: pd.DataFrame, path: Path, parts: int = 1) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    n = len(df)
-    step = -(-n // parts)
-    for i in range(parts):
-        pq.write_table(pa.Table.from_pandas(df.iloc[i * step:(i + 1) * step], preserve_index=False),
-                       path / f"part-{i:03d}.parquet")
-    return path
-
-
 @pytest.fixture
 def parquet_dir(small_df, tmp_path) -> Path:
     return write_parquet(small_df, tmp_path / "data", parts=2)
-
-
-def make_bundle(df: pd.DataFrame, path: Path, rounds: int = 20, metadata: dict | None = None, **features) -> str:
-    """A real model bundle (FeatureSpec fitted on ``df``, XGBoost trained on it) at ``path``."""
-    import numpy as np
-    import xgboost as xgb
-
-    from mlops_ray import bundle
-    from mlops_ray.data import features as feat
-    from mlops_ray.data.profile import profile_local
-    from mlops_ray.monitor.reference import build_reference
-
-    cfg = make_config("x", features={"min_frequency": 2, **features})
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    roles = feat.assign_roles(table.schema, cfg.data, cfg.features)
-    parts = profile_local(table, {"f": lambda t: feat.fit_partial(t, roles, cfg.features)})["f"]
-    spec = feat.fit_merge(parts, roles, cfg.data, cfg.features)
-    X = feat.transform(df, spec).to_numpy(np.float32)
-    d = bundle.dmatrix(X, spec, label=df["is_fraud"].to_numpy())
-    bst = xgb.train({"objective": "binary:logistic", "max_depth": 4, "max_cat_to_onehot": 8, "nthread": 1}, d, rounds)
-    ref = build_reference(X, spec, bst.inplace_predict(X), "binary")
-    return bundle.write_bundle(str(path), bst, spec, ref, {"task": "binary", **(metadata or {})})
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import missing
-from tests.http_load import free_range
+from tests.support.ci import missing
+from tests.support.http_load import free_range
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

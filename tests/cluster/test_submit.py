@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import missing
-from tests.http_load import free_range
+from tests.support.ci import missing
+from tests.support.http_load import free_range
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -188,7 +188,7 @@ def submit_head():
 def make_project(base: Path, rows: int = 10_000) -> dict:
     """A project root (pyproject.toml, mlops_ray/, configs/tiny.yaml) and data + store outside it."""
     from mlops_ray.data.synth import SynthSpec, generate_chunk
-    from tests.conftest import write_parquet
+    from tests.support.configs import write_parquet
 
     project = base / "project"
     (project / "configs").mkdir(parents=True)
