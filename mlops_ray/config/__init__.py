@@ -7,6 +7,7 @@ from), the bad value and the fix.
 - ``models.py``: the sections (``DataConfig``, ``TuneConfig``, ...) and ``Config`` holding them.
 - ``load.py``: YAML, ``--set`` overrides, ``${ENV}`` references and literal secrets.
 - ``messages.py``: pydantic's errors worded for a user, with "did you mean".
+- ``dateformat.py``: what a date format reads (``check_format``) and the one parse with it.
 """
 from mlops_ray.config.load import SECRET_NAME, config_from_dict, literal_secrets, load_config
 from mlops_ray.config.models import (

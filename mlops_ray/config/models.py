@@ -16,6 +16,7 @@ import yaml
 from pydantic import PrivateAttr, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mlops_ray import expr
+from mlops_ray.config.dateformat import check_format
 
 
 class _Model(BaseModel):
@@ -142,7 +143,6 @@ class DataConfig(_Model):
     @field_validator("datetime_formats")
     @classmethod
     def _formats_read_back(cls, v: dict[str, str]):
-        from mlops_ray.data.dates import check_format
         for col, fmt in v.items():
             why = check_format(fmt)
             if why:
