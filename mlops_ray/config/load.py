@@ -8,6 +8,7 @@ credentials written into a config itself.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -20,6 +21,11 @@ from mlops_ray.config.messages import Override, format_errors, not_a_section
 from mlops_ray.config.models import Config
 from mlops_ray.errors import ConfigError
 
+
+log = logging.getLogger(__name__)
+
+# keys that are read nowhere any more -> why; a config that still sets one loads, with a message
+REMOVED = {("monitor", "ks_pvalue"): "drift thresholds are calibrated per field (monitor.method, monitor.alpha)"}
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 SECRET_NAME = re.compile(r"(secret|token|password|passwd|credential|private|api_?key|access_?key)", re.I)
@@ -74,12 +80,27 @@ def _validate(raw: Any, source: str, overrides: tuple[Override, ...]) -> Config:
                           f"got {type(raw).__name__}")
     refs: dict[str, str] = {}
     expanded = _expand_env(raw, "", refs, source)
+    _drop_removed(expanded, source, overrides)
     try:
         cfg = Config.model_validate(expanded)
     except ValidationError as e:
         raise ConfigError(format_errors(e, expanded, source, overrides)) from None
     object.__setattr__(cfg, "_env_refs", refs)
     return cfg
+
+
+def _drop_removed(raw: dict, source: str, overrides: tuple[Override, ...]) -> None:
+    """Take the keys ``REMOVED`` lists out of ``raw``, saying so on the log (stderr in the CLI):
+    existing configs keep working and learn which line to delete."""
+    for path, why in REMOVED.items():
+        node = raw
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] in node:
+            del node[path[-1]]
+            o = next((o for o in overrides if o.path == path), None)
+            where, fix = (o.flag, "drop the --set") if o else (source, "delete the line")
+            log.warning("%s: %s is ignored since %s; %s", where, ".".join(path), why, fix)
 
 
 def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Config:

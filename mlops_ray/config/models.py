@@ -594,7 +594,6 @@ class MonitorConfig(_Model):
     min_rows: int = Field(100, ge=1, description="A column with fewer non-null window rows is 'insufficient "
                           "data': reported, never a trigger.")
     psi_threshold: float = Field(0.2, gt=0, description="Numeric threshold of method 'fixed'.")
-    ks_pvalue: float = Field(0.01, gt=0, lt=1, description="Unused by 'calibrated'; reported KS p-values only.")
     chi2_pvalue: float = Field(0.01, gt=0, lt=1, description="Categorical threshold of method 'fixed'.")
     max_null_rate_increase: float = Field(0.1, ge=0, le=1, description="Data quality: a column whose null rate "
                                           "exceeds the reference's by this much is flagged.")
