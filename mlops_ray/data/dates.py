@@ -5,8 +5,8 @@ datetime``, ``features.datetime``, ``data.datetime_formats``) when the data stor
 (a CSV's ``12/31/2012``, a JSON export's ``Jul 17 1998``), and ``data.datetime_formats``.
 Out: a ``Parsing`` (the format of each column: given, or inferred from a sample and said so),
 ``parse`` (text -> timestamps, one function for training, batch scoring and serving, so a
-request is read as the training rows were) and validation checks that name an unreadable
-value with its file and row.
+request is read as the training rows were; it lives in ``config/dateformat.py``, below the
+config) and validation checks that name an unreadable value with its file and row.
 
 A format is a strftime pattern (``%m/%d/%Y``), or ``ISO8601``. Timestamps come out naive,
 in UTC (a value with an offset is converted), as the rest of the platform keeps them.
