@@ -5,8 +5,8 @@ datetime``, ``features.datetime``, ``data.datetime_formats``) when the data stor
 (a CSV's ``12/31/2012``, a JSON export's ``Jul 17 1998``), and ``data.datetime_formats``.
 Out: a ``Parsing`` (the format of each column: given, or inferred from a sample and said so),
 ``parse`` (text -> timestamps, one function for training, batch scoring and serving, so a
-request is read as the training rows were) and validation checks that name an unreadable
-value with its file and row.
+request is read as the training rows were; it lives in ``config/dateformat.py``, below the
+config) and validation checks that name an unreadable value with its file and row.
 
 A format is a strftime pattern (``%m/%d/%Y``), or ``ISO8601``. Timestamps come out naive,
 in UTC (a value with an offset is converted), as the rest of the platform keeps them.
@@ -23,7 +23,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-ISO = "ISO8601"
+from mlops_ray.config.dateformat import ISO, TS, as_text, parse
+from mlops_ray.data.checks import CheckResult
+
 SAMPLE_ROWS = 2000
 # tried in this order after ISO 8601 and the format pandas guesses from the first value: month
 # first before day first (pandas' default); a sample both read differently is called ambiguous
@@ -34,39 +36,11 @@ COMMON_FORMATS = (
     "%Y/%m/%d", "%Y/%m/%d %H:%M", "%Y/%m/%d %H:%M:%S", "%m-%d-%Y", "%d-%m-%Y", "%Y%m%d", "%Y%m%d%H%M%S",
     "%Y-%m-%d %H:%M:%S%z", "%Y-%m-%dT%H:%M:%S%z", "%a %b %d %H:%M:%S %Y",
 )
-TS = pa.timestamp("us")        # wide enough for any year a format can write
 
 
 # --------------------------------------------------------------------------- parse
 def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or str(t) == "string_view"
-
-
-def _text(col) -> pa.Array:
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    if pa.types.is_dictionary(col.type):
-        col = col.dictionary_decode()
-    if not pa.types.is_string(col.type):
-        col = pc.cast(col, pa.string())
-    return pc.utf8_trim_whitespace(col)
-
-
-def parse(col, fmt: str) -> pa.Array:
-    """Text (or integers such as 20121231) -> naive UTC ``timestamp[us]``; a value the format
-    does not read is null. A column that already holds timestamps is returned as it is."""
-    if isinstance(col, pa.ChunkedArray) and (pa.types.is_timestamp(col.type) or pa.types.is_date(col.type)):
-        return col.combine_chunks()
-    if isinstance(col, pa.Array) and (pa.types.is_timestamp(col.type) or pa.types.is_date(col.type)):
-        return col
-    if pa.types.is_null(col.type):
-        return pa.nulls(len(col), TS)
-    text = _text(col)
-    if fmt == ISO or "%f" in fmt:      # Arrow's strptime reads neither; pandas does, the same way everywhere
-        s = pd.to_datetime(pd.Series(text.to_pandas(), dtype=object), format=fmt, errors="coerce", utc=True)
-        return pa.array(s.dt.tz_convert(None).astype("datetime64[us]"), TS, from_pandas=True)
-    out = pc.strptime(text, format=fmt, unit="us", error_is_null=True)
-    return out.cast(TS) if out.type.tz is not None else out
 
 
 def parse_series(s: pd.Series, fmt: str) -> pd.Series:
@@ -115,23 +89,6 @@ def parsed_schema(schema: pa.Schema, formats: dict[str, str]) -> pa.Schema:
         if c in schema.names:
             schema = schema.set(schema.get_field_index(c), pa.field(c, TS))
     return schema
-
-
-def check_format(fmt: str) -> str | None:
-    """Why ``fmt`` is not a date format this module can read back (None: it is)."""
-    if fmt == ISO:
-        return None
-    if "%" not in fmt:
-        return "it has no % directive (e.g. %m/%d/%Y for 12/31/2012, %d.%m.%Y %H:%M for 31.10.2020 08:00)"
-    probe = dt.datetime(2012, 12, 31, 13, 45, 30, tzinfo=dt.timezone.utc)
-    try:
-        text = probe.strftime(fmt)
-    except ValueError as e:
-        return f"strftime rejects it ({e})"
-    if parse(pa.array([text]), fmt)[0].as_py() is None:
-        return (f"the value it writes for 2012-12-31 13:45:30 ({text!r}) does not read back; check the "
-                "directives (%Y year, %m month, %d day, %H hour, %M minute, %S second, %b month name)")
-    return None
 
 
 # --------------------------------------------------------------------------- infer
@@ -218,7 +175,6 @@ class Parsing:
         return out
 
     def static_checks(self) -> list:
-        from mlops_ray.data.validate import CheckResult
         checks = []
         for c, fmt in self.formats.items():
             checks.append(CheckResult(c, "datetime_format", True, observed=fmt,
@@ -277,10 +233,10 @@ def failure_partial(table: pa.Table, formats: dict[str, str], k: int = 5, parsed
             continue
         raw = table.column(c)
         times = parsed.column(c) if parsed is not None else parse(raw, fmt)
-        bad = pc.and_(pc.is_null(times), pc.is_valid(_text(raw)))
+        bad = pc.and_(pc.is_null(times), pc.is_valid(as_text(raw)))
         n = pc.sum(bad).as_py() or 0
         if n:
-            out[c] = {"bad": int(n), "values": pc.filter(_text(raw), bad)[:k].to_pylist()}
+            out[c] = {"bad": int(n), "values": pc.filter(as_text(raw), bad)[:k].to_pylist()}
     return out
 
 
@@ -297,7 +253,6 @@ def merge_failures(parts: list[dict], k: int = 5) -> dict:
 def failure_checks(merged: dict, parsing: Parsing, rows: list[dict] | None = None) -> list:
     """A failed check per column with values its format does not read: how many, which (with
     their file and row when ``rows`` has them) and the fix."""
-    from mlops_ray.data.validate import CheckResult
     checks = []
     for c, f in merged.items():
         fmt = parsing.formats[c]
@@ -335,7 +290,7 @@ def locate(source, data, merged: dict, k: int = 5) -> list[dict]:
                         convert_options=pacsv.ConvertOptions(include_columns=[c], column_types={c: pa.string()},
                                                              null_values=list(data.csv.null_values),
                                                              strings_can_be_null=True)).column(c)
-            text = _text(col)
+            text = as_text(col)
             idx = np.flatnonzero(np.asarray(pc.fill_null(pc.is_in(text, value_set=pa.array(list(want), pa.string())),
                                                          False).to_numpy(zero_copy_only=False)))
             for i in idx[:k - found]:

@@ -232,7 +232,7 @@ def fit_partial(table: pa.Table, roles: Roles, cfg: FeaturesConfig) -> dict:
     need_sketch = cfg.numeric_fill == "median"
     derived_df = None
     if cfg.derived:
-        derived_df = _derive(_coerce_inputs(_to_pandas(table, roles), roles.input_types), cfg.derived)
+        derived_df = _derive(coerce_inputs(_to_pandas(table, roles), roles.input_types), cfg.derived)
     for c in list(roles.numeric) + list(cfg.derived):
         if c in cfg.derived:
             v = derived_df[c].to_numpy(dtype=np.float64)
@@ -321,7 +321,7 @@ def _numeric_array(col) -> np.ndarray:
     return np.asarray(col, dtype=np.float64)
 
 
-def _coerce_inputs(df: pd.DataFrame, input_types: dict, formats: dict | None = None) -> pd.DataFrame:
+def coerce_inputs(df: pd.DataFrame, input_types: dict, formats: dict | None = None) -> pd.DataFrame:
     """Raw inputs to the types the spec was fitted on; bad values become missing, never errors.
     A date-time input stored as text is read with its format in ``formats`` (the spec's), the
     way ingest read the training rows; without one, as ISO 8601."""
@@ -386,7 +386,7 @@ def _cyclic(value, period: float, fn):
     return lambda s: fn(2 * np.pi * value(s).astype("float64") / period)
 
 
-_DT_PARTS = {
+DT_PARTS = {
     "hour": lambda s: s.dt.hour,
     "minute": lambda s: s.dt.minute,
     "time_of_day": _time_of_day,
@@ -433,12 +433,12 @@ def as_datetime(values) -> pd.Series:
     time zone) as ``transform`` reads them: naive UTC nanoseconds, NaT for missing or unreadable."""
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         values = frame(pa.table({"t": values}))["t"]
-    return _coerce_inputs(pd.DataFrame({"t": values}), {"t": "datetime"})["t"]
+    return coerce_inputs(pd.DataFrame({"t": values}), {"t": "datetime"})["t"]
 
 
 def datetime_part(s: pd.Series, part: str) -> np.ndarray:
     """One part of ``as_datetime`` values, as the model sees it (float64, NaN for missing)."""
-    return _DT_PARTS[part](s).to_numpy(dtype=np.float64, na_value=np.nan)
+    return DT_PARTS[part](s).to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def transform(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
@@ -447,7 +447,7 @@ def transform(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     Works the same on one row and on a million: unknown categories map to the OOV code,
     unparseable numbers and infinities become missing, absent optional columns become missing.
     """
-    raw = _coerce_inputs(df, spec.input_types, spec.datetime_formats)
+    raw = coerce_inputs(df, spec.input_types, spec.datetime_formats)
     if spec.derived:
         raw = _derive(raw, {d.name: d.expr for d in spec.derived})
     out: dict[str, np.ndarray] = {}
@@ -466,7 +466,7 @@ def transform(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         missing = s.isna().to_numpy()
         if not isinstance(s.dtype, pd.CategoricalDtype) and pd.api.types.infer_dtype(s, skipna=True) not in (
                 "string", "empty"):
-            s = s.map(_as_str, na_action="ignore")     # numbers sent for a text column
+            s = s.map(as_str, na_action="ignore")     # numbers sent for a text column
         codes = pd.Categorical(s, categories=f.vocab).codes.astype(np.float64) + 1.0   # -1 (OOV) -> 0
         codes[missing] = np.nan
         out[f.name] = codes
@@ -489,7 +489,7 @@ def _category_input(df: pd.DataFrame, raw: pd.DataFrame, name: str, kind: str | 
     return raw[name]
 
 
-def _as_str(v) -> str:
+def as_str(v) -> str:
     """A category value as the vocabulary spells it (Arrow's cast to string): 1.0 -> "1",
     True -> "true"."""
     if isinstance(v, (bool, np.bool_)):

@@ -18,7 +18,7 @@ path therefore handles only value types whose result is the same whatever else t
 
 Any other value (strings in numeric columns, numpy scalars, lists, other date formats, ...) sends
 that one *column* of that batch through the very pandas code ``transform`` runs (a one-column
-frame built the same way, then ``features._coerce_inputs``), so the answer stays identical. A spec
+frame built the same way, then ``features.coerce_inputs``), so the answer stays identical. A spec
 the encoder cannot reproduce at all sets ``fast = False`` and every batch goes through
 ``transform``. An unexpected error on the fast path also falls back to ``transform`` for that
 batch (counted in ``fallbacks``): slower, never different.
@@ -35,7 +35,7 @@ import pandas as pd
 
 from mlops_ray import expr
 from mlops_ray.data.dates import ISO
-from mlops_ray.data.features import _DT_PARTS, FeatureSpec, _as_str, _coerce_inputs, transform
+from mlops_ray.data.features import DT_PARTS, FeatureSpec, as_str, coerce_inputs, transform
 
 _NAN = float("nan")
 _NUMERIC_KINDS = ("int", "float", "bool")
@@ -168,7 +168,7 @@ def _codes_pandas(s: pd.Series, vocab: list[str]) -> np.ndarray:
     missing = s.isna().to_numpy()
     if not isinstance(s.dtype, pd.CategoricalDtype) and pd.api.types.infer_dtype(s, skipna=True) not in (
             "string", "empty"):
-        s = s.map(_as_str, na_action="ignore")
+        s = s.map(as_str, na_action="ignore")
     codes = pd.Categorical(s, categories=vocab).codes.astype(np.float64) + 1.0
     codes[missing] = np.nan
     return codes
@@ -235,7 +235,7 @@ class RowEncoder:
         for d in spec.datetime:
             if types.get(d.name) != "datetime":
                 raise _Unsupported(f"datetime feature {d.name!r} has input kind {types.get(d.name)!r}")
-            bad = [p for p in d.parts if p not in _DT_PARTS]
+            bad = [p for p in d.parts if p not in DT_PARTS]
             if bad:
                 raise _Unsupported(f"datetime parts {bad}")
             self._dts.append((d.name, tuple(d.parts)))
@@ -343,7 +343,7 @@ class RowEncoder:
                 # except an int column's integers, which transform keeps exact: so here a JSON integer
                 # is its own str (exact above 2**53 too)
                 cols[name] = [lut.get(str(r[name]), 0.0) if kind == "int" and type(r.get(name)) is int
-                              else _NAN if x != x else lut.get(_as_str(x), 0.0) for r, x in zip(rows, nums[name])]
+                              else _NAN if x != x else lut.get(as_str(x), 0.0) for r, x in zip(rows, nums[name])]
                 continue
             try:
                 codes = []
@@ -358,7 +358,7 @@ class RowEncoder:
                         codes.append(_NAN)
                     elif t is float:
                         # NOTE: NaN is missing but inf is not: it becomes the category "inf"
-                        codes.append(_NAN if v != v else lut.get(_as_str(v), 0.0))
+                        codes.append(_NAN if v != v else lut.get(as_str(v), 0.0))
                     elif t is int and -_EXACT_INT <= v <= _EXACT_INT:
                         codes.append(lut.get(str(v), 0.0))
                     elif t is bool:
@@ -377,7 +377,7 @@ class RowEncoder:
             else:
                 s = dt_series[name]
                 for p in parts:
-                    cols[f"{name}__{p}"] = _DT_PARTS[p](s).to_numpy(dtype=np.float64, na_value=np.nan)
+                    cols[f"{name}__{p}"] = DT_PARTS[p](s).to_numpy(dtype=np.float64, na_value=np.nan)
 
         mat = np.array([cols[c] for c in self.columns], dtype=np.float64)    # (columns, rows)
         with np.errstate(over="ignore"):
@@ -430,11 +430,11 @@ class RowEncoder:
         return out
 
     def _pandas_column(self, rows, c: str, kind: str) -> pd.Series:
-        """Column ``c`` exactly as transform's ``_coerce_inputs`` makes it: pandas infers a column's
+        """Column ``c`` exactly as transform's ``coerce_inputs`` makes it: pandas infers a column's
         dtype from that column's values alone, so a one-column frame (missing keys left out,
         not turned into None) gives the same Series."""
         sub = pd.DataFrame([{c: r[c]} if c in r else {} for r in rows], index=range(len(rows)))
-        return _coerce_inputs(sub, {c: kind}, self.spec.datetime_formats)[c]
+        return coerce_inputs(sub, {c: kind}, self.spec.datetime_formats)[c]
 
 
 class _Unsupported(Exception):

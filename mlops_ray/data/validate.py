@@ -11,10 +11,9 @@ merged; duplicate ids are found from 64-bit hashes of the id column.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -22,51 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlops_ray.config import ColumnRule, DataConfig, SchemaConfig, parse_duration
+from mlops_ray.data.checks import CheckResult, ValidationReport
+from mlops_ray.data.features import DT_PARTS
 
 MAX_TOP_UNSEEN = 5
 _CSV_TYPES = ("string", "int", "float", "bool", "datetime")
-
-
-# --------------------------------------------------------------------------- report
-@dataclass
-class CheckResult:
-    column: str | None
-    rule: str
-    passed: bool
-    observed: Any = None
-    threshold: Any = None
-    message: str = ""
-    samples: list[dict] = field(default_factory=list)
-
-
-@dataclass
-class ValidationReport:
-    rows: int
-    checks: list[CheckResult]
-    source: dict = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-    @property
-    def failures(self) -> list[CheckResult]:
-        return [c for c in self.checks if not c.passed]
-
-    def to_dict(self) -> dict:
-        return {"passed": self.passed, "rows": self.rows, "n_checks": len(self.checks),
-                "n_failed": len(self.failures), "source": self.source,
-                "checks": [asdict(c) for c in self.checks]}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=str)
-
-    def summary(self) -> str:
-        if self.passed:
-            return f"{len(self.checks)} checks passed on {self.rows:,} rows"
-        lines = [f"{len(self.failures)} of {len(self.checks)} checks failed on {self.rows:,} rows:"]
-        lines += [f"  - {c.message}" for c in self.failures]
-        return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- types
@@ -137,8 +96,7 @@ def check_config_columns(names: list[str], cfg) -> None:
         listed.append(("model.slice_column", cfg.model.slice_column))
     listed += [("retrain.key_features", c) for c in cfg.retrain.key_features]
     listed += [(f"monitor.min_effect.{c}", c) for c in cfg.monitor.min_effect if c not in ("numeric", "categorical")]
-    from mlops_ray.data.features import _DT_PARTS
-    parts = {f"{c}.{p}" for c in known for p in _DT_PARTS}     # a datetime field's part: event_time.hour
+    parts = {f"{c}.{p}" for c in known for p in DT_PARTS}     # a datetime field's part: event_time.hour
     drift_keys = ("retrain.key_features", "monitor.min_effect.")
     bad = [f"{key} lists {c!r}, which is not a column of the data{did_you_mean(c, sorted(known))}"
            for key, c in listed if c not in known and c not in cfg.features.derived

@@ -1,6 +1,8 @@
 import json
+import logging
 
 import pytest
+import yaml
 
 from mlops_ray.config import config_from_dict, json_schema, load_config, parse_duration
 from mlops_ray.errors import ConfigError, ExitCode
@@ -98,3 +100,18 @@ def test_durations():
     assert parse_duration("1.5d") == 1.5 * 86400
     with pytest.raises(ValueError, match="unit"):
         parse_duration("10 parsecs")
+
+
+def test_a_config_still_setting_a_removed_key_loads_and_says_to_delete_it(tmp_path, caplog):
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(base_raw("x", monitor={"ks_pvalue": 0.05, "alpha": 0.02})))
+    with caplog.at_level(logging.WARNING, logger="mlops_ray.config"):
+        cfg = load_config(path)
+    assert cfg.monitor.alpha == 0.02 and "ks_pvalue" not in cfg.model_dump()["monitor"]
+    assert caplog.messages == [f"{path}: monitor.ks_pvalue is ignored since drift thresholds are calibrated per "
+                               "field (monitor.method, monitor.alpha); delete the line"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mlops_ray.config"):
+        load_config("configs/quickstart.yaml", {"monitor.ks_pvalue": 0.05})
+    assert caplog.messages == ["--set monitor.ks_pvalue=0.05: monitor.ks_pvalue is ignored since drift thresholds "
+                               "are calibrated per field (monitor.method, monitor.alpha); drop the --set"]

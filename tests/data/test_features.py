@@ -161,9 +161,9 @@ def test_time_of_day_and_cyclical_parts():
     import numpy as np
     import pandas as pd
 
-    from mlops_ray.data.features import _DT_PARTS
+    from mlops_ray.data.features import DT_PARTS
     s = pd.Series(pd.to_datetime(["2024-03-04 14:30:00", "2024-03-04 23:59:00", "2024-03-05 00:00:00", None]))
-    part = {k: _DT_PARTS[k](s).to_numpy(dtype=np.float64, na_value=np.nan) for k in _DT_PARTS}
+    part = {k: DT_PARTS[k](s).to_numpy(dtype=np.float64, na_value=np.nan) for k in DT_PARTS}
     assert part["time_of_day"][0] == 14.5 and part["minute_of_day"][0] == 870
     assert np.isnan(part["time_of_day"][3]) and np.isnan(part["hour_sin"][3])
     # 23:59 and 00:00 are a minute apart on the circle, 23 hours apart as "hour"

@@ -16,7 +16,7 @@ from mlops_ray.data.rows import RowEncoder
 from tests.support.configs import make_bundle
 
 pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")]  # 1e308 -> float32
-ALL_PARTS = list(feat._DT_PARTS)
+ALL_PARTS = list(feat.DT_PARTS)
 CONFIGS = {
     "plain": {},
     "mean_all_parts_oov": {"numeric_fill": "mean", "min_frequency": 40, "datetime_parts": ALL_PARTS},

@@ -56,7 +56,7 @@ def four_weeks(flights):
 
 def test_every_datetime_part_has_a_kind_and_every_cyclic_part_a_cycle():
     parts = set(typing.get_args(DatetimePart))
-    assert parts == set(feat._DT_PARTS)
+    assert parts == set(feat.DT_PARTS)
     assert {p for p in parts if feat.part_kind(p) == "calendar"} == {
         "day", "month", "year", "dayofyear", "weekofyear", "epoch_days", "dayofyear_sin", "dayofyear_cos"}
     assert {p for p in parts if feat.part_kind(p) == "cyclic"} == set(feat.PART_CYCLE_S)
