@@ -97,7 +97,7 @@ def make_bundle(df: pd.DataFrame, path: Path, rounds: int = 20, metadata: dict |
     import numpy as np
     import xgboost as xgb
 
-    from mlops_ray import bundle
+    from mlops_ray.registry import bundle
     from mlops_ray.data import features as feat
     from mlops_ray.data.profile import profile_local
     from mlops_ray.monitor.reference import build_reference

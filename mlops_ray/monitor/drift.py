@@ -262,7 +262,7 @@ class _Scored:
     def __call__(self, table: pa.Table):
         import xgboost as xgb
 
-        from mlops_ray.bundle import predict_features
+        from mlops_ray.registry.bundle import predict_features
         from mlops_ray.data.features import FeatureSpec, frame, transform
         if self._loaded is None:
             booster = xgb.Booster()

@@ -18,7 +18,7 @@ def _score_batch(table: pa.Table, *, data: DataConfig, cutoffs, models: dict, cl
                  slice_column: str | None, split_done: bool = False) -> dict:
     import xgboost as xgb
 
-    from mlops_ray.bundle import predict_features
+    from mlops_ray.registry.bundle import predict_features
     test = table if split_done else table.filter(pa.array(feat.split_codes(table, data, cutoffs) == 2))
     out = {"y": feat.label_codes(test.column(data.label), classes).astype(np.float64),
            "key": feat.row_keys(test, data)}           # for the gate's champion-overlap check
