@@ -45,6 +45,8 @@ from mlops_ray.registry.bundle import load_spec as load_spec_dir
 from mlops_ray.registry.runlog import RunLog, as_text, clip, mask_uri, mlflow_key, tag_dict
 from mlops_ray.storage.catalog import artifacts_dir, bundle_cache_dir, tracking_db
 
+# mlflow is imported inside functions (measured import cost, see the module docstring).
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 BUNDLE_PATH = "bundle"                 # artifact path of the bundle inside its run

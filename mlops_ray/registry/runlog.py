@@ -26,6 +26,8 @@ import time
 
 from mlops_ray.errors import RegistryError
 
+# mlflow is imported inside functions (measured import cost, see the module docstring).
+
 _PARAM_LIMIT_FALLBACK = 500            # used if mlflow stops exporting MAX_PARAM_VAL_LENGTH
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
