@@ -33,7 +33,7 @@ HOST = "127.0.0.1"
 
 
 def create_app(bundle_dir: str, encoder: str = "pandas", nthread: int | None = None):
-    from mlops_ray.bundle import load_bundle, predict_features
+    from mlops_ray.registry.bundle import load_bundle, predict_features
 
     bundle = load_bundle(bundle_dir)
     if nthread is not None:

@@ -612,7 +612,7 @@ def _choose_threshold(cfg: Config, splits, search, booster, strategy: str) -> di
     split alone, otherwise the same configuration fitted on it (one more fit, of the final one's size).
     A distributed refit on train+valid is not repeated: its own (in-sample) predictions are used and
     the choice says so."""
-    from mlops_ray import bundle
+    from mlops_ray.registry import bundle
     from mlops_ray.train import evaluate as ev
     from mlops_ray.train import tune as T
     rule = cfg.model.threshold
@@ -696,7 +696,7 @@ def _champion_overlap(cfg: Config, champion, test_keys) -> dict | None:
 def _register(cfg, registry, data, splits, search, booster, evaluation, champ_eval, decision, strategy, progress):
     import tempfile
 
-    from mlops_ray import bundle
+    from mlops_ray.registry import bundle
 
     from mlops_ray._version import __version__
     from mlops_ray.monitor.reference import SAMPLE, build_reference

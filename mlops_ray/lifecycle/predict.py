@@ -385,7 +385,7 @@ class Scorer:
             self.log = _BatchLog(log_root, log_types or self.spec.input_types, self.multiclass, run_token)
 
     def __call__(self, batch) -> pa.Table:
-        from mlops_ray.bundle import predict_features
+        from mlops_ray.registry.bundle import predict_features
         from mlops_ray.data.features import frame, transform
 
         raw = batch

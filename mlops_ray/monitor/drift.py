@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from mlops_ray.bundle import predict_features
+from mlops_ray.registry.bundle import predict_features
 from mlops_ray.config import Config, MonitorConfig, parse_duration
 from mlops_ray.data import dates, ingest
 from mlops_ray.data.features import FeatureSpec, frame, transform

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from mlops_ray.monitor import thresholds
-from mlops_ray.bundle import Bundle, predict_features
+from mlops_ray.registry.bundle import Bundle, predict_features
 from mlops_ray.config import Config, config_from_dict
 from mlops_ray.data.rows import RowEncoder
 from mlops_ray.monitor import histograms as hist

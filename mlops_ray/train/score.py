@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from mlops_ray.bundle import predict_features
+from mlops_ray.registry.bundle import predict_features
 from mlops_ray.config import DataConfig
 from mlops_ray.data import features as feat
 

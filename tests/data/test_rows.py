@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_ray import bundle
+from mlops_ray.registry import bundle
 from mlops_ray.data import features as feat
 from mlops_ray.data import rows as rows_mod
 from mlops_ray.data.features import (CategoricalFeature, DatetimeFeature, DerivedFeature, FeatureSpec,

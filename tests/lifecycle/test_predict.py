@@ -29,7 +29,7 @@ def multiclass_bundle(df: pd.DataFrame, path) -> str:
     """A 3-class bundle on the same features: the label is the channel."""
     import xgboost as xgb
 
-    from mlops_ray import bundle
+    from mlops_ray.registry import bundle
     from mlops_ray.data import features as feat
     from mlops_ray.data.profile import profile_local
 
@@ -233,7 +233,7 @@ def test_scoring_prints_no_line_of_rays_own(env, tmp_path, capfd):
 def test_without_an_id_rows_are_keyed_by_position_and_classes_name_the_probabilities(small_df, tmp_path):
     """No data.id_column in the data: each prediction carries its input row's position and the
     columns --keep names; a multiclass model's probabilities are named by class."""
-    from mlops_ray import bundle as B
+    from mlops_ray.registry import bundle as B
     path = multiclass_bundle(small_df, tmp_path / "b")
     loaded = B.load_bundle(path)
     loaded.spec.classes = ["drizzle", "light rain", "Sunny"]

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 import xgboost as xgb
 
-from mlops_ray import bundle
+from mlops_ray.registry import bundle
 from mlops_ray.data import features as feat
 from mlops_ray.data.profile import profile_local
 from mlops_ray.errors import RegistryError

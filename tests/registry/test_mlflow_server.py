@@ -15,7 +15,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from mlops_ray.bundle import dmatrix
+from mlops_ray.registry.bundle import dmatrix
 from mlops_ray.config import RegistryConfig
 from mlops_ray.errors import RegistryError
 from mlops_ray.registry import Registry

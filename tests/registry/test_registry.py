@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_ray.bundle import dmatrix, write_bundle
+from mlops_ray.registry.bundle import dmatrix, write_bundle
 from mlops_ray.config import RegistryConfig
 from mlops_ray.data.features import FeatureSpec, NumericFeature
 from mlops_ray.errors import ConfigError, RegistryError

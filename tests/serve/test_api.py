@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_ray.bundle import load_bundle
+from mlops_ray.registry.bundle import load_bundle
 from mlops_ray.config import ServeConfig
 from mlops_ray.serve.api import RequestError, RequestParser
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import xgboost as xgb
 import yaml
 
-from mlops_ray import bundle
+from mlops_ray.registry import bundle
 from mlops_ray.config import config_from_dict
 from mlops_ray.data import features as feat
 from mlops_ray.data.profile import profile_local

@@ -1,17 +1,21 @@
-"""MLflow tracking and model registry: runs, model versions, aliases, bundles in and out.
+"""The MLflow client: one pipeline's experiment and registered model, and the alias policy.
 
 In: ``RegistryConfig``, the store (local directory or URI) and the pipeline name.
-Out: ``Registry`` -- ``start_run`` gives a ``RunLog`` (params, metrics, artifacts, child
-runs), ``register`` logs a bundle directory (see ``bundle.py``) and makes it a model
-version with alias ``challenger``, ``set_alias``/``get_alias`` move ``champion`` and
-``challenger``, ``load_bundle(ref)`` brings a version back as a ``Bundle`` -- and the pure
-``lineage()``.
+Out: ``Registry`` -- ``start_run`` gives a ``RunLog`` (``runlog.py``), ``register`` logs a
+bundle directory (``bundle.py``) and makes it a model version with alias ``challenger``,
+``set_alias``/``get_alias`` move ``champion`` and ``challenger``, ``load_bundle(ref)`` brings a
+version back as a ``Bundle`` (downloaded once into the bundle cache), ``check_reachable``
+fails fast when the tracking store cannot be used.
 
-The only module that imports mlflow, and only inside functions: importing it costs
-about 1.5 s and configures logging. Everything goes through an ``MlflowClient`` built
-with explicit URIs, never the fluent API, so no global tracking URI or active run leaks
-between pipelines, tests or Serve replicas. Every MLflow failure leaves as a
-``RegistryError`` that names the (credential-masked) tracking URI and the fix.
+Everything goes through an ``MlflowClient`` built with explicit URIs, never the fluent API, so
+no global tracking URI or active run leaks between pipelines, tests or Serve replicas. Every
+MLflow failure leaves as a ``RegistryError`` that names the (credential-masked) tracking URI
+and the fix. Without ``registry.tracking_uri`` a local store holds the SQLite tracking store
+and the artifacts (locations from ``storage.catalog``).
+
+mlflow is imported inside functions, never at the top: importing it costs about 1.3 s and
+configures logging, and serving, monitoring and status import this module without always
+reaching MLflow (a test checks that importing the package does not import mlflow).
 """
 from __future__ import annotations
 
@@ -20,10 +24,7 @@ import hashlib
 import http.client
 import json
 import logging
-import math
-import numbers
 import os
-import platform
 import re
 import shutil
 import sqlite3
@@ -34,126 +35,27 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from contextlib import contextmanager
-from importlib import metadata
 
-from mlops_ray.bundle import FILES, Bundle
-from mlops_ray.bundle import load_bundle as load_bundle_dir
-from mlops_ray.bundle import load_spec as load_spec_dir
 from mlops_ray.config import RegistryConfig
 from mlops_ray.data.features import FeatureSpec
 from mlops_ray.errors import ConfigError, RegistryError
+from mlops_ray.registry.bundle import FILES, Bundle
+from mlops_ray.registry.bundle import load_bundle as load_bundle_dir
+from mlops_ray.registry.bundle import load_spec as load_spec_dir
+from mlops_ray.registry.runlog import RunLog, as_text, clip, mask_uri, mlflow_key, tag_dict
+from mlops_ray.storage.catalog import artifacts_dir, bundle_cache_dir, tracking_db
+
+# mlflow is imported inside functions (measured import cost, see the module docstring).
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 BUNDLE_PATH = "bundle"                 # artifact path of the bundle inside its run
 READY_TIMEOUT_S = 120.0
-_PARAM_LIMIT_FALLBACK = 500            # used if mlflow stops exporting MAX_PARAM_VAL_LENGTH
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
-_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 _EXTERNAL_MODULES = {"mlflow", "requests", "urllib3", "sqlalchemy", "alembic", "botocore", "google", "azure"}
-_LINEAGE_PACKAGES = {"ray": "ray", "xgboost": "xgboost", "optuna": "optuna", "mlflow": "mlflow",
-                     "pandas": "pandas", "pyarrow": "pyarrow", "mlops_ray": "mlops-ray"}
 
 
-# --------------------------------------------------------------------------- pure helpers
-def mask_uri(text: str) -> str:
-    """Hide ``user:password@`` in any URI inside ``text``."""
-    return _CREDENTIALS.sub("***@", str(text))
-
-
-def lineage() -> dict:
-    """Git commit of the working directory (None outside a repo), Python and package versions."""
-    packages = {}
-    for key, dist in _LINEAGE_PACKAGES.items():
-        try:
-            packages[key] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            packages[key] = None
-    if packages["mlops_ray"] is None:
-        from mlops_ray._version import __version__
-        packages["mlops_ray"] = __version__
-    return {"git_commit": git_commit(os.getcwd()), "python": platform.python_version(), "packages": packages}
-
-
-def git_commit(start: str) -> str | None:
-    """HEAD of the git repository containing ``start``, read from .git files (no git binary needed)."""
-    try:
-        d = os.path.abspath(start)
-        while True:
-            dot_git = os.path.join(d, ".git")
-            if os.path.exists(dot_git):
-                break
-            parent = os.path.dirname(d)
-            if parent == d:
-                return None
-            d = parent
-        git_dir = dot_git
-        if os.path.isfile(dot_git):                          # worktree or submodule: "gitdir: <path>"
-            line = _read_text(dot_git)
-            if not line.startswith("gitdir:"):
-                return None
-            git_dir = os.path.normpath(os.path.join(d, line[len("gitdir:"):].strip()))
-        head = _read_text(os.path.join(git_dir, "HEAD"))
-        if not head.startswith("ref:"):
-            return head if re.fullmatch(r"[0-9a-f]{40,64}", head) else None
-        ref = head[len("ref:"):].strip()
-        common = git_dir
-        if os.path.isfile(os.path.join(git_dir, "commondir")):
-            common = os.path.normpath(os.path.join(git_dir, _read_text(os.path.join(git_dir, "commondir"))))
-        for base in (git_dir, common):
-            if os.path.isfile(os.path.join(base, ref)):
-                return _read_text(os.path.join(base, ref)) or None
-        packed = os.path.join(common, "packed-refs")
-        if os.path.isfile(packed):
-            for line in _read_text(packed).splitlines():
-                parts = line.split()
-                if len(parts) == 2 and parts[1] == ref:
-                    return parts[0]
-        return None                                          # a fresh repo without commits
-    except OSError:
-        return None
-
-
-def _read_text(path: str) -> str:
-    with open(path) as f:
-        return f.read().strip()
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}."""
-    out = {}
-    for k, v in (d or {}).items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _key(k: str) -> str:
-    # MLflow keys: alphanumerics, _ - . space : / ; at most 250 characters
-    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", str(k))[:250]
-
-
-def _text(v) -> str:
-    if isinstance(v, str):
-        return v
-    if isinstance(v, (list, tuple, dict)):
-        return json.dumps(v, default=_json_default)
-    return str(v)
-
-
-def _clip(s: str, limit: int) -> str:
-    return s if len(s) <= limit else s[:limit - 3] + "..."
-
-
-def _json_default(o):
-    if hasattr(o, "tolist"):                                  # numpy scalars and arrays
-        return o.tolist()
-    return str(o)
-
-
+# --------------------------------------------------------------------------- plumbing
 def _is_external(e: BaseException) -> bool:
     """A failure of MLflow, its HTTP/DB stack or the file system, as opposed to a bug here."""
     if isinstance(e, (OSError, sqlite3.Error)):
@@ -163,7 +65,7 @@ def _is_external(e: BaseException) -> bool:
 
 def _short(e: BaseException, limit: int = 400) -> str:
     msg = getattr(e, "message", None) or str(e) or type(e).__name__
-    return _clip(mask_uri(" ".join(str(msg).split())), limit)
+    return clip(mask_uri(" ".join(str(msg).split())), limit)
 
 
 def _code(e: BaseException) -> str | None:
@@ -224,10 +126,9 @@ class Registry:
                               "cannot live in it; set registry.tracking_uri to an MLflow server "
                               "(http://host:5000) or use a local store")
         else:                                   # created by the first run (see ``client``), not here
-            self.tracking_uri = f"sqlite:///{local}/mlflow.db"
-            self._artifact_location = os.path.join(local, "mlartifacts")
-        self.cache_dir = (os.path.join(local, "registry_cache") if local
-                          else os.path.join(tempfile.gettempdir(), "mlops-ray-registry-cache"))
+            self.tracking_uri = f"sqlite:///{tracking_db(local)}"
+            self._artifact_location = artifacts_dir(local)
+        self.cache_dir = bundle_cache_dir(local)
         self.display_uri = mask_uri(self.tracking_uri)
         self._client = None
         self._experiment_id: str | None = None
@@ -344,15 +245,15 @@ class Registry:
         return self._experiment_id
 
     # ---- runs
-    def start_run(self, run_name: str, tags: dict | None = None) -> "RunLog":
+    def start_run(self, run_name: str, tags: dict | None = None) -> RunLog:
         """Create a run; use the result as a context manager (FAILED on exception, else FINISHED)."""
         experiment_id = self._experiment()
         with self._errors(f"starting run {run_name!r}"):
-            run = self.client.create_run(experiment_id, run_name=run_name, tags=_tag_dict(tags))
+            run = self.client.create_run(experiment_id, run_name=run_name, tags=tag_dict(tags))
         return RunLog(self, run.info.run_id, run.info.artifact_uri, experiment_id)
 
     # ---- model versions and aliases
-    def register(self, run: "RunLog", bundle_dir: str, tags: dict | None = None) -> str:
+    def register(self, run: RunLog, bundle_dir: str, tags: dict | None = None) -> str:
         """Log ``bundle_dir`` under the run's "bundle" artifacts and make it a model version.
 
         The new version gets alias "challenger"; returns its version string once READY.
@@ -368,7 +269,7 @@ class Registry:
         source = f"{run.artifact_uri.rstrip('/')}/{BUNDLE_PATH}"
         with self._errors(f"creating a version of model {self.model_name!r}"):
             mv = client.create_model_version(self.model_name, source=source, run_id=run.run_id,
-                                             tags=_tag_dict(tags), await_creation_for=0)
+                                             tags=tag_dict(tags), await_creation_for=0)
         version = self._wait_ready(str(mv.version), mv.status)
         self.set_alias(CHALLENGER, version)
         run.set_tags({"registered_model": self.model_name, "registered_version": version})
@@ -437,7 +338,7 @@ class Registry:
 
     def tag_version(self, version: str, key: str, value: str) -> None:
         with self._errors(f"tagging version {version} of model {self.model_name!r}"):
-            self.client.set_model_version_tag(self.model_name, str(version), _key(key), mask_uri(_text(value)))
+            self.client.set_model_version_tag(self.model_name, str(version), mlflow_key(key), mask_uri(as_text(value)))
 
     def version_tags(self, version: str) -> dict:
         return dict(self._version(self.model_name, str(version), None).tags or {})
@@ -447,7 +348,7 @@ class Registry:
         """Bundle of "champion", "@alias", "3", "models:/NAME/3" or "models:/NAME@alias".
 
         The alias is resolved on every call; a version's artifacts are downloaded once into
-        ``{store}/registry_cache`` (versions are immutable) and reused from there.
+        the bundle cache (``catalog.bundle_cache_dir``; versions are immutable) and reused from there.
         """
         return self._fetch(*self._lookup(ref))
 
@@ -621,124 +522,8 @@ class Registry:
         return dest
 
 
-# --------------------------------------------------------------------------- runs
-class RunLog:
-    """One MLflow run. A context manager: FAILED (tag failure_reason) on exception, else FINISHED."""
-
-    def __init__(self, registry: Registry, run_id: str, artifact_uri: str, experiment_id: str):
-        self.registry = registry
-        self.run_id = run_id
-        self.artifact_uri = artifact_uri
-        self.experiment_id = experiment_id
-        self.status: str | None = None        # set once the run has ended
-
-    def __repr__(self) -> str:
-        return f"RunLog(run_id={self.run_id!r}, status={self.status or 'RUNNING'})"
-
-    def __enter__(self) -> "RunLog":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            self.end()
-            return False
-        try:                                  # never hide the original exception behind a logging error
-            if issubclass(exc_type, KeyboardInterrupt):
-                self.end("KILLED")
-            else:
-                self.fail(f"{exc_type.__name__}: {exc}")
-        except RegistryError as e:
-            logging.getLogger(__name__).warning("could not mark run %s as failed: %s", self.run_id, e)
-        return False
-
-    def _errors(self, doing: str):
-        return self.registry._errors(f"{doing} (run {self.run_id})")
-
-    def end(self, status: str = "FINISHED") -> None:
-        if self.status is not None:
-            return
-        with self._errors("ending the run"):
-            self.registry.client.set_terminated(self.run_id, status)
-        self.status = status
-
-    def fail(self, reason: str) -> None:
-        """Tag failure_reason and end the run as FAILED."""
-        self.set_tags({"failure_reason": reason})
-        self.end("FAILED")
-
-    def log_params(self, params: dict) -> None:
-        """Nested dicts become dotted keys; values are stringified and clipped to MLflow's limit."""
-        from mlflow.entities import Param
-        try:
-            from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH as limit
-        except ImportError:
-            limit = _PARAM_LIMIT_FALLBACK
-        items = [Param(_key(k), _clip(mask_uri(_text(v)), limit)) for k, v in flatten(params).items()]
-        self._batch(params=items)
-
-    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        """Finite numbers only (bools count as 0/1); anything else is skipped."""
-        from mlflow.entities import Metric
-        now = int(time.time() * 1000)
-        items = [Metric(_key(k), float(v), now, step or 0) for k, v in flatten(metrics).items()
-                 if isinstance(v, numbers.Real) and math.isfinite(float(v))]
-        self._batch(metrics=items)
-
-    def set_tags(self, tags: dict) -> None:
-        from mlflow.entities import RunTag
-        self._batch(tags=[RunTag(k, v) for k, v in _tag_dict(tags).items()])
-
-    def _batch(self, params=(), metrics=(), tags=(), size: int = 100) -> None:
-        client = self.registry.client
-        with self._errors("logging to the run"):
-            for lst, kw in ((list(params), "params"), (list(metrics), "metrics"), (list(tags), "tags")):
-                for i in range(0, len(lst), size):
-                    client.log_batch(self.run_id, **{kw: lst[i:i + size]})
-
-    def log_dict(self, obj, name: str) -> None:
-        """JSON artifact (numpy values become plain numbers)."""
-        self.log_text(json.dumps(obj, indent=1, default=_json_default), name)
-
-    def log_text(self, text: str, name: str) -> None:
-        with self._errors(f"logging artifact {name!r}"):
-            self.registry.client.log_text(self.run_id, text, name)
-
-    def log_file(self, path: str, artifact_path: str | None = None) -> None:
-        with self._errors(f"logging file {path!r}"):
-            self.registry.client.log_artifact(self.run_id, path, artifact_path)
-
-    def log_figure(self, fig, name: str) -> None:
-        """A matplotlib figure as a PNG artifact; the figure is closed (long-lived loops make many)."""
-        if not os.path.splitext(name)[1]:
-            name += ".png"
-        try:
-            with self._errors(f"logging figure {name!r}"):
-                self.registry.client.log_figure(self.run_id, fig, name)
-        finally:
-            import matplotlib.pyplot as plt
-            plt.close(fig)
-
-    def child_run(self, name: str, params: dict, metrics: dict, tags: dict | None = None) -> str:
-        """A finished nested run (e.g. one tuning trial) under this one; returns its run id."""
-        all_tags = {**(tags or {}), "mlflow.parentRunId": self.run_id}
-        with self._errors(f"starting child run {name!r}"):
-            run = self.registry.client.create_run(self.experiment_id, run_name=name, tags=_tag_dict(all_tags))
-        with RunLog(self.registry, run.info.run_id, run.info.artifact_uri, self.experiment_id) as child:
-            child.log_params(params)
-            child.log_metrics(metrics)
-        return child.run_id
-
-
 def _complete(path: str) -> bool:
     return all(os.path.isfile(os.path.join(path, f)) for f in FILES)
-
-
-def _tag_dict(tags: dict | None) -> dict[str, str]:
-    try:
-        from mlflow.utils.validation import MAX_TAG_VAL_LENGTH as limit
-    except ImportError:
-        limit = 5000
-    return {_key(k): _clip(mask_uri(_text(v)), limit) for k, v in (tags or {}).items() if v is not None}
 
 
 # --------------------------------------------------------------------------- reachability

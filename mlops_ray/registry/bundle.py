@@ -9,8 +9,13 @@ A directory with
 - ``metadata.json``  lineage: fingerprints, config hash, git commit, versions, seeds,
                      tuning summary, evaluation metrics, gate decision
 
-``write_bundle`` and ``load_bundle`` are plain file IO; ``registry.py`` moves bundles
-in and out of MLflow.
+In: a fitted booster, its FeatureSpec, the reference profile and metadata (``write_bundle``),
+or a bundle directory (``load_bundle``, ``load_spec``). Out: the directory, or a ``Bundle``
+that turns raw rows into predictions (``predict``; ``predict_features`` and ``dmatrix`` for
+model input). Plain file IO; ``client.py`` moves bundles in and out of MLflow.
+
+xgboost is imported inside ``dmatrix`` and ``load_bundle``: importing it costs about 1.4 s, and
+the registry client imports this module for commands that never load a booster (status, aliases).
 """
 from __future__ import annotations
 
