@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.unit
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_no_import_runs_back_up_a_layer():
