@@ -34,5 +34,10 @@ test-fast: setup
 bench: setup
 	$(BIN)/python -m benchmarks
 
+## docs: regenerate docs/config.md, the config reference, from the config's models
+.PHONY: docs
+docs: setup
+	$(BIN)/python docs/gen_config.py docs/config.md
+
 clean:
 	rm -rf .mlops .mlops-demo data/demo benchmarks/results demo-report.html
