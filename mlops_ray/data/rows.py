@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from mlops_ray import expr
-from mlops_ray.data.dates import ISO
+from mlops_ray.data.dates import ISO, parse_iso
 from mlops_ray.data.features import DT_PARTS, FeatureSpec, as_str, coerce_inputs, transform
 
 _NAN = float("nan")
@@ -95,27 +95,20 @@ def _datetime_ns(v) -> int | None:
 
 
 def _iso_ns(s: str) -> int:
+    """ns since the epoch of an ISO-8601 text of the strict form (``_ISO``: the one pandas reads as
+    ``parse_iso`` does), with all nine fraction digits; anything else raises _Slow."""
     m = _ISO.fullmatch(s)
-    if m is None:
-        raise _Slow
-    y, mo, d, hh, mi, ss, frac, z, sign, oh, om = m.groups()
-    hh = int(hh) if hh else 0
-    mi = int(mi) if mi else 0
-    ss = int(ss) if ss else 0
-    if hh > 23 or mi > 59 or ss > 59:
+    if m is None or (m[11] and int(m[11]) > 59):   # offset minutes: fromisoformat takes 60..99
         raise _Slow
     try:
-        ordinal = _dt.date(int(y), int(mo), int(d)).toordinal()
-    except ValueError:
+        t = parse_iso(s)
+    except OverflowError:
         raise _Slow from None
-    sec = (ordinal - _EPOCH_ORD) * 86_400 + hh * 3_600 + mi * 60 + ss
-    if sign:
-        oh, om = int(oh), int(om)
-        if oh > 23 or om > 59:
-            raise _Slow
-        off = oh * 3_600 + om * 60
-        sec = sec - off if sign == "+" else sec + off
-    ns = sec * 10 ** 9 + (int(frac.ljust(9, "0")) if frac else 0)
+    if t is None:                     # e.g. hour 24, day 31 of a short month
+        raise _Slow
+    frac = m[7]
+    ns = (((t.toordinal() - _EPOCH_ORD) * 86_400 + t.hour * 3_600 + t.minute * 60 + t.second) * 10 ** 9
+          + t.microsecond * 1_000 + (int(frac[6:].ljust(3, "0")) if frac and len(frac) > 6 else 0))
     if not _NS_LO <= ns < _NS_HI:
         raise _Slow
     return ns

@@ -126,9 +126,9 @@ def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, lo
     run_token = secrets.token_hex(4)
     log_root, log_types = None, None
     if log:                           # the replicas' columns: the inputs, and the id when it is not one
-        from mlops_ray.monitor.predlog import _check_input_types
+        from mlops_ray.monitor.predlog import check_input_types
         from mlops_ray.monitor.predlog import log_id_column
-        log_types = _check_input_types({**spec.input_types, **{c: "string" for c in log_id_column(cfg, bundle)}})
+        log_types = check_input_types({**spec.input_types, **{c: "string" for c in log_id_column(cfg, bundle)}})
         log_root = predlog_root(cfg)
 
     with ray_runtime(cfg.ray, verbose=verbose) as rt:
@@ -426,14 +426,12 @@ class _BatchLog:
     def __init__(self, root: str, input_types: dict[str, str], multiclass: bool, run_token: str):
         from mlops_ray.monitor import predlog
 
-        self.fs, self.root = predlog.filesystem_for(root)
+        self.writer = predlog.TableWriter(root, owner=f"batch-{run_token}")
         self.input_types = dict(input_types)
         self.multiclass = multiclass
         self.schema = predlog.log_schema(self.input_types, multiclass)
         self.run_token = run_token
-        self.owner = predlog._safe(f"batch-{run_token}")
         self.token = secrets.token_hex(4)
-        self.pid = os.getpid()
         self.seq = 0
 
     def table(self, df: pd.DataFrame, p: np.ndarray, version: str, id_column: str | None,
@@ -470,15 +468,8 @@ class _BatchLog:
         return ids
 
     def write(self, df: pd.DataFrame, p: np.ndarray, version: str, id_column: str | None) -> int:
-        from mlops_ray.monitor import predlog
-
         ts_us = int(time.time() * 1_000_000)
-        table = self.table(df, p, version, id_column, ts_us)
-        self.seq += 1
-        name = f"part-{self.owner}-{self.pid}-{self.token}{self.seq:06d}.parquet"
-        predlog._write_parquet(self.fs, table, posixpath.join(predlog._hour_dir(self.root, predlog._hour_key(ts_us)),
-                                                              name))
-        return table.num_rows
+        return self.writer.write(self.table(df, p, version, id_column, ts_us))
 
 
 def _arrow(s: pd.Series) -> pa.Array:
@@ -495,7 +486,7 @@ def _arrow(s: pd.Series) -> pa.Array:
 def _log_column(df: pd.DataFrame, col: str, kind: str) -> pa.Array:
     """One input column typed for the log: an Arrow cast when the data has the training type (the
     common case), else value by value with the coercion the replicas' log applies."""
-    from mlops_ray.monitor.predlog import _COERCE, KIND_TYPES
+    from mlops_ray.monitor.predlog import COERCE, KIND_TYPES
 
     target = KIND_TYPES[kind]
     if col not in df.columns:         # the id column, when the data has none: null, as in a request without it
@@ -512,7 +503,7 @@ def _log_column(df: pd.DataFrame, col: str, kind: str) -> pa.Array:
             raise TypeError("float to int/bool: per value")    # 1.5 -> null, not an error
         return arr.cast(target)
     except (TypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        coerce = _COERCE[kind]
+        coerce = COERCE[kind]
         values = s.astype(object).where(s.notna(), None).tolist()
         return pa.array([coerce(v) for v in values], type=target)
 
@@ -540,12 +531,4 @@ def count_logged(root: str, run_token: str, t_start: float, t_end: float) -> int
     """Rows this run wrote to the prediction log (its files in the hours it ran)."""
     from mlops_ray.monitor import predlog
 
-    fs, base = predlog.filesystem_for(root)
-    owner = f"part-{predlog._safe(f'batch-{run_token}')}-"
-    infos = []
-    first, last = predlog._hour_key(int(t_start * 1e6)), predlog._hour_key(int(t_end * 1e6))
-    for hour in range(first, last + 1):
-        sel = pafs.FileSelector(predlog._hour_dir(base, hour), allow_not_found=True)
-        infos += [i for i in fs.get_file_info(sel)
-                  if i.type == pafs.FileType.File and posixpath.basename(i.path).startswith(owner)]
-    return _parquet_rows(fs, infos)
+    return _parquet_rows(*predlog.written_files(root, f"batch-{run_token}", t_start, t_end))

@@ -3,7 +3,7 @@ during a rollout, per version and window for the monitor.
 
 The live metric of a rollout: canary vs stable on the predictions whose labels have arrived.
 
-In: the prediction log (``predlog.py``: one record per predicted row, keyed by
+In: the prediction log (``predlog``: one record per predicted row, keyed by
 ``(request_id, row)``) and the labels users drop later as Parquet files under
 ``{store}/{name}/labels/`` — any layout below it, hidden (``.``) and underscore (``_``)
 files and directories ignored. A label file holds at least ``request_id`` and the label
@@ -42,7 +42,7 @@ from pyarrow import fs as pafs
 
 from mlops_ray.data.features import label_text
 from mlops_ray.errors import MlopsError, MonitorError, ServingError, closest
-from mlops_ray.monitor.predlog import _PARTITIONING, TS_TYPE, filesystem_for
+from mlops_ray.monitor.predlog import PARTITIONING, TS_TYPE, filesystem_for
 from mlops_ray.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def _read_predictions(root: str, task: str, versions: list[str], since: float | 
     pred_type = pa.list_(pa.float64()) if task == "multiclass" else pa.float64()
     schema = pa.schema([("request_id", pa.string()), ("row", pa.int32()), ("ts", TS_TYPE),
                         ("model_version", pa.string()), ("prediction", pred_type),
-                        *_PARTITIONING.schema])
+                        *PARTITIONING.schema])
     empty = pa.schema([("request_id", pa.string()), ("row", pa.int64()), ("model_version", pa.string()),
                        ("prediction", pred_type)]).empty_table()
     fs, path = filesystem_for(root)
@@ -73,7 +73,7 @@ def _read_predictions(root: str, task: str, versions: list[str], since: float | 
         flt &= (pc.field("ts") >= pa.scalar(s, TS_TYPE)) & (
             (pc.field("date") > day) | ((pc.field("date") == day) & (pc.field("hour") >= s.hour)))
     try:
-        dataset = pads.dataset(path, format="parquet", filesystem=fs, partitioning=_PARTITIONING, schema=schema)
+        dataset = pads.dataset(path, format="parquet", filesystem=fs, partitioning=PARTITIONING, schema=schema)
         table = dataset.to_table(columns=["request_id", "row", "model_version", "prediction"], filter=flt)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
         raise ServingError(
@@ -492,7 +492,7 @@ def _versions(store, cfg) -> list[str]:
     fs, root = filesystem_for(Catalog(store, cfg.name).predlog_dir())
     if fs.get_file_info(root).type != pafs.FileType.Directory:
         return []
-    ds = pads.dataset(root, filesystem=fs, format="parquet", partitioning=_PARTITIONING)
+    ds = pads.dataset(root, filesystem=fs, format="parquet", partitioning=PARTITIONING)
     return [str(v) for v in pc.unique(ds.to_table(columns=["model_version"])["model_version"]).to_pylist()]
 
 

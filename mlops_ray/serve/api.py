@@ -32,11 +32,10 @@ import difflib
 import json
 import keyword
 import math
-import re
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Optional, Union
 
-from mlops_ray.data.dates import ISO, parse_value
+from mlops_ray.data.dates import ISO, parse_iso, parse_value
 
 __all__ = ["RequestError", "RequestParser", "KINDS"]
 
@@ -47,7 +46,6 @@ _FLOAT, _INT, _BOOL, _STR, _DT = range(5)
 _KIND_CODE = {"float": _FLOAT, "int": _INT, "bool": _BOOL, "string": _STR, "datetime": _DT}
 _I64_MIN, _I64_MAX = -(2 ** 63), 2 ** 63 - 1
 _DT_MIN, _DT_MAX = datetime(1678, 1, 1), datetime(2262, 1, 1)   # inside pandas' datetime64[ns]
-_UTC = timezone.utc
 _INF, _NINF = float("inf"), float("-inf")
 _EXPECTED = {
     _FLOAT: "a number or null",
@@ -272,12 +270,10 @@ class RequestParser:
                         raise _Invalid
                     if name in self._formats:
                         v = parse_value(v, self._formats[name])
-                        if v is None:
-                            raise _Invalid
                     else:
-                        v = datetime.fromisoformat(v)   # ValueError: not ISO
-                    if v.tzinfo is not None:
-                        v = v.astimezone(_UTC).replace(tzinfo=None)
+                        v = parse_iso(v)                # OverflowError: out of range
+                    if v is None:
+                        raise _Invalid
                     if not _DT_MIN <= v < _DT_MAX:
                         raise _Invalid
                 elif t is not bool:                     # _BOOL
@@ -444,39 +440,13 @@ def _convert(v: Any, kind: int):
     return dt
 
 
-_ISO_FIX = re.compile(r"^(?P<head>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2})?)(?:[.,](?P<frac>\d+))?"
-                      r"(?P<tz>[Zz]|[+-]\d{2}(?::?\d{2})?)?$")
-
-
 def _parse_datetime(s: str) -> datetime | None:
-    """ISO-8601 -> naive UTC datetime, or None. ``fromisoformat`` first (Python 3.11 takes
-    every common ISO form); the fallback normalizes 'Z', odd fraction lengths and '+HHMM'
-    for Python 3.10."""
+    """``dates.parse_iso``, with a time an offset moves out of the years 1..9999 as ``datetime.min``
+    (out of range)."""
     try:
-        dt = datetime.fromisoformat(s)
-    except ValueError:
-        m = _ISO_FIX.match(s.strip())
-        if not m:
-            return None
-        frac = m["frac"]
-        tz = m["tz"] or ""
-        if tz in ("Z", "z"):
-            tz = "+00:00"
-        elif len(tz) == 5:
-            tz = tz[:3] + ":" + tz[3:]
-        elif len(tz) == 3:
-            tz += ":00"
-        fixed = m["head"] + (f".{(frac + '000000')[:6]}" if frac else "") + tz
-        try:
-            dt = datetime.fromisoformat(fixed)
-        except ValueError:
-            return None
-    if dt.tzinfo is not None:
-        try:
-            dt = dt.astimezone(_UTC).replace(tzinfo=None)
-        except OverflowError:
-            return datetime.min
-    return dt
+        return parse_iso(s)
+    except OverflowError:
+        return datetime.min
 
 
 def _describe(v: Any) -> str:

@@ -110,7 +110,7 @@ class Catalog:
     def spool_dir(self) -> str:
         """Where replicas spool prediction-log records before Parquet: always a local directory. In
         the store's serving directory when the store is a path; in /tmp on the replica's node for
-        object stores (a lost node loses at most its unflushed interval, see monitor/predlog.py)."""
+        object stores (a lost node loses at most its unflushed interval, see monitor/predlog/writer.py)."""
         d = self.serving_dir()
         if "://" not in d:
             return os.path.join(d, "spool")

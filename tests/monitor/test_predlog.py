@@ -205,7 +205,7 @@ def test_close_flushes_and_removes_spool(tmp_path):
 
 
 def test_spool_name_carries_host_owner_pid(tmp_path):
-    from mlops_ray.monitor.predlog import _hostname
+    from mlops_ray.monitor.predlog.format import hostname as _hostname
     lg = make_log(tmp_path, owner="SERVE_REPLICA::app#dep#x1")
     lg.append("r", "v1", [{"amount": 1.0}], [0.5])
     (f,) = spool_files(tmp_path / "spool")
@@ -259,7 +259,7 @@ def test_parquet_write_failure_keeps_records_and_retries(tmp_path):
 
 
 def test_spool_write_error_raises_and_next_append_starts_clean(tmp_path, monkeypatch):
-    from mlops_ray.monitor import predlog
+    from mlops_ray.monitor.predlog import writer as predlog
     lg = make_log(tmp_path)
     lg.append("ok-1", "v1", [{"amount": 1.0}], [0.1])
     real_write = os.write
@@ -339,7 +339,7 @@ os._exit(0)                      # no close(): the spool stays behind
 def test_recovery_without_header_uses_given_types(tmp_path):
     spool = tmp_path / "spool"
     spool.mkdir()
-    from mlops_ray.monitor.predlog import _hostname, _spool_name
+    from mlops_ray.monitor.predlog.format import hostname as _hostname, spool_name as _spool_name
     pid = dead_pid()
     p = spool / _spool_name(_hostname(), "x", pid, "abcd0123", 1)
     p.write_bytes(b'{"predlog": 1, "inp\n["r1",1000000,"v1",[{"a":5}],[0.5]]\n')
@@ -403,3 +403,80 @@ for i in range(1_000_000):
     print(f"reported={len(reported)} logged={len(logged)} recovered_rows={n} raw_rows={raw.num_rows}")
     for rec in t.filter(pa.compute.equal(t["row"], 0)).slice(0, 50).to_pylist():
         assert rec["inputs"]["amount"] == float(rec["request_id"][3:]) and rec["prediction"] == 0.5
+
+
+def _spool_for(spool: Path, pid: int, header: dict) -> Path:
+    import json
+    from mlops_ray.monitor.predlog.format import hostname, spool_name
+    spool.mkdir(exist_ok=True)
+    p = spool / spool_name(hostname(), "old", pid, "abcd0123", 1)
+    p.write_text(json.dumps({"predlog": 1, "pid": pid, "input_types": {"a": "int"}, **header}) + "\n"
+                 + '["r1",1000000,"v1",[{"a":5}],[0.5]]\n')
+    return p
+
+
+def test_spool_header_records_the_writer_start_time(tmp_path):
+    import json
+    import psutil
+    lg = make_log(tmp_path)
+    lg.append("r", "v1", [{"amount": 1.0}], [0.5])
+    (f,) = spool_files(tmp_path / "spool")
+    header = json.loads(f.read_bytes().split(b"\n")[0])
+    assert header["pid"] == os.getpid()
+    assert header["pid_started"] == pytest.approx(psutil.Process().create_time(), abs=0.05)
+    lg.close()
+
+
+def test_a_reused_pid_does_not_keep_a_dead_writers_spool(tmp_path):
+    """A live process with the pid a spool names, started after the writer: the writer is dead."""
+    import psutil
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = psutil.Process(other.pid).create_time()
+        live = _spool_for(tmp_path / "spool", other.pid, {"pid_started": started})
+        assert recover_orphans(str(tmp_path / "spool"), str(tmp_path / "log")) == 0
+        assert spool_files(tmp_path / "spool") == [live]               # its writer runs
+        live.unlink()
+        _spool_for(tmp_path / "spool", other.pid, {"pid_started": started - 3600})
+        assert recover_orphans(str(tmp_path / "spool"), str(tmp_path / "log")) == 1
+        assert spool_files(tmp_path / "spool") == []
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_spool_of_an_older_version_is_checked_by_pid_alone(tmp_path):
+    """Headers written before ``pid_started`` hold ``start_time`` in clock ticks: a live pid keeps
+    the spool whatever it says, a dead one is recovered."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        p = _spool_for(tmp_path / "spool", other.pid, {"start_time": 12345})
+        assert recover_orphans(str(tmp_path / "spool"), str(tmp_path / "log")) == 0
+        assert spool_files(tmp_path / "spool") == [p]
+    finally:
+        other.kill()
+        other.wait()
+    assert recover_orphans(str(tmp_path / "spool"), str(tmp_path / "log")) == 1
+    assert read_log(str(tmp_path / "log")).to_pylist()[0]["inputs"] == {"a": 5}
+
+
+def test_table_writer_writes_a_file_per_hour_that_written_files_finds(tmp_path):
+    from mlops_ray.monitor.predlog import TableWriter, log_schema, written_files
+    root = str(tmp_path / "log")
+    t1 = datetime(2026, 3, 1, 23, 59, tzinfo=UTC)
+    t2 = datetime(2026, 3, 2, 0, 1, tzinfo=UTC)
+    table = pa.table({"request_id": ["a", "b", "c"], "row": [0, 0, 0], "ts": [t1, t2, t1], "model_version": ["v1"] * 3,
+                      "inputs": [{"x": 1}, {"x": 2}, {"x": 3}], "prediction": [0.1, 0.2, 0.3]},
+                     schema=log_schema({"x": "int"}))
+    w = TableWriter(root, owner="batch-run:1")
+    assert w.write(table) == 3
+    files = parquet_files(tmp_path / "log")
+    assert [f.parent.relative_to(root).as_posix() for f in files] == ["date=2026-03-01/hour=23",
+                                                                      "date=2026-03-02/hour=00"]
+    assert all(f.name.startswith(f"part-batch-run_1-{os.getpid()}-") for f in files)
+    assert read_log(root)["request_id"].to_pylist() == ["a", "c", "b"]
+    fs, infos = written_files(root, "batch-run:1", t1.timestamp(), t2.timestamp())
+    assert sorted(i.path for i in infos) == [str(f) for f in files]
+    assert written_files(root, "batch-other", t1.timestamp(), t2.timestamp())[1] == []
+    with pytest.raises(ValueError, match="has the columns request_id, row, ts"):
+        w.write(table.drop_columns(["row"]))
