@@ -20,8 +20,9 @@ def cluster_check(files: List[str] = typer.Argument(..., help="Manifests: KubeRa
                                                               "YAML or a `ray up` cluster config."),
                   root: Optional[str] = typer.Option(None, "--root", help="Project root that referenced "
                                                      "configs are relative to (default: nearest pyproject.toml)."),
-                  crds: Optional[str] = typer.Option(None, "--crds", help="Folder of KubeRay CRDs "
-                                                     "(default: $MLOPS_RAY_KUBERAY_CRDS or tests/fixtures/kuberay)."),
+                  crds: Optional[str] = typer.Option(None, "--crds", help="Folder of KubeRay CRDs (default: "
+                                                     "$MLOPS_RAY_KUBERAY_CRDS, else the CRDs shipped in "
+                                                     "mlops_ray/schemas/kuberay)."),
                   json_out: Json = False):
     """Validate manifests against KubeRay's CRDs / Ray's ray-schema.json and the rules only the
     controller checks; exit 2 with every problem named."""
