@@ -192,7 +192,7 @@ def test_debug_after_the_command_shows_the_traceback(tmp_path):
 
 def test_the_words_after_a_double_dash_are_not_taken_as_global_flags(monkeypatch):
     """`submit CONFIG -- run --verbose` forwards --verbose to the job's command; it is not this command's."""
-    from mlops_ray import cli as cli_module
+    from mlops_ray.cli import cluster as cli_module
     seen = {}
 
     def fake_submit(cfg, config, command, **kw):
@@ -210,12 +210,12 @@ def test_the_words_after_a_double_dash_are_not_taken_as_global_flags(monkeypatch
 def test_an_internal_error_exits_1_and_debug_prints_its_traceback(small, monkeypatch):
     """An exception that is not one of the project's errors is a bug: exit 1 and a plain message that
     points to --debug; with --debug the traceback itself (the CLI's error handler, not the config)."""
-    import mlops_ray.config
+    import mlops_ray.cli.options
 
     def load_config_with_a_bug(*args, **kwargs):
         raise KeyError("slot_the_code_forgot")
 
-    monkeypatch.setattr(mlops_ray.config, "load_config", load_config_with_a_bug)
+    monkeypatch.setattr(mlops_ray.cli.options, "load_config", load_config_with_a_bug)
     res = CliRunner().invoke(app, ["config", "check", small])
     assert res.exit_code == ExitCode.UNEXPECTED == 1
     assert "Unexpected error (KeyError): 'slot_the_code_forgot'" in res.stderr

@@ -142,7 +142,7 @@ def test_json_output_keeps_stdout_for_the_document(tmp_path):
     """Ray writes its raylets' warnings to the driver's stdout; with --json they go to stderr."""
     import subprocess
     import sys
-    code = ("import os; from mlops_ray.cli import _guard, _emit_json\n"
+    code = ("import os; from mlops_ray.cli.options import _guard; from mlops_ray.cli.render import _emit_json\n"
             "with _guard(True):\n"
             "    os.write(1, b'(raylet) WARNING: 8 PYTHON worker processes have been started\\n')\n"
             "    print('noise')\n"

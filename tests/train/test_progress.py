@@ -161,7 +161,7 @@ def text(buf) -> str:
 
 
 def test_in_a_terminal_the_search_is_one_live_display_that_ends_as_one_line():
-    from mlops_ray.cli import _LiveProgress
+    from mlops_ray.cli.render import _LiveProgress
     console, buf = terminal()
     s = Search(_LiveProgress(console), total=16)
     with s.watch:
@@ -192,7 +192,7 @@ def test_in_a_terminal_the_search_is_one_live_display_that_ends_as_one_line():
 
 
 def test_the_live_display_is_finished_when_the_search_raises():
-    from mlops_ray.cli import _LiveProgress
+    from mlops_ray.cli.render import _LiveProgress
     console, buf = terminal()
     view = _LiveProgress(console)
     s = Search(view, total=8)
@@ -238,7 +238,7 @@ def test_a_failing_display_falls_back_to_lines_and_does_not_stop_the_search():
 
 
 def test_the_cli_draws_live_only_on_a_terminal_and_stays_quiet_with_json(monkeypatch):
-    from mlops_ray import cli
+    from mlops_ray.cli import render as cli
     assert cli._progress(True) is None
     monkeypatch.setattr(cli, "err", Console(file=io.StringIO(), force_terminal=True))
     assert isinstance(cli._progress(False), cli._LiveProgress)

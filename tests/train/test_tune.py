@@ -41,7 +41,7 @@ def test_the_cli_prints_the_message_of_a_data_validation_error_without_a_report(
     as "no trial produced a finite 'auc'", must reach the user."""
     import pytest
     import typer
-    from mlops_ray import cli
+    from mlops_ray.cli import options as cli
     from mlops_ray.errors import DataValidationError
     with pytest.raises(typer.Exit) as e:
         cli._fail(DataValidationError("no trial produced a finite 'auc' on the validation split"), False)
