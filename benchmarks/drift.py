@@ -7,7 +7,7 @@ planted shift in one column leaves the others' values unchanged. The reference i
 rows (seed 0); windows are 1,000,000 rows drawn with other seeds (``--quick``: 100k rows;
 ``--rows N`` sets both).
 
-1. **speed** -- the reference profile is built once with ``drift.profile_inputs`` (two Ray
+1. **speed** -- the reference profile is built once with ``reference.profile_inputs`` (two Ray
    passes: sketch, then count), timed separately. Then OUR check of a window, as
    ``mlops-ray monitor`` runs it after reading: the window is put into Ray as 16 blocks
    (``ray.data.from_arrow``, before timing); the timed part is ``profile_pass(ds, {"c":
@@ -366,7 +366,8 @@ def run(opts: Options) -> list[dict]:
     from mlops_ray.config import MonitorConfig, RayConfig
     from mlops_ray.data.profile import profile_pass
     from mlops_ray.monitor import reference as R
-    from mlops_ray.monitor.drift import _judge_column, profile_inputs
+    from mlops_ray.monitor.drift import _judge_column
+    from mlops_ray.monitor.reference import profile_inputs
     from mlops_ray.monitor import stats as S
     from mlops_ray.runtime import ray_runtime
 

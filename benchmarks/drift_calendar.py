@@ -10,7 +10,7 @@ generator makes every period, so every later month behaves like the training mon
 calendar differs (which days of the month fall on which weekday, 28 to 31 days, four or five
 of each weekday).
 
-The reference is January 2024 (its raw-input profile, ``drift.profile_inputs`` with the
+The reference is January 2024 (its raw-input profile, ``reference.profile_inputs`` with the
 model's datetime parts, and its featurized rows as the training split). Each window is one
 later calendar month (February 2024 onwards), checked as ``mlops-ray monitor`` checks it:
 ``count_partial`` + ``compare`` (the per-field tests, cyclic parts weighted over whole
@@ -103,7 +103,7 @@ def run(opts: Options) -> list[dict]:
     roles = feat.assign_roles(ref.schema, cfg.data, cfg.features)
     spec = feat.fit_merge(local(ref, {"f": lambda b: feat.fit_partial(b, roles, cfg.features)})["f"],
                           roles, cfg.data, cfg.features)
-    reference = {"inputs": D.profile_inputs(ref, spec.input_types, mon, local, dt_parts=C.spec_parts(spec))}
+    reference = {"inputs": R.profile_inputs(ref, spec.input_types, mon, local, dt_parts=C.spec_parts(spec))}
     store = Store(tmp)
     train_dir = store.path(cfg.name, "data", "k", "features", "split=train")
     store.fs.create_dir(train_dir, recursive=True)

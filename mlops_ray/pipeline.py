@@ -175,7 +175,7 @@ def step_reference(cfg: Config, ds, spec: feat.FeatureSpec, cutoffs) -> dict:
     """The raw-input reference profile of the training rows (``monitor/drift.py`` compares
     prediction-log windows with it): two mergeable passes, sketches then counts."""
     from mlops_ray.monitor.calendar import spec_parts
-    from mlops_ray.monitor.drift import profile_inputs
+    from mlops_ray.monitor.reference import profile_inputs
     return profile_inputs(ds, spec.input_types, cfg.monitor, profile_pass,
                           wrap=lambda fn: _bind(_on_train, cfg=cfg, cutoffs=cutoffs, partial_fn=fn),
                           dt_parts=spec_parts(spec))

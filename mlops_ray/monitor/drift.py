@@ -19,6 +19,7 @@ on noise and a hundred-row window does not alarm on sampling error.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import time
 from typing import Callable
@@ -29,7 +30,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from mlops_ray.registry.bundle import predict_features
 from mlops_ray.config import Config, MonitorConfig, parse_duration
 from mlops_ray.data import dates, ingest
 from mlops_ray.data.features import FeatureSpec, frame, transform
@@ -39,6 +39,7 @@ from mlops_ray.monitor import calendar as C
 from mlops_ray.monitor import reference as R
 from mlops_ray.monitor import stats as S
 from mlops_ray.registry import Registry
+from mlops_ray.registry.bundle import predict_features
 from mlops_ray.runtime import ray_runtime
 from mlops_ray.storage.catalog import Catalog
 from mlops_ray.storage.fs import filesystem_for
@@ -251,20 +252,12 @@ class _InWindow:
         return self.fn(table)
 
 
-class _Bind:
-    def __init__(self, fn, **kw):
-        self.fn, self.kw = fn, kw
-
-    def __call__(self, table, **extra):
-        return self.fn(table, **self.kw, **extra)
-
-
 class _Scored:
     """A partial that takes ``predictions`` (``count_partial``), given the block scored with one
     model version: ``monitor --data`` profiles that version's predictions on the window, not a column
     of the data that happens to be called ``prediction``. The booster is loaded once per worker."""
 
-    def __init__(self, fn: _Bind, model: bytes, spec: dict):
+    def __init__(self, fn: functools.partial, model: bytes, spec: dict):
         self.fn, self.model, self.spec, self._loaded = fn, model, spec, None
 
     def __getstate__(self):
@@ -377,7 +370,7 @@ def run_monitor(cfg: Config, *, since: str | None = None, window: str | None = N
             "kind") == "numeric" else None
         pred_classes = len(reference["prediction"]["shares"]) if reference.get("prediction", {}).get(
             "kind") == "categorical" else None
-        count = _Bind(R.count_partial, layout=layout, known=known, limits=schema_limits(cfg),
+        count = functools.partial(R.count_partial, layout=layout, known=known, limits=schema_limits(cfg),
                       prediction_edges=pred_edges, prediction_classes=pred_classes)
         if data:
             from mlops_ray.data import ingest
@@ -486,17 +479,7 @@ def build_reference_from(cfg: Config, spec, path: str) -> dict:
     dcfg = window_data_config(cfg, path)
     source = ingest.inspect_source(dcfg)
     ds = _parsed_dates(ingest.read_dataset(source, dcfg), spec)
-    return profile_inputs(ds, spec.input_types, cfg.monitor, profile_pass, dt_parts=C.spec_parts(spec))
-
-
-def profile_inputs(ds, input_types: dict, mon: MonitorConfig, pass_fn, wrap=lambda f: f,
-                   dt_parts: dict[str, list[str]] | None = None) -> dict:
-    """Two passes: sketches fix the layout, counts fill it (``wrap`` may cut blocks to train rows).
-    ``dt_parts`` (datetime column -> the model's parts of it) adds a profile per part."""
-    parts = pass_fn(ds, {"s": wrap(_Bind(R.sketch_partial, input_types=input_types, parts=dt_parts))})["s"]
-    layout = R.merge_layout(parts, input_types, mon.bins, mon.top_categories, dt_parts)
-    counts = R.merge_counts(pass_fn(ds, {"c": wrap(_Bind(R.count_partial, layout=layout))})["c"])
-    return R.input_profile(layout, counts)
+    return R.profile_inputs(ds, spec.input_types, cfg.monitor, profile_pass, dt_parts=C.spec_parts(spec))
 
 
 def _domain(cfg: Config, store, bundle, window: pa.Table | None, exclude: dict[str, str] | None = None) -> dict:

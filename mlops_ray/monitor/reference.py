@@ -14,10 +14,13 @@ cyclic part, the range for a calendar position (``monitor/calendar.py``).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mlops_ray.config import MonitorConfig
 from mlops_ray.data import features as feat
 from mlops_ray.data.features import OOV_CODE, FeatureSpec
 from mlops_ray.data.profile import merged_quantiles, sketch
@@ -383,3 +386,15 @@ def input_profile(layout: dict, counts: dict) -> dict:
                                                                       "out_of_range", "below", "above")}}
         cols[name] = entry
     return {"version": 1, "rows": max((c.get("n", 0) for c in counts.values()), default=0), "columns": cols}
+
+
+def profile_inputs(ds, input_types: dict, mon: MonitorConfig, pass_fn, wrap=lambda f: f,
+                   dt_parts: dict[str, list[str]] | None = None) -> dict:
+    """The raw-input reference profile of a dataset, the contract featurize writes and the monitor
+    reads: ``pass_fn`` runs partials over ``ds`` (Ray Data's single pass, or in-process), ``mon``
+    gives the bins and top categories. Two passes: sketches fix the layout, counts fill it (``wrap`` may cut blocks to train rows).
+    ``dt_parts`` (datetime column -> the model's parts of it) adds a profile per part."""
+    parts = pass_fn(ds, {"s": wrap(functools.partial(sketch_partial, input_types=input_types, parts=dt_parts))})["s"]
+    layout = merge_layout(parts, input_types, mon.bins, mon.top_categories, dt_parts)
+    counts = merge_counts(pass_fn(ds, {"c": wrap(functools.partial(count_partial, layout=layout))})["c"])
+    return input_profile(layout, counts)

@@ -26,7 +26,7 @@ PARTS = {"scheduled": ["hour", "minute", "dayofweek", "day"]}
 
 def _profile(df, types=TYPES, parts=PARTS):
     t = pa.Table.from_pandas(df, preserve_index=False)
-    return D.profile_inputs(t, types, MonitorConfig(), lambda tab, fns: profile_local(tab, fns, batch_rows=7000),
+    return R.profile_inputs(t, types, MonitorConfig(), lambda tab, fns: profile_local(tab, fns, batch_rows=7000),
                             dt_parts=parts)
 
 

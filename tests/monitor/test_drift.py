@@ -21,7 +21,7 @@ TYPES = {"amount": "float", "num_txn_24h": "int", "channel": "string", "device":
 
 def _profile(df, mon=MonitorConfig()):
     t = pa.Table.from_pandas(df, preserve_index=False)
-    return D.profile_inputs(t, TYPES, mon, lambda tab, fns: profile_local(tab, fns, batch_rows=1500))
+    return R.profile_inputs(t, TYPES, mon, lambda tab, fns: profile_local(tab, fns, batch_rows=1500))
 
 
 def _window(profile, df, known=None, limits=None):
