@@ -27,7 +27,7 @@ what the refit adds (on a time split the refit sees the valid period, the one ne
 ``test_refit_scaled`` is the rule the pipeline's final model follows by default
 (``model.refit_rounds: scaled``): the rounds scaled by the rows the refit adds,
 ``round((best_iteration+1) * (train+valid) / train)``; the two refit columns side by side are
-the measurement behind that default (README, model.refit_rounds).
+the measurement behind that default (docs/benchmarks.md, model.refit_rounds).
 
 Data sets (no download at run time), written once to ``benchmarks/.data/quality/<name>/`` and reused:
 

@@ -2,7 +2,7 @@
 
 In: ``mlops_ray.config.Config`` (its fields, types, defaults, constraints and Field descriptions).
 Out: Markdown on stdout, or the file given (``make docs`` writes docs/config.md). The output depends
-on the models alone, so tests/unit/test_docs.py can regenerate it and compare.
+on the models alone, so tests/test_docs.py can regenerate it and compare.
 
     python docs/gen_config.py [OUT]
 """

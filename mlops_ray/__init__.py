@@ -1,11 +1,15 @@
 """mlops-ray: the machine-learning lifecycle on Ray.
 
-Python API (the CLI only calls these)::
+The pipeline's Python API (what `data synth`, `validate`, `features` and `run` call)::
 
     import mlops_ray
     cfg = mlops_ray.load_config("configs/quickstart.yaml")
     result = mlops_ray.run(cfg)            # ingest -> ... -> register (RunResult)
     report = mlops_ray.validate(cfg)       # the validation step alone
+
+Serving, monitoring, the loop, batch scoring and jobs are called through their modules
+(``mlops_ray.serve.control``, ``mlops_ray.monitor.drift``, ``mlops_ray.lifecycle.loop``,
+``mlops_ray.lifecycle.predict``, ``mlops_ray.cluster.jobs``); docs/architecture.md maps them.
 """
 from __future__ import annotations
 

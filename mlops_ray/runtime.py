@@ -27,7 +27,7 @@ def default_num_cpus() -> int:
     """Logical CPUs for an embedded Ray: at least 4, or twice the cores.
 
     On a 2-core machine a Tune trial, a Train worker and a Data read task each hold a CPU;
-    with only 2 logical CPUs they can wait on each other forever (DESIGN.md).
+    with only 2 logical CPUs they can wait on each other forever (docs/architecture.md, Facts).
     """
     return max(4, 2 * (os.cpu_count() or 1))
 
@@ -100,7 +100,7 @@ def ray_runtime(cfg: RayConfig, *, verbose: bool = False) -> Iterator[RuntimeInf
         else:
             # Note: Ray 2.60's GCS and raylet gRPC servers listen on all interfaces whatever
             # _node_ip_address says (checked with `ss -ltn`); Ray's token authentication
-            # (on by default since 2.59) is what protects an embedded head. See README.
+            # (on by default since 2.59) is what protects an embedded head. See docs/scaling.md.
             kwargs = dict(num_cpus=cfg.num_cpus or default_num_cpus(),
                           include_dashboard=cfg.include_dashboard)
             if cfg.object_store_memory_mb:

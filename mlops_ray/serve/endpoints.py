@@ -29,7 +29,7 @@ def endpoints(cfg: Config) -> dict:
 def ordered_addresses(url: str, direct: list[str], ingress: str) -> list[dict]:
     """Every address, the fastest that keeps working first. With ``serve.ingress: haproxy`` serve.port
     forwards straight to the replicas' ports and survives replica restarts: it leads. With Serve's
-    Python proxy it reaches about a tenth of a replica's own port (README, benchmarks/serving.py), so
+    Python proxy it reaches about a tenth of a replica's own port (docs/benchmarks.md, benchmarks/serving.py), so
     the replicas' ports lead and the proxy, the address that stays whatever the replicas do, follows
     (a restarted replica usually takes its port back, ports are not quarantined on a local head, but
     Serve may hand it another one when it asks before the dead replica's port is pruned)."""

@@ -1,4 +1,4 @@
-"""The rollout controller: DESIGN.md's state machine, driven by the replicas' statistics.
+"""The rollout controller: the state machine of docs/architecture.md (State machines), driven by the replicas' statistics.
 
 ``judge`` and ``advance`` are pure: a window of per-version statistics and the policy in,
 a verdict and the next state out. ``run_rollout`` is the loop around them; it is the only

@@ -5,7 +5,7 @@ written atomically, with a revision that writers compare and swap.
 It is the single source of truth: replicas poll it and route by it, ``mlops-ray status``
 prints it, and a restarted rollout controller resumes from it. Nothing here talks to Ray.
 
-Phases (DESIGN.md's state machine)::
+Phases (docs/architecture.md, State machines)::
 
     STABLE(v1) -> CANARY(v1, v2, w) for w in steps -> PROMOTED(v2) | ROLLED_BACK(v1)
     STABLE(v1) -> SHADOW(v1, v2)                    -> STABLE(v1)   (compare only)

@@ -4,7 +4,7 @@ In: the featurized splits (arrays put in the object store once), the FeatureSpec
 ``model``/``tune`` config. Out: a ``SearchResult`` (best config, score, best iteration,
 one row per trial) and, by ``train_final``, the final booster.
 
-Where the time goes, and what is done about it (DESIGN.md measured a naive Tune search
+Where the time goes, and what is done about it (docs/architecture.md: a naive Tune search measured
 at 5.8x plain Optuna):
 - data reaches trials once, through the object store (``tune.with_parameters``); each
   worker process builds its QuantileDMatrix once and keeps it across reused actors;

@@ -126,7 +126,7 @@ def test_up_two_nodes_run_a_task_on_each_then_down(cluster_env):
     assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
     assert token.read_text() not in up.stdout + up.stderr
     pids = {n: int(Path(d, "pids", f"{n}.pid").read_text()) for n in ("head", "w1")}
-    for n, pid in pids.items():     # Serve's proxy balances over every node's replicas (README, "Several nodes")
+    for n, pid in pids.items():     # Serve's proxy balances over every node's replicas (docs/architecture.md, Serving)
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         assert b"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING=0" in environ, n
 

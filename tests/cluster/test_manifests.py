@@ -93,7 +93,7 @@ PROXY_ROUTING = "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"
 
 @pytest.mark.parametrize("name", ["kuberay/raycluster.yaml", "kuberay/rayjob.yaml", "kuberay/rayservice.yaml"])
 def test_kuberay_ray_containers_let_serves_proxy_use_every_nodes_replicas(name):
-    # on by default, Serve's proxy sends every request to a replica on its own node (README, "Several nodes")
+    # on by default, Serve's proxy sends every request to a replica on its own node (docs/architecture.md, Serving)
     found = list(m.groups(doc_of(name)))
     assert [g for _, g, _ in found][0] == "headgroup" and len(found) >= 2
     for path, _, g in found:

@@ -6,7 +6,7 @@ What is asserted comes from the product's own output: the tuning summary of the 
 
 CPU budget (4 logical CPUs in all): ``single`` trials take 1 CPU each, so 4 run at once (2 per
 node, the 2-CPU head fills first); a ``distributed`` trial takes 0.5 CPU plus one per Train worker
-(2), which leaves 1.5 CPUs for Ray Data's reads of the shards (DESIGN.md: Tune + Train + Data
+(2), which leaves 1.5 CPUs for Ray Data's reads of the shards (docs/architecture.md: Tune + Train + Data
 deadlock when nothing is left for Data). The store is an absolute local path: both nodes are on
 this host, so both see it. The node-loss test runs last (the worker node stays dead).
 """
