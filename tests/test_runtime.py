@@ -4,6 +4,7 @@ import socket
 import pytest
 
 from mlops_ray import runtime
+from mlops_ray.runtime import node_local_store_problem
 from mlops_ray.serve import head
 
 pytestmark = pytest.mark.unit
@@ -72,3 +73,30 @@ def test_a_ray_that_does_not_start_in_time_is_a_resources_error(monkeypatch):
         with ray_runtime(RayConfig(num_cpus=2)):
             pass
     assert e.value.exit_code == ExitCode.RESOURCES
+
+
+def test_a_node_local_store_is_refused_on_a_cluster_of_several_machines():
+    one_host = [{"Alive": True, "NodeManagerAddress": "127.0.0.1"}] * 2
+    two_hosts = [{"Alive": True, "NodeManagerAddress": "10.0.0.1"}, {"Alive": True, "NodeManagerAddress": "10.0.0.2"}]
+    assert node_local_store_problem("/data/store", False, one_host) is None       # local-cluster.sh: one disk
+    why = node_local_store_problem("/data/store", False, two_hosts)
+    assert "store '/data/store' is a path on one machine's disk" in why and "2 machines" in why
+    assert "s3://bucket/prefix" in why and "store_shared: true" in why
+    assert node_local_store_problem("/nfs/store", True, two_hosts) is None
+    assert node_local_store_problem("s3://b/k", False, two_hosts) is None
+
+
+def test_a_fresh_machine_gets_a_private_token_file(monkeypatch, tmp_path):
+    """`deploy` as the first command on a machine: `ray start` in token mode needs a token; one is made
+    for this user only (Ray's own generator writes it world-readable)."""
+    import os
+    from mlops_ray.runtime import ensure_auth_token
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(k, raising=False)
+    ensure_auth_token()
+    path = tmp_path / ".ray" / "auth_token"
+    assert path.read_text().strip() and os.stat(path).st_mode & 0o777 == 0o600
+    before = path.read_text()
+    ensure_auth_token()                                      # an existing token is kept
+    assert path.read_text() == before
