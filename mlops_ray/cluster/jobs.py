@@ -220,8 +220,8 @@ def runtime_env(cfg, root: Path, excludes: list[str]) -> dict:
                           "(or use `ray job submit` directly)")
     env = {**user, "working_dir": str(root), "excludes": list(user.get("excludes") or []) + excludes}
     if not (root / "mlops_ray" / "__init__.py").is_file():
-        import mlops_ray
-        env["py_modules"] = list(user.get("py_modules") or []) + [os.path.dirname(mlops_ray.__file__)]
+        package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))      # .../mlops_ray
+        env["py_modules"] = list(user.get("py_modules") or []) + [package]
     return env
 
 

@@ -17,15 +17,19 @@ import datetime as dt
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from mlops_ray.config.dateformat import ISO, TS, as_text, parse
 from mlops_ray.data.checks import CheckResult
+from mlops_ray.errors import did_you_mean
 
 SAMPLE_ROWS = 2000
 # tried in this order after ISO 8601 and the format pandas guesses from the first value: month
@@ -147,7 +151,6 @@ def infer_format(values: list) -> tuple[str | None, list[str]]:
     if _reads(vals, ISO) == len(vals):
         return ISO, []
     from pandas.tseries.api import guess_datetime_format
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         guessed = [guess_datetime_format(vals[0].as_py(), dayfirst=d) for d in (False, True)]
@@ -237,7 +240,6 @@ def _key(c: str) -> str:
 def resolve(schema: pa.Schema, cfg, sample: pa.Table | None) -> Parsing:
     """The format of each date column stored as text: the configured one, else inferred from
     ``sample`` (the first rows of the data)."""
-    from mlops_ray.errors import did_you_mean
     p = Parsing()
     for c in cfg.data.datetime_formats:
         if c not in schema.names:
@@ -309,8 +311,6 @@ def failure_checks(merged: dict, parsing: Parsing, rows: list[dict] | None = Non
 def locate(source, data, merged: dict, k: int = 5) -> list[dict]:
     """The file and row (1-based, header not counted) of the first unreadable values of each
     column, read on the driver from the source's files (only when the check failed)."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
     out = []
     for c, f in merged.items():
         want, found = set(f["values"]), 0

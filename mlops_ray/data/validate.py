@@ -23,6 +23,8 @@ import pyarrow.compute as pc
 from mlops_ray.config import ColumnRule, DataConfig, SchemaConfig, parse_duration
 from mlops_ray.data.checks import CheckResult, ValidationReport
 from mlops_ray.data.features import DT_PARTS
+from mlops_ray.data.profile import profile_local
+from mlops_ray.errors import ConfigError, did_you_mean
 
 MAX_TOP_UNSEEN = 5
 _CSV_TYPES = ("string", "int", "float", "bool", "datetime")
@@ -82,7 +84,6 @@ def check_config_columns(names: list[str], cfg) -> None:
     """Every column name a config lists must be a column of the data: a misspelt
     ``features.exclude`` entry was silently ignored and the column it meant became a feature.
     Raises ConfigError naming each unknown name, its key and the closest column."""
-    from mlops_ray.errors import ConfigError, did_you_mean
     known = set(names)
     listed: list[tuple[str, str]] = [("features.exclude", c) for c in cfg.features.exclude]
     for key in ("numeric", "categorical", "datetime"):
@@ -448,7 +449,6 @@ def evaluate(merged: dict, plan: Plan, data: DataConfig, rules: SchemaConfig,
 def validate_table(table: pa.Table, data: DataConfig, rules: SchemaConfig, task: str = "binary",
                    now: dt.datetime | None = None) -> ValidationReport:
     """Validate an in-memory table in this process (tests, small data, baselines)."""
-    from mlops_ray.data.profile import profile_local
 
     static, plan = plan_checks(table.schema, data, rules, task)
     parts = profile_local(table, {"validate": lambda t: partial(t, plan)})["validate"]

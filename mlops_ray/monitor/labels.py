@@ -37,13 +37,17 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from mlops_ray.data.features import label_text
+from mlops_ray.data.features import label_codes, label_text
 from mlops_ray.errors import MlopsError, MonitorError, ServingError, closest
-from mlops_ray.monitor.predlog import PARTITIONING, TS_TYPE, filesystem_for
+from mlops_ray.monitor.predlog import PARTITIONING, TS_TYPE, filesystem_for, read_log
+from mlops_ray.registry import Registry
 from mlops_ray.storage.catalog import Catalog
+from mlops_ray.storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +216,6 @@ def _argmax(preds: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def _class_codes(y: pa.Array, classes: list[str] | None, labels_root: str, label: str) -> np.ndarray:
     """Text labels -> the version's class codes (-1: a class it does not know). Without the
     version's classes, the labels must be the codes themselves."""
-    from mlops_ray.data.features import label_codes
     if classes:
         return label_codes(y, classes).astype(np.float64)
     try:
@@ -332,7 +335,6 @@ class LiveMetric:
     unreadable labels are reported once and skipped, never the end of a rollout."""
 
     def __init__(self, cfg, every_s: float = 10.0):
-        from mlops_ray.storage.store import Store
         self.cfg, self.every_s = cfg, every_s
         store = Store(cfg.store)
         self.predlog, self.labels = Catalog(store, cfg.name).predlog_dir(), Catalog(store, cfg.name).labels_dir()
@@ -358,7 +360,6 @@ class LiveMetric:
 # --------------------------------------------------------------------------- feedback: labels arrive
 def _read_any(path: str) -> pa.Table:
     """A Parquet or CSV file or directory of labels (by extension; a directory is Parquet)."""
-    import pyarrow.csv as pacsv
     fs, p = filesystem_for(path)
     info = fs.get_file_info(p)
     if info.type == pafs.FileType.NotFound:
@@ -381,7 +382,6 @@ def feedback(cfg, labels_path: str, *, now: float | None = None, new_classes: bo
     last label; a label of the wrong type is refused naming the column and the fix, and so is a
     multiclass label of a class no version knows (``Rain`` for ``rain``), unless ``new_classes``
     says such classes are real. Nothing is stored when the file is refused."""
-    from mlops_ray.storage.store import Store
     label, task = cfg.data.label, cfg.model.task
     t = _read_any(labels_path)
     key = "request_id" if "request_id" in t.column_names else cfg.data.id_column
@@ -429,7 +429,6 @@ def feedback(cfg, labels_path: str, *, now: float | None = None, new_classes: bo
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now or time.time())) + f"-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     dest = Catalog(store, cfg.name).labels_file(stamp)
     store.fs.create_dir(posixpath.dirname(dest), recursive=True)
-    import pyarrow.parquet as pq
     with store.fs.open_output_stream(dest) as f:
         pq.write_table(clean, f)
     return {"labels": t.num_rows, "duplicates": duplicates, "unknown_ids": unknown, "stored": dest,
@@ -455,7 +454,6 @@ def version_classes(cfg, versions) -> dict[str, list[str] | None]:
     then taken as class codes."""
     if cfg.model.task != "multiclass":
         return {}
-    from mlops_ray.registry import Registry
     reg, out = Registry(cfg.registry, cfg.store, cfg.name), {}
     for v in versions:
         try:
@@ -470,7 +468,6 @@ def _ids_to_requests(root: str, id_column: str, ids: pa.Array, rows: pa.Array) -
     """Labels keyed by the data's id column -> (request_id, row) of the logged predictions whose
     request carried that id; ids no request carried stay as they are (batch scoring logs the id
     as the request id)."""
-    from mlops_ray.monitor.predlog import read_log
     log_ = read_log(root)
     if not log_.num_rows or id_column not in {log_.schema.field("inputs").type.field(i).name
                                               for i in range(log_.schema.field("inputs").type.num_fields)}:
@@ -499,7 +496,6 @@ def _versions(store, cfg) -> list[str]:
 def completeness(cfg, since: float | None = None, classes: dict | None = None) -> dict:
     """Per version: logged predictions, how many have labels, and the live metric on those.
     ``classes``: the versions' class names when the caller has them (``version_classes``)."""
-    from mlops_ray.storage.store import Store
     store = Store(cfg.store)
     out = {}
     versions = sorted(_versions(store, cfg), key=lambda s: (len(s), s))

@@ -33,7 +33,7 @@ import json
 import keyword
 import math
 from datetime import datetime
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 from mlops_ray.data.dates import ISO, parse_iso, parse_value
 
@@ -488,7 +488,6 @@ def _models(input_types: dict[str, str], max_rows: int, reject: bool, passthroug
             task: str | None = None, classes: list | None = None, formats: dict | None = None):
     """pydantic models of a row, the request, the response and the error body, for docs
     (OpenAPI). Validation is ``RequestParser.parse``: the models only describe it."""
-    from typing import Annotated
 
     from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
 

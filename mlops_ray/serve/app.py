@@ -21,6 +21,7 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import random
 import time
 import uuid
@@ -28,17 +29,18 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from mlops_ray.monitor import thresholds
-from mlops_ray.registry.bundle import Bundle, predict_features
 from mlops_ray.config import Config, config_from_dict
 from mlops_ray.data.rows import RowEncoder
 from mlops_ray.monitor import histograms as hist
+from mlops_ray.monitor import thresholds
+from mlops_ray.monitor.predlog import PredictionLog, log_id_column, recover_orphans
+from mlops_ray.registry import Registry
+from mlops_ray.registry.bundle import Bundle, predict_features
 from mlops_ray.serve import stats as st
 from mlops_ray.serve.api import RequestError, RequestParser
-from mlops_ray.monitor.predlog import PredictionLog, log_id_column, recover_orphans
+from mlops_ray.storage.catalog import Catalog
 from mlops_ray.storage.state import ServingState, read_state, spool_dir, state_path, stats_dir
 from mlops_ray.storage.store import Store
-from mlops_ray.storage.catalog import Catalog
 
 log = logging.getLogger("mlops_ray.serve")
 
@@ -52,7 +54,6 @@ _REQUEST_ID_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345
 
 def load_from_registry(cfg: Config, version: str) -> Bundle:
     """Default loader: a version's bundle from the MLflow registry (cached on local disk)."""
-    from mlops_ray.registry import Registry
     return Registry(cfg.registry, cfg.store, cfg.name).load_bundle(str(version))
 
 
@@ -481,7 +482,6 @@ class Predictor:
 
 def _where() -> dict:
     """Where this replica runs (its stats snapshot carries it: `status` lists replicas by node)."""
-    import os
     import ray
     return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
             "pid": os.getpid()}
