@@ -126,7 +126,7 @@ def test_an_unchanged_rerun_starts_no_ray(first_run, monkeypatch):
 
     def no_ray(*args, **kwargs):
         raise AssertionError("a cached rerun entered ray_runtime")
-    monkeypatch.setattr(pipeline, "ray_runtime", no_ray)
+    monkeypatch.setattr(pipeline.runner, "ray_runtime", no_ray)
     cfg, store, first, _ = first_run
     said = []
     res = run_pipeline(cfg, progress=lambda step, message: said.append((step, message)))
