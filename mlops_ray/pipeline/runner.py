@@ -258,7 +258,7 @@ def run_pipeline(cfg: Config, opts: RunOptions | None = None, progress: Progress
     # the caches are checked on the source's metadata before Ray starts: an unchanged rerun starts none
     source = inspect(cfg, progress)
     runner = Runner(Context(cfg, Store(cfg.store), source, progress, resume=opts.resume, registry=registry), opts)
-    runner.run(STEP[opts.only].outputs if opts.only else ("features", "registration"),
+    runner.run(STEP[opts.only].outputs if opts.only else ("features", "reference_inputs", "registration"),
                training_checks=True, resources=True)
     return runner.result()
 
@@ -266,7 +266,7 @@ def run_pipeline(cfg: Config, opts: RunOptions | None = None, progress: Progress
 def cached_data(cfg: Config, source, progress: Progress = _noop) -> DataResult | None:
     """The featurized data of an unchanged source and config, from the store (no Ray), or None."""
     ctx = Context(cfg, Store(cfg.store), source, progress)
-    if not STORED["features"].exists(ctx):
+    if not (STORED["features"].exists(ctx) and STORED["reference_inputs"].exists(ctx)):
         return None
     return STORED["features"].load(ctx)
 

@@ -77,7 +77,7 @@ def _store_has(ctx, *names: str) -> None:
             ctx.store.write_json(path, {})
 
 
-def _plan(ctx, targets=("features", "registration"), **opts) -> list[str]:
+def _plan(ctx, targets=("features", "reference_inputs", "registration"), **opts) -> list[str]:
     return [s.name for s in Runner(ctx, RunOptions(**opts)).plan(targets)]
 
 
@@ -105,6 +105,13 @@ def test_only_runs_the_step_from_its_stored_inputs(ctx):
     # values kept in memory only (a Ray dataset, the refitted model) are recomputed by their steps
     assert only("gate") == ["threshold", "evaluate", "gate"]
     assert only("reference") == ["ingest", "validate", "featurize", "reference"]
+
+
+def test_data_featurized_alone_is_complete_once_its_reference_is_profiled(ctx):
+    """`--only featurize` leaves no reference profile: `--only tune` may follow, a full run profiles."""
+    ctx.store.write_json(ctx.catalog.data_done(ctx.data_key), {})
+    assert _plan(ctx, ("search",), only="tune") == ["tune"]
+    assert _plan(ctx) == list(NAMES)      # the rows reference profiles are in memory only: featurize again
 
 
 @pytest.mark.parametrize("step, stored, first", [
