@@ -17,12 +17,14 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mlops_ray.config import Config
 from mlops_ray.data import features as feat
 from mlops_ray.data import dates, ingest, validate
 from mlops_ray.data.profile import profile_pass
 from mlops_ray.errors import DataValidationError
+from mlops_ray.monitor.calendar import spec_parts
 from mlops_ray.storage.store import Store
 from mlops_ray.storage.fs import for_ray
 from mlops_ray.storage.catalog import Catalog
@@ -168,8 +170,7 @@ def _exact_cutoffs(ds, cfg: Config, sketches) -> tuple[int, int]:
 def step_reference(cfg: Config, ds, spec: feat.FeatureSpec, cutoffs) -> dict:
     """The raw-input reference profile of the training rows (``monitor/drift.py`` compares
     prediction-log windows with it): two mergeable passes, sketches then counts."""
-    from mlops_ray.monitor.calendar import spec_parts
-    from mlops_ray.monitor.drift import profile_inputs
+    from mlops_ray.monitor.drift import profile_inputs    # measured import cost (SciPy)
     return profile_inputs(ds, spec.input_types, cfg.monitor, profile_pass,
                           wrap=lambda fn: partial(_on_train, cfg=cfg, cutoffs=cutoffs, partial_fn=fn),
                           dt_parts=spec_parts(spec))
@@ -234,7 +235,6 @@ def key_rate_of(source: ingest.Source) -> float:
 def write_train_keys(store: Store, path: str, parts: list[dict], rate: float) -> None:
     """The keys of the training (and validation) rows, sorted, with the share of keys kept: what the
     gate checks a champion's test rows against (``train/evaluate.champion_overlap``)."""
-    import pyarrow.parquet as pq
     keys = np.unique(np.concatenate([p["keys"] for p in parts])) if parts else np.empty(0, np.uint64)
     table = pa.table({"key": pa.array(keys, pa.uint64())}).replace_schema_metadata({"rate": repr(rate)})
     with store.fs.open_output_stream(path) as f:

@@ -27,6 +27,7 @@ from mlops_ray.pipeline.data import DataResult, Progress, inspect
 from mlops_ray.pipeline.steps import (GIVEN, NAMES, PRODUCER, STEP, STEPS, STORED, TABLE, TRAINING, Context,
                                       Step)
 from mlops_ray.pipeline.training import search_summary
+from mlops_ray.registry import Registry
 from mlops_ray.runtime import ray_runtime, require_resources, require_shared_store
 from mlops_ray.storage.store import Store
 
@@ -230,8 +231,6 @@ class Runner:
 # --------------------------------------------------------------------------- entry points
 def preflight(cfg: Config, opts: RunOptions):
     """What can fail before anything is read: the steps named, the store, the registry."""
-    from mlops_ray.registry import Registry      # measured import cost (MLflow)
-
     opts.check()
     Store(cfg.store).check_writable(cfg.name)
     registry = Registry(cfg.registry, cfg.store, cfg.name)

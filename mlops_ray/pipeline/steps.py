@@ -81,7 +81,7 @@ class Context:
         """The strategy (single, distributed, external) for this data on this cluster, and the
         splits it reads: chosen and loaded once per run."""
         if self._training is None:
-            import ray       # measured import cost: a cached rerun starts and imports no Ray
+            import ray       # measured import cost: a cached rerun imports no Ray
 
             from mlops_ray.train import xgb as X
             cfg, cat = self.cfg, self.catalog

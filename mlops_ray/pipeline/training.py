@@ -5,16 +5,24 @@ In: the config, the featurized data (``DataResult``) and its in-memory splits, t
 best configuration and the refitted model, the champion (its version and bundle) if there is
 one. Out: the decision threshold, the candidate's and champion's evaluations on the raw test
 rows, and a registered model version (its MLflow run, bundle and alias).
+
+The train package, ray and pandas are imported where they are used (a measured import cost): a
+rerun whose steps are all cached imports none of them.
 """
 from __future__ import annotations
 
 import tempfile
 
 import numpy as np
+import pyarrow.parquet as pq
 
+from mlops_ray import bundle
 from mlops_ray._version import __version__
 from mlops_ray.config import Config
+from mlops_ray.monitor import thresholds
+from mlops_ray.monitor.reference import SAMPLE, build_reference
 from mlops_ray.pipeline.data import DataResult
+from mlops_ray.registry import lineage
 from mlops_ray.storage.catalog import Catalog
 from mlops_ray.storage.fs import for_ray
 from mlops_ray.storage.state import read_head, read_state, state_path
@@ -33,7 +41,6 @@ def choose_threshold(cfg: Config, splits, search, booster, strategy: str) -> dic
     split alone, otherwise the same configuration fitted on it (one more fit, of the final one's size).
     A distributed refit on train+valid is not repeated: its own (in-sample) predictions are used and
     the choice says so."""
-    from mlops_ray import bundle
     from mlops_ray.train import evaluate as ev
     from mlops_ray.train import tune as T
     rule = cfg.model.threshold
@@ -81,7 +88,6 @@ def evaluate(cfg: Config, data: DataResult, booster, champion, choice: dict | No
     cand.threshold_choice = choice
     champ_threshold = None
     if champion:        # the champion's threshold as it is served now (feedback may have re-chosen it)
-        from mlops_ray.monitor import thresholds
         champ_threshold = thresholds.current(Store(cfg.store), cfg.name, str(champion[0]), champion[1].metadata) \
             if cfg.model.task == "binary" else champion[1].threshold
     champ = ev.evaluate(cfg.model.task, scored["y"], scored["p_champion"], champ_threshold, slices) \
@@ -100,8 +106,6 @@ def evaluate(cfg: Config, data: DataResult, booster, champion, choice: dict | No
 def champion_overlap(cfg: Config, champion, test_keys) -> dict | None:
     """How many of the test rows the champion was trained on (its data's training-row keys, kept by
     featurize); None when the champion's data is no longer in the store or predates the keys."""
-    import pyarrow.parquet as pq
-
     from mlops_ray.train import evaluate as ev
     store = Store(cfg.store)
     key = champion.metadata.get("data_key")
@@ -119,9 +123,6 @@ def register(cfg: Config, registry, data: DataResult, splits, search, booster, e
     """Log the run to MLflow (parameters, metrics, the trials as child runs, plots), write the
     bundle and register it as a version; move the alias the gate's decision earns. Returns the
     version and the run's id."""
-    from mlops_ray import bundle
-    from mlops_ray.monitor.reference import SAMPLE, build_reference
-    from mlops_ray.registry import lineage
     from mlops_ray.train import evaluate as ev
     from mlops_ray.train import plots
 
