@@ -244,6 +244,8 @@ class Retry:
 
 @dataclass(frozen=True)
 class Step:
+    """One row of the table: ``fn(ctx, **inputs) -> {output: value}``; ``key``: the cache key its
+    stored outputs are filed under; ``stage``: what ``run`` reports its time and cache hits as."""
     name: str
     fn: Callable[..., dict]
     inputs: tuple[str, ...]
@@ -260,22 +262,27 @@ def _gate_failed(outputs: dict) -> str | None:
         f"rejected ({'; '.join(decision.failures)}); retrying with twice the budget"
 
 
-D, T_ = keys.DATA_KEY, keys.TRAIN_KEY
+DATA, TRAIN = keys.DATA_KEY, keys.TRAIN_KEY
 TABLE: tuple[Step, ...] = (
-    Step("ingest", ingest_step, ("source",), ("rows", "checks", "parsing"), D, "ingest"),
-    Step("validate", validate_step, ("source", "rows", "checks", "parsing"), ("validation", "partials"),
-         D, "validate"),
-    Step("featurize", featurize_step, ("source", "rows", "parsing", "validation", "partials"),
-         ("features", "parsed_rows"), D, "featurize"),
-    Step("reference", reference_step, ("features", "parsed_rows"), ("reference_inputs",), D, "featurize"),
-    Step("tune", tune_step, ("features",), ("search",), T_, "tune"),
-    Step("threshold", threshold_step, ("features", "search", "champion"), ("model", "threshold"), T_, "evaluate"),
-    Step("evaluate", evaluate_step, ("features", "model", "threshold", "champion"),
-         ("evaluation", "champion_evaluation", "overlap"), T_, "evaluate"),
-    Step("gate", gate_step, ("evaluation", "champion_evaluation", "overlap", "champion"), ("decision",), T_,
-         "evaluate", ray=False, retry=Retry("tune", lambda cfg: cfg.gate.retries, _gate_failed)),
-    Step("register", register_step, ("features", "search", "model", "evaluation", "champion_evaluation",
-                                     "decision", "reference_inputs"), ("registration",), T_, "register"),
+    Step("ingest", ingest_step, inputs=("source",), outputs=("rows", "checks", "parsing"),
+         key=DATA, stage="ingest"),
+    Step("validate", validate_step, inputs=("source", "rows", "checks", "parsing"),
+         outputs=("validation", "partials"), key=DATA, stage="validate"),
+    Step("featurize", featurize_step, inputs=("source", "rows", "parsing", "validation", "partials"),
+         outputs=("features", "parsed_rows"), key=DATA, stage="featurize"),
+    Step("reference", reference_step, inputs=("features", "parsed_rows"), outputs=("reference_inputs",),
+         key=DATA, stage="featurize"),
+    Step("tune", tune_step, inputs=("features",), outputs=("search",), key=TRAIN, stage="tune"),
+    Step("threshold", threshold_step, inputs=("features", "search", "champion"), outputs=("model", "threshold"),
+         key=TRAIN, stage="evaluate"),
+    Step("evaluate", evaluate_step, inputs=("features", "model", "threshold", "champion"),
+         outputs=("evaluation", "champion_evaluation", "overlap"), key=TRAIN, stage="evaluate"),
+    Step("gate", gate_step, inputs=("evaluation", "champion_evaluation", "overlap", "champion"),
+         outputs=("decision",), key=TRAIN, stage="evaluate", ray=False,
+         retry=Retry(rerun_from="tune", times=lambda cfg: cfg.gate.retries, failed=_gate_failed)),
+    Step("register", register_step, inputs=("features", "search", "model", "evaluation", "champion_evaluation",
+                                            "decision", "reference_inputs"),
+         outputs=("registration",), key=TRAIN, stage="register"),
 )
 STEP = {s.name: s for s in TABLE}
 NAMES = tuple(STEP)
