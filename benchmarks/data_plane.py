@@ -107,7 +107,7 @@ def ray_pass(cfg: Config) -> dict:
 
 
 def _label_float32(col: pa.ChunkedArray) -> np.ndarray:
-    """The label as float32, exactly as ``pipeline._transform_batch`` converts it."""
+    """The label as float32, exactly as ``pipeline.data._transform_batch`` converts it."""
     if pa.types.is_dictionary(col.type):
         return col.to_pandas().astype("float32").to_numpy()
     return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float32)

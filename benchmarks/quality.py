@@ -324,7 +324,7 @@ def _where(err: BaseException) -> str:
     frames = [f for f in traceback.extract_tb(err.__traceback__) if "/mlops_ray/" in f.filename]
     if not frames:
         return "outside mlops_ray"
-    step = [f for f in frames if f.filename.endswith("/pipeline.py")]
+    step = [f for f in frames if "/mlops_ray/pipeline/" in f.filename]
     picked = ([step[-1]] if step else []) + ([frames[-1]] if frames[-1] not in step else [])
     return " > ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in picked)
 

@@ -19,10 +19,11 @@ def run_cmd(config: ConfigArg,
             json_out: Json = False,
             set_: Sets = None,
             force: bool = typer.Option(False, "--force", help="Redo every step, ignoring cached outputs."),
-            from_step: Optional[str] = typer.Option(None, "--from", help="Redo this step and the ones after it."),
-            only: Optional[str] = typer.Option(None, "--only", help="Redo only this step (others from cache)."),
+            from_step: Optional[str] = typer.Option(None, "--from", help="Redo this step and the steps that depend on it."),
+            only: Optional[str] = typer.Option(None, "--only", help="Run only this step, from its cached inputs (refused, naming the step to run first, when one is missing)."),
             resume: bool = typer.Option(False, "--resume", help="Continue an interrupted Tune search.")):
-    """Run the pipeline: ingest → validate → featurize → tune → evaluate + gate → register.
+    """Run the pipeline: ingest → validate → featurize → reference → tune → threshold → evaluate → gate →
+    register (the steps --from and --only take).
 
     Exit 0: registered and promoted to champion; 3: data invalid; 4: rejected by the gate
     (registered with the reason, champion unchanged); 6: registry unreachable.

@@ -63,7 +63,7 @@ from mlops_ray.errors import ConfigError, DataSourceError, DataValidationError, 
 from mlops_ray.storage.fs import filesystem_for
 from mlops_ray.storage.catalog import Catalog
 
-Progress = Callable[[str, str], None]   # (step, message), as in pipeline.py
+Progress = Callable[[str, str], None]   # (step, message), as in pipeline/runner.py
 STEP = "predict"
 ROW_INDEX = "__mlops_row_index__"      # global row index, added when the input has no id column
 ROW = "row"                             # the output's name for it

@@ -146,13 +146,13 @@ def test_prepare_data_leaves_only_feature_errors_to_the_featurize_step(monkeypat
     def fail(*args):
         raise error
 
-    monkeypatch.setattr(pipeline, "ray_runtime", lambda *a, **k: contextlib.nullcontext())
-    monkeypatch.setattr(pipeline, "require_shared_store", lambda cfg: None)
-    monkeypatch.setattr(pipeline.ingest, "inspect_source", lambda data: source)
-    monkeypatch.setattr(pipeline, "step_check_schema", lambda cfg, s: (None, None))
-    monkeypatch.setattr(pipeline, "step_ingest", lambda cfg, s: None)
-    monkeypatch.setattr(pipeline, "step_validate", validate)
-    monkeypatch.setattr(pipeline.feat, "assign_roles", fail)
+    monkeypatch.setattr(pipeline.runner, "ray_runtime", lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(pipeline.runner, "require_shared_store", lambda cfg: None)
+    monkeypatch.setattr(pipeline.data.ingest, "inspect_source", lambda data: source)
+    monkeypatch.setattr(pipeline.data, "step_check_schema", lambda cfg, s: (None, None))
+    monkeypatch.setattr(pipeline.data, "step_ingest", lambda cfg, s: None)
+    monkeypatch.setattr(pipeline.data, "step_validate", validate)
+    monkeypatch.setattr(pipeline.data.feat, "assign_roles", fail)
     with pytest.raises(surfaces):
         pipeline.prepare_data(make_config("x", store=str(tmp_path)))
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from mlops_ray.cli import app
 from mlops_ray.errors import ConfigError, DataValidationError, GateRejected, RegistryError, ResourceError
-from mlops_ray.pipeline import RunOptions, run_pipeline
+from mlops_ray.pipeline import STEPS, RunOptions, run_pipeline
 from mlops_ray.registry import Registry
 from tests.support.configs import base_raw, make_config, write_parquet
 from tests.support.http_load import free_base
@@ -128,7 +128,7 @@ def test_an_unchanged_rerun_starts_no_ray(first_run, monkeypatch):
 
     def no_ray(*args, **kwargs):
         raise AssertionError("a cached rerun entered ray_runtime")
-    monkeypatch.setattr(pipeline, "ray_runtime", no_ray)
+    monkeypatch.setattr(pipeline.runner, "ray_runtime", no_ray)
     cfg, store, first, _ = first_run
     said = []
     res = run_pipeline(cfg, progress=lambda step, message: said.append((step, message)))
@@ -540,3 +540,37 @@ def test_a_retrain_chooses_its_threshold_on_its_own_validation_split(first_run, 
     assert h[0]["rows"] == meta["dataset"]["split_rows"]["valid"]
     assert h[0]["positive_rate"] > 2.5 * first["positive_rate"]
     assert h[0]["value"] == meta["threshold"]["value"] != first["value"]
+
+
+def test_only_validate_validates_without_featurizing(first_run):
+    """The validate step alone: the source is read and validated; the data in the store stays as it is."""
+    cfg, store, first, _ = first_run
+    spec = store / "t" / "data" / first.data.key / "feature_spec.json"
+    before = spec.stat().st_mtime_ns
+    res = run_pipeline(cfg, RunOptions(only="validate"))
+    assert res.data.validation.passed and res.data.validation.rows == 8000
+    assert res.data.spec is None and res.version is None and res.cached_steps == []
+    assert spec.stat().st_mtime_ns == before
+
+
+def test_only_reference_profiles_the_featurized_rows_again(first_run):
+    """The reference step alone: featurize runs too (the parsed rows it profiles live in memory only)."""
+    cfg, store, first, _ = first_run
+    ref = store / "t" / "data" / first.data.key / "reference_inputs.json"
+    before = ref.stat().st_mtime_ns
+    res = run_pipeline(cfg, RunOptions(only="reference"))
+    assert res.data.key == first.data.key and not res.data.cached and res.version is None
+    assert res.data.split_rows == first.data.split_rows and res.search is None
+    assert ref.stat().st_mtime_ns > before
+    assert run_pipeline(cfg).cached_steps == list(STEPS)            # the store is complete again
+
+
+def test_only_gate_decides_from_the_cached_search_and_registers_nothing(first_run):
+    """The gate step alone: the refitted model and its evaluation (in memory only) are recomputed from
+    the cached search; nothing is registered."""
+    cfg, store, *_ = first_run
+    before = Registry(cfg.registry, cfg.store, cfg.name).get_alias("challenger")
+    res = run_pipeline(cfg, RunOptions(only="gate"))
+    assert res.gate and res.evaluation and res.search and res.version is None
+    assert res.cached_steps == ["ingest", "validate", "featurize", "tune"]
+    assert Registry(cfg.registry, cfg.store, cfg.name).get_alias("challenger") == before
