@@ -42,10 +42,11 @@ files under ``out`` (and, with ``log``, records of the batches already scored, w
 """
 from __future__ import annotations
 
+import json
 import math
 import os
-import re
 import posixpath
+import re
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -54,14 +55,22 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from mlops_ray.config import Config
 from mlops_ray.data import dates, ingest
+from mlops_ray.data.features import FeatureSpec, frame, transform
+from mlops_ray.data.validate import CheckResult, ValidationReport
 from mlops_ray.errors import ConfigError, DataSourceError, DataValidationError, did_you_mean
-from mlops_ray.storage.fs import filesystem_for
+from mlops_ray.monitor import predlog
+from mlops_ray.monitor.predlog import COERCE, KIND_TYPES
+from mlops_ray.registry import Registry
+from mlops_ray.registry.bundle import predict_features
+from mlops_ray.runtime import ray_runtime
 from mlops_ray.storage.catalog import Catalog
+from mlops_ray.storage.fs import filesystem_for
 
 Progress = Callable[[str, str], None]   # (step, message), as in pipeline/runner.py
 STEP = "predict"
@@ -92,8 +101,6 @@ def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, lo
     ``batch_size`` (rows per batch) and ``concurrency`` (Scorer actors, one CPU each) default
     to values derived from the row count and the cluster's CPUs.
     """
-    from mlops_ray.registry import Registry
-    from mlops_ray.runtime import ray_runtime
 
     progress = progress or _noop
     t0 = time.perf_counter()
@@ -126,8 +133,7 @@ def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, lo
     run_token = secrets.token_hex(4)
     log_root, log_types = None, None
     if log:                           # the replicas' columns: the inputs, and the id when it is not one
-        from mlops_ray.monitor.predlog import check_input_types
-        from mlops_ray.monitor.predlog import log_id_column
+        from mlops_ray.monitor.predlog import check_input_types, log_id_column
         log_types = check_input_types({**spec.input_types, **{c: "string" for c in log_id_column(cfg, bundle)}})
         log_root = predlog_root(cfg)
 
@@ -229,7 +235,6 @@ def num_classes(bundle) -> int:
     """Classes of a multiclass booster (0 otherwise), so that every batch has the same p_<k> columns."""
     if bundle.task != "multiclass":
         return 0
-    import json
     learner = json.loads(bundle.booster.save_config())["learner"]
     return int(learner["learner_model_param"]["num_class"])
 
@@ -261,7 +266,6 @@ def default_batch_size(rows: int, actors: int) -> int:
 # --------------------------------------------------------------------------- checks (before writing)
 def check_inputs(source: ingest.Source, needed: list[str], data: str, version: str) -> None:
     """Every input column of the model is in every input file; raises DataValidationError."""
-    from mlops_ray.data.validate import CheckResult, ValidationReport
 
     if source.format == "parquet" and len(source.files) > 1:
         def names(entry):
@@ -344,7 +348,6 @@ def _read_parquet_indexed(path: str, row_groups: list[int], columns, filesystem,
 
 
 def _read_csv_file(path: str, cfg, filesystem) -> tuple[pa.Table, int]:
-    import pyarrow.csv as pacsv
     parse, convert = ingest._csv_options(cfg)
     with filesystem.open_input_stream(path) as f:
         table = pacsv.read_csv(f, parse_options=parse, convert_options=convert)
@@ -361,7 +364,6 @@ class Scorer:
         import ray
         import xgboost as xgb
 
-        from mlops_ray.data.features import FeatureSpec
 
         ref = model[0] if isinstance(model, (list, tuple)) else model
         payload = ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
@@ -385,8 +387,6 @@ class Scorer:
             self.log = _BatchLog(log_root, log_types or self.spec.input_types, self.multiclass, run_token)
 
     def __call__(self, batch) -> pa.Table:
-        from mlops_ray.registry.bundle import predict_features
-        from mlops_ray.data.features import frame, transform
 
         raw = batch
         if isinstance(batch, pa.Table) and self.spec.datetime_formats:
@@ -424,7 +424,6 @@ class _BatchLog:
     """Writes scored batches as prediction-log Parquet files, exactly as the replicas' log does."""
 
     def __init__(self, root: str, input_types: dict[str, str], multiclass: bool, run_token: str):
-        from mlops_ray.monitor import predlog
 
         self.writer = predlog.TableWriter(root, owner=f"batch-{run_token}")
         self.input_types = dict(input_types)
@@ -486,7 +485,6 @@ def _arrow(s: pd.Series) -> pa.Array:
 def _log_column(df: pd.DataFrame, col: str, kind: str) -> pa.Array:
     """One input column typed for the log: an Arrow cast when the data has the training type (the
     common case), else value by value with the coercion the replicas' log applies."""
-    from mlops_ray.monitor.predlog import COERCE, KIND_TYPES
 
     target = KIND_TYPES[kind]
     if col not in df.columns:         # the id column, when the data has none: null, as in a request without it
@@ -529,6 +527,5 @@ def count_rows(fs: pafs.FileSystem, path: str) -> int:
 
 def count_logged(root: str, run_token: str, t_start: float, t_end: float) -> int:
     """Rows this run wrote to the prediction log (its files in the hours it ran)."""
-    from mlops_ray.monitor import predlog
 
     return _parquet_rows(*predlog.written_files(root, f"batch-{run_token}", t_start, t_end))

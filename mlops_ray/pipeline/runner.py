@@ -29,6 +29,8 @@ from mlops_ray.pipeline.training import search_summary
 from mlops_ray.registry import Registry
 from mlops_ray.runtime import ray_runtime, require_resources, require_shared_store
 from mlops_ray.storage.store import Store
+from mlops_ray.train import evaluate as ev
+from mlops_ray.train import xgb as X
 
 DATA_STEPS = STEPS[:3]
 
@@ -241,8 +243,6 @@ def check_training_config(cfg: Config) -> None:
     """The model, search and gate cross-checks, before any row is read. A cached registration passed
     them (its key holds these sections and the package version): a rerun with every step cached
     skips them, and the XGBoost and scikit-learn imports they need (0.9 s of a 3.7 s rerun)."""
-    from mlops_ray.train import evaluate as ev
-    from mlops_ray.train import xgb as X
 
     X.check_model_config(cfg.model, cfg.tune)
     ev.check_gate_metrics(cfg.gate, cfg.model.task)

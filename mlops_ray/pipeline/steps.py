@@ -31,6 +31,8 @@ from mlops_ray.pipeline import data, keys, training
 from mlops_ray.pipeline.data import DataResult, Progress
 from mlops_ray.storage.catalog import Catalog
 from mlops_ray.storage.store import Store
+from mlops_ray.train import evaluate as ev
+from mlops_ray.train import tune as T
 
 # The stages ``run`` reports (``cached_steps``, ``timings_s``); each step belongs to one.
 STEPS = ("ingest", "validate", "featurize", "tune", "evaluate", "register")
@@ -190,7 +192,6 @@ def tune_step(ctx: Context, features: DataResult) -> dict:
 def threshold_step(ctx: Context, features: DataResult, search, champion) -> dict:
     """Refit the search's best configuration (the final model) and choose its decision threshold
     on the validation split."""
-    from mlops_ray.train import tune as T
     cfg, t = ctx.cfg, ctx.training(features)
     ctx.progress("evaluate", "refitting the best configuration and scoring the test split"
                  + (f" against champion v{champion[0]}" if champion else ""))
@@ -202,7 +203,6 @@ def threshold_step(ctx: Context, features: DataResult, search, champion) -> dict
 def evaluate_step(ctx: Context, features: DataResult, model, threshold, champion) -> dict:
     """Score the candidate (and the champion) on the raw test rows; name features that alone
     predict the label (reported with the result, not refused)."""
-    from mlops_ray.train import evaluate as ev
     cfg, t = ctx.cfg, ctx.training(features)
     evaluation, champ_eval, overlap = training.evaluate(cfg, features, model, champion, threshold)
     if overlap and overlap["rows"]:
@@ -215,7 +215,6 @@ def evaluate_step(ctx: Context, features: DataResult, model, threshold, champion
 
 def gate_step(ctx: Context, evaluation, champion_evaluation, overlap, champion) -> dict:
     """The gate's decision: a pure comparison of the evaluations with ``gate`` (and each other)."""
-    from mlops_ray.train import evaluate as ev
     return {"decision": ev.decide(evaluation, champion_evaluation, ctx.cfg.gate, ctx.cfg.tune.metric,
                                   champion_version=champion[0] if champion else None, overlap=overlap)}
 
@@ -314,7 +313,6 @@ def _search_record(ctx: Context) -> str:
 
 
 def _load_search(ctx: Context):
-    from mlops_ray.train import tune as T
     search = T.SearchResult.from_dict(ctx.store.read_json(_search_record(ctx)))
     ctx.progress("tune", f"cached: best {search.metric} {search.best_score:.5f} from {len(search.trials)} trials")
     return search

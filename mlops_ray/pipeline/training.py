@@ -26,6 +26,10 @@ from mlops_ray.storage.catalog import Catalog
 from mlops_ray.storage.fs import for_ray
 from mlops_ray.storage.state import read_head, read_state, state_path
 from mlops_ray.storage.store import Store
+from mlops_ray.train import evaluate as ev
+from mlops_ray.train import plots
+from mlops_ray.train import tune as T
+from mlops_ray.train.score import score_test
 
 
 def search_summary(search) -> dict:
@@ -40,8 +44,6 @@ def choose_threshold(cfg: Config, splits, search, booster, strategy: str) -> dic
     split alone, otherwise the same configuration fitted on it (one more fit, of the final one's size).
     A distributed refit on train+valid is not repeated: its own (in-sample) predictions are used and
     the choice says so."""
-    from mlops_ray.train import evaluate as ev
-    from mlops_ray.train import tune as T
     rule = cfg.model.threshold
     if cfg.model.task != "binary":
         return None
@@ -66,8 +68,6 @@ def evaluate(cfg: Config, data: DataResult, booster, champion, choice: dict | No
     and its own decision threshold (the champion's from its bundle)."""
     import ray
 
-    from mlops_ray.train import evaluate as ev
-    from mlops_ray.train.score import score_test
 
     models = {"candidate": (bytes(booster.save_raw("ubj")), data.spec.to_dict())}
     if champion:
@@ -105,7 +105,6 @@ def evaluate(cfg: Config, data: DataResult, booster, champion, choice: dict | No
 def champion_overlap(cfg: Config, champion, test_keys) -> dict | None:
     """How many of the test rows the champion was trained on (its data's training-row keys, kept by
     featurize); None when the champion's data is no longer in the store or predates the keys."""
-    from mlops_ray.train import evaluate as ev
     store = Store(cfg.store)
     key = champion.metadata.get("data_key")
     path = Catalog(store, cfg.name).train_keys(key) if key else None
@@ -122,8 +121,6 @@ def register(cfg: Config, registry, data: DataResult, splits, search, booster, e
     """Log the run to MLflow (parameters, metrics, the trials as child runs, plots), write the
     bundle and register it as a version; move the alias the gate's decision earns. Returns the
     version and the run's id."""
-    from mlops_ray.train import evaluate as ev
-    from mlops_ray.train import plots
 
     valid_pred = bundle.predict_features(booster, splits.X["valid"], data.spec) if splits.rows["valid"] \
         else evaluation.curves["p"]
