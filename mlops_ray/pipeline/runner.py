@@ -7,9 +7,10 @@ alone decides what runs:
 * **plan**: from the values wanted (the featurized data and the registration; with ``--only X``,
   X's outputs) back through the table. A stored value whose record is under this run's key is
   read back and its producer skipped, unless forced (``--force``; ``--from X``: X and every step
-  that depends on it; ``--only X``: X). Values held in memory (a Ray dataset, the refitted model)
-  are recomputed by their producers. With ``--only X`` a missing stored input is refused, naming
-  the step to run first;
+  that depends on it; ``--only X``: X). Values held in memory (a Ray dataset, the parsed rows)
+  are recomputed by their producers; so are the refitted model, the evaluations and the gate's
+  decision in a whole run (they are read back by ``--only`` runs alone, at the last attempt). With
+  ``--only X`` a missing stored input is refused, naming the step to run first;
 * **run**: the planned steps in table order, Ray started once if one needs it and never for a
   rerun whose steps are all cached (the caches are found on the source's metadata and the
   store); each step timed under its stage; the gate's retry policy (``Retry``) reruns the
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field
 from mlops_ray.config import Config
 from mlops_ray.errors import ConfigError
 from mlops_ray.pipeline.data import DataResult, Progress, inspect
-from mlops_ray.pipeline.steps import GIVEN, NAMES, PRODUCER, STEP, STEPS, STORED, TABLE, TRAINING, Context, Step
+from mlops_ray.pipeline.steps import (GIVEN, NAMES, PRODUCER, STEP, STEPS, STORED, TABLE, TRAINING, Context, Step,
+                                      latest_attempt)
 from mlops_ray.pipeline.training import search_summary
 from mlops_ray.registry import Registry
 from mlops_ray.runtime import ray_runtime, require_resources, require_shared_store
@@ -114,7 +116,7 @@ class Runner:
             step, stored = PRODUCER[name], STORED.get(name)
             if step.name in run:
                 return
-            if stored and not self.opts.forced(step.name) and stored.exists(ctx):
+            if stored and not self.opts.forced(step.name) and (only or not stored.only) and stored.exists(ctx):
                 return
             if only and step.name != only and stored:
                 missing[name] = step
@@ -127,7 +129,7 @@ class Runner:
             need(target)
         if missing:
             first = min(missing.values(), key=lambda s: NAMES.index(s.name))
-            what = ", ".join(f"{STORED[n].what} ({n}, from {s.name})" for n, s in missing.items())
+            what = ", ".join(dict.fromkeys(f"{STORED[n].what} (from {s.name})" for n, s in missing.items()))
             raise ConfigError(f"--only {only} needs what is not in the store for this data and config: {what}. "
                               f"Run the {first.name} step first (`mlops-ray run CONFIG --only {first.name}`), "
                               f"or run without --only")
@@ -218,7 +220,7 @@ class Runner:
         if rec is not None:
             result.version, result.promoted, result.run_id = rec["version"], rec["promoted"], rec.get("run_id")
             result.aliases = self.ctx.registry.aliases_of(result.version)
-        result.cached_steps = list(self.cached)
+        result.cached_steps = list(dict.fromkeys(self.cached))
         result.timings = {k: t for k, t in self.timings.items() if k not in DATA_STEPS}
         if rec is not None and not rec["promoted"] and result.gate:
             from mlops_ray.train import evaluate as ev  # measured import cost, see training.py
@@ -255,7 +257,10 @@ def run_pipeline(cfg: Config, opts: RunOptions | None = None, progress: Progress
     registry = preflight(cfg, opts)
     # the caches are checked on the source's metadata before Ray starts: an unchanged rerun starts none
     source = inspect(cfg, progress)
-    runner = Runner(Context(cfg, Store(cfg.store), source, progress, resume=opts.resume, registry=registry), opts)
+    ctx = Context(cfg, Store(cfg.store), source, progress, resume=opts.resume, registry=registry)
+    if opts.only in TRAINING and opts.only != "tune":
+        ctx.attempt = latest_attempt(ctx)        # the attempt the gate's retry left, as a whole run did
+    runner = Runner(ctx, opts)
     runner.run(STEP[opts.only].outputs if opts.only else ("features", "reference_inputs", "registration"),
                training_checks=True, resources=True)
     return runner.result()

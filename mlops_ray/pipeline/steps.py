@@ -11,8 +11,10 @@ does one thing and writes its own store records. The runner (``pipeline/runner.p
 what runs, reads cached outputs back, retries and times; nothing here does.
 
 Values are of three kinds: ``GIVEN`` (the inspected source, the registry's champion), ``STORED``
-(kept in the store under the step's key, read back by a rerun) and the rest, held in memory for
-one run only (a Ray dataset, a fitted booster, an evaluation with its curves).
+(kept in the store under the step's key, read back by a rerun; the refitted model, the
+evaluations and the gate's decision are read back by ``--only`` runs alone, and an evaluation or
+decision only while the champion it was made against still is) and the rest, held in memory for
+one run only (a Ray dataset, the parsed rows).
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from functools import partial
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mlops_ray.config import Config
 from mlops_ray.data import features as feat
@@ -30,7 +34,7 @@ from mlops_ray.errors import DataValidationError, FeatureError
 from mlops_ray.pipeline import data, keys, training
 from mlops_ray.pipeline.data import DataResult, Progress
 from mlops_ray.storage.catalog import Catalog
-from mlops_ray.storage.store import Store
+from mlops_ray.storage.store import Store, write_atomic
 from mlops_ray.train import evaluate as ev
 from mlops_ray.train import tune as T
 
@@ -197,7 +201,10 @@ def threshold_step(ctx: Context, features: DataResult, search, champion) -> dict
                  + (f" against champion v{champion[0]}" if champion else ""))
     booster = T.train_final(splits=t.splits, model=cfg.model, tune_cfg=cfg.tune, search=search,
                             strategy=t.strategy, features_dir=t.features_dir, storage=t.storage)
-    return {"model": booster, "threshold": training.choose_threshold(cfg, t.splits, search, booster, t.strategy)}
+    threshold = training.choose_threshold(cfg, t.splits, search, booster, t.strategy)
+    write_atomic(ctx.store.fs, ctx.catalog.model_record(ctx.train_key, ctx.attempt), bytes(booster.save_raw("ubj")))
+    ctx.store.write_json(ctx.catalog.threshold_record(ctx.train_key, ctx.attempt), {"threshold": threshold})
+    return {"model": booster, "threshold": threshold}
 
 
 def evaluate_step(ctx: Context, features: DataResult, model, threshold, champion) -> dict:
@@ -210,13 +217,39 @@ def evaluate_step(ctx: Context, features: DataResult, model, threshold, champion
                              f"{overlap['rows']:,} of the {overlap['test_rows']:,} test rows ({overlap['share']:.0%})")
     evaluation.leaks = ev.leak_suspects(cfg.model.task, t.splits.X["valid"], t.splits.y["valid"],
                                         t.splits.spec.output_columns, t.splits.spec.feature_types)
+    scores = _scores_table(evaluation.curves["y"], evaluation.curves["p"])
+    sink = pa.BufferOutputStream()
+    pq.write_table(scores, sink)
+    write_atomic(ctx.store.fs, ctx.catalog.evaluation_scores(ctx.train_key, ctx.attempt), sink.getvalue().to_pybytes())
+    ctx.store.write_json(ctx.catalog.evaluation_record(ctx.train_key, ctx.attempt), {
+        "champion_version": champion[0] if champion else None, "evaluation": evaluation.to_dict(),
+        "champion_evaluation": champ_eval.to_dict() if champ_eval else None, "overlap": overlap})
     return {"evaluation": evaluation, "champion_evaluation": champ_eval, "overlap": overlap}
+
+
+def _scores_table(y, p) -> pa.Table:
+    """The test labels and scores (a multiclass model's as one list of class probabilities a row)."""
+    p = np.asarray(p, dtype=np.float64)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(p.ravel()), p.shape[1]) if p.ndim == 2 else pa.array(p)
+    return pa.table({"y": np.asarray(y), "p": column})
+
+
+def _scores_of(table: pa.Table) -> dict:
+    p = table.column("p").combine_chunks()
+    if pa.types.is_fixed_size_list(p.type):
+        p = p.flatten().to_numpy().reshape(len(p), p.type.list_size)
+    else:
+        p = p.to_numpy()
+    return {"y": table.column("y").to_numpy(), "p": p}
 
 
 def gate_step(ctx: Context, evaluation, champion_evaluation, overlap, champion) -> dict:
     """The gate's decision: a pure comparison of the evaluations with ``gate`` (and each other)."""
-    return {"decision": ev.decide(evaluation, champion_evaluation, ctx.cfg.gate, ctx.cfg.tune.metric,
-                                  champion_version=champion[0] if champion else None, overlap=overlap)}
+    decision = ev.decide(evaluation, champion_evaluation, ctx.cfg.gate, ctx.cfg.tune.metric,
+                         champion_version=champion[0] if champion else None, overlap=overlap)
+    ctx.store.write_json(ctx.catalog.gate_record(ctx.train_key, ctx.attempt),
+                         {"champion_version": champion[0] if champion else None, "decision": decision.to_dict()})
+    return {"decision": decision}
 
 
 def register_step(ctx: Context, features: DataResult, search, model, evaluation, champion_evaluation, decision,
@@ -296,11 +329,14 @@ GIVEN: dict[str, Callable[[Context], Any]] = {"source": lambda ctx: ctx.source,
 @dataclass(frozen=True)
 class Stored:
     """An output kept in the store: whether this run's key has it, how to read it back, what to
-    say then, and the stages a rerun reports as cached when it does."""
+    say then, and the stages a rerun reports as cached when it does. ``only``: read back by
+    ``--only`` runs alone; a whole run recomputes it (the refitted model, the evaluations and the
+    gate's decision, whose retry policy a whole run must be free to apply again)."""
     what: str
     exists: Callable[[Context], bool]
     load: Callable[[Context], Any]
     covers: tuple[str, ...]
+    only: bool = False
 
 
 def _load_features(ctx: Context) -> DataResult:
@@ -326,6 +362,69 @@ def _load_registration(ctx: Context) -> dict:
     return rec
 
 
+def _champion_version(ctx: Context) -> str | None:
+    champion = ctx.champion() if ctx.registry is not None else None
+    return champion[0] if champion else None
+
+
+def _judged_against_this_champion(path: Callable[[Context], str]) -> Callable[[Context], bool]:
+    """A stored evaluation or decision holds while the champion it was made against still is."""
+    def exists(ctx: Context) -> bool:
+        p = path(ctx)
+        return ctx.store.exists(p) and ctx.store.read_json(p).get("champion_version") == _champion_version(ctx)
+    return exists
+
+
+def _model_exists(ctx: Context) -> bool:
+    return ctx.store.exists(ctx.catalog.model_record(ctx.train_key, ctx.attempt)) and \
+        ctx.store.exists(ctx.catalog.threshold_record(ctx.train_key, ctx.attempt))
+
+
+def _load_model(ctx: Context):
+    import xgboost as xgb  # measured import cost: a cached rerun imports no XGBoost
+    with ctx.store.fs.open_input_stream(ctx.catalog.model_record(ctx.train_key, ctx.attempt)) as f:
+        booster = xgb.Booster()
+        booster.load_model(bytearray(f.read()))
+    ctx.progress("evaluate", f"cached: the model refitted by attempt {ctx.attempt} (threshold skipped)")
+    return booster
+
+
+def _evaluation_record(ctx: Context) -> str:
+    return ctx.catalog.evaluation_record(ctx.train_key, ctx.attempt)
+
+
+def _load_evaluation(ctx: Context, part: str):
+    rec = ctx.store.read_json(_evaluation_record(ctx))
+    if part == "overlap":
+        return rec.get("overlap")
+    if part == "champion_evaluation":
+        return ev.EvaluationReport.from_dict(rec["champion_evaluation"]) if rec.get("champion_evaluation") else None
+    evaluation = ev.EvaluationReport.from_dict(rec["evaluation"])
+    with ctx.store.fs.open_input_file(ctx.catalog.evaluation_scores(ctx.train_key, ctx.attempt)) as f:
+        scores = pq.read_table(f)
+    evaluation.curves = _scores_of(scores)
+    ctx.progress("evaluate", f"cached: the evaluation of attempt {ctx.attempt} "
+                             f"(test {ctx.cfg.tune.metric} {evaluation.metrics.get(ctx.cfg.tune.metric, float('nan')):.5f})")
+    return evaluation
+
+
+def _load_decision(ctx: Context):
+    rec = ctx.store.read_json(ctx.catalog.gate_record(ctx.train_key, ctx.attempt))["decision"]
+    decision = ev.GateDecision(passed=rec["passed"], failures=list(rec["failures"]), checks=list(rec["checks"]),
+                               champion_version=rec.get("champion_version"))
+    ctx.progress("gate", f"cached: the gate {'passed' if decision.passed else 'rejected'} attempt {ctx.attempt}")
+    return decision
+
+
+def latest_attempt(ctx: Context) -> int:
+    """The last search attempt in the store for this run's keys (0 when none): what ``--only``
+    steps after tune work on, as the gate's retry left it."""
+    n = 0
+    while ctx.store.exists(ctx.catalog.search_record(ctx.train_key, f"search-a{n + 1}")):
+        n += 1
+    return n
+
+
 STORED: dict[str, Stored] = {
     "features": Stored("the featurized data", lambda ctx: ctx.store.exists(ctx.catalog.data_done(ctx.data_key)),
                        _load_features, ("ingest", "validate", "featurize")),
@@ -334,6 +433,20 @@ STORED: dict[str, Stored] = {
                                lambda ctx: ctx.store.read_json(ctx.catalog.reference_inputs(ctx.data_key)), ()),
     "search": Stored("the search's result", lambda ctx: ctx.store.exists(_search_record(ctx)),
                      _load_search, ("tune",)),
+    "model": Stored("the refitted model", _model_exists, _load_model, ("tune", "evaluate"), only=True),
+    "threshold": Stored("the decision threshold", _model_exists,
+                        lambda ctx: ctx.store.read_json(ctx.catalog.threshold_record(ctx.train_key,
+                                                                                     ctx.attempt))["threshold"],
+                        (), only=True),
+    "evaluation": Stored("the evaluation", _judged_against_this_champion(_evaluation_record),
+                         lambda ctx: _load_evaluation(ctx, "evaluation"), ("tune", "evaluate"), only=True),
+    "champion_evaluation": Stored("the evaluation", _judged_against_this_champion(_evaluation_record),
+                                  lambda ctx: _load_evaluation(ctx, "champion_evaluation"), (), only=True),
+    "overlap": Stored("the evaluation", _judged_against_this_champion(_evaluation_record),
+                      lambda ctx: _load_evaluation(ctx, "overlap"), (), only=True),
+    "decision": Stored("the gate's decision",
+                       _judged_against_this_champion(lambda ctx: ctx.catalog.gate_record(ctx.train_key, ctx.attempt)),
+                       _load_decision, ("tune", "evaluate"), only=True),
     "registration": Stored("the registration record",
                            lambda ctx: ctx.store.exists(ctx.catalog.registered_record(ctx.train_key)),
                            _load_registration, ("tune", "evaluate", "register")),

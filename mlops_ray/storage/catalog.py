@@ -13,8 +13,11 @@ the table in docs/architecture.md). ``{store}/{name}/`` holds:
                                        ``test_raw/``, ``feature_spec.json``, ``validation.json``,
                                        ``source.json``, ``reference_inputs.json``,
                                        ``train_keys.parquet``, and ``_SUCCESS`` written last
-``runs/{train key}/``                  one search and fit: ``tune/`` (Tune's storage),
-                                       ``search-a{n}.json`` per attempt, ``registered.json``
+``runs/{train key}/``                  one search and fit: ``tune/`` (Tune's storage); per attempt
+                                       ``search-a{n}.json``, the refitted model ``model-a{n}.ubj``
+                                       with ``threshold-a{n}.json``, ``evaluation-a{n}.json`` (+
+                                       ``.parquet``: the test scores) and ``gate-a{n}.json``;
+                                       ``registered.json``
 ``serving/``                           ``state.json`` (+ ``.lock``), ``stats/`` per replica,
                                        ``spool/`` (local stores), ``head.json`` (local stores)
 ``predlog/``                           the prediction log (hourly Parquet parts)
@@ -92,6 +95,22 @@ class Catalog:
 
     def search_record(self, train_key: str, experiment: str) -> str:
         return self._at(("runs", train_key, f"{experiment}.json"), False)
+
+    def model_record(self, train_key: str, attempt: int) -> str:
+        """The refitted model of a search attempt (XGBoost's UBJSON), for ``--only`` steps after it."""
+        return self._at(("runs", train_key, f"model-a{attempt}.ubj"), False)
+
+    def threshold_record(self, train_key: str, attempt: int) -> str:
+        return self._at(("runs", train_key, f"threshold-a{attempt}.json"), False)
+
+    def evaluation_record(self, train_key: str, attempt: int) -> str:
+        return self._at(("runs", train_key, f"evaluation-a{attempt}.json"), False)
+
+    def evaluation_scores(self, train_key: str, attempt: int) -> str:
+        return self._at(("runs", train_key, f"evaluation-a{attempt}.parquet"), False)
+
+    def gate_record(self, train_key: str, attempt: int) -> str:
+        return self._at(("runs", train_key, f"gate-a{attempt}.json"), False)
 
     def registered_record(self, train_key: str) -> str:
         return self._at(("runs", train_key, "registered.json"), False)

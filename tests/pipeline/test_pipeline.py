@@ -1,4 +1,5 @@
 """Train, tune, gate, register on the shared local Ray, with tiny data and a real MLflow (SQLite)."""
+import json
 import os
 import re
 import signal
@@ -403,7 +404,6 @@ def test_gate_retries_widen_the_search_then_reject(first_run):
         run_pipeline(retry)
     runs = list((store / "t" / "runs").glob("*/search-a1.json"))
     assert runs, "the retry searched again"
-    import json
     assert json.loads(runs[0].read_text())["trials"].__len__() == 4      # twice the budget
 
 
@@ -565,12 +565,44 @@ def test_only_reference_profiles_the_featurized_rows_again(first_run):
     assert run_pipeline(cfg).cached_steps == list(STEPS)            # the store is complete again
 
 
-def test_only_gate_decides_from_the_cached_search_and_registers_nothing(first_run):
-    """The gate step alone: the refitted model and its evaluation (in memory only) are recomputed from
-    the cached search; nothing is registered."""
+def _no_refit(*a, **k):
+    raise AssertionError("the model was refitted")
+
+
+def test_only_gate_decides_from_the_stored_evaluation_and_registers_nothing(first_run, monkeypatch):
+    """The gate step alone: it reads the evaluation the evaluate step stored against today's champion,
+    refits nothing, and registers nothing."""
     cfg, store, *_ = first_run
     before = Registry(cfg.registry, cfg.store, cfg.name).get_alias("challenger")
+    run_pipeline(cfg, RunOptions(only="evaluate"))
+    monkeypatch.setattr("mlops_ray.train.tune.train_final", _no_refit)
     res = run_pipeline(cfg, RunOptions(only="gate"))
-    assert res.gate and res.evaluation and res.search and res.version is None
-    assert res.cached_steps == ["ingest", "validate", "featurize", "tune"]
+    assert res.gate and res.evaluation and res.version is None
+    assert {"tune", "evaluate"} <= set(res.cached_steps)
     assert Registry(cfg.registry, cfg.store, cfg.name).get_alias("challenger") == before
+
+
+def test_only_register_registers_the_stored_candidate_without_refitting(first_run, monkeypatch):
+    """The register step alone (e.g. after the registry was down when a run reached it): the refitted
+    model, its evaluation and the gate's decision are read from the store, nothing is trained again,
+    and a version is registered with the stored decision."""
+    cfg, store, *_ = first_run
+    run_pipeline(cfg, RunOptions(only="evaluate"))
+    run_pipeline(cfg, RunOptions(only="gate"))
+    decision = json.loads(next((store / "t" / "runs").glob("*/gate-a0.json")).read_text())["decision"]
+    monkeypatch.setattr("mlops_ray.train.tune.train_final", _no_refit)
+    registry = Registry(cfg.registry, cfg.store, cfg.name)
+    newest = max(int(v.version) for v in registry.client.search_model_versions(f"name='{cfg.name}'"))
+    try:
+        res = run_pipeline(cfg, RunOptions(only="register"))
+        assert decision["passed"] and res.version == str(newest + 1)
+    except GateRejected:
+        assert not decision["passed"]
+    assert max(int(v.version) for v in registry.client.search_model_versions(f"name='{cfg.name}'")) == newest + 1
+
+
+def test_only_register_without_a_stored_model_names_the_step_to_run_first(first_run, tmp_path):
+    cfg, store, *_ = first_run
+    other = cfg_for(cfg.data.source, store, tune={**FAST, "seed": 99})         # a training key with no runs
+    with pytest.raises(ConfigError, match=r"--only register needs .* Run the tune step first"):
+        run_pipeline(other, RunOptions(only="register"))

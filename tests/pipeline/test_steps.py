@@ -73,6 +73,9 @@ def _store_has(ctx, *names: str) -> None:
     cat = ctx.catalog
     paths = {"features": [cat.data_done(ctx.data_key), cat.reference_inputs(ctx.data_key)],
              "search": [cat.search_record(ctx.train_key, "search-a0")],
+             "model": [cat.model_record(ctx.train_key, 0), cat.threshold_record(ctx.train_key, 0)],
+             "evaluation": [cat.evaluation_record(ctx.train_key, 0)],
+             "decision": [cat.gate_record(ctx.train_key, 0)],
              "registration": [cat.registered_record(ctx.train_key)]}
     for name in names:
         for path in paths[name]:
@@ -104,9 +107,13 @@ def test_only_runs_the_step_from_its_stored_inputs(ctx):
     assert only("validate") == ["ingest", "validate"]        # no features written
     assert only("tune") == ["tune"]
     assert only("threshold") == ["threshold"]
-    # values kept in memory only (a Ray dataset, the refitted model) are recomputed by their steps
-    assert only("gate") == ["threshold", "evaluate", "gate"]
+    # values kept in memory only (a Ray dataset, the parsed rows) are recomputed by their steps
     assert only("reference") == ["ingest", "validate", "featurize", "reference"]
+    _store_has(ctx, "model", "evaluation", "decision")
+    assert only("evaluate") == ["evaluate"] and only("gate") == ["gate"] and only("register") == ["register"]
+    # a whole run recomputes the model, the evaluations and the decision (the gate may retry)
+    ctx.store.fs.delete_file(ctx.catalog.registered_record(ctx.train_key))
+    assert _plan(ctx) == ["threshold", "evaluate", "gate", "register"]
 
 
 def test_data_featurized_alone_is_complete_once_its_reference_is_profiled(ctx):
@@ -118,7 +125,8 @@ def test_data_featurized_alone_is_complete_once_its_reference_is_profiled(ctx):
 
 @pytest.mark.parametrize("step, stored, first", [
     ("tune", (), "featurize"), ("threshold", (), "featurize"), ("threshold", ("features",), "tune"),
-    ("register", ("features",), "tune")])
+    ("register", ("features",), "tune"), ("register", ("features", "search"), "threshold"),
+    ("gate", ("features", "search", "model"), "evaluate")])
 def test_only_a_step_whose_stored_input_is_missing_names_the_step_to_run_first(ctx, step, stored, first):
     _store_has(ctx, *stored)
     with pytest.raises(ConfigError, match=rf"--only {step} needs what is not in the store .* "
@@ -151,12 +159,14 @@ def _evaluation(auc_like: float):
     return ev.evaluate("binary", y, p, 0.5)
 
 
-def test_gate_step_is_the_gate_s_comparison(ctx):
-    cfg = make_config("x.parquet", gate={"min": {"auc": 0.9}})
-    out = steps.gate_step(SimpleNamespace(cfg=cfg), _evaluation(1.0), None, None, None)
+def test_gate_step_is_the_gate_s_comparison_and_keeps_it_for_only_runs(ctx):
+    ctx.cfg = ctx.cfg.model_copy(update={"gate": make_config("x.parquet", gate={"min": {"auc": 0.9}}).gate})
+    out = steps.gate_step(ctx, _evaluation(1.0), None, None, None)
     assert out["decision"].passed
-    out = steps.gate_step(SimpleNamespace(cfg=cfg), _evaluation(0.5), None, None, None)
+    out = steps.gate_step(ctx, _evaluation(0.5), None, None, None)
     assert not out["decision"].passed and "gate.min.auc" in out["decision"].failures[0]
+    assert steps.STORED["decision"].exists(ctx)
+    assert steps.STORED["decision"].load(ctx) == out["decision"]
 
 
 def test_the_gate_s_retry_searches_again_from_tune_once_per_allowed_retry(ctx):
