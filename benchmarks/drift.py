@@ -11,7 +11,7 @@ rows (seed 0); windows are 1,000,000 rows drawn with other seeds (``--quick``: 1
    passes: sketch, then count), timed separately. Then OUR check of a window, as
    ``mlops-ray monitor`` runs it after reading: the window is put into Ray as 16 blocks
    (``ray.data.from_arrow``, before timing); the timed part is ``profile_pass(ds, {"c":
-   _Bind(count_partial, layout=..., known=...)})`` + ``merge_counts`` + ``compare(reference,
+   partial(count_partial, layout=..., known=...)})`` + ``merge_counts`` + ``compare(reference,
    counts, MonitorConfig())`` (``pass_s`` / ``compare_s`` split it). Ray starts once
    (``ray_runtime(RayConfig(num_cpus=4))``, the project's default on 2 cores); the first pass
    of the session is reported apart (cold). Also the same check in this process
@@ -54,6 +54,7 @@ Run (from the repository root)::
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -187,10 +188,10 @@ KNOWN = {name: set(_cat_names(k)) for name, k, *_ in CATEGORICAL}   # the model'
 def ours_ray(ds, reference: dict, mon) -> dict:
     from mlops_ray.data.profile import profile_pass
     from mlops_ray.monitor import reference as R
-    from mlops_ray.monitor.drift import _Bind, compare
+    from mlops_ray.monitor.drift import compare
 
     t = time.perf_counter()
-    count = _Bind(R.count_partial, layout=_layout(reference["inputs"]), known=KNOWN)
+    count = functools.partial(R.count_partial, layout=_layout(reference["inputs"]), known=KNOWN)
     counts = R.merge_counts(profile_pass(ds, {"c": count})["c"])
     t1 = time.perf_counter()
     report = compare(reference, counts, mon)

@@ -32,6 +32,7 @@ Run::
 """
 from __future__ import annotations
 
+import functools
 import statistics
 import tempfile
 import time
@@ -116,7 +117,7 @@ def run(opts: Options) -> list[dict]:
 
     def check(df: pd.DataFrame, calendar_rule: bool = True) -> dict:
         table = pa.Table.from_pandas(df, preserve_index=False)
-        counts = R.merge_counts(local(table, {"c": lambda b: D._Bind(R.count_partial, layout=layout)(b)})["c"])
+        counts = R.merge_counts(local(table, {"c": lambda b: functools.partial(R.count_partial, layout=layout)(b)})["c"])
         rep = D.compare(reference, counts, mon)
         exclude = C.domain_exclusions(spec, {"event_time": reference["inputs"]["columns"]["event_time"]},
                                       {"event_time": counts.get("event_time")}) if calendar_rule else {}
