@@ -198,11 +198,13 @@ def window_bounds(cfg: Config, since: str | None, window: str | None,
 
 def _time(text: str, flag: str) -> dt.datetime:
     try:
-        t = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
+        t = dates.parse_iso(text.strip())
+    except OverflowError:
+        t = None
+    if t is None:
         raise MonitorError(f"{flag} {text!r} is neither a duration (e.g. 2h, 7d) nor an ISO time "
-                           "(e.g. 2026-03-01T00:00)") from None
-    return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t
+                           "(e.g. 2026-03-01T00:00)")
+    return t.replace(tzinfo=dt.timezone.utc)
 
 
 def predlog_files(root_uri: str, since: dt.datetime | None, until: dt.datetime | None) -> tuple[object, list[str]]:

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 
+from mlops_ray.data.dates import parse_iso
 from mlops_ray.train import plots
 
 log = logging.getLogger(__name__)
@@ -405,10 +406,10 @@ def _epoch(t):
     """Epoch seconds from an epoch or an ISO string (naive means UTC); anything else unchanged."""
     if isinstance(t, str):
         try:
-            x = dt.datetime.fromisoformat(t.replace("Z", "+00:00"))
-        except ValueError:
-            return t
-        return (x if x.tzinfo else x.replace(tzinfo=dt.timezone.utc)).timestamp()
+            x = parse_iso(t)
+        except OverflowError:
+            x = None
+        return t if x is None else x.replace(tzinfo=dt.timezone.utc).timestamp()
     return t
 
 
