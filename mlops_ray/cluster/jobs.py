@@ -31,6 +31,7 @@ from typing import Callable, Iterable
 
 from mlops_ray.errors import ConfigError, JobFailed, JobSubmitError
 from mlops_ray.runtime import read_auth_token
+# Imported where used, for their import cost (python -X importtime): ray 0.7 s.
 
 UPLOAD_LIMIT = 100 * 1024 ** 2         # the dashboard's request size limit (ray_constants.DASHBOARD_CLIENT_MAX_SIZE)
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from mlops_ray.config.dateformat import ISO, TS, as_text, parse
 from mlops_ray.data.checks import CheckResult
 from mlops_ray.errors import did_you_mean
+# Imported where used, for their import cost (python -X importtime): pandas 0.4 s.
 
 SAMPLE_ROWS = 2000
 # tried in this order after ISO 8601 and the format pandas guesses from the first value: month

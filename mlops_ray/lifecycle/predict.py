@@ -64,13 +64,15 @@ from mlops_ray.data import dates, ingest
 from mlops_ray.data.features import FeatureSpec, frame, transform
 from mlops_ray.data.validate import CheckResult, ValidationReport
 from mlops_ray.errors import ConfigError, DataSourceError, DataValidationError, did_you_mean
-from mlops_ray.monitor import predlog
-from mlops_ray.monitor.predlog import COERCE, KIND_TYPES
+from mlops_ray.monitor import predlog, thresholds
+from mlops_ray.monitor.predlog import COERCE, KIND_TYPES, check_input_types, log_id_column
 from mlops_ray.registry import Registry
 from mlops_ray.registry.bundle import predict_features
 from mlops_ray.runtime import ray_runtime
 from mlops_ray.storage.catalog import Catalog
 from mlops_ray.storage.fs import filesystem_for
+from mlops_ray.storage.store import Store
+# Imported where used, for their import cost (python -X importtime): ray 0.7 s, xgboost 1.4 s.
 
 Progress = Callable[[str, str], None]   # (step, message), as in pipeline/runner.py
 STEP = "predict"
@@ -110,8 +112,6 @@ def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, lo
     spec, task = bundle.spec, bundle.task
     metadata = bundle.metadata
     if task == "binary":            # the version's newest decision threshold (re-chosen by feedback)
-        from mlops_ray.monitor import thresholds
-        from mlops_ray.storage.store import Store
         current = thresholds.current(Store(cfg.store), cfg.name, version, metadata)
         metadata = {**metadata, "threshold": {**(metadata.get("threshold") or {}), "value": current}}
     progress(STEP, f"model {registry.model_name} version {version} ({task}, "
@@ -133,7 +133,6 @@ def batch_predict(cfg: Config, data: str, out: str, ref: str = "champion", *, lo
     run_token = secrets.token_hex(4)
     log_root, log_types = None, None
     if log:                           # the replicas' columns: the inputs, and the id when it is not one
-        from mlops_ray.monitor.predlog import check_input_types, log_id_column
         log_types = check_input_types({**spec.input_types, **{c: "string" for c in log_id_column(cfg, bundle)}})
         log_root = predlog_root(cfg)
 

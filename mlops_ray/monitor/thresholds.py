@@ -31,6 +31,7 @@ from pyarrow import fs as pafs
 
 from mlops_ray.errors import ConfigError, MlopsError
 from mlops_ray.monitor.labels import _versions, scored_with_labels
+from mlops_ray.registry import Registry
 from mlops_ray.storage.catalog import Catalog
 from mlops_ray.storage.state import read_state, state_path
 from mlops_ray.storage.store import Store, write_atomic
@@ -169,7 +170,6 @@ def follow_base_rate(cfg, *, since: float | None = None, metadata_of=None, now: 
         return {}
     store = Store(cfg.store)
     if metadata_of is None:
-        from mlops_ray.registry import Registry
         registry = Registry(cfg.registry, cfg.store, cfg.name)
         metadata_of = lambda v: registry.load_bundle(v).metadata        # noqa: E731
     state = read_state(state_path(cfg.store, cfg.name))

@@ -35,6 +35,9 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Optional, Union
 
+from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
+
+from mlops_ray.config import ServeConfig
 from mlops_ray.data.dates import ISO, parse_iso, parse_value
 
 __all__ = ["RequestError", "RequestParser", "KINDS"]
@@ -138,7 +141,6 @@ class RequestParser:
         """``serve_cfg``: ``mlops_ray.config.ServeConfig`` (None: its defaults); ``passthrough``:
         fields accepted and logged but never used as features (the data's id column)."""
         if serve_cfg is None:
-            from mlops_ray.config import ServeConfig
             serve_cfg = ServeConfig()
         return cls(bundle.spec.input_types, max_batch_rows=serve_cfg.max_batch_rows,
                    max_body_bytes=serve_cfg.max_body_bytes, extra_fields=serve_cfg.extra_fields,
@@ -488,9 +490,6 @@ def _models(input_types: dict[str, str], max_rows: int, reject: bool, passthroug
             task: str | None = None, classes: list | None = None, formats: dict | None = None):
     """pydantic models of a row, the request, the response and the error body, for docs
     (OpenAPI). Validation is ``RequestParser.parse``: the models only describe it."""
-
-    from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
-
     py = {"float": float, "int": int, "bool": bool, "string": Union[str, float], "datetime": datetime}
     fields: dict[str, Any] = {}
     for i, (col, kind) in enumerate(input_types.items()):

@@ -12,6 +12,8 @@ import time
 import urllib.request
 from typing import Callable
 
+import yaml
+
 from mlops_ray.config import Config, literal_secrets
 from mlops_ray.errors import ConfigError, MlopsError, ServingError
 from mlops_ray.monitor.labels import LiveMetric
@@ -27,6 +29,8 @@ from mlops_ray.storage.catalog import Catalog
 from mlops_ray.storage.state import (ServingState, describe, read_head, read_state, remove_state, spool_dir, state_path,
                                      stats_dir, write_state)
 from mlops_ray.storage.store import Store
+
+# Imported where used, for their import cost (python -X importtime): ray 0.7 s.
 
 
 def _registry(cfg: Config):
@@ -235,7 +239,6 @@ def recover_spools(cfg: Config) -> int:
 def build(cfg: Config, out_path: str, ref: str = "champion") -> dict:
     """Write a Serve config YAML for Ray's own `serve deploy`. Records ``ref`` as the stable version
     in the serving state if nothing is deployed yet (replicas route by that state)."""
-    import yaml
     path = state_path(cfg.store, cfg.name)
     state = read_state(path)
     if state is None:

@@ -7,6 +7,7 @@ featurized splits, ``feature_spec.json``, ``validation.json``, ``source.json``),
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import uuid
 
@@ -92,7 +93,6 @@ def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Readers never see half a file: a temp file and a rename on local disk (and NFS), one PUT
     on object stores (they publish an object when its upload completes)."""
     if isinstance(fs, pafs.LocalFileSystem):
-        import os
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}.tmp"
         with open(tmp, "wb") as f:
@@ -125,7 +125,6 @@ def _why(err: str, uri: str) -> str:
                 "store URI; for an S3-compatible server set AWS_ENDPOINT_URL (or ?endpoint_override=host:port)")
     if any(k in low for k in ("credential", "access token", "access denied", "access_denied", "accessdenied", "forbidden",
                               "invalidaccesskeyid", "signaturedoesnotmatch", "403")):
-        import os
         none = (uri.startswith("s3") and not any(os.environ.get(k) for k in (
             "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI"))
                 or uri.startswith("gs") and gcs_credentials_missing())

@@ -13,6 +13,7 @@ import pyarrow as pa
 from mlops_ray.registry.bundle import predict_features
 from mlops_ray.config import DataConfig
 from mlops_ray.data import features as feat
+# Imported where used, for their import cost (python -X importtime): xgboost 1.4 s.
 
 
 def _score_batch(table: pa.Table, *, data: DataConfig, cutoffs, models: dict, classes: list[str] | None,
