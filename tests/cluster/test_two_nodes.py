@@ -85,7 +85,10 @@ def test_trials_run_on_both_nodes(two_nodes, work):
     cfg = config(work, two_nodes, "cl-spread", {"num_boost_round": 3000, "early_stopping_rounds": 3000},
                  {"num_samples": 4, "max_concurrent": 4, "scheduler": "none", "report_every": 500,
                   "space": {"max_depth": {"type": "choice", "values": [8]}}})
-    # --only tune: the search summary is what this test reads (evaluate and register: the last test)
+    # --only tune: the search summary is what this test reads (evaluate and register: the last test);
+    # it runs from the featurized data in the store, which `features` writes (or finds cached)
+    f = cli(two_nodes, "features", cfg)
+    assert f.returncode == 0, f.stderr[-3000:]
     r = cli(two_nodes, "run", cfg, "--only", "tune", "--json")
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
     search = json_doc(r.stdout)["search"]
@@ -100,6 +103,8 @@ def test_distributed_workers_spread_over_both_nodes(two_nodes, work):
     cfg = config(work, two_nodes, "cl-dist", {"strategy": "distributed", "num_workers": 2, "num_boost_round": 20},
                  {"num_samples": 1, "scheduler": "none", "report_every": 10,
                   "space": {"max_depth": {"type": "choice", "values": [4]}}})
+    f = cli(two_nodes, "features", cfg)
+    assert f.returncode == 0, f.stderr[-3000:]
     r = cli(two_nodes, "run", cfg, "--only", "tune", "--json")
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
     search = json_doc(r.stdout)["search"]
