@@ -128,13 +128,27 @@ class Runner:
         for target in targets:
             need(target)
         if missing:
-            first = min(missing.values(), key=lambda s: NAMES.index(s.name))
-            what = ", ".join(dict.fromkeys(f"{STORED[n].what} (from {s.name})" for n, s in missing.items()))
+            first = min((self._first_to_run(s) for s in missing.values()), key=lambda s: NAMES.index(s.name))
+            what = ", ".join(dict.fromkeys(f"{STORED[n].what} (from {s.name}{self._stale(n)})"
+                                           for n, s in missing.items()))
             raise ConfigError(f"--only {only} needs what is not in the store for this data and config: {what}. "
                               f"Run the {first.name} step first (`mlops-ray run CONFIG --only {first.name}`), "
                               f"or run without --only")
         self.ctx.planned = self.ctx.planned | run
         return [s for s in TABLE if s.name in run]
+
+    def _first_to_run(self, step: Step) -> Step:
+        """The earliest step that must run before ``step`` can: the producer of a missing stored
+        input, followed back until every stored input it needs is there."""
+        for name in step.inputs:
+            stored = STORED.get(name)
+            if stored and not stored.exists(self.ctx):
+                return self._first_to_run(PRODUCER[name])
+        return step
+
+    def _stale(self, name: str) -> str:
+        why = STORED[name].stale(self.ctx) if STORED[name].stale else None
+        return f"; {why}" if why else ""
 
     # ------------------------------------------------------------------ run
     def run(self, targets, *, training_checks: bool = False, resources: bool = False) -> None:
@@ -220,7 +234,7 @@ class Runner:
         if rec is not None:
             result.version, result.promoted, result.run_id = rec["version"], rec["promoted"], rec.get("run_id")
             result.aliases = self.ctx.registry.aliases_of(result.version)
-        result.cached_steps = list(dict.fromkeys(self.cached))
+        result.cached_steps = sorted(set(self.cached), key=STEPS.index)     # in the lifecycle's order
         result.timings = {k: t for k, t in self.timings.items() if k not in DATA_STEPS}
         if rec is not None and not rec["promoted"] and result.gate:
             from mlops_ray.train import evaluate as ev  # measured import cost, see training.py

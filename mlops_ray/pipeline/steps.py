@@ -337,6 +337,7 @@ class Stored:
     load: Callable[[Context], Any]
     covers: tuple[str, ...]
     only: bool = False
+    stale: Callable[[Context], str | None] | None = None      # why a record in the store does not count
 
 
 def _load_features(ctx: Context) -> DataResult:
@@ -373,6 +374,18 @@ def _judged_against_this_champion(path: Callable[[Context], str]) -> Callable[[C
         p = path(ctx)
         return ctx.store.exists(p) and ctx.store.read_json(p).get("champion_version") == _champion_version(ctx)
     return exists
+
+
+def _made_against_another_champion(path: Callable[[Context], str]) -> Callable[[Context], str | None]:
+    def stale(ctx: Context) -> str | None:
+        p = path(ctx)
+        if not ctx.store.exists(p):
+            return None
+        then, now = ctx.store.read_json(p).get("champion_version"), _champion_version(ctx)
+        return None if then == now else (f"the stored one was judged against "
+                                          f"{f'champion v{then}' if then else 'no champion'}, the champion is now "
+                                          f"{f'v{now}' if now else 'none'}")
+    return stale
 
 
 def _model_exists(ctx: Context) -> bool:
@@ -439,14 +452,19 @@ STORED: dict[str, Stored] = {
                                                                                      ctx.attempt))["threshold"],
                         (), only=True),
     "evaluation": Stored("the evaluation", _judged_against_this_champion(_evaluation_record),
-                         lambda ctx: _load_evaluation(ctx, "evaluation"), ("tune", "evaluate"), only=True),
+                         lambda ctx: _load_evaluation(ctx, "evaluation"), ("tune", "evaluate"), only=True,
+                         stale=_made_against_another_champion(_evaluation_record)),
     "champion_evaluation": Stored("the evaluation", _judged_against_this_champion(_evaluation_record),
-                                  lambda ctx: _load_evaluation(ctx, "champion_evaluation"), (), only=True),
+                                  lambda ctx: _load_evaluation(ctx, "champion_evaluation"), (), only=True,
+                                  stale=_made_against_another_champion(_evaluation_record)),
     "overlap": Stored("the evaluation", _judged_against_this_champion(_evaluation_record),
-                      lambda ctx: _load_evaluation(ctx, "overlap"), (), only=True),
+                      lambda ctx: _load_evaluation(ctx, "overlap"), (), only=True,
+                      stale=_made_against_another_champion(_evaluation_record)),
     "decision": Stored("the gate's decision",
                        _judged_against_this_champion(lambda ctx: ctx.catalog.gate_record(ctx.train_key, ctx.attempt)),
-                       _load_decision, ("tune", "evaluate"), only=True),
+                       _load_decision, ("tune", "evaluate"), only=True,
+                       stale=_made_against_another_champion(
+                           lambda ctx: ctx.catalog.gate_record(ctx.train_key, ctx.attempt))),
     "registration": Stored("the registration record",
                            lambda ctx: ctx.store.exists(ctx.catalog.registered_record(ctx.train_key)),
                            _load_registration, ("tune", "evaluate", "register")),

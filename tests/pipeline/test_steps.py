@@ -126,12 +126,20 @@ def test_data_featurized_alone_is_complete_once_its_reference_is_profiled(ctx):
 @pytest.mark.parametrize("step, stored, first", [
     ("tune", (), "featurize"), ("threshold", (), "featurize"), ("threshold", ("features",), "tune"),
     ("register", ("features",), "tune"), ("register", ("features", "search"), "threshold"),
-    ("gate", ("features", "search", "model"), "evaluate")])
+    ("gate", ("features", "search", "model"), "evaluate"), ("gate", ("features",), "tune")])
 def test_only_a_step_whose_stored_input_is_missing_names_the_step_to_run_first(ctx, step, stored, first):
     _store_has(ctx, *stored)
     with pytest.raises(ConfigError, match=rf"--only {step} needs what is not in the store .* "
                                           rf"Run the {first} step first \(`mlops-ray run CONFIG --only {first}`\)"):
         _plan(ctx, steps.STEP[step].outputs, only=step)
+
+
+def test_an_evaluation_made_against_another_champion_is_named_as_such(ctx):
+    _store_has(ctx, "features", "search", "model")
+    ctx.store.write_json(ctx.catalog.evaluation_record(ctx.train_key, 0), {"champion_version": "3"})
+    with pytest.raises(ConfigError, match=r"the evaluation \(from evaluate; the stored one was judged against "
+                                          r"champion v3, the champion is now none\)\. Run the evaluate step first"):
+        _plan(ctx, steps.STEP["gate"].outputs, only="gate")
 
 
 def test_run_refuses_only_with_a_missing_input_before_reading_a_row(tmp_path):
