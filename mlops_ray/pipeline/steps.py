@@ -368,15 +368,9 @@ def _champion_version(ctx: Context) -> str | None:
     return champion[0] if champion else None
 
 
-def _judged_against_this_champion(path: Callable[[Context], str]) -> Callable[[Context], bool]:
-    """A stored evaluation or decision holds while the champion it was made against still is."""
-    def exists(ctx: Context) -> bool:
-        p = path(ctx)
-        return ctx.store.exists(p) and ctx.store.read_json(p).get("champion_version") == _champion_version(ctx)
-    return exists
-
-
-def _made_against_another_champion(path: Callable[[Context], str]) -> Callable[[Context], str | None]:
+def _against_this_champion(path: Callable[[Context], str]) -> dict:
+    """``exists`` and ``stale`` of a stored evaluation or decision: it holds while the champion it was
+    judged against still is the champion; ``stale`` says why one in the store does not."""
     def stale(ctx: Context) -> str | None:
         p = path(ctx)
         if not ctx.store.exists(p):
@@ -385,7 +379,10 @@ def _made_against_another_champion(path: Callable[[Context], str]) -> Callable[[
         return None if then == now else (f"the stored one was judged against "
                                           f"{f'champion v{then}' if then else 'no champion'}, the champion is now "
                                           f"{f'v{now}' if now else 'none'}")
-    return stale
+
+    def exists(ctx: Context) -> bool:
+        return ctx.store.exists(path(ctx)) and stale(ctx) is None
+    return {"exists": exists, "stale": stale}
 
 
 def _model_exists(ctx: Context) -> bool:
@@ -451,20 +448,14 @@ STORED: dict[str, Stored] = {
                         lambda ctx: ctx.store.read_json(ctx.catalog.threshold_record(ctx.train_key,
                                                                                      ctx.attempt))["threshold"],
                         (), only=True),
-    "evaluation": Stored("the evaluation", _judged_against_this_champion(_evaluation_record),
-                         lambda ctx: _load_evaluation(ctx, "evaluation"), ("tune", "evaluate"), only=True,
-                         stale=_made_against_another_champion(_evaluation_record)),
-    "champion_evaluation": Stored("the evaluation", _judged_against_this_champion(_evaluation_record),
-                                  lambda ctx: _load_evaluation(ctx, "champion_evaluation"), (), only=True,
-                                  stale=_made_against_another_champion(_evaluation_record)),
-    "overlap": Stored("the evaluation", _judged_against_this_champion(_evaluation_record),
-                      lambda ctx: _load_evaluation(ctx, "overlap"), (), only=True,
-                      stale=_made_against_another_champion(_evaluation_record)),
-    "decision": Stored("the gate's decision",
-                       _judged_against_this_champion(lambda ctx: ctx.catalog.gate_record(ctx.train_key, ctx.attempt)),
-                       _load_decision, ("tune", "evaluate"), only=True,
-                       stale=_made_against_another_champion(
-                           lambda ctx: ctx.catalog.gate_record(ctx.train_key, ctx.attempt))),
+    "evaluation": Stored("the evaluation", load=lambda ctx: _load_evaluation(ctx, "evaluation"),
+                         covers=("tune", "evaluate"), only=True, **_against_this_champion(_evaluation_record)),
+    "champion_evaluation": Stored("the evaluation", load=lambda ctx: _load_evaluation(ctx, "champion_evaluation"),
+                                  covers=(), only=True, **_against_this_champion(_evaluation_record)),
+    "overlap": Stored("the evaluation", load=lambda ctx: _load_evaluation(ctx, "overlap"), covers=(), only=True,
+                      **_against_this_champion(_evaluation_record)),
+    "decision": Stored("the gate's decision", load=_load_decision, covers=("tune", "evaluate"), only=True,
+                       **_against_this_champion(lambda ctx: ctx.catalog.gate_record(ctx.train_key, ctx.attempt))),
     "registration": Stored("the registration record",
                            lambda ctx: ctx.store.exists(ctx.catalog.registered_record(ctx.train_key)),
                            _load_registration, ("tune", "evaluate", "register")),

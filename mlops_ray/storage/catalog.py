@@ -86,9 +86,6 @@ class Catalog:
         return self._at(("data", key, "_SUCCESS"), False)
 
     # ------------------------------------------------------------------ runs/{train key}
-    def run_dir(self, train_key: str) -> str:
-        return self._at(("runs", train_key), False)
-
     def tune_dir(self, train_key: str) -> str:
         """Tune's storage for the run's searches (a URI: trials write to it)."""
         return self._at(("runs", train_key, "tune"), True)
